@@ -1,0 +1,77 @@
+//! # wardwatch-fhir
+//!
+//! The only crate in Wardwatch that knows FHIR JSON. It maps plain Wardwatch
+//! records to HL7 FHIR R4 resources (built with `fhir-sdk`'s typed R4B models
+//! and builders, which are wire-compatible with R4 for the resources used
+//! here) and returns them as [`serde_json::Value`].
+//!
+//! The public API is deliberately non-generic: plain functions taking plain
+//! borrowed structs, so that the (large) serde code of `fhir-sdk` is
+//! monomorphised once, in this crate.
+//!
+//! Resources produced:
+//! * [`vital_sign_observation`]: an `Observation` conforming to the FHIR R4
+//!   vital-signs profile (or a plain `Observation` for other categories such
+//!   as `exam`).
+//! * [`device`]: a `Device`.
+//! * [`searchset_bundle`]: a `Bundle` of type `searchset`.
+//! * [`operation_outcome`]: an `OperationOutcome` (infallible).
+//!
+//! Date-times are rendered by `fhir-sdk` as RFC 3339 in UTC with a `Z` suffix
+//! and the fractional seconds trimmed of trailing zeros, e.g.
+//! `2026-11-23T19:00:00.123Z`, `2026-11-23T19:00:00.12Z` (120 ms) or
+//! `2026-11-23T19:00:00Z` (0 ms). All of these are valid FHIR `dateTime` and
+//! `instant` values.
+
+#![warn(missing_docs)]
+
+mod bundle;
+mod device;
+mod observation;
+mod outcome;
+mod util;
+
+pub use bundle::{SearchPage, searchset_bundle};
+pub use device::{DeviceRecord, device};
+pub use observation::{ObservationComponent, VitalSignRecord, vital_sign_observation};
+pub use outcome::{IssueCode, IssueSeverity, operation_outcome};
+
+/// LOINC code system URI.
+pub const LOINC: &str = "http://loinc.org";
+/// ISO/IEEE 11073-10101 nomenclature (MDC) code system URI.
+pub const MDC: &str = "urn:iso:std:iso:11073:10101";
+/// UCUM (units of measure) code system URI.
+pub const UCUM: &str = "http://unitsofmeasure.org";
+/// SNOMED CT code system URI.
+pub const SNOMED: &str = "http://snomed.info/sct";
+/// Code system of `Observation.category`.
+pub const OBSERVATION_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+/// Code system of `Device.statusReason`.
+pub const DEVICE_STATUS_REASON: &str = "http://terminology.hl7.org/CodeSystem/device-status-reason";
+
+/// Canonical URL of the base FHIR R4 vital-signs profile.
+pub const VITAL_SIGNS_PROFILE: &str = "http://hl7.org/fhir/StructureDefinition/vitalsigns";
+
+/// Errors produced while building FHIR resources.
+#[derive(Debug, thiserror::Error)]
+pub enum FhirError {
+    /// `fhir-sdk` failed to build or serialize a resource (a bug in this
+    /// crate rather than bad input).
+    #[error("failed to build FHIR resource: {0}")]
+    Build(String),
+    /// The input record cannot be represented as a valid FHIR resource.
+    #[error("invalid input for FHIR resource: {0}")]
+    InvalidInput(String),
+}
+
+/// One coding (`system` + `code` + human `display`) of a FHIR
+/// `CodeableConcept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coding<'a> {
+    /// Code system URI, e.g. [`LOINC`] or [`MDC`].
+    pub system: &'a str,
+    /// Code within the system, e.g. `8867-4`.
+    pub code: &'a str,
+    /// Human-readable display; omitted from the JSON when empty.
+    pub display: &'a str,
+}

@@ -1,0 +1,175 @@
+//! Cloud configuration, read from TOML and validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use wardwatch_proto::ids::{EdgeId, WardId};
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys.
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole cloud configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    /// Directory for the embedded database and other state.
+    pub data_dir: PathBuf,
+    /// `sqlite://FILE` or `postgres://...`. Defaults to `sqlite://<data_dir>/wardwatch.sqlite`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Server certificate and the hospital CA used for both listeners.
+    pub tls: TlsConfig,
+    /// The edge sync listener (mutual TLS, gRPC).
+    pub sync: SyncListenerConfig,
+    /// The FHIR API listener (TLS, bearer tokens).
+    pub api: ApiConfig,
+    /// Edges allowed to connect, and the wards each may write.
+    #[serde(default)]
+    pub edges: Vec<EdgeRegistration>,
+    /// API clients (EHRs) with their tokens and scopes.
+    #[serde(default)]
+    pub api_clients: Vec<ApiClient>,
+}
+
+/// TLS material (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Hospital CA: edge client certificates must chain to it.
+    pub ca_cert: PathBuf,
+    /// The cloud's server certificate.
+    pub cert: PathBuf,
+    /// The cloud's private key.
+    pub key: PathBuf,
+}
+
+/// Edge sync listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncListenerConfig {
+    /// Address to bind (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Largest batch accepted; edges are told at registration.
+    #[serde(default = "default_max_batch")]
+    pub max_batch_events: u32,
+}
+
+fn default_max_batch() -> u32 {
+    5_000
+}
+
+/// FHIR API listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to bind (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Path prefix of the FHIR base (e.g. "/fhir").
+    #[serde(default = "default_base_path")]
+    pub base_path: String,
+    /// The FHIR base URL as clients reach it (used in Bundle links). Defaults to https://<listen><base_path>.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
+    /// Identifier system of patient MRNs.
+    #[serde(default = "default_mrn_system")]
+    pub mrn_system: String,
+    /// Identifier system of device ids.
+    #[serde(default = "default_device_system")]
+    pub device_id_system: String,
+}
+
+fn default_base_path() -> String {
+    "/fhir".into()
+}
+fn default_mrn_system() -> String {
+    "urn:wardwatch:mrn".into()
+}
+fn default_device_system() -> String {
+    "urn:wardwatch:device".into()
+}
+
+/// One registered edge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeRegistration {
+    /// Edge id; its certificate must carry the URI SAN `urn:wardwatch:edge:<edge_id>`.
+    pub edge_id: EdgeId,
+    /// Wards it may write.
+    pub wards: Vec<WardId>,
+}
+
+/// One API client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiClient {
+    /// Who the client is (recorded in the audit trail).
+    pub client_id: String,
+    /// Hex sha256 of the bearer token (the token itself is never stored).
+    pub token_sha256: String,
+    /// SMART v2 style scopes, e.g. `system/Observation.rs`, `system/Device.rs`, `system/*.rs`.
+    pub scopes: Vec<String>,
+}
+
+impl CloudConfig {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let cfg: Self = toml::from_str(&text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("wardwatch.sqlite").display()))
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |s: String| Err(ConfigError::Invalid(s));
+        let url = self.database_url();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return bad(format!("database_url must be sqlite:... or postgres://..., got {url:?}"));
+        }
+        if !self.api.base_path.starts_with('/') || self.api.base_path.ends_with('/') {
+            return bad("api.base_path must start with '/' and not end with one".into());
+        }
+        if self.sync.max_batch_events == 0 || self.sync.max_batch_events > 50_000 {
+            return bad("sync.max_batch_events must be 1..=50000".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for e in &self.edges {
+            if !seen.insert(e.edge_id.clone()) {
+                return bad(format!("edge {} is registered twice", e.edge_id));
+            }
+            if e.wards.is_empty() {
+                return bad(format!("edge {} has no wards", e.edge_id));
+            }
+        }
+        for c in &self.api_clients {
+            if c.token_sha256.len() != 64 || !c.token_sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return bad(format!("api client {}: token_sha256 must be 64 hex digits", c.client_id));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+//! Wardwatch cloud.
+//!
+//! Receives edges over mutual-TLS gRPC ([`sync`]), stores every event exactly once ([`storage`]), and serves
+//! FHIR R4 to EHRs over TLS with bearer tokens and an audit trail ([`api`]). [`CloudServer::start`] binds both
+//! listeners from a validated [`config::CloudConfig`]; [`CloudServer::run`] serves until a shutdown future
+//! resolves. The `wardwatch-cloud` binary only parses arguments and calls these.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod pki;
+pub mod registry;
+pub mod server;
+pub mod storage;
+pub mod sync;
+pub mod tls;
+
+pub use config::CloudConfig;
+pub use server::CloudServer;

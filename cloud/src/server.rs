@@ -1,0 +1,197 @@
+//! Assembles the cloud: database, TLS, the sync listener and the API listener, run until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use futures_util::StreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tracing::{info, warn};
+use wardwatch_proto::v1::edge_sync_server::EdgeSyncServer;
+
+use crate::api::{self, ApiState, RemoteAddr};
+use crate::config::CloudConfig;
+use crate::registry::EdgeRegistry;
+use crate::storage::{StorageError, Store};
+use crate::sync::{SyncService, SyncServiceStats};
+use crate::tls::{self, TlsError};
+
+/// Why the cloud could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// TLS material is missing or invalid.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The edge registry is invalid.
+    #[error("edge registry: {0}")]
+    Registry(#[from] crate::pki::PkiError),
+    /// A listener could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// A started cloud: listeners bound, database migrated.
+#[derive(Debug)]
+pub struct CloudServer {
+    /// Storage shared by both services.
+    store: Store,
+    /// Sync service counters.
+    sync_stats: Arc<SyncServiceStats>,
+    /// Failed TLS handshakes on the sync listener (foreign CA, expired certificates, ...).
+    sync_tls_failures: Arc<AtomicU64>,
+    /// The bound sync listener.
+    sync_listener: TcpListener,
+    /// The bound API listener.
+    api_listener: TcpListener,
+    /// TLS for sync (client certificates required).
+    sync_tls: Arc<rustls::ServerConfig>,
+    /// TLS for the API.
+    api_tls: Arc<rustls::ServerConfig>,
+    /// The sync service.
+    sync_service: SyncService,
+    /// API state.
+    api_state: Arc<ApiState>,
+}
+
+impl CloudServer {
+    /// Validates the configuration, loads TLS material, opens and migrates the database, binds both listeners.
+    pub async fn start(config: CloudConfig) -> Result<Self, StartError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartError::Storage(StorageError::Database(sqlx::Error::Io(e))))?;
+        let sync_tls = tls::sync_server_config(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
+        let api_tls = tls::api_server_config(&config.tls.cert, &config.tls.key)?;
+        let registry = Arc::new(EdgeRegistry::from_config(&config.edges)?);
+        let store = Store::connect(&config.database_url()).await?;
+        let sync_listener = TcpListener::bind(config.sync.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.sync.listen, source })?;
+        let api_listener = TcpListener::bind(config.api.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
+        let api_addr = api_listener.local_addr().map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
+        let base_url = config
+            .api
+            .public_base_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{api_addr}{}", config.api.base_path));
+        let sync_stats = Arc::new(SyncServiceStats::default());
+        let sync_service = SyncService::new(store.clone(), registry, config.sync.max_batch_events, sync_stats.clone());
+        let api_state =
+            Arc::new(ApiState { store: store.clone(), config: config.api.clone(), base_url, clients: config.api_clients.clone() });
+        info!(backend = store.backend(), sync = ?sync_listener.local_addr().ok(), api = %api_addr, "cloud started");
+        Ok(Self {
+            store,
+            sync_stats,
+            sync_tls_failures: Arc::new(AtomicU64::new(0)),
+            sync_listener,
+            api_listener,
+            sync_tls,
+            api_tls,
+            sync_service,
+            api_state,
+        })
+    }
+
+    /// Where edges connect.
+    pub fn sync_addr(&self) -> std::io::Result<SocketAddr> {
+        self.sync_listener.local_addr()
+    }
+
+    /// Where the FHIR API listens.
+    pub fn api_addr(&self) -> std::io::Result<SocketAddr> {
+        self.api_listener.local_addr()
+    }
+
+    /// The FHIR base URL clients use.
+    pub fn fhir_base_url(&self) -> &str {
+        &self.api_state.base_url
+    }
+
+    /// The storage (for tests and operators).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Sync service counters.
+    pub fn sync_stats(&self) -> Arc<SyncServiceStats> {
+        self.sync_stats.clone()
+    }
+
+    /// Failed TLS handshakes on the sync listener.
+    pub fn sync_tls_failures(&self) -> Arc<AtomicU64> {
+        self.sync_tls_failures.clone()
+    }
+
+    /// Serves both listeners until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let sync_incoming = tls::incoming(self.sync_listener, self.sync_tls, "sync", self.sync_tls_failures.clone());
+        let mut sync_stop = stop_rx.clone();
+        let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+            .add_service(
+                EdgeSyncServer::new(self.sync_service)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(16 << 20),
+            )
+            .serve_with_incoming_shutdown(sync_incoming, async move {
+                let _ = sync_stop.wait_for(|s| *s).await;
+            });
+        let sync_task = tokio::spawn(async move {
+            if let Err(e) = grpc.await {
+                warn!(error = %e, "sync server ended with an error");
+            }
+        });
+
+        let api_failures = Arc::new(AtomicU64::new(0));
+        let mut api_incoming = tls::incoming(self.api_listener, self.api_tls, "api", api_failures);
+        let router = api::router(self.api_state);
+        let mut api_stop = stop_rx.clone();
+        let api_task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let tls = tokio::select! {
+                    next = api_incoming.next() => match next { Some(Ok(t)) => t, Some(Err(_)) => continue, None => break },
+                    _ = api_stop.wait_for(|s| *s) => break,
+                };
+                let peer = tls.get_ref().0.peer_addr().ok();
+                let router = router.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        if let Some(p) = peer {
+                            req.extensions_mut().insert(RemoteAddr(p));
+                        }
+                        router.clone().oneshot(req.map(axum::body::Body::new))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+            conns.shutdown().await;
+        });
+
+        shutdown.await;
+        info!("cloud shutting down");
+        let _ = stop_tx.send(true);
+        let _ = sync_task.await;
+        let _ = api_task.await;
+        self.store.close().await;
+    }
+}

@@ -1,0 +1,420 @@
+//! Cloud storage on sqlx: SQLite (embedded default, one file) or PostgreSQL (production), same schema and the
+//! same behaviour, each with its own migrations (`cloud/migrations/{sqlite,postgres}`).
+//!
+//! Exactly-once: every synced event first claims its `(edge_id, sequence)` and `(edge_id, idempotency_key)` in
+//! `sync_ledger` (INSERT .. ON CONFLICT DO NOTHING RETURNING). Only events whose claim succeeded are written to
+//! the data tables, in the same transaction; a resend claims nothing and is reported as replayed. Rejected events
+//! are claimed too (with their reason), so a resend of a bad event gets the same answer.
+
+mod postgres;
+mod sqlite;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use wardwatch_proto::v1::edge_event::Payload;
+use wardwatch_proto::v1::{DeviceInfo, VitalSign};
+use wardwatch_proto::validate::Rejection;
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The URL is not one we support.
+    #[error("unsupported database URL {0:?}")]
+    Url(String),
+}
+
+/// One synced event after validation: either a payload to store or the reason it was refused.
+#[derive(Debug)]
+pub struct IngestItem {
+    /// The edge's sequence.
+    pub sequence: u64,
+    /// The event's idempotency key.
+    pub idempotency_key: String,
+    /// What to store, or why not.
+    pub outcome: Result<Payload, Rejection>,
+}
+
+/// What an ingest did.
+#[derive(Debug, Default)]
+pub struct IngestOutcome {
+    /// Events stored now.
+    pub stored: u32,
+    /// Sequences that were already in the ledger (replays): not stored again.
+    pub replayed: Vec<u64>,
+}
+
+/// A stored vital sign, as the search reads it.
+#[derive(Debug, Clone)]
+pub struct VitalRow {
+    /// Storage order; the pagination key.
+    pub id: i64,
+    /// Edge that sent it.
+    pub edge_id: String,
+    /// Its sequence on that edge (with the edge, its lineage).
+    pub sequence: i64,
+    /// Patient MRN.
+    pub patient_id: String,
+    /// Ward.
+    pub ward: String,
+    /// Bed.
+    pub bed: String,
+    /// Device id.
+    pub device_id: String,
+    /// MDC code.
+    pub metric_mdc: i64,
+    /// LOINC code.
+    pub loinc: String,
+    /// Numeric value, if numeric.
+    pub value: Option<f64>,
+    /// Enumerated value, if enumerated.
+    pub enumerated: Option<String>,
+    /// UCUM unit.
+    pub unit: String,
+    /// Compound components as JSON `[[mdc, value], ...]`.
+    pub components: Option<String>,
+    /// Quality flags as a bitmask (bit n = `QualityFlag` value n).
+    pub quality: i64,
+    /// When measured.
+    pub measured_at_ms: i64,
+    /// When stored.
+    pub received_at_ms: i64,
+}
+
+/// A stored device (latest description).
+#[derive(Debug, Clone)]
+pub struct DeviceRow {
+    /// Device id.
+    pub device_id: String,
+    /// Edge that reported it.
+    pub edge_id: String,
+    /// `DeviceKind` value.
+    pub kind: i64,
+    /// Manufacturer.
+    pub manufacturer: String,
+    /// Model.
+    pub model: String,
+    /// Serial number.
+    pub serial: String,
+    /// UDI carrier.
+    pub udi: String,
+    /// Ward.
+    pub ward: String,
+    /// Bed.
+    pub bed: String,
+    /// `OperationalState` value.
+    pub state: i64,
+    /// When reported.
+    pub reported_at_ms: i64,
+}
+
+/// How a search filters on code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CodeFilter {
+    /// A LOINC code.
+    Loinc(String),
+    /// An MDC code.
+    Mdc(i64),
+}
+
+/// A vital-sign search. Results are newest first (by storage id), `limit` at most, before `before_id` if set.
+#[derive(Debug, Clone, Default)]
+pub struct VitalQuery {
+    /// Only this patient.
+    pub patient: Option<String>,
+    /// Any of these codes (empty: all).
+    pub codes: Vec<CodeFilter>,
+    /// Keyset cursor: only ids below it.
+    pub before_id: Option<i64>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// An audit record: who read which patient's data.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    /// When.
+    pub at_ms: i64,
+    /// Client id from the token.
+    pub client_id: String,
+    /// e.g. "search", "read".
+    pub action: String,
+    /// Resource type.
+    pub resource_type: String,
+    /// The query or id asked for.
+    pub query: String,
+    /// Patients whose data was returned (comma-separated MRNs; empty if none).
+    pub patients: String,
+    /// HTTP status returned.
+    pub status: i32,
+    /// Remote address.
+    pub remote: String,
+}
+
+/// The database behind the cloud.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// Embedded SQLite file.
+    Sqlite(SqlitePool),
+    /// PostgreSQL server.
+    Postgres(PgPool),
+}
+
+pub(crate) fn components_json(v: &VitalSign) -> Option<String> {
+    if v.components.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = v
+        .components
+        .iter()
+        .map(|c| format!("[{},{}]", c.metric_mdc, serde_json::Number::from_f64(c.value).map_or("null".into(), |n| n.to_string())))
+        .collect();
+    Some(format!("[{}]", parts.join(",")))
+}
+
+pub(crate) fn quality_mask(v: &VitalSign) -> i64 {
+    v.quality.iter().filter(|q| (0..63).contains(*q)).fold(0i64, |m, q| m | (1i64 << q))
+}
+
+pub(crate) fn loinc_of(mdc: u32) -> &'static str {
+    wardwatch_proto::metrics::by_mdc(mdc).map_or("", |m| m.loinc)
+}
+
+pub(crate) fn ward_bed(d: &DeviceInfo) -> (String, String) {
+    d.location.as_ref().map(|l| (l.ward.clone(), l.bed.clone())).unwrap_or_default()
+}
+
+/// Ledger outcome codes.
+pub(crate) const OUTCOME_STORED: i16 = 0;
+pub(crate) const OUTCOME_REJECTED: i16 = 1;
+
+pub(crate) fn event_kind(p: &Payload) -> &'static str {
+    match p {
+        Payload::Vital(_) => "vital",
+        Payload::Infusion(_) => "infusion",
+        Payload::Alarm(_) => "alarm",
+        Payload::Risk(_) => "risk",
+        Payload::Device(_) => "device",
+    }
+}
+
+impl Store {
+    /// Connects to `url` and runs migrations. `sqlite://PATH` creates the file if missing.
+    pub async fn connect(url: &str) -> Result<Self, StorageError> {
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(30));
+            let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+            sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+            Ok(Self::Sqlite(pool))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("migrations/postgres").run(&pool).await?;
+            Ok(Self::Postgres(pool))
+        } else {
+            Err(StorageError::Url(url.to_string()))
+        }
+    }
+
+    /// Which backend, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Records an edge registration (or refreshes its last-seen time).
+    pub async fn upsert_edge(&self, edge_id: &str, identity: &str, wards: &[String]) -> Result<(), StorageError> {
+        let wards = serde_json::to_string(wards).unwrap_or_else(|_| "[]".into());
+        let now = wardwatch_proto::now_unix_ms();
+        let sql = "INSERT INTO edges (edge_id, identity_uri, wards, registered_at_ms, last_seen_at_ms)
+                   VALUES ($1, $2, $3, $4, $4)
+                   ON CONFLICT (edge_id) DO UPDATE SET identity_uri = excluded.identity_uri,
+                       wards = excluded.wards, last_seen_at_ms = excluded.last_seen_at_ms";
+        match self {
+            Self::Sqlite(p) => {
+                sqlx::query(sql).bind(edge_id).bind(identity).bind(&wards).bind(now).execute(p).await?;
+            }
+            Self::Postgres(p) => {
+                sqlx::query(sql).bind(edge_id).bind(identity).bind(&wards).bind(now).execute(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Highest sequence processed for `edge_id` (0 if none).
+    pub async fn acked_through(&self, edge_id: &str) -> Result<u64, StorageError> {
+        let sql = "SELECT MAX(sequence) FROM sync_ledger WHERE edge_id = $1";
+        let v: Option<i64> = match self {
+            Self::Sqlite(p) => sqlx::query_scalar(sql).bind(edge_id).fetch_one(p).await?,
+            Self::Postgres(p) => sqlx::query_scalar(sql).bind(edge_id).fetch_one(p).await?,
+        };
+        Ok(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
+    }
+
+    /// Stores a batch exactly once, in one transaction.
+    pub async fn ingest(&self, edge_id: &str, items: &[IngestItem]) -> Result<IngestOutcome, StorageError> {
+        match self {
+            Self::Sqlite(p) => sqlite::ingest(p, edge_id, items).await,
+            Self::Postgres(p) => postgres::ingest(p, edge_id, items).await,
+        }
+    }
+
+    /// Searches vital signs.
+    pub async fn search_vitals(&self, q: &VitalQuery) -> Result<Vec<VitalRow>, StorageError> {
+        match self {
+            Self::Sqlite(p) => sqlite::search_vitals(p, q).await,
+            Self::Postgres(p) => postgres::search_vitals(p, q).await,
+        }
+    }
+
+    /// Reads one device.
+    pub async fn device(&self, device_id: &str) -> Result<Option<DeviceRow>, StorageError> {
+        match self {
+            Self::Sqlite(p) => sqlite::device(p, device_id).await,
+            Self::Postgres(p) => postgres::device(p, device_id).await,
+        }
+    }
+
+    /// Number of stored vital signs (for tests and operators).
+    pub async fn count_vitals(&self) -> Result<i64, StorageError> {
+        let sql = "SELECT COUNT(*) FROM vital_signs";
+        Ok(match self {
+            Self::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+            Self::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+        })
+    }
+
+    /// Number of (edge, sequence) pairs that appear more than once among stored vital signs: must be 0.
+    pub async fn count_duplicate_vitals(&self) -> Result<i64, StorageError> {
+        let sql = "SELECT COUNT(*) FROM (SELECT edge_id, sequence FROM vital_signs GROUP BY edge_id, sequence HAVING COUNT(*) > 1) d";
+        Ok(match self {
+            Self::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+            Self::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+        })
+    }
+
+    /// Appends an audit record.
+    pub async fn audit(&self, r: &AuditRecord) -> Result<(), StorageError> {
+        let sql = "INSERT INTO audit_events (at_ms, client_id, action, resource_type, query, patients, status, remote)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        macro_rules! run {
+            ($p:expr) => {
+                sqlx::query(sql)
+                    .bind(r.at_ms)
+                    .bind(&r.client_id)
+                    .bind(&r.action)
+                    .bind(&r.resource_type)
+                    .bind(&r.query)
+                    .bind(&r.patients)
+                    .bind(r.status)
+                    .bind(&r.remote)
+                    .execute($p)
+                    .await
+                    .map(|_| ())?
+            };
+        }
+        match self {
+            Self::Sqlite(p) => run!(p),
+            Self::Postgres(p) => run!(p),
+        }
+        Ok(())
+    }
+
+    /// Number of audit records for `client_id` (for tests and administrators).
+    pub async fn audit_count(&self, client_id: &str) -> Result<i64, StorageError> {
+        let sql = "SELECT COUNT(*) FROM audit_events WHERE client_id = $1";
+        Ok(match self {
+            Self::Sqlite(p) => sqlx::query_scalar(sql).bind(client_id).fetch_one(p).await?,
+            Self::Postgres(p) => sqlx::query_scalar(sql).bind(client_id).fetch_one(p).await?,
+        })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(p) => p.close().await,
+            Self::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+pub(crate) fn patient_ward(p: &Payload) -> (Option<String>, Option<String>) {
+    let ward = |l: &Option<wardwatch_proto::v1::BedLocation>| l.as_ref().map(|l| l.ward.clone());
+    let patient = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    match p {
+        Payload::Vital(v) => (patient(&v.patient_id), ward(&v.location)),
+        Payload::Infusion(i) => (patient(&i.patient_id), ward(&i.location)),
+        Payload::Alarm(a) => (patient(&a.patient_id), ward(&a.location)),
+        Payload::Risk(r) => (patient(&r.patient_id), ward(&r.location)),
+        Payload::Device(d) => (None, ward(&d.location)),
+    }
+}
+
+pub(crate) const VITAL_COLUMNS: &str = "SELECT id, edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, \
+    loinc, value, enumerated, unit, components, quality, measured_at_ms, received_at_ms";
+
+pub(crate) const DEVICE_SELECT: &str = "SELECT device_id, edge_id, kind, manufacturer, model, serial, udi, ward, bed, \
+    state, reported_at_ms FROM devices WHERE device_id = $1";
+
+macro_rules! row_mappers {
+    ($vital:ident, $device:ident, $row:ty) => {
+        pub(crate) fn $vital(r: &$row) -> Result<VitalRow, StorageError> {
+            use sqlx::Row;
+            Ok(VitalRow {
+                id: r.try_get(0)?,
+                edge_id: r.try_get(1)?,
+                sequence: r.try_get(2)?,
+                patient_id: r.try_get(3)?,
+                ward: r.try_get(4)?,
+                bed: r.try_get(5)?,
+                device_id: r.try_get(6)?,
+                metric_mdc: r.try_get(7)?,
+                loinc: r.try_get(8)?,
+                value: r.try_get(9)?,
+                enumerated: r.try_get(10)?,
+                unit: r.try_get(11)?,
+                components: r.try_get(12)?,
+                quality: r.try_get(13)?,
+                measured_at_ms: r.try_get(14)?,
+                received_at_ms: r.try_get(15)?,
+            })
+        }
+        pub(crate) fn $device(r: &$row) -> Result<DeviceRow, StorageError> {
+            use sqlx::Row;
+            Ok(DeviceRow {
+                device_id: r.try_get(0)?,
+                edge_id: r.try_get(1)?,
+                kind: r.try_get(2)?,
+                manufacturer: r.try_get(3)?,
+                model: r.try_get(4)?,
+                serial: r.try_get(5)?,
+                udi: r.try_get(6)?,
+                ward: r.try_get(7)?,
+                bed: r.try_get(8)?,
+                state: r.try_get(9)?,
+                reported_at_ms: r.try_get(10)?,
+            })
+        }
+    };
+}
+row_mappers!(vital_from_sqlite, device_from_sqlite, sqlx::sqlite::SqliteRow);
+row_mappers!(vital_from_pg, device_from_pg, sqlx::postgres::PgRow);

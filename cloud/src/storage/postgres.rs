@@ -1,0 +1,208 @@
+//! PostgreSQL side of [`super::Store`]: each table written with one `INSERT .. SELECT FROM UNNEST(arrays)`
+//! per batch, so a batch of thousands of events costs a handful of round trips.
+
+use std::collections::HashSet;
+
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use wardwatch_proto::v1::edge_event::Payload;
+
+use super::{
+    CodeFilter, DeviceRow, IngestItem, IngestOutcome, OUTCOME_REJECTED, OUTCOME_STORED, StorageError, VitalQuery,
+    VitalRow, components_json, event_kind, loinc_of, quality_mask, ward_bed,
+};
+
+fn seq(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX)
+}
+
+pub(super) async fn ingest(pool: &PgPool, edge_id: &str, items: &[IngestItem]) -> Result<IngestOutcome, StorageError> {
+    let now = wardwatch_proto::now_unix_ms();
+    let mut tx = pool.begin().await?;
+
+    let n = items.len();
+    let (mut seqs, mut keys, mut kinds, mut outcomes, mut reasons) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for it in items {
+        seqs.push(seq(it.sequence));
+        keys.push(it.idempotency_key.as_str());
+        match &it.outcome {
+            Ok(p) => {
+                kinds.push(event_kind(p));
+                outcomes.push(OUTCOME_STORED);
+                reasons.push(None);
+            }
+            Err(r) => {
+                kinds.push("rejected");
+                outcomes.push(OUTCOME_REJECTED);
+                reasons.push(Some(format!("{:?}: {}", r.reason, r.detail)));
+            }
+        }
+    }
+    let claimed_rows = sqlx::query(
+        "INSERT INTO sync_ledger (edge_id, sequence, idempotency_key, kind, outcome, reason, received_at_ms)
+         SELECT $1, s, k, kd, o, r, $7 FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::int2[], $6::text[]) AS t(s, k, kd, o, r)
+         ON CONFLICT DO NOTHING RETURNING sequence",
+    )
+    .bind(edge_id)
+    .bind(&seqs)
+    .bind(&keys)
+    .bind(&kinds)
+    .bind(&outcomes)
+    .bind(&reasons)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut claimed: HashSet<u64> = HashSet::with_capacity(claimed_rows.len());
+    for row in &claimed_rows {
+        let s: i64 = row.try_get(0)?;
+        claimed.insert(u64::try_from(s).unwrap_or(0));
+    }
+    let fresh: Vec<(&IngestItem, &Payload)> = items
+        .iter()
+        .filter(|it| claimed.contains(&it.sequence))
+        .filter_map(|it| it.outcome.as_ref().ok().map(|p| (it, p)))
+        .collect();
+
+    // Vital signs: one UNNEST insert.
+    let mut v_seq = Vec::new();
+    let mut v_patient = Vec::new();
+    let mut v_ward = Vec::new();
+    let mut v_bed = Vec::new();
+    let mut v_device = Vec::new();
+    let mut v_mdc = Vec::new();
+    let mut v_loinc = Vec::new();
+    let mut v_value: Vec<Option<f64>> = Vec::new();
+    let mut v_enum: Vec<Option<&str>> = Vec::new();
+    let mut v_unit = Vec::new();
+    let mut v_comp: Vec<Option<String>> = Vec::new();
+    let mut v_quality = Vec::new();
+    let mut v_measured = Vec::new();
+    for (it, p) in &fresh {
+        if let Payload::Vital(v) = p {
+            let (ward, bed) = v.location.as_ref().map(|l| (l.ward.as_str(), l.bed.as_str())).unwrap_or(("", ""));
+            let enumerated = (!v.enumerated.is_empty()).then_some(v.enumerated.as_str());
+            v_seq.push(seq(it.sequence));
+            v_patient.push(v.patient_id.as_str());
+            v_ward.push(ward);
+            v_bed.push(bed);
+            v_device.push(v.device_id.as_str());
+            v_mdc.push(i64::from(v.metric_mdc));
+            v_loinc.push(loinc_of(v.metric_mdc));
+            v_value.push(if enumerated.is_some() { None } else { Some(v.value) });
+            v_enum.push(enumerated);
+            v_unit.push(v.unit_ucum.as_str());
+            v_comp.push(components_json(v));
+            v_quality.push(quality_mask(v));
+            v_measured.push(v.measured_at_unix_ms);
+        }
+    }
+    if !v_seq.is_empty() {
+        sqlx::query(
+            "INSERT INTO vital_signs (edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, loinc, value,
+                 enumerated, unit, components, quality, measured_at_ms, received_at_ms)
+             SELECT $1, s, pa, wa, be, de, md, lo, va, en, un, co, qu, me, $15
+             FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[],
+                         $9::float8[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::int8[])
+                  AS t(s, pa, wa, be, de, md, lo, va, en, un, co, qu, me)",
+        )
+        .bind(edge_id)
+        .bind(&v_seq)
+        .bind(&v_patient)
+        .bind(&v_ward)
+        .bind(&v_bed)
+        .bind(&v_device)
+        .bind(&v_mdc)
+        .bind(&v_loinc)
+        .bind(&v_value)
+        .bind(&v_enum)
+        .bind(&v_unit)
+        .bind(&v_comp)
+        .bind(&v_quality)
+        .bind(&v_measured)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+
+    for (it, p) in &fresh {
+        match p {
+            Payload::Vital(_) => {}
+            Payload::Device(d) => {
+                let (ward, bed) = ward_bed(d);
+                sqlx::query(
+                    "INSERT INTO devices (device_id, edge_id, kind, manufacturer, model, serial, udi, ward, bed, state, reported_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     ON CONFLICT (device_id) DO UPDATE SET edge_id = excluded.edge_id, kind = excluded.kind,
+                        manufacturer = excluded.manufacturer, model = excluded.model, serial = excluded.serial,
+                        udi = excluded.udi, ward = excluded.ward, bed = excluded.bed, state = excluded.state,
+                        reported_at_ms = excluded.reported_at_ms
+                     WHERE excluded.reported_at_ms >= devices.reported_at_ms",
+                )
+                .bind(&d.device_id)
+                .bind(edge_id)
+                .bind(i64::from(d.kind))
+                .bind(&d.manufacturer)
+                .bind(&d.model)
+                .bind(&d.serial_number)
+                .bind(&d.udi)
+                .bind(ward)
+                .bind(bed)
+                .bind(i64::from(d.state))
+                .bind(d.reported_at_unix_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            other => {
+                let (patient, ward) = super::patient_ward(other);
+                sqlx::query(
+                    "INSERT INTO edge_events (edge_id, sequence, kind, patient_id, ward, payload, received_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(edge_id)
+                .bind(seq(it.sequence))
+                .bind(event_kind(other))
+                .bind(patient)
+                .bind(ward)
+                .bind(super::sqlite::other_payload_bytes(other))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    let replayed = items.iter().filter(|it| !claimed.contains(&it.sequence)).map(|it| it.sequence).collect();
+    Ok(IngestOutcome { stored: u32::try_from(fresh.len()).unwrap_or(u32::MAX), replayed })
+}
+
+pub(super) async fn search_vitals(pool: &PgPool, q: &VitalQuery) -> Result<Vec<VitalRow>, StorageError> {
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(super::VITAL_COLUMNS);
+    qb.push(" FROM vital_signs WHERE 1=1");
+    if let Some(p) = &q.patient {
+        qb.push(" AND patient_id = ").push_bind(p.clone());
+    }
+    if !q.codes.is_empty() {
+        qb.push(" AND (");
+        for (i, c) in q.codes.iter().enumerate() {
+            if i > 0 {
+                qb.push(" OR ");
+            }
+            match c {
+                CodeFilter::Loinc(l) => qb.push("loinc = ").push_bind(l.clone()),
+                CodeFilter::Mdc(m) => qb.push("metric_mdc = ").push_bind(*m),
+            };
+        }
+        qb.push(")");
+    }
+    if let Some(b) = q.before_id {
+        qb.push(" AND id < ").push_bind(b);
+    }
+    qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(q.limit));
+    let rows = qb.build().fetch_all(pool).await?;
+    rows.iter().map(super::vital_from_pg).collect()
+}
+
+pub(super) async fn device(pool: &PgPool, id: &str) -> Result<Option<DeviceRow>, StorageError> {
+    let row = sqlx::query(super::DEVICE_SELECT).bind(id).fetch_optional(pool).await?;
+    row.as_ref().map(super::device_from_pg).transpose()
+}

@@ -1,0 +1,166 @@
+//! SQLite side of [`super::Store`]: multi-row INSERTs in one transaction.
+
+use std::collections::HashSet;
+
+use prost::Message;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use wardwatch_proto::v1::edge_event::Payload;
+
+use super::{
+    CodeFilter, DeviceRow, IngestItem, IngestOutcome, OUTCOME_REJECTED, OUTCOME_STORED, StorageError, VitalQuery,
+    VitalRow, components_json, event_kind, loinc_of, quality_mask, ward_bed,
+};
+
+/// Rows per statement: SQLite allows 32,766 bound parameters; the widest insert binds 15 per row.
+const CHUNK: usize = 1_000;
+
+pub(super) async fn ingest(pool: &SqlitePool, edge_id: &str, items: &[IngestItem]) -> Result<IngestOutcome, StorageError> {
+    let now = wardwatch_proto::now_unix_ms();
+    let mut tx = pool.begin().await?;
+    let mut claimed: HashSet<u64> = HashSet::with_capacity(items.len());
+    for chunk in items.chunks(CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO sync_ledger (edge_id, sequence, idempotency_key, kind, outcome, reason, received_at_ms) ",
+        );
+        qb.push_values(chunk, |mut b, it| {
+            let (kind, outcome, reason) = match &it.outcome {
+                Ok(p) => (event_kind(p), OUTCOME_STORED, None),
+                Err(r) => ("rejected", OUTCOME_REJECTED, Some(format!("{:?}: {}", r.reason, r.detail))),
+            };
+            b.push_bind(edge_id)
+                .push_bind(i64::try_from(it.sequence).unwrap_or(i64::MAX))
+                .push_bind(it.idempotency_key.as_str())
+                .push_bind(kind)
+                .push_bind(outcome)
+                .push_bind(reason)
+                .push_bind(now);
+        });
+        qb.push(" ON CONFLICT DO NOTHING RETURNING sequence");
+        for row in qb.build().fetch_all(&mut *tx).await? {
+            let s: i64 = row.try_get(0)?;
+            claimed.insert(u64::try_from(s).unwrap_or(0));
+        }
+    }
+    let fresh: Vec<(&IngestItem, &Payload)> = items
+        .iter()
+        .filter(|it| claimed.contains(&it.sequence))
+        .filter_map(|it| it.outcome.as_ref().ok().map(|p| (it, p)))
+        .collect();
+    let vitals: Vec<_> = fresh
+        .iter()
+        .filter_map(|(it, p)| if let Payload::Vital(v) = p { Some((it.sequence, v)) } else { None })
+        .collect();
+    for chunk in vitals.chunks(CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO vital_signs (edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, loinc, value, \
+             enumerated, unit, components, quality, measured_at_ms, received_at_ms) ",
+        );
+        qb.push_values(chunk, |mut b, (seq, v)| {
+            let (ward, bed) = v.location.as_ref().map(|l| (l.ward.as_str(), l.bed.as_str())).unwrap_or(("", ""));
+            let enumerated = (!v.enumerated.is_empty()).then_some(v.enumerated.as_str());
+            let value = if enumerated.is_some() { None } else { Some(v.value) };
+            b.push_bind(edge_id)
+                .push_bind(i64::try_from(*seq).unwrap_or(i64::MAX))
+                .push_bind(v.patient_id.as_str())
+                .push_bind(ward)
+                .push_bind(bed)
+                .push_bind(v.device_id.as_str())
+                .push_bind(i64::from(v.metric_mdc))
+                .push_bind(loinc_of(v.metric_mdc))
+                .push_bind(value)
+                .push_bind(enumerated)
+                .push_bind(v.unit_ucum.as_str())
+                .push_bind(components_json(v))
+                .push_bind(quality_mask(v))
+                .push_bind(v.measured_at_unix_ms)
+                .push_bind(now);
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
+    for (it, p) in &fresh {
+        match p {
+            Payload::Vital(_) => {}
+            Payload::Device(d) => {
+                let (ward, bed) = ward_bed(d);
+                sqlx::query(
+                    "INSERT INTO devices (device_id, edge_id, kind, manufacturer, model, serial, udi, ward, bed, state, reported_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     ON CONFLICT (device_id) DO UPDATE SET edge_id = excluded.edge_id, kind = excluded.kind,
+                        manufacturer = excluded.manufacturer, model = excluded.model, serial = excluded.serial,
+                        udi = excluded.udi, ward = excluded.ward, bed = excluded.bed, state = excluded.state,
+                        reported_at_ms = excluded.reported_at_ms
+                     WHERE excluded.reported_at_ms >= devices.reported_at_ms",
+                )
+                .bind(&d.device_id)
+                .bind(edge_id)
+                .bind(i64::from(d.kind))
+                .bind(&d.manufacturer)
+                .bind(&d.model)
+                .bind(&d.serial_number)
+                .bind(&d.udi)
+                .bind(ward)
+                .bind(bed)
+                .bind(i64::from(d.state))
+                .bind(d.reported_at_unix_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            other => {
+                let (patient, ward) = super::patient_ward(other);
+                sqlx::query(
+                    "INSERT INTO edge_events (edge_id, sequence, kind, patient_id, ward, payload, received_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(edge_id)
+                .bind(i64::try_from(it.sequence).unwrap_or(i64::MAX))
+                .bind(event_kind(other))
+                .bind(patient)
+                .bind(ward)
+                .bind(other_payload_bytes(other))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    let replayed = items.iter().filter(|it| !claimed.contains(&it.sequence)).map(|it| it.sequence).collect();
+    let stored = u32::try_from(fresh.len()).unwrap_or(u32::MAX);
+    Ok(IngestOutcome { stored, replayed })
+}
+
+pub(super) fn other_payload_bytes(p: &Payload) -> Vec<u8> {
+    wardwatch_proto::v1::EdgeEvent { payload: Some(p.clone()), ..Default::default() }.encode_to_vec()
+}
+
+pub(super) async fn search_vitals(pool: &SqlitePool, q: &VitalQuery) -> Result<Vec<VitalRow>, StorageError> {
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(super::VITAL_COLUMNS);
+    qb.push(" FROM vital_signs WHERE 1=1");
+    if let Some(p) = &q.patient {
+        qb.push(" AND patient_id = ").push_bind(p.clone());
+    }
+    if !q.codes.is_empty() {
+        qb.push(" AND (");
+        for (i, c) in q.codes.iter().enumerate() {
+            if i > 0 {
+                qb.push(" OR ");
+            }
+            match c {
+                CodeFilter::Loinc(l) => qb.push("loinc = ").push_bind(l.clone()),
+                CodeFilter::Mdc(m) => qb.push("metric_mdc = ").push_bind(*m),
+            };
+        }
+        qb.push(")");
+    }
+    if let Some(b) = q.before_id {
+        qb.push(" AND id < ").push_bind(b);
+    }
+    qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(q.limit));
+    let rows = qb.build().fetch_all(pool).await?;
+    rows.iter().map(super::vital_from_sqlite).collect()
+}
+
+pub(super) async fn device(pool: &SqlitePool, id: &str) -> Result<Option<DeviceRow>, StorageError> {
+    let row = sqlx::query(super::DEVICE_SELECT).bind(id).fetch_optional(pool).await?;
+    row.as_ref().map(super::device_from_sqlite).transpose()
+}

@@ -1,0 +1,220 @@
+//! The `EdgeSync` gRPC service: edge registration and the bidirectional sync stream.
+//!
+//! Every call is authenticated by the client certificate (see [`crate::registry`]). Each batch is validated item
+//! by item (a bad item is rejected with its reason; the rest is stored), stored exactly once in one transaction,
+//! and acknowledged only after commit, in batch order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+use wardwatch_proto::ids::WardId;
+use wardwatch_proto::v1::edge_sync_server::EdgeSync;
+use wardwatch_proto::v1::{
+    ItemRejection, RegisterRequest, RegisterResponse, RejectReason, SyncAck, SyncBatch,
+};
+use wardwatch_proto::validate::{self, Rejection};
+
+use crate::error::CloudError;
+use crate::registry::{EdgeRegistry, RegisteredEdge};
+use crate::storage::{IngestItem, Store};
+
+/// Counters of the sync service.
+#[derive(Debug, Default)]
+pub struct SyncServiceStats {
+    /// Events stored.
+    pub stored: AtomicU64,
+    /// Events already stored, received again.
+    pub replayed: AtomicU64,
+    /// Events rejected, by `RejectReason` value (index).
+    pub rejected: [AtomicU64; 8],
+    /// Calls refused for authentication or authorization.
+    pub refused_calls: AtomicU64,
+}
+
+impl SyncServiceStats {
+    /// Rejections with `reason`.
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected.get(reason as usize).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// The service implementation.
+#[derive(Debug, Clone)]
+pub struct SyncService {
+    /// Where events go.
+    store: Store,
+    /// Who may connect.
+    registry: Arc<EdgeRegistry>,
+    /// Largest batch accepted.
+    max_batch_events: u32,
+    /// Counters.
+    stats: Arc<SyncServiceStats>,
+}
+
+impl SyncService {
+    /// A service over `store` for the edges in `registry`.
+    pub fn new(store: Store, registry: Arc<EdgeRegistry>, max_batch_events: u32, stats: Arc<SyncServiceStats>) -> Self {
+        Self { store, registry, max_batch_events, stats }
+    }
+
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<Arc<RegisteredEdge>, Status> {
+        let certs = req.peer_certs();
+        self.registry.authenticate(certs.as_deref().map(Vec::as_slice)).map_err(|e| {
+            self.stats.refused_calls.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = ?req.remote_addr(), error = %e, "sync call refused");
+            Status::from(e)
+        })
+    }
+}
+
+/// Validates a batch item by item: sequence order, envelope and payload, and the edge's right to the ward.
+pub fn check_batch(edge: &RegisteredEdge, batch: SyncBatch) -> Vec<IngestItem> {
+    let mut prev: Option<u64> = None;
+    let mut out = Vec::with_capacity(batch.events.len());
+    for e in batch.events {
+        let outcome = if e.sequence == 0 {
+            Err(Rejection::new(RejectReason::Invalid, "sequence 0 is not a valid sequence"))
+        } else if prev.is_some_and(|p| e.sequence <= p) {
+            Err(Rejection::new(
+                RejectReason::OutOfOrder,
+                format!("sequence {} does not follow {} in the batch", e.sequence, prev.unwrap_or(0)),
+            ))
+        } else {
+            validate::event(&e).and_then(|ward: WardId| {
+                if edge.wards.contains(&ward) {
+                    Ok(())
+                } else {
+                    Err(Rejection::new(
+                        RejectReason::WardNotPermitted,
+                        format!("edge {} is not registered for ward {ward}", edge.edge_id),
+                    ))
+                }
+            })
+        };
+        prev = Some(prev.map_or(e.sequence, |p| p.max(e.sequence)));
+        let key = if e.idempotency_key.is_empty() || e.idempotency_key.len() > validate::MAX_IDEMPOTENCY_KEY {
+            // Keep the ledger's key unique and bounded even for an invalid item.
+            format!("invalid-key-seq-{}", e.sequence)
+        } else {
+            e.idempotency_key
+        };
+        let outcome = match (outcome, e.payload) {
+            (Ok(()), Some(p)) => Ok(p),
+            (Ok(()), None) => Err(Rejection::new(RejectReason::Invalid, "event has no payload")),
+            (Err(r), _) => Err(r),
+        };
+        out.push(IngestItem { sequence: e.sequence, idempotency_key: key, outcome });
+    }
+    out
+}
+
+#[tonic::async_trait]
+impl EdgeSync for SyncService {
+    async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        let edge = self.authenticate(&req)?;
+        let body = req.into_inner();
+        if body.edge_id != edge.edge_id.as_str() {
+            self.stats.refused_calls.fetch_add(1, Ordering::Relaxed);
+            return Err(CloudError::PermissionDenied(format!(
+                "edge id {:?} does not match the certificate identity {}",
+                body.edge_id, edge.identity_uri
+            ))
+            .into());
+        }
+        let foreign: Vec<&String> =
+            body.wards.iter().filter(|w| !edge.wards.iter().any(|allowed| allowed.as_str() == w.as_str())).collect();
+        if !foreign.is_empty() {
+            self.stats.refused_calls.fetch_add(1, Ordering::Relaxed);
+            warn!(edge = %edge.edge_id, ?foreign, "edge asked for wards it is not registered for");
+            return Err(CloudError::PermissionDenied(format!(
+                "edge {} is not registered for ward(s) {foreign:?}",
+                edge.edge_id
+            ))
+            .into());
+        }
+        let mut wards: Vec<String> = edge.wards.iter().map(ToString::to_string).collect();
+        wards.sort();
+        self.store.upsert_edge(edge.edge_id.as_str(), &edge.identity_uri, &wards).await.map_err(CloudError::from)?;
+        let acked = self.store.acked_through(edge.edge_id.as_str()).await.map_err(CloudError::from)?;
+        info!(edge = %edge.edge_id, version = %body.software_version, acked_through = acked, "edge registered");
+        Ok(Response::new(RegisterResponse {
+            edge_id: edge.edge_id.to_string(),
+            wards,
+            acked_through_sequence: acked,
+            max_batch_events: self.max_batch_events,
+        }))
+    }
+
+    type SyncStream = ReceiverStream<Result<SyncAck, Status>>;
+
+    async fn sync(&self, req: Request<Streaming<SyncBatch>>) -> Result<Response<Self::SyncStream>, Status> {
+        let edge = self.authenticate(&req)?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(s) => {
+                        info!(edge = %edge.edge_id, status = %s, "sync stream ended by edge");
+                        break;
+                    }
+                };
+                let result = this.process(&edge, batch).await;
+                let failed = result.is_err();
+                if tx.send(result).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl SyncService {
+    async fn process(&self, edge: &RegisteredEdge, batch: SyncBatch) -> Result<SyncAck, Status> {
+        let batch_id = batch.batch_id;
+        if batch.events.len() > self.max_batch_events as usize {
+            return Err(CloudError::ResourceExhausted(format!(
+                "batch {batch_id} has {} events; at most {} are accepted",
+                batch.events.len(),
+                self.max_batch_events
+            ))
+            .into());
+        }
+        let through = batch.events.iter().map(|e| e.sequence).max().unwrap_or(0);
+        let items = check_batch(edge, batch);
+        let outcome = self.store.ingest(edge.edge_id.as_str(), &items).await.map_err(|e| {
+            warn!(edge = %edge.edge_id, batch_id, error = %e, "batch not stored; edge will resend");
+            Status::from(CloudError::from(e))
+        })?;
+        let mut rejected = Vec::new();
+        let replayed: std::collections::HashSet<u64> = outcome.replayed.iter().copied().collect();
+        for it in &items {
+            if replayed.contains(&it.sequence) {
+                rejected.push(ItemRejection {
+                    sequence: it.sequence,
+                    reason: RejectReason::Replayed as i32,
+                    detail: "already stored; not stored again".into(),
+                });
+            } else if let Err(r) = &it.outcome {
+                if let Some(c) = self.stats.rejected.get(r.reason as usize) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                warn!(edge = %edge.edge_id, sequence = it.sequence, reason = ?r.reason, detail = %r.detail, "event rejected");
+                rejected.push(ItemRejection { sequence: it.sequence, reason: r.reason as i32, detail: r.detail.clone() });
+            }
+        }
+        if !replayed.is_empty() {
+            info!(edge = %edge.edge_id, batch_id, replayed = replayed.len(), "replayed events acknowledged without storing");
+        }
+        self.stats.stored.fetch_add(u64::from(outcome.stored), Ordering::Relaxed);
+        self.stats.replayed.fetch_add(replayed.len() as u64, Ordering::Relaxed);
+        Ok(SyncAck { batch_id, acked_through_sequence: through, stored: outcome.stored, rejected })
+    }
+}

@@ -1,0 +1,137 @@
+//! Edge configuration, read from TOML and validated before anything is opened or bound.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use wardwatch_proto::ids::{EdgeId, WardId};
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys.
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole edge configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// This node's id; must match the identity in its client certificate.
+    pub edge_id: EdgeId,
+    /// Wards this node serves (and is registered to write in the cloud).
+    pub wards: Vec<WardId>,
+    /// Directory for the outbox and other state.
+    pub data_dir: PathBuf,
+    /// Durable outbox limits.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// How to reach the cloud.
+    pub cloud: CloudLinkConfig,
+    /// Sync tuning.
+    #[serde(default)]
+    pub sync: SyncConfig,
+}
+
+/// Outbox limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Disk budget in bytes; at the budget new events are refused (the source is told), never dropped silently.
+    pub max_bytes: u64,
+    /// Share of the budget at which a technical alarm is raised (0 < r < 1).
+    pub near_full_ratio: f64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self { max_bytes: 2 << 30, near_full_ratio: 0.8 }
+    }
+}
+
+/// The mutual-TLS link to the cloud. There is no plaintext option.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudLinkConfig {
+    /// Cloud sync endpoint, `https://host:port`.
+    pub endpoint: String,
+    /// Name the cloud's certificate must carry (defaults to the endpoint's host).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// The hospital CA that signed the cloud's certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// This edge's client certificate (PEM).
+    pub client_cert: PathBuf,
+    /// This edge's private key (PEM).
+    pub client_key: PathBuf,
+}
+
+/// Sync tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Largest batch sent (the cloud may lower it at registration).
+    pub batch_max_events: usize,
+    /// Batches sent before waiting for acknowledgements.
+    pub max_in_flight: usize,
+    /// First reconnect delay, ms.
+    pub backoff_initial_ms: u64,
+    /// Largest reconnect delay, ms.
+    pub backoff_max_ms: u64,
+    /// Connect timeout, ms.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self { batch_max_events: 1000, max_in_flight: 4, backoff_initial_ms: 200, backoff_max_ms: 30_000, connect_timeout_ms: 5_000 }
+    }
+}
+
+impl EdgeConfig {
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let cfg: Self = toml::from_str(&text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |s: &str| Err(ConfigError::Invalid(s.to_string()));
+        if self.wards.is_empty() {
+            return bad("wards must name at least one ward");
+        }
+        if !(self.outbox.near_full_ratio > 0.0 && self.outbox.near_full_ratio < 1.0) {
+            return bad("outbox.near_full_ratio must be between 0 and 1");
+        }
+        if self.outbox.max_bytes < 1 << 20 {
+            return bad("outbox.max_bytes must be at least 1 MiB");
+        }
+        if !self.cloud.endpoint.starts_with("https://") {
+            return bad("cloud.endpoint must be an https:// URL: sync always uses mutual TLS");
+        }
+        if self.sync.batch_max_events == 0 || self.sync.batch_max_events > 10_000 {
+            return bad("sync.batch_max_events must be 1..=10000");
+        }
+        if self.sync.max_in_flight == 0 || self.sync.max_in_flight > 64 {
+            return bad("sync.max_in_flight must be 1..=64");
+        }
+        if self.sync.backoff_initial_ms == 0 || self.sync.backoff_max_ms < self.sync.backoff_initial_ms {
+            return bad("sync.backoff_initial_ms must be > 0 and <= backoff_max_ms");
+        }
+        Ok(())
+    }
+}

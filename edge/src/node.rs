@@ -1,0 +1,220 @@
+//! The edge node: the one place sources hand events to, and the owner of the outbox and the sync task.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tracing::{error, info, warn};
+use wardwatch_proto::v1::{
+    Alarm, AlarmKind, AlarmPriority, AlarmState, BedLocation, EdgeEvent, RejectReason, edge_event::Payload,
+};
+use wardwatch_proto::validate::{self, Rejection};
+
+use crate::config::EdgeConfig;
+use crate::outbox::{BudgetState, NewEvent, Outbox, OutboxError};
+use crate::sync::{self, SyncStats};
+
+/// Why an accept call failed as a whole (nothing of it was accepted).
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The outbox is at its disk budget: the source must be told and retry later.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+/// An event offered by a source: its idempotency key (derived from the source message) and payload.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Unique per source message.
+    pub idempotency_key: String,
+    /// What the message says.
+    pub payload: Payload,
+}
+
+/// The outcome of offering events: accepted ones are durable; rejected ones are listed with their reason.
+#[derive(Debug, Default)]
+pub struct AcceptReport {
+    /// Newly durable events.
+    pub accepted: u64,
+    /// Events already accepted earlier (same idempotency key).
+    pub duplicates: u64,
+    /// (index in the offered slice, reason) for each refused event.
+    pub rejected: Vec<(usize, Rejection)>,
+}
+
+/// Counters of the accept path.
+#[derive(Debug, Default)]
+pub struct AcceptStats {
+    /// Events made durable.
+    pub accepted: AtomicU64,
+    /// Events refused at the door as invalid.
+    pub rejected: AtomicU64,
+    /// Events refused because the outbox was full.
+    pub refused_full: AtomicU64,
+}
+
+/// A running edge node.
+#[derive(Debug)]
+pub struct EdgeNode {
+    /// Validated configuration.
+    config: EdgeConfig,
+    /// Where accepted events wait for the cloud.
+    outbox: Arc<Outbox>,
+    /// Sync task counters.
+    sync_stats: Arc<SyncStats>,
+    /// Accept path counters.
+    accept_stats: AcceptStats,
+    /// Whether the outbox-near-full technical alarm is currently raised (so it is raised and cleared once).
+    near_full_raised: AtomicBool,
+}
+
+impl EdgeNode {
+    /// Opens the outbox. Nothing is bound and no connection is made until [`EdgeNode::run`].
+    pub async fn start(config: EdgeConfig) -> Result<Arc<Self>, OutboxError> {
+        config.validate().map_err(|e| OutboxError::Corrupt { seq: 0, reason: e.to_string() })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| OutboxError::Database(sqlx::Error::Io(e)))?;
+        let outbox = Arc::new(
+            Outbox::open(&config.data_dir, config.outbox.max_bytes, config.outbox.near_full_ratio).await?,
+        );
+        info!(edge = %config.edge_id, pending = outbox.pending().await?, "edge outbox open");
+        Ok(Arc::new(Self {
+            config,
+            outbox,
+            sync_stats: Arc::new(SyncStats::default()),
+            accept_stats: AcceptStats::default(),
+            near_full_raised: AtomicBool::new(false),
+        }))
+    }
+
+    /// Runs the sync task until `shutdown` resolves, then closes the outbox.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        sync::run(self.config.clone(), self.outbox.clone(), self.sync_stats.clone(), shutdown).await;
+        self.outbox.close().await;
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &EdgeConfig {
+        &self.config
+    }
+
+    /// The outbox (for inspection and tests).
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Sync counters.
+    pub fn sync_stats(&self) -> &Arc<SyncStats> {
+        &self.sync_stats
+    }
+
+    /// Accept-path counters.
+    pub fn accept_stats(&self) -> &AcceptStats {
+        &self.accept_stats
+    }
+
+    /// Validates `events` and makes the valid ones durable in one transaction. Returns after commit: the caller
+    /// may acknowledge its source for every event not listed as rejected. Fails as a whole (nothing accepted)
+    /// only when the outbox cannot take them.
+    pub async fn accept(&self, events: Vec<Incoming>) -> Result<AcceptReport, AcceptError> {
+        let now = wardwatch_proto::now_unix_ms();
+        let mut report = AcceptReport::default();
+        let mut good = Vec::with_capacity(events.len());
+        for (i, e) in events.into_iter().enumerate() {
+            let probe = EdgeEvent {
+                sequence: 0,
+                idempotency_key: e.idempotency_key,
+                accepted_at_unix_ms: now,
+                payload: Some(e.payload),
+            };
+            let checked = validate::event(&probe).and_then(|ward| {
+                if self.config.wards.contains(&ward) {
+                    Ok(())
+                } else {
+                    Err(Rejection::new(RejectReason::WardNotPermitted, format!("ward {ward} is not served by this edge")))
+                }
+            });
+            match (checked, probe.payload) {
+                (Ok(()), Some(payload)) => {
+                    good.push(NewEvent { idempotency_key: probe.idempotency_key, accepted_at_unix_ms: now, payload })
+                }
+                (Err(r), _) => {
+                    warn!(index = i, key = %probe.idempotency_key, reason = ?r.reason, detail = %r.detail, "event rejected at the edge");
+                    report.rejected.push((i, r));
+                }
+                (Ok(()), None) => {}
+            }
+        }
+        self.accept_stats.rejected.fetch_add(report.rejected.len() as u64, Ordering::Relaxed);
+        match self.outbox.append(&good, false).await {
+            Ok(outcome) => {
+                report.accepted = outcome.accepted;
+                report.duplicates = outcome.duplicates;
+                self.accept_stats.accepted.fetch_add(outcome.accepted, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if matches!(e, OutboxError::Full { .. }) {
+                    self.accept_stats.refused_full.fetch_add(good.len() as u64, Ordering::Relaxed);
+                    error!(error = %e, refused = good.len(), "outbox full: events refused, sources told to retry");
+                }
+                self.check_budget().await;
+                return Err(e.into());
+            }
+        }
+        self.check_budget().await;
+        Ok(report)
+    }
+
+    /// Raises (once) or clears the technical alarm for the outbox nearing its budget.
+    async fn check_budget(&self) {
+        let near = self.outbox.budget_state() == BudgetState::NearFull;
+        if near == self.near_full_raised.load(Ordering::Relaxed) {
+            return;
+        }
+        self.near_full_raised.store(near, Ordering::Relaxed);
+        let now = wardwatch_proto::now_unix_ms();
+        let (state, message) = if near {
+            (
+                AlarmState::Raised,
+                format!(
+                    "Edge outbox at {} of {} bytes: the cloud link may be down; data is kept but the budget is nearly used",
+                    self.outbox.used_bytes(),
+                    self.outbox.budget_bytes()
+                ),
+            )
+        } else {
+            (AlarmState::Cleared, "Edge outbox back below its near-full threshold".to_string())
+        };
+        if near {
+            warn!(used = self.outbox.used_bytes(), budget = self.outbox.budget_bytes(), "technical alarm: outbox near full");
+        } else {
+            info!("technical alarm cleared: outbox below near-full threshold");
+        }
+        let ward = self.config.wards.first().map(ToString::to_string).unwrap_or_default();
+        let alarm = Alarm {
+            alarm_id: format!("{}-outbox-near-full", self.config.edge_id),
+            kind: AlarmKind::OutboxNearFull as i32,
+            priority: AlarmPriority::Medium as i32,
+            state: state as i32,
+            patient_id: String::new(),
+            location: Some(BedLocation { ward, bed: String::new() }),
+            device_id: String::new(),
+            message,
+            changed_at_unix_ms: now,
+            changed_by: "system".into(),
+        };
+        let event = NewEvent {
+            idempotency_key: format!("{}-outbox-near-full-{now}-{}", self.config.edge_id, state as i32),
+            accepted_at_unix_ms: now,
+            payload: Payload::Alarm(alarm),
+        };
+        if let Err(e) = self.outbox.append(&[event], true).await {
+            error!(error = %e, "could not record the outbox technical alarm");
+        }
+    }
+
+    /// Whether the outbox-near-full technical alarm is raised.
+    pub fn outbox_near_full(&self) -> bool {
+        self.near_full_raised.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,1418 @@
+//! Deterministic ward simulator. **Everything it produces is simulated data, never real patient data**: every
+//! vital sign carries [`QualityFlag::Simulated`], patients have made-up MRNs (`SIM` + 6 digits) and devices report
+//! the manufacturer "Wardwatch Simulator".
+//!
+//! # What it models
+//!
+//! A ward of `beds` beds (labels `"1"`..`"N"`), one stable adult patient per bed, each with:
+//!
+//! - a bedside monitor (`mon-<ward>-<bed>`) reporting every `vitals_period_ms` the continuous metrics heart rate
+//!   (ECG), pulse rate (oximeter), respiratory rate and SpO2; body temperature every `temp_period_ms`; a
+//!   non-invasive blood pressure (systolic, diastolic, mean) every `bp_period_ms`; and the level of consciousness
+//!   (ACVPU, as charted by a nurse) every `consciousness_period_ms`;
+//! - for a share `infusion_share` of the beds, a gravity IV infusion watched by a drip monitor
+//!   (`drip-<ward>-<bed>`) reporting every `infusion_period_ms`: drops per minute, the rate measured from them,
+//!   volume infused and remaining. When a bag runs empty the infusion reports `Completed`; some minutes later a new
+//!   bag is hung under a new order (`ORD-<ward>-<bed>-<n>`).
+//!
+//! Each patient has baselines drawn from the seed (HR 60-100 /min, RR 12-20 /min, SpO2 94-99 %, temperature
+//! 36.2-37.5 °C, systolic 100-150 mmHg with diastolic 0.6-0.7 of it, mostly alert). Values wander around the
+//! baselines as sums of AR(1) (Ornstein-Uhlenbeck) processes whose time constants are in milliseconds, so the
+//! statistics do not depend on the sampling period, and values change smoothly (no white-noise jumps). Reported
+//! values are rounded as a monitor shows them (HR, RR, SpO2 and blood pressure to integers, temperature to 0.1 °C)
+//! and clamped to plausible ranges well inside the physiologically possible ranges of
+//! [`wardwatch_proto::metrics`].
+//!
+//! # Determinism
+//!
+//! The simulator is driven by simulated time, not by calls: each bed and each of its channels (monitor,
+//! temperature, blood pressure, consciousness, infusion) has its own pseudo-random stream (xoshiro256** seeded via
+//! SplitMix64 from `(seed, bed, channel)`) and its own tick schedule, and events are emitted in the order
+//! `(measured time, bed, channel)`. The same configuration therefore yields the same events on every run, and the
+//! concatenated output of [`WardSimulator::advance_to`] is the same however a time range is split into calls.
+//!
+//! # Extending
+//!
+//! Per-bed state lives in private per-bed structs (patient baselines, one state struct per channel) and each tick
+//! goes through one per-bed step function. Clinical scenarios (deterioration, fever, occlusion, ...) hook in at
+//! `Bed::targets`, which today returns the patient's constant baselines, and at the infusion step.
+//!
+//! Identifiers are valid wire identifiers as long as the ward id is a valid ward id of at most 40 characters.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
+
+use sha2::{Digest, Sha256};
+use wardwatch_proto::metrics::{
+    MDC_ECG_HEART_RATE, MDC_PRESS_BLD_NONINV, MDC_PRESS_BLD_NONINV_DIA, MDC_PRESS_BLD_NONINV_MEAN,
+    MDC_PRESS_BLD_NONINV_SYS, MDC_PULS_OXIM_PULS_RATE, MDC_PULS_OXIM_SAT_O2, MDC_RESP_RATE,
+    MDC_TEMP_BODY, WARDWATCH_ACVPU,
+};
+use wardwatch_proto::v1::{
+    BedLocation, DeviceInfo, DeviceKind, InfusionState, InfusionStatus, OperationalState,
+    QualityFlag, VitalComponent, VitalSign, edge_event::Payload,
+};
+
+/// Configuration of a simulated ward.
+///
+/// A period of zero or less switches that channel off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WardSimConfig {
+    /// Ward identifier (e.g. "7A"); must be a valid ward id of at most 40 characters.
+    pub ward: String,
+    /// Number of beds, labelled "1".."N".
+    pub beds: u32,
+    /// Seed of every pseudo-random stream.
+    pub seed: u64,
+    /// Simulated time at which the simulation starts; the first events come strictly after it.
+    pub start_unix_ms: i64,
+    /// Period of the continuous monitor metrics (HR, pulse rate, RR, SpO2): one sample per metric per bed per period.
+    pub vitals_period_ms: i64,
+    /// Period of non-invasive blood pressure measurements.
+    pub bp_period_ms: i64,
+    /// Period of body temperature samples.
+    pub temp_period_ms: i64,
+    /// Period of level-of-consciousness (ACVPU) observations.
+    pub consciousness_period_ms: i64,
+    /// Period of drip monitor reports.
+    pub infusion_period_ms: i64,
+    /// Share of beds (0 to 1, rounded to whole beds) with an IV infusion.
+    pub infusion_share: f64,
+}
+
+impl Default for WardSimConfig {
+    /// Ward "7A", 40 beds, seed 1, start 0 (callers set it), vitals every 1 s, blood pressure every 5 min,
+    /// temperature every minute, consciousness every 15 min, drip monitors every 10 s, 60 % of beds on an infusion.
+    fn default() -> Self {
+        Self {
+            ward: "7A".to_string(),
+            beds: 40,
+            seed: 1,
+            start_unix_ms: 0,
+            vitals_period_ms: 1_000,
+            bp_period_ms: 300_000,
+            temp_period_ms: 60_000,
+            consciousness_period_ms: 900_000,
+            infusion_period_ms: 10_000,
+            infusion_share: 0.6,
+        }
+    }
+}
+
+/// One simulated event: an idempotency key derived from what the source would send (device id, metric, measured
+/// time), and the payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimEvent {
+    /// Unique per simulated source message: `<device>:<metric code>:<measured ms>` for vitals,
+    /// `<device>:infusion:<ms>` for infusion reports, `<device>:device:<ms>` for device descriptions (hashed if
+    /// longer than 128 bytes).
+    pub idempotency_key: String,
+    /// The event itself.
+    pub payload: Payload,
+}
+
+/// A deterministic simulated ward. See the module documentation for what it models.
+#[derive(Debug, Clone)]
+pub struct WardSimulator {
+    /// The configuration it was built from.
+    cfg: WardSimConfig,
+    /// Per-bed state, index = bed label - 1.
+    beds: Vec<Bed>,
+    /// Next tick of every (bed, channel), earliest first; ties ordered by bed, then channel.
+    schedule: BinaryHeap<Reverse<(i64, u32, Channel)>>,
+    /// Simulated time reached.
+    now_unix_ms: i64,
+}
+
+impl WardSimulator {
+    /// Builds the ward: patients, baselines, devices, infusions and tick schedules, all derived from `cfg.seed`.
+    pub fn new(cfg: WardSimConfig) -> Self {
+        let ward_tag = tag("ward");
+        let mut ward_rng = Rng::stream(cfg.seed, u32::MAX, ward_tag);
+
+        // Which beds have an infusion: an exact share, chosen by a seeded shuffle.
+        let share = if cfg.infusion_share.is_finite() {
+            cfg.infusion_share.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let n_infusions = ((f64::from(cfg.beds) * share).round() as u32).min(cfg.beds);
+        let mut order: Vec<u32> = (0..cfg.beds).collect();
+        for i in (1..order.len()).rev() {
+            let j = ward_rng.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+        let mut with_infusion = vec![false; cfg.beds as usize];
+        for &b in order.iter().take(n_infusions as usize) {
+            with_infusion[b as usize] = true;
+        }
+
+        let mut mrns = HashSet::new();
+        let mut beds = Vec::with_capacity(cfg.beds as usize);
+        for index in 0..cfg.beds {
+            let bed = Bed::new(&cfg, index, with_infusion[index as usize], &mut mrns);
+            beds.push(bed);
+        }
+
+        let mut schedule = BinaryHeap::new();
+        for bed in &beds {
+            for channel in Channel::ALL {
+                if channel == Channel::Infusion && bed.infusion.is_none() {
+                    continue;
+                }
+                let period = channel.period(&cfg);
+                if period <= 0 {
+                    continue;
+                }
+                // A per-bed phase in 1..=period, so devices do not all report in the same millisecond and the
+                // first report comes strictly after the start.
+                let mut phase_rng = Rng::stream(cfg.seed, bed.index, tag("phase") ^ channel as u64);
+                let phase = 1 + phase_rng.below(period as u64) as i64;
+                if let Some(first) = cfg.start_unix_ms.checked_add(phase) {
+                    schedule.push(Reverse((first, bed.index, channel)));
+                }
+            }
+        }
+
+        Self {
+            now_unix_ms: cfg.start_unix_ms,
+            cfg,
+            beds,
+            schedule,
+        }
+    }
+
+    /// The devices of the ward: per bed a bedside monitor (`mon-<ward>-<bed>`) and, for beds with an infusion, a
+    /// drip monitor (`drip-<ward>-<bed>`), reported as switched on at the start time.
+    pub fn devices(&self) -> Vec<SimEvent> {
+        let at = self.cfg.start_unix_ms;
+        let mut out = Vec::new();
+        for bed in &self.beds {
+            let mut push = |device_id: &str, kind: DeviceKind, model: &str, serial: String| {
+                out.push(SimEvent {
+                    idempotency_key: key(format!("{device_id}:device:{at}")),
+                    payload: Payload::Device(DeviceInfo {
+                        device_id: device_id.to_string(),
+                        kind: kind as i32,
+                        manufacturer: "Wardwatch Simulator".to_string(),
+                        model: model.to_string(),
+                        serial_number: serial,
+                        udi: String::new(),
+                        location: Some(bed.location.clone()),
+                        state: OperationalState::On as i32,
+                        reported_at_unix_ms: at,
+                    }),
+                })
+            };
+            push(
+                &bed.monitor_id,
+                DeviceKind::BedsideMonitor,
+                "SIM-BM 1 simulated bedside monitor",
+                format!("SIMBM{:08X}", bed.serial),
+            );
+            if let Some(inf) = &bed.infusion {
+                push(
+                    &inf.device_id,
+                    DeviceKind::DripMonitor,
+                    "SIM-DM 1 simulated drip monitor",
+                    format!("SIMDM{:08X}", bed.serial),
+                );
+            }
+        }
+        out
+    }
+
+    /// Advances simulated time to `until_unix_ms` (inclusive) and returns every event due since the previous
+    /// call, in time order (ties by bed, then channel). A time not after the current one returns nothing. The
+    /// output for a time range is identical however the range is split into calls.
+    pub fn advance_to(&mut self, until_unix_ms: i64) -> Vec<SimEvent> {
+        let mut out = Vec::new();
+        while let Some(&Reverse((t, bed, channel))) = self.schedule.peek() {
+            if t > until_unix_ms {
+                break;
+            }
+            self.schedule.pop();
+            if let Some(b) = self.beds.get_mut(bed as usize) {
+                b.step(channel, t, &mut out);
+            }
+            if let Some(next) = t.checked_add(channel.period(&self.cfg)) {
+                self.schedule.push(Reverse((next, bed, channel)));
+            }
+        }
+        self.now_unix_ms = self.now_unix_ms.max(until_unix_ms);
+        out
+    }
+
+    /// Current simulated time: the start, or the latest time passed to [`WardSimulator::advance_to`].
+    pub fn now_unix_ms(&self) -> i64 {
+        self.now_unix_ms
+    }
+
+    /// The configuration the simulator was built from.
+    pub fn config(&self) -> &WardSimConfig {
+        &self.cfg
+    }
+}
+
+/// The kinds of periodic report a bed produces. The order is the tie-break order within one millisecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Channel {
+    /// HR, pulse rate, RR, SpO2.
+    Monitor = 0,
+    /// Body temperature.
+    Temperature = 1,
+    /// Non-invasive blood pressure.
+    BloodPressure = 2,
+    /// ACVPU.
+    Consciousness = 3,
+    /// Drip monitor report.
+    Infusion = 4,
+}
+
+impl Channel {
+    const ALL: [Channel; 5] = [
+        Channel::Monitor,
+        Channel::Temperature,
+        Channel::BloodPressure,
+        Channel::Consciousness,
+        Channel::Infusion,
+    ];
+
+    fn period(self, cfg: &WardSimConfig) -> i64 {
+        match self {
+            Channel::Monitor => cfg.vitals_period_ms,
+            Channel::Temperature => cfg.temp_period_ms,
+            Channel::BloodPressure => cfg.bp_period_ms,
+            Channel::Consciousness => cfg.consciousness_period_ms,
+            Channel::Infusion => cfg.infusion_period_ms,
+        }
+    }
+}
+
+const MINUTE_MS: f64 = 60_000.0;
+const HOUR_MS: f64 = 3_600_000.0;
+
+/// Plausible display ranges the simulator clamps to (all inside the possible ranges of `metrics.rs`).
+const HR_RANGE: (f64, f64) = (35.0, 180.0);
+const RR_RANGE: (f64, f64) = (6.0, 40.0);
+const SPO2_RANGE: (f64, f64) = (80.0, 100.0);
+const TEMP_RANGE: (f64, f64) = (34.0, 41.0);
+const SBP_RANGE: (f64, f64) = (70.0, 220.0);
+const DBP_RANGE: (f64, f64) = (35.0, 130.0);
+
+/// A patient's resting values, around which the simulated values wander.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Baseline {
+    /// Heart rate, /min.
+    hr: f64,
+    /// Respiratory rate, /min.
+    rr: f64,
+    /// SpO2, %.
+    spo2: f64,
+    /// Body temperature, °C.
+    temp_c: f64,
+    /// Systolic pressure, mmHg.
+    sbp: f64,
+    /// Diastolic as a share of systolic.
+    dbp_ratio: f64,
+    /// Level of consciousness, one of the ACVPU letters.
+    acvpu: &'static str,
+}
+
+/// The simulated patient in a bed.
+#[derive(Debug, Clone)]
+struct Patient {
+    /// "SIM" + 6 digits.
+    mrn: String,
+    /// Resting values.
+    baseline: Baseline,
+}
+
+/// Noise of the continuous monitor metrics.
+#[derive(Debug, Clone)]
+struct MonitorState {
+    rng: Rng,
+    hr: Drift,
+    /// Difference between oximeter pulse rate and ECG heart rate.
+    pr_offset: Ar1,
+    rr: Drift,
+    spo2: Drift,
+}
+
+/// Noise of body temperature.
+#[derive(Debug, Clone)]
+struct TemperatureState {
+    rng: Rng,
+    temp: Drift,
+}
+
+/// Noise of non-invasive blood pressure.
+#[derive(Debug, Clone)]
+struct BloodPressureState {
+    rng: Rng,
+    sys: Drift,
+    /// Extra diastolic variation on top of the ratio to systolic.
+    dia: Ar1,
+}
+
+/// One simulated bed: the patient, the devices and the state of every channel.
+#[derive(Debug, Clone)]
+struct Bed {
+    /// 0-based index (label = index + 1).
+    index: u32,
+    location: BedLocation,
+    monitor_id: String,
+    /// Seed-derived number printed in device serial numbers.
+    serial: u32,
+    patient: Patient,
+    monitor: MonitorState,
+    temperature: TemperatureState,
+    blood_pressure: BloodPressureState,
+    infusion: Option<InfusionSim>,
+}
+
+impl Bed {
+    fn new(
+        cfg: &WardSimConfig,
+        index: u32,
+        with_infusion: bool,
+        mrns: &mut HashSet<String>,
+    ) -> Self {
+        let seed = cfg.seed;
+        let label = (index + 1).to_string();
+        let mut prng = Rng::stream(seed, index, tag("patient"));
+        let mut mrn = format!("SIM{:06}", prng.below(1_000_000));
+        while !mrns.insert(mrn.clone()) {
+            mrn = format!("SIM{:06}", prng.below(1_000_000));
+        }
+        let sbp = prng.uniform(100.0, 150.0).round();
+        let baseline = Baseline {
+            hr: prng.uniform(60.0, 100.0),
+            rr: prng.uniform(12.0, 20.0),
+            spo2: prng.uniform(94.0, 99.0),
+            temp_c: prng.uniform(36.2, 37.5),
+            sbp,
+            dbp_ratio: prng.uniform(0.6, 0.7),
+            acvpu: if prng.next_f64() < 0.05 { "C" } else { "A" },
+        };
+        let serial = (prng.next_u64() >> 32) as u32;
+
+        let vp = cfg.vitals_period_ms as f64;
+        let mut mrng = Rng::stream(seed, index, tag("monitor"));
+        let monitor = MonitorState {
+            hr: Drift::new(&mut mrng, vp, (30_000.0, 2.0), (1_800_000.0, 4.0)),
+            pr_offset: Ar1::new(&mut mrng, vp, 5_000.0, 0.6),
+            rr: Drift::new(&mut mrng, vp, (60_000.0, 1.0), (1_800_000.0, 1.0)),
+            spo2: Drift::new(&mut mrng, vp, (45_000.0, 0.6), (1_800_000.0, 0.6)),
+            rng: mrng,
+        };
+        let mut trng = Rng::stream(seed, index, tag("temperature"));
+        let temperature = TemperatureState {
+            temp: Drift::new(
+                &mut trng,
+                cfg.temp_period_ms as f64,
+                (600_000.0, 0.05),
+                (3.0 * HOUR_MS, 0.15),
+            ),
+            rng: trng,
+        };
+        let mut brng = Rng::stream(seed, index, tag("blood pressure"));
+        let bp = cfg.bp_period_ms as f64;
+        let blood_pressure = BloodPressureState {
+            sys: Drift::new(&mut brng, bp, (1_800_000.0, 5.0), (4.0 * HOUR_MS, 6.0)),
+            dia: Ar1::new(&mut brng, bp, 1_800_000.0, 3.0),
+            rng: brng,
+        };
+        let infusion = with_infusion.then(|| {
+            InfusionSim::new(
+                Rng::stream(seed, index, tag("infusion")),
+                format!("drip-{}-{label}", cfg.ward),
+                format!("ORD-{}-{label}-", cfg.ward),
+                cfg.infusion_period_ms,
+                0.03,
+            )
+        });
+        Self {
+            index,
+            location: BedLocation {
+                ward: cfg.ward.clone(),
+                bed: label.clone(),
+            },
+            monitor_id: format!("mon-{}-{label}", cfg.ward),
+            serial,
+            patient: Patient { mrn, baseline },
+            monitor,
+            temperature,
+            blood_pressure,
+            infusion,
+        }
+    }
+
+    /// The values the patient's physiology is centred on at time `t`. Scenarios (deterioration, sepsis, ...) hook
+    /// in here; a stable patient stays at the baseline.
+    fn targets(&self, _t: i64) -> Baseline {
+        self.patient.baseline
+    }
+
+    /// Produces the events of one tick of `channel` at time `t`.
+    fn step(&mut self, channel: Channel, t: i64, out: &mut Vec<SimEvent>) {
+        let target = self.targets(t);
+        match channel {
+            Channel::Monitor => {
+                let m = &mut self.monitor;
+                let hr_raw = target.hr + m.hr.step(&mut m.rng);
+                let hr = clamp_round(hr_raw, HR_RANGE, 0);
+                let pr = clamp_round(hr_raw + m.pr_offset.step(&mut m.rng), HR_RANGE, 0);
+                let rr = clamp_round(target.rr + m.rr.step(&mut m.rng), RR_RANGE, 0);
+                let spo2 = clamp_round(target.spo2 + m.spo2.step(&mut m.rng), SPO2_RANGE, 0);
+                out.push(self.numeric(MDC_ECG_HEART_RATE, hr, "/min", t));
+                out.push(self.numeric(MDC_PULS_OXIM_PULS_RATE, pr, "/min", t));
+                out.push(self.numeric(MDC_RESP_RATE, rr, "/min", t));
+                out.push(self.numeric(MDC_PULS_OXIM_SAT_O2, spo2, "%", t));
+            }
+            Channel::Temperature => {
+                let s = &mut self.temperature;
+                let temp = clamp_round(target.temp_c + s.temp.step(&mut s.rng), TEMP_RANGE, 1);
+                out.push(self.numeric(MDC_TEMP_BODY, temp, "Cel", t));
+            }
+            Channel::BloodPressure => {
+                let s = &mut self.blood_pressure;
+                let sys = clamp_round(target.sbp + s.sys.step(&mut s.rng), SBP_RANGE, 0);
+                let dia_hi = (sys - 20.0).min(DBP_RANGE.1);
+                let dia = clamp_round(
+                    sys * target.dbp_ratio + s.dia.step(&mut s.rng),
+                    (DBP_RANGE.0, dia_hi),
+                    0,
+                );
+                let mean = (dia + (sys - dia) / 3.0).round();
+                let mut v = self.vital(MDC_PRESS_BLD_NONINV, t);
+                v.value = mean;
+                v.unit_ucum = "mm[Hg]".to_string();
+                v.components = vec![
+                    VitalComponent {
+                        metric_mdc: MDC_PRESS_BLD_NONINV_SYS,
+                        value: sys,
+                    },
+                    VitalComponent {
+                        metric_mdc: MDC_PRESS_BLD_NONINV_DIA,
+                        value: dia,
+                    },
+                    VitalComponent {
+                        metric_mdc: MDC_PRESS_BLD_NONINV_MEAN,
+                        value: mean,
+                    },
+                ];
+                out.push(self.wrap_vital(v));
+            }
+            Channel::Consciousness => {
+                let mut v = self.vital(WARDWATCH_ACVPU, t);
+                v.enumerated = target.acvpu.to_string();
+                out.push(self.wrap_vital(v));
+            }
+            Channel::Infusion => {
+                let Some(inf) = self.infusion.as_mut() else {
+                    return;
+                };
+                let r = inf.step(t);
+                let device_id = inf.device_id.clone();
+                out.push(SimEvent {
+                    idempotency_key: key(format!("{device_id}:infusion:{t}")),
+                    payload: Payload::Infusion(InfusionStatus {
+                        order_id: r.order_id,
+                        patient_id: self.patient.mrn.clone(),
+                        location: Some(self.location.clone()),
+                        device_id,
+                        medication: r.medication.to_string(),
+                        prescribed_rate_ml_h: r.prescribed_ml_h,
+                        measured_rate_ml_h: r.measured_ml_h,
+                        drop_factor_gtt_per_ml: r.drop_factor,
+                        drops_per_min: r.drops_per_min,
+                        volume_infused_ml: r.infused_ml,
+                        volume_remaining_ml: r.remaining_ml,
+                        state: r.state as i32,
+                        measured_at_unix_ms: t,
+                    }),
+                });
+            }
+        }
+    }
+
+    /// A vital sign of this bed's monitor with everything but the value filled in.
+    fn vital(&self, metric_mdc: u32, t: i64) -> VitalSign {
+        VitalSign {
+            patient_id: self.patient.mrn.clone(),
+            location: Some(self.location.clone()),
+            device_id: self.monitor_id.clone(),
+            metric_mdc,
+            value: 0.0,
+            unit_ucum: String::new(),
+            measured_at_unix_ms: t,
+            quality: vec![QualityFlag::Simulated as i32],
+            components: Vec::new(),
+            enumerated: String::new(),
+        }
+    }
+
+    fn numeric(&self, metric_mdc: u32, value: f64, unit: &str, t: i64) -> SimEvent {
+        let mut v = self.vital(metric_mdc, t);
+        v.value = value;
+        v.unit_ucum = unit.to_string();
+        self.wrap_vital(v)
+    }
+
+    fn wrap_vital(&self, v: VitalSign) -> SimEvent {
+        SimEvent {
+            idempotency_key: key(format!(
+                "{}:{}:{}",
+                v.device_id, v.metric_mdc, v.measured_at_unix_ms
+            )),
+            payload: Payload::Vital(v),
+        }
+    }
+}
+
+/// Fluids the simulator hangs: (order text, bag volume in mL).
+const FLUIDS: [(&str, f64); 8] = [
+    ("Sodium chloride 0.9% 1000 mL", 1000.0),
+    ("Sodium chloride 0.9% 500 mL", 500.0),
+    ("Glucose 5% 1000 mL", 1000.0),
+    ("Glucose 5% 500 mL", 500.0),
+    ("Compound sodium lactate (Hartmann's) 1000 mL", 1000.0),
+    ("Plasma-Lyte 148 1000 mL", 1000.0),
+    (
+        "Sodium chloride 0.9% with potassium chloride 20 mmol 1000 mL",
+        1000.0,
+    ),
+    ("Glucose 4% with sodium chloride 0.18% 500 mL", 500.0),
+];
+
+/// Giving-set drop factors, gtt/mL.
+const DROP_FACTORS: [u32; 4] = [10, 15, 20, 60];
+
+/// "Run over" durations in hours a prescriber picks, per bag size, so the rate lands in 42-125 mL/h.
+const HOURS_1000: [f64; 5] = [8.0, 10.0, 12.0, 16.0, 24.0];
+const HOURS_500: [f64; 5] = [4.0, 6.0, 8.0, 10.0, 12.0];
+
+/// Drops per minute for a flow in mL/h through a giving set: gtt/min = mL/h × gtt/mL ÷ 60.
+fn drops_per_min(rate_ml_h: f64, drop_factor: u32) -> f64 {
+    rate_ml_h * f64::from(drop_factor) / 60.0
+}
+
+/// Flow in mL/h from counted drops: mL/h = gtt/min × 60 ÷ gtt/mL.
+fn rate_from_drops(drops_per_min: f64, drop_factor: u32) -> f64 {
+    drops_per_min * 60.0 / f64::from(drop_factor)
+}
+
+/// One drip monitor report, before it is put on the wire.
+#[derive(Debug, Clone, PartialEq)]
+struct InfusionReading {
+    order_id: String,
+    medication: &'static str,
+    prescribed_ml_h: f64,
+    measured_ml_h: f64,
+    drop_factor: u32,
+    drops_per_min: f64,
+    infused_ml: f64,
+    remaining_ml: f64,
+    state: InfusionState,
+}
+
+/// A gravity infusion watched by a drip monitor.
+#[derive(Debug, Clone)]
+struct InfusionSim {
+    rng: Rng,
+    device_id: String,
+    /// "ORD-<ward>-<bed>-"; the order number is appended.
+    order_prefix: String,
+    /// Number of the current order (1, 2, ...).
+    order_seq: u32,
+    medication: &'static str,
+    bag_ml: f64,
+    prescribed_ml_h: f64,
+    /// Of the giving set; kept across bags.
+    drop_factor: u32,
+    /// Volume infused, as integrated from the measured rate (unrounded).
+    infused_ml: f64,
+    /// Relative deviation of the actual flow from the prescribed rate (gravity drips drift).
+    flow: Ar1,
+    /// Whether noise is on; with it off the reported drops equal the prescribed rate exactly.
+    noisy: bool,
+    state: InfusionState,
+    /// When the current bag completed, and how long until the next is hung.
+    completed_at: i64,
+    restart_after_ms: i64,
+    period_ms: i64,
+}
+
+impl InfusionSim {
+    /// `flow_sd` is the standard deviation of the relative flow deviation (0 for a noiseless drip).
+    fn new(
+        mut rng: Rng,
+        device_id: String,
+        order_prefix: String,
+        period_ms: i64,
+        flow_sd: f64,
+    ) -> Self {
+        let drop_factor = DROP_FACTORS[rng.below(DROP_FACTORS.len() as u64) as usize];
+        let flow = Ar1::new(&mut rng, period_ms as f64, 600_000.0, flow_sd);
+        let mut s = Self {
+            rng,
+            device_id,
+            order_prefix,
+            order_seq: 0,
+            medication: "",
+            bag_ml: 0.0,
+            prescribed_ml_h: 0.0,
+            drop_factor,
+            infused_ml: 0.0,
+            flow,
+            noisy: flow_sd > 0.0,
+            state: InfusionState::Running,
+            completed_at: 0,
+            restart_after_ms: 0,
+            period_ms,
+        };
+        s.new_order();
+        // The simulation starts with bags part-way through, so completions spread over time.
+        s.infused_ml = (s.rng.uniform(0.0, 0.9) * s.bag_ml).round();
+        s
+    }
+
+    /// Hangs a new bag under a new order.
+    fn new_order(&mut self) {
+        self.order_seq += 1;
+        let (medication, bag_ml) = FLUIDS[self.rng.below(FLUIDS.len() as u64) as usize];
+        let hours = if bag_ml >= 1000.0 {
+            &HOURS_1000
+        } else {
+            &HOURS_500
+        };
+        let h = hours[self.rng.below(hours.len() as u64) as usize];
+        self.medication = medication;
+        self.bag_ml = bag_ml;
+        self.prescribed_ml_h = (bag_ml / h).round().clamp(42.0, 125.0);
+        self.infused_ml = 0.0;
+        self.state = InfusionState::Running;
+    }
+
+    /// One report at time `t`, integrating the flow over the period since the previous one.
+    fn step(&mut self, t: i64) -> InfusionReading {
+        let deviation = self.flow.step(&mut self.rng).clamp(-0.15, 0.15);
+        if self.state == InfusionState::Completed && t - self.completed_at >= self.restart_after_ms
+        {
+            self.new_order();
+        }
+        let (mut dpm, mut measured) = (0.0, 0.0);
+        if self.state == InfusionState::Running {
+            let exact = drops_per_min(self.prescribed_ml_h * (1.0 + deviation), self.drop_factor);
+            // A drip monitor shows drops per minute to 0.1 and derives the rate from them.
+            dpm = if self.noisy {
+                round_to(exact, 1)
+            } else {
+                exact
+            };
+            measured = rate_from_drops(dpm, self.drop_factor);
+            if self.noisy {
+                measured = round_to(measured, 1);
+            }
+            self.infused_ml += measured * self.period_ms as f64 / HOUR_MS;
+            if self.infused_ml >= self.bag_ml {
+                self.infused_ml = self.bag_ml;
+                self.state = InfusionState::Completed;
+                self.completed_at = t;
+                self.restart_after_ms = (self.rng.uniform(5.0, 30.0) * MINUTE_MS) as i64;
+                dpm = 0.0;
+                measured = 0.0;
+            }
+        }
+        let infused = round_to(self.infused_ml, 1);
+        InfusionReading {
+            order_id: format!("{}{}", self.order_prefix, self.order_seq),
+            medication: self.medication,
+            prescribed_ml_h: self.prescribed_ml_h,
+            measured_ml_h: measured,
+            drop_factor: self.drop_factor,
+            drops_per_min: dpm,
+            infused_ml: infused,
+            remaining_ml: round_to((self.bag_ml - infused).max(0.0), 1),
+            state: self.state,
+        }
+    }
+}
+
+/// An AR(1) process (a sampled Ornstein-Uhlenbeck process) with mean 0, stationary standard deviation `sd` and
+/// time constant `tau_ms`, sampled every `dt_ms`.
+#[derive(Debug, Clone)]
+struct Ar1 {
+    x: f64,
+    phi: f64,
+    innovation_sd: f64,
+}
+
+impl Ar1 {
+    fn new(rng: &mut Rng, dt_ms: f64, tau_ms: f64, sd: f64) -> Self {
+        let phi = if dt_ms > 0.0 && tau_ms > 0.0 {
+            (-dt_ms / tau_ms).exp()
+        } else {
+            0.0
+        };
+        Self {
+            x: sd * rng.normal(),
+            phi,
+            innovation_sd: sd * (1.0 - phi * phi).sqrt(),
+        }
+    }
+
+    fn step(&mut self, rng: &mut Rng) -> f64 {
+        self.x = self.phi * self.x + self.innovation_sd * rng.normal();
+        self.x
+    }
+}
+
+/// A fast and a slow AR(1) process added: beat-to-beat wander plus drift over the hours.
+#[derive(Debug, Clone)]
+struct Drift {
+    fast: Ar1,
+    slow: Ar1,
+}
+
+impl Drift {
+    /// `fast` and `slow` are (time constant in ms, standard deviation).
+    fn new(rng: &mut Rng, dt_ms: f64, fast: (f64, f64), slow: (f64, f64)) -> Self {
+        Self {
+            fast: Ar1::new(rng, dt_ms, fast.0, fast.1),
+            slow: Ar1::new(rng, dt_ms, slow.0, slow.1),
+        }
+    }
+
+    fn step(&mut self, rng: &mut Rng) -> f64 {
+        self.fast.step(rng) + self.slow.step(rng)
+    }
+}
+
+/// xoshiro256** seeded through SplitMix64: small, fast, and stable across crate versions.
+#[derive(Debug, Clone)]
+struct Rng {
+    s: [u64; 4],
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A 64-bit tag for a stream name (FNV-1a), so streams are named rather than numbered.
+fn tag(name: &str) -> u64 {
+    name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+impl Rng {
+    /// The stream for (`seed`, `bed`, `tag`); distinct inputs give independent-looking streams.
+    fn stream(seed: u64, bed: u32, tag: u64) -> Self {
+        let mut sm = seed;
+        let mut h = splitmix64(&mut sm);
+        sm = h ^ u64::from(bed);
+        h = splitmix64(&mut sm);
+        sm = h ^ tag;
+        let s = [
+            splitmix64(&mut sm),
+            splitmix64(&mut sm),
+            splitmix64(&mut sm),
+            splitmix64(&mut sm),
+        ];
+        if s == [0; 4] {
+            Self { s: [1, 0, 0, 0] }
+        } else {
+            Self { s }
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in [lo, hi).
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.next_f64()
+    }
+
+    /// Uniform integer in 0..n (0 when n is 0).
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Standard normal (Box-Muller, one of the pair).
+    fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64();
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+fn round_to(x: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (x * f).round() / f
+}
+
+fn clamp_round(x: f64, (lo, hi): (f64, f64), decimals: i32) -> f64 {
+    round_to(x.clamp(lo, hi), decimals)
+}
+
+/// The idempotency key as is, or a hash of it if it would be too long for the wire.
+fn key(k: String) -> String {
+    if k.len() <= wardwatch_proto::validate::MAX_IDEMPOTENCY_KEY {
+        k
+    } else {
+        format!("sim-{}", hex::encode(Sha256::digest(k.as_bytes())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use wardwatch_proto::metrics;
+    use wardwatch_proto::v1::EdgeEvent;
+
+    /// 2026-01-01T00:00:00Z.
+    const START: i64 = 1_767_225_600_000;
+    const MIN: i64 = 60_000;
+
+    fn cfg(seed: u64) -> WardSimConfig {
+        WardSimConfig {
+            seed,
+            start_unix_ms: START,
+            ..WardSimConfig::default()
+        }
+    }
+
+    fn valid(e: &SimEvent) {
+        let env = EdgeEvent {
+            sequence: 1,
+            idempotency_key: e.idempotency_key.clone(),
+            accepted_at_unix_ms: 1,
+            payload: Some(e.payload.clone()),
+        };
+        if let Err(r) = wardwatch_proto::validate::event(&env) {
+            panic!("invalid simulated event {e:?}: {r}");
+        }
+    }
+
+    fn measured_at(e: &SimEvent) -> i64 {
+        match &e.payload {
+            Payload::Vital(v) => v.measured_at_unix_ms,
+            Payload::Infusion(i) => i.measured_at_unix_ms,
+            Payload::Device(d) => d.reported_at_unix_ms,
+            other => panic!("unexpected payload {other:?}"),
+        }
+    }
+
+    /// Checks the plausibility ranges of one vital and that it is flagged simulated.
+    fn check_vital_ranges(v: &VitalSign) {
+        assert_eq!(v.quality, vec![QualityFlag::Simulated as i32]);
+        let in_metric_range = |mdc: u32, x: f64| {
+            let m = metrics::by_mdc(mdc).unwrap();
+            assert!(
+                x >= m.min && x <= m.max,
+                "{} {x} outside {}..{}",
+                m.mdc_ref,
+                m.min,
+                m.max
+            );
+        };
+        let (lo, hi, decimals) = match v.metric_mdc {
+            MDC_ECG_HEART_RATE | MDC_PULS_OXIM_PULS_RATE => (HR_RANGE.0, HR_RANGE.1, 0),
+            MDC_RESP_RATE => (RR_RANGE.0, RR_RANGE.1, 0),
+            MDC_PULS_OXIM_SAT_O2 => (SPO2_RANGE.0, SPO2_RANGE.1, 0),
+            MDC_TEMP_BODY => (TEMP_RANGE.0, TEMP_RANGE.1, 1),
+            MDC_PRESS_BLD_NONINV => {
+                let c = |mdc| {
+                    v.components
+                        .iter()
+                        .find(|c| c.metric_mdc == mdc)
+                        .unwrap()
+                        .value
+                };
+                let (s, d, m) = (
+                    c(MDC_PRESS_BLD_NONINV_SYS),
+                    c(MDC_PRESS_BLD_NONINV_DIA),
+                    c(MDC_PRESS_BLD_NONINV_MEAN),
+                );
+                assert!((SBP_RANGE.0..=SBP_RANGE.1).contains(&s), "sys {s}");
+                assert!(
+                    (DBP_RANGE.0..=DBP_RANGE.1).contains(&d) && d < s,
+                    "dia {d} sys {s}"
+                );
+                assert!(d < m && m < s && v.value == m, "mean {m}");
+                for x in [s, d, m] {
+                    assert_eq!(x, x.round());
+                }
+                for comp in &v.components {
+                    in_metric_range(comp.metric_mdc, comp.value);
+                }
+                return;
+            }
+            WARDWATCH_ACVPU => {
+                assert!(metrics::ACVPU.contains(&v.enumerated.as_str()));
+                return;
+            }
+            other => panic!("unexpected metric {other}"),
+        };
+        assert!(
+            v.value >= lo && v.value <= hi,
+            "{} value {} outside {lo}..{hi}",
+            v.metric_mdc,
+            v.value
+        );
+        assert_eq!(v.value, round_to(v.value, decimals));
+        in_metric_range(v.metric_mdc, v.value);
+    }
+
+    #[test]
+    fn same_seed_same_events_and_other_seed_differs() {
+        let mut a = WardSimulator::new(cfg(7));
+        let mut b = WardSimulator::new(cfg(7));
+        let mut c = WardSimulator::new(cfg(8));
+        assert_eq!(a.devices(), b.devices());
+        let (ea, eb, ec) = (
+            a.advance_to(START + 10 * MIN),
+            b.advance_to(START + 10 * MIN),
+            c.advance_to(START + 10 * MIN),
+        );
+        assert!(!ea.is_empty());
+        assert_eq!(ea, eb);
+        assert_ne!(ea, ec);
+        assert_ne!(a.devices(), c.devices());
+    }
+
+    #[test]
+    fn splitting_the_time_range_does_not_change_the_events() {
+        let until = START + 20 * MIN;
+        let whole = WardSimulator::new(cfg(3)).advance_to(until);
+        let mut sim = WardSimulator::new(cfg(3));
+        let mut pieces = Vec::new();
+        let mut t = START;
+        let mut step = 1;
+        while t < until {
+            // Irregular steps, including zero-length and backwards ones.
+            t = (t + step).min(until);
+            pieces.extend(sim.advance_to(t));
+            assert!(sim.advance_to(t - 5).is_empty());
+            assert_eq!(sim.now_unix_ms(), t);
+            step = (step * 7 + 333) % 47_000;
+        }
+        assert_eq!(whole.len(), pieces.len());
+        assert!(whole == pieces);
+        assert!(
+            whole
+                .windows(2)
+                .all(|w| measured_at(&w[0]) <= measured_at(&w[1])),
+            "events in time order"
+        );
+        assert!(
+            whole
+                .iter()
+                .all(|e| measured_at(e) > START && measured_at(e) <= until)
+        );
+    }
+
+    #[test]
+    fn every_event_validates_and_keys_are_unique_over_an_hour() {
+        let mut sim = WardSimulator::new(cfg(11));
+        let mut keys = HashSet::new();
+        let devices = sim.devices();
+        assert_eq!(devices.len(), 40 + 24);
+        for e in &devices {
+            valid(e);
+            assert!(
+                keys.insert(e.idempotency_key.clone()),
+                "duplicate key {}",
+                e.idempotency_key
+            );
+            let Payload::Device(d) = &e.payload else {
+                panic!("not a device")
+            };
+            assert_eq!(d.manufacturer, "Wardwatch Simulator");
+            assert_eq!(d.state, OperationalState::On as i32);
+            assert_eq!(d.reported_at_unix_ms, START);
+            let loc = d.location.as_ref().unwrap();
+            assert_eq!(loc.ward, "7A");
+            let prefix = if d.kind == DeviceKind::BedsideMonitor as i32 {
+                "mon"
+            } else {
+                "drip"
+            };
+            assert_eq!(d.device_id, format!("{prefix}-7A-{}", loc.bed));
+        }
+        let mut mrn_by_bed: HashMap<String, String> = HashMap::new();
+        let mut n = 0;
+        for minute in 1..=60 {
+            for e in sim.advance_to(START + minute * MIN) {
+                let (mrn, loc) = match &e.payload {
+                    Payload::Vital(v) => {
+                        check_vital_ranges(v);
+                        (&v.patient_id, v.location.as_ref().unwrap())
+                    }
+                    Payload::Infusion(i) => (&i.patient_id, i.location.as_ref().unwrap()),
+                    other => panic!("unexpected {other:?}"),
+                };
+                assert!(
+                    mrn.len() == 9
+                        && mrn.starts_with("SIM")
+                        && mrn[3..].bytes().all(|b| b.is_ascii_digit())
+                );
+                match mrn_by_bed.get(&loc.bed) {
+                    Some(m) => assert_eq!(m, mrn, "one patient per bed"),
+                    None => {
+                        mrn_by_bed.insert(loc.bed.clone(), mrn.clone());
+                    }
+                }
+                // Validation is the slow part in debug builds: every event of the first quarter hour (which has
+                // every kind of report), after that all but the per-second monitor metrics.
+                let continuous = matches!(&e.payload, Payload::Vital(v) if v.metric_mdc != MDC_TEMP_BODY
+                    && v.metric_mdc != MDC_PRESS_BLD_NONINV && v.metric_mdc != WARDWATCH_ACVPU);
+                if minute > 15 && continuous {
+                    assert!(keys.insert(e.idempotency_key), "duplicate key");
+                    n += 1;
+                    continue;
+                }
+                let SimEvent {
+                    idempotency_key,
+                    payload,
+                } = e;
+                let env = EdgeEvent {
+                    sequence: 1,
+                    idempotency_key,
+                    accepted_at_unix_ms: 1,
+                    payload: Some(payload),
+                };
+                if let Err(r) = wardwatch_proto::validate::event(&env) {
+                    panic!("invalid simulated event {env:?}: {r}");
+                }
+                assert!(
+                    keys.insert(env.idempotency_key.clone()),
+                    "duplicate key {}",
+                    env.idempotency_key
+                );
+                n += 1;
+            }
+        }
+        assert_eq!(n, 40 * 4 * 3600 + 40 * 60 + 40 * 12 + 40 * 4 + 24 * 360);
+        let labels: HashSet<_> = mrn_by_bed.keys().cloned().collect();
+        assert_eq!(labels, (1..=40).map(|b| b.to_string()).collect());
+        let distinct: HashSet<_> = mrn_by_bed.values().collect();
+        assert_eq!(distinct.len(), 40, "MRNs unique");
+    }
+
+    #[test]
+    fn event_counts_match_the_periods() {
+        let mut sim = WardSimulator::new(cfg(5));
+        let infusion_beds = 24;
+        // Per simulated minute: 40 beds × 4 continuous metrics × 60, 40 temperatures, 24 drips × 6.
+        let mut totals: HashMap<u32, usize> = HashMap::new();
+        for minute in 1..=15 {
+            let events = sim.advance_to(START + minute * MIN);
+            let mut per_metric: HashMap<u32, usize> = HashMap::new();
+            for e in &events {
+                let m = match &e.payload {
+                    Payload::Vital(v) => v.metric_mdc,
+                    Payload::Infusion(_) => 0,
+                    other => panic!("unexpected {other:?}"),
+                };
+                *per_metric.entry(m).or_default() += 1;
+                *totals.entry(m).or_default() += 1;
+            }
+            for mdc in [
+                MDC_ECG_HEART_RATE,
+                MDC_PULS_OXIM_PULS_RATE,
+                MDC_RESP_RATE,
+                MDC_PULS_OXIM_SAT_O2,
+            ] {
+                assert_eq!(
+                    per_metric.get(&mdc),
+                    Some(&(40 * 60)),
+                    "metric {mdc} in minute {minute}"
+                );
+            }
+            assert_eq!(per_metric.get(&MDC_TEMP_BODY), Some(&40));
+            assert_eq!(per_metric.get(&0), Some(&(infusion_beds * 6)));
+        }
+        // Over 15 minutes: blood pressure every 5 min, consciousness every 15 min, per bed.
+        assert_eq!(totals.get(&MDC_PRESS_BLD_NONINV), Some(&(40 * 3)));
+        assert_eq!(totals.get(&WARDWATCH_ACVPU), Some(&40));
+        assert_eq!(
+            totals.values().sum::<usize>(),
+            15 * (40 * 4 * 60 + 40 + infusion_beds * 6) + 40 * 3 + 40
+        );
+
+        // Configured periods are honoured, and a period ≤ 0 switches the channel off.
+        let mut sim = WardSimulator::new(WardSimConfig {
+            beds: 3,
+            vitals_period_ms: 5_000,
+            temp_period_ms: 0,
+            bp_period_ms: -1,
+            consciousness_period_ms: 60_000,
+            infusion_share: 0.0,
+            ..cfg(5)
+        });
+        assert_eq!(sim.devices().len(), 3);
+        assert_eq!(sim.advance_to(START + 10 * MIN).len(), 3 * 4 * 120 + 3 * 10);
+    }
+
+    #[test]
+    fn infusion_share_rounds_to_whole_beds() {
+        for (beds, share, want) in [
+            (40, 0.6, 24),
+            (10, 0.0, 0),
+            (10, 1.0, 10),
+            (7, 0.5, 4),
+            (5, f64::NAN, 0),
+            (5, 3.0, 5),
+        ] {
+            let sim = WardSimulator::new(WardSimConfig {
+                beds,
+                infusion_share: share,
+                ..cfg(1)
+            });
+            let drips = sim
+                .devices()
+                .iter()
+                .filter(|e| e.idempotency_key.starts_with("drip-"))
+                .count();
+            assert_eq!(drips, want, "{beds} beds, share {share}");
+        }
+        assert!(
+            WardSimulator::new(WardSimConfig { beds: 0, ..cfg(1) })
+                .advance_to(START + MIN)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn drip_formulas_are_exact_without_noise() {
+        for df in DROP_FACTORS {
+            for rate in [42.0, 63.0, 83.0, 100.0, 125.0] {
+                assert_eq!(drops_per_min(rate, df), rate * f64::from(df) / 60.0);
+                assert!((rate_from_drops(drops_per_min(rate, df), df) - rate).abs() < 1e-9);
+            }
+        }
+        assert_eq!(drops_per_min(60.0, 60), 60.0, "micro-drip: gtt/min = mL/h");
+        assert_eq!(drops_per_min(120.0, 20), 40.0);
+
+        let mut inf = InfusionSim::new(
+            Rng::stream(9, 0, tag("infusion")),
+            "drip-7A-1".into(),
+            "ORD-7A-1-".into(),
+            10_000,
+            0.0,
+        );
+        let start_infused = inf.infused_ml;
+        let mut prev = start_infused;
+        for k in 1..=100 {
+            let r = inf.step(START + k * 10_000);
+            assert_eq!(r.state, InfusionState::Running);
+            assert_eq!(
+                r.drops_per_min,
+                r.prescribed_ml_h * f64::from(r.drop_factor) / 60.0
+            );
+            assert!((r.measured_ml_h - r.prescribed_ml_h).abs() < 1e-9);
+            assert!((r.infused_ml - prev - r.prescribed_ml_h * 10.0 / 3600.0).abs() <= 0.05 + 1e-9);
+            assert!((r.infused_ml + r.remaining_ml - inf.bag_ml).abs() < 1e-6);
+            prev = inf.infused_ml;
+        }
+        let expected = start_infused + inf.prescribed_ml_h * 1000.0 / 3600.0;
+        assert!(
+            (inf.infused_ml - expected).abs() < 1e-6,
+            "{} vs {expected}",
+            inf.infused_ml
+        );
+    }
+
+    /// A day of a 40-bed ward (vitals sampled once a minute to keep the test fast): every value in range, infusion
+    /// arithmetic consistent, bags complete and are replaced under new orders.
+    #[test]
+    fn a_day_stays_in_range_and_infusions_add_up() {
+        let mut sim = WardSimulator::new(WardSimConfig {
+            vitals_period_ms: 60_000,
+            ..cfg(42)
+        });
+        struct Last {
+            order: String,
+            infused: f64,
+            state: i32,
+            completed_at: i64,
+        }
+        let mut last: HashMap<String, Last> = HashMap::new();
+        let (mut completions, mut new_orders, mut vitals) = (0, 0, 0);
+        for hour in 1..=24 {
+            for e in sim.advance_to(START + hour * 60 * MIN) {
+                match &e.payload {
+                    Payload::Vital(v) => {
+                        check_vital_ranges(v);
+                        vitals += 1;
+                    }
+                    Payload::Infusion(i) => {
+                        assert!(matches!(i.drop_factor_gtt_per_ml, 10 | 15 | 20 | 60));
+                        assert!((42.0..=125.0).contains(&i.prescribed_rate_ml_h));
+                        let bag = i.volume_infused_ml + i.volume_remaining_ml;
+                        assert!(
+                            (bag - 500.0).abs() < 1e-6 || (bag - 1000.0).abs() < 1e-6,
+                            "bag {bag}"
+                        );
+                        assert!(
+                            i.medication.contains(&format!("{} mL", bag.round())),
+                            "{} vs {bag}",
+                            i.medication
+                        );
+                        let expect_rate =
+                            i.drops_per_min * 60.0 / f64::from(i.drop_factor_gtt_per_ml);
+                        assert!((i.measured_rate_ml_h - expect_rate).abs() <= 0.05 + 1e-9);
+                        let ratio = i.measured_rate_ml_h / i.prescribed_rate_ml_h;
+                        if i.state == InfusionState::Running as i32 {
+                            assert!(
+                                (0.84..=1.16).contains(&ratio),
+                                "measured {} prescribed {}",
+                                i.measured_rate_ml_h,
+                                i.prescribed_rate_ml_h
+                            );
+                        } else {
+                            assert_eq!(i.state, InfusionState::Completed as i32);
+                            assert_eq!(
+                                (i.volume_remaining_ml, i.measured_rate_ml_h, i.drops_per_min),
+                                (0.0, 0.0, 0.0)
+                            );
+                        }
+                        let t = i.measured_at_unix_ms;
+                        if let Some(l) = last.get(&i.device_id) {
+                            if l.order == i.order_id {
+                                // Volume grows by the measured rate over the 10 s period (within rounding).
+                                let step = i.volume_infused_ml - l.infused;
+                                assert!(step >= 0.0);
+                                if i.state == InfusionState::Running as i32 {
+                                    let want = i.measured_rate_ml_h * 10.0 / 3600.0;
+                                    assert!(
+                                        (step - want).abs() <= 0.1 + 1e-9,
+                                        "step {step} vs {want}"
+                                    );
+                                }
+                                if l.state == InfusionState::Running as i32
+                                    && i.state == InfusionState::Completed as i32
+                                {
+                                    completions += 1;
+                                }
+                            } else {
+                                assert_eq!(
+                                    l.state,
+                                    InfusionState::Completed as i32,
+                                    "new order only after completion"
+                                );
+                                let (prefix, n) = l.order.rsplit_once('-').unwrap();
+                                let (new_prefix, new_n) = i.order_id.rsplit_once('-').unwrap();
+                                assert_eq!(prefix, new_prefix);
+                                assert_eq!(
+                                    new_n.parse::<u32>().unwrap(),
+                                    n.parse::<u32>().unwrap() + 1
+                                );
+                                let gap = t - l.completed_at;
+                                assert!((5 * MIN..=30 * MIN + 10_000).contains(&gap), "gap {gap}");
+                                new_orders += 1;
+                            }
+                        } else {
+                            assert!(i.order_id.ends_with("-1"));
+                            assert_eq!(
+                                i.order_id,
+                                format!("ORD-7A-{}-1", i.location.as_ref().unwrap().bed)
+                            );
+                        }
+                        let prev_completed =
+                            last.get(&i.device_id).map(|l| l.completed_at).unwrap_or(0);
+                        let completed_at = match last.get(&i.device_id) {
+                            Some(l)
+                                if l.state == InfusionState::Completed as i32
+                                    && l.order == i.order_id =>
+                            {
+                                prev_completed
+                            }
+                            _ if i.state == InfusionState::Completed as i32 => t,
+                            _ => 0,
+                        };
+                        last.insert(
+                            i.device_id.clone(),
+                            Last {
+                                order: i.order_id.clone(),
+                                infused: i.volume_infused_ml,
+                                state: i.state,
+                                completed_at,
+                            },
+                        );
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(vitals, 40 * 24 * (4 * 60 + 60 + 12 + 4));
+        assert!(
+            completions >= 20,
+            "only {completions} bags completed in 24 h"
+        );
+        assert!(new_orders >= 15, "only {new_orders} new bags in 24 h");
+    }
+
+    #[test]
+    fn baselines_are_plausible() {
+        let sim = WardSimulator::new(cfg(99));
+        let mut alert = 0;
+        for bed in &sim.beds {
+            let b = bed.patient.baseline;
+            assert!((60.0..100.0).contains(&b.hr));
+            assert!((12.0..20.0).contains(&b.rr));
+            assert!((94.0..99.0).contains(&b.spo2));
+            assert!((36.2..37.5).contains(&b.temp_c));
+            assert!((100.0..=150.0).contains(&b.sbp));
+            assert!((0.6..0.7).contains(&b.dbp_ratio));
+            alert += usize::from(b.acvpu == "A");
+        }
+        assert!(alert >= 34, "mostly alert, got {alert}/40");
+    }
+
+    #[test]
+    fn values_change_smoothly() {
+        let mut sim = WardSimulator::new(WardSimConfig { beds: 4, ..cfg(2) });
+        let mut last: HashMap<(u32, String), f64> = HashMap::new();
+        let mut max_jump: f64 = 0.0;
+        for e in sim.advance_to(START + 30 * MIN) {
+            if let Payload::Vital(v) = &e.payload {
+                if v.metric_mdc == MDC_ECG_HEART_RATE {
+                    let k = (v.metric_mdc, v.location.as_ref().unwrap().bed.clone());
+                    if let Some(p) = last.insert(k, v.value) {
+                        max_jump = max_jump.max((v.value - p).abs());
+                    }
+                }
+            }
+        }
+        assert!(
+            max_jump <= 5.0,
+            "heart rate jumped {max_jump} /min in one second"
+        );
+    }
+}

@@ -1,0 +1,239 @@
+//! Checks applied to every event before it is trusted. The edge runs them when it accepts an event (so a bad
+//! sample is refused at the door), and the cloud runs them again on every synced event (it never trusts an edge
+//! blindly). A failure names the reason as a [`RejectReason`] plus a human-readable detail.
+
+use crate::ids::{DeviceId, Label, PatientId, WardId};
+use crate::metrics::{self, ValueKind};
+use crate::v1::{edge_event::Payload, BedLocation, EdgeEvent, RejectReason, VitalSign};
+
+/// Why an event was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason:?}: {detail}")]
+pub struct Rejection {
+    /// Machine-readable reason (also sent over the wire).
+    pub reason: RejectReason,
+    /// What exactly was wrong.
+    pub detail: String,
+}
+
+impl Rejection {
+    /// A rejection with `reason` and `detail`.
+    pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into() }
+    }
+}
+
+fn invalid(detail: impl Into<String>) -> Rejection {
+    Rejection::new(RejectReason::Invalid, detail)
+}
+
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Validates the envelope and payload of an event. Returns the ward the event writes, which the caller checks
+/// against what the edge may write.
+pub fn event(e: &EdgeEvent) -> Result<WardId, Rejection> {
+    if e.idempotency_key.is_empty() || e.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(invalid("idempotency_key must be 1-128 bytes"));
+    }
+    match &e.payload {
+        None => Err(invalid("event has no payload")),
+        Some(Payload::Vital(v)) => vital(v),
+        Some(Payload::Infusion(i)) => {
+            PatientId::new(i.patient_id.clone()).map_err(|e| invalid(e.to_string()))?;
+            DeviceId::new(i.device_id.clone()).map_err(|e| invalid(e.to_string()))?;
+            if i.order_id.is_empty() || i.order_id.len() > 64 {
+                return Err(invalid("order_id must be 1-64 bytes"));
+            }
+            for (name, v) in [
+                ("prescribed_rate_ml_h", i.prescribed_rate_ml_h),
+                ("measured_rate_ml_h", i.measured_rate_ml_h),
+                ("drops_per_min", i.drops_per_min),
+                ("volume_infused_ml", i.volume_infused_ml),
+                ("volume_remaining_ml", i.volume_remaining_ml),
+            ] {
+                if !v.is_finite() {
+                    return Err(Rejection::new(RejectReason::NotFinite, format!("{name} is {v}")));
+                }
+                if v < 0.0 {
+                    return Err(invalid(format!("{name} is negative ({v})")));
+                }
+            }
+            if !matches!(i.drop_factor_gtt_per_ml, 0 | 10 | 15 | 20 | 60) {
+                return Err(invalid(format!("drop factor {} gtt/mL is not 10, 15, 20, 60 or 0 (pump)", i.drop_factor_gtt_per_ml)));
+            }
+            location(i.location.as_ref(), true)
+        }
+        Some(Payload::Alarm(a)) => {
+            if a.alarm_id.is_empty() || a.alarm_id.len() > 128 {
+                return Err(invalid("alarm_id must be 1-128 bytes"));
+            }
+            if !a.patient_id.is_empty() {
+                PatientId::new(a.patient_id.clone()).map_err(|e| invalid(e.to_string()))?;
+            }
+            location(a.location.as_ref(), false)
+        }
+        Some(Payload::Risk(r)) => {
+            PatientId::new(r.patient_id.clone()).map_err(|e| invalid(e.to_string()))?;
+            if let Some(crate::v1::risk_score::Score::Model(m)) = &r.score {
+                if !m.probability.is_finite() || !(0.0..=1.0).contains(&m.probability) {
+                    return Err(Rejection::new(RejectReason::NotFinite, format!("probability {} outside 0..1", m.probability)));
+                }
+            }
+            location(r.location.as_ref(), false)
+        }
+        Some(Payload::Device(d)) => {
+            DeviceId::new(d.device_id.clone()).map_err(|e| invalid(e.to_string()))?;
+            location(d.location.as_ref(), false)
+        }
+    }
+}
+
+fn location(l: Option<&BedLocation>, bed_required: bool) -> Result<WardId, Rejection> {
+    let l = l.ok_or_else(|| invalid("location is missing"))?;
+    let ward = WardId::new(l.ward.clone()).map_err(|e| invalid(e.to_string()))?;
+    if bed_required || !l.bed.is_empty() {
+        Label::new(l.bed.clone()).map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(ward)
+}
+
+/// Validates one vital sign: ids, known metric, canonical unit, finite and physiologically possible values,
+/// required components.
+pub fn vital(v: &VitalSign) -> Result<WardId, Rejection> {
+    PatientId::new(v.patient_id.clone()).map_err(|e| invalid(e.to_string()))?;
+    DeviceId::new(v.device_id.clone()).map_err(|e| invalid(e.to_string()))?;
+    let ward = location(v.location.as_ref(), true)?;
+    if v.measured_at_unix_ms <= 0 {
+        return Err(invalid("measured_at_unix_ms is missing"));
+    }
+    let m = metrics::by_mdc(v.metric_mdc).ok_or_else(|| {
+        Rejection::new(RejectReason::UnknownMetric, format!("MDC code {} is not a known metric", v.metric_mdc))
+    })?;
+    match m.kind {
+        ValueKind::Enumerated => {
+            if !metrics::ACVPU.contains(&v.enumerated.as_str()) {
+                return Err(invalid(format!("{:?} is not an ACVPU level", v.enumerated)));
+            }
+            return Ok(ward);
+        }
+        ValueKind::Numeric | ValueKind::Compound => {}
+    }
+    if v.unit_ucum.is_empty() {
+        return Err(Rejection::new(RejectReason::BadUnit, format!("unit missing for {}", m.mdc_ref)));
+    }
+    if v.unit_ucum != m.unit {
+        return Err(Rejection::new(
+            RejectReason::BadUnit,
+            format!("unit {:?} is not {:?} for {}", v.unit_ucum, m.unit, m.mdc_ref),
+        ));
+    }
+    if !v.value.is_finite() {
+        return Err(Rejection::new(RejectReason::NotFinite, format!("{} value is {}", m.mdc_ref, v.value)));
+    }
+    let in_range = |mm: &metrics::Metric, x: f64| -> Result<(), Rejection> {
+        if !x.is_finite() {
+            return Err(Rejection::new(RejectReason::NotFinite, format!("{} value is {x}", mm.mdc_ref)));
+        }
+        if x < mm.min || x > mm.max {
+            return Err(invalid(format!("{} value {x} outside the possible range {}..{}", mm.mdc_ref, mm.min, mm.max)));
+        }
+        Ok(())
+    };
+    match m.kind {
+        ValueKind::Numeric => {
+            if !v.components.is_empty() {
+                return Err(invalid(format!("{} is not a compound metric but has components", m.mdc_ref)));
+            }
+            in_range(m, v.value)?;
+        }
+        ValueKind::Compound => {
+            let allowed = metrics::components_of(m.mdc);
+            for c in &v.components {
+                let cm = metrics::by_mdc(c.metric_mdc)
+                    .filter(|cm| allowed.iter().any(|(code, _)| *code == cm.mdc))
+                    .ok_or_else(|| {
+                        Rejection::new(
+                            RejectReason::UnknownMetric,
+                            format!("MDC code {} is not a component of {}", c.metric_mdc, m.mdc_ref),
+                        )
+                    })?;
+                in_range(cm, c.value)?;
+            }
+            for (code, required) in allowed {
+                if *required && !v.components.iter().any(|c| c.metric_mdc == *code) {
+                    return Err(invalid(format!("{} lacks required component {code}", m.mdc_ref)));
+                }
+            }
+        }
+        ValueKind::Enumerated => {}
+    }
+    Ok(ward)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::*;
+    use crate::v1::VitalComponent;
+
+    fn hr(value: f64) -> VitalSign {
+        VitalSign {
+            patient_id: "MRN1".into(),
+            location: Some(BedLocation { ward: "7A".into(), bed: "1".into() }),
+            device_id: "mon-1".into(),
+            metric_mdc: MDC_ECG_HEART_RATE,
+            value,
+            unit_ucum: "/min".into(),
+            measured_at_unix_ms: 1_700_000_000_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_vital_with_its_reason() {
+        assert_eq!(vital(&hr(72.0)).map(|w| w.to_string()), Ok("7A".to_string()));
+        assert_eq!(vital(&hr(f64::NAN)).unwrap_err().reason, RejectReason::NotFinite);
+        assert_eq!(vital(&hr(f64::INFINITY)).unwrap_err().reason, RejectReason::NotFinite);
+        assert_eq!(vital(&hr(351.0)).unwrap_err().reason, RejectReason::Invalid);
+        assert!(vital(&hr(350.0)).is_ok());
+        let mut v = hr(72.0);
+        v.unit_ucum.clear();
+        assert_eq!(vital(&v).unwrap_err().reason, RejectReason::BadUnit);
+        v.unit_ucum = "bpm".into();
+        assert_eq!(vital(&v).unwrap_err().reason, RejectReason::BadUnit);
+        let mut v = hr(72.0);
+        v.metric_mdc = 999;
+        assert_eq!(vital(&v).unwrap_err().reason, RejectReason::UnknownMetric);
+        let mut v = hr(72.0);
+        v.location = None;
+        assert_eq!(vital(&v).unwrap_err().reason, RejectReason::Invalid);
+    }
+
+    #[test]
+    fn blood_pressure_needs_systolic_and_diastolic() {
+        let mut bp = hr(0.0);
+        bp.metric_mdc = MDC_PRESS_BLD_NONINV;
+        bp.unit_ucum = "mm[Hg]".into();
+        bp.components = vec![VitalComponent { metric_mdc: MDC_PRESS_BLD_NONINV_SYS, value: 120.0 }];
+        assert_eq!(vital(&bp).unwrap_err().reason, RejectReason::Invalid);
+        bp.components.push(VitalComponent { metric_mdc: MDC_PRESS_BLD_NONINV_DIA, value: 80.0 });
+        assert!(vital(&bp).is_ok());
+        bp.components.push(VitalComponent { metric_mdc: MDC_ECG_HEART_RATE, value: 80.0 });
+        assert_eq!(vital(&bp).unwrap_err().reason, RejectReason::UnknownMetric);
+        bp.components.pop();
+        bp.components[1].value = f64::NAN;
+        assert_eq!(vital(&bp).unwrap_err().reason, RejectReason::NotFinite);
+    }
+
+    #[test]
+    fn consciousness_is_enumerated() {
+        let mut c = hr(0.0);
+        c.metric_mdc = WARDWATCH_ACVPU;
+        c.unit_ucum.clear();
+        c.enumerated = "V".into();
+        assert!(vital(&c).is_ok());
+        c.enumerated = "X".into();
+        assert_eq!(vital(&c).unwrap_err().reason, RejectReason::Invalid);
+    }
+}
