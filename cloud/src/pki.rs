@@ -123,7 +123,8 @@ pub struct DevPkiPaths {
 ///   clientAuth, valid 1 year.
 ///
 /// If `ca.pem` and `ca.key` already exist the CA is reused (key and
-/// certificate are loaded, and must match) and only missing leaf certificates
+/// certificate are loaded; they must match and the CA must be currently valid,
+/// but it need not be one this function created) and only missing leaf certificates
 /// are issued. An existing leaf is kept when both its files are present, its key
 /// matches its certificate, it was issued by this CA and it is currently valid;
 /// the cloud certificate additionally has to cover every requested host.
@@ -159,10 +160,7 @@ pub fn generate_dev_pki(dir: &Path, req: &DevPkiRequest) -> Result<DevPkiPaths, 
     };
 
     let (ca, ca_is_new) = match (paths.ca_cert.exists(), paths.ca_key.exists()) {
-        (true, true) => (
-            LoadedCa::load(&paths.ca_cert, &paths.ca_key, CA_COMMON_NAME)?,
-            false,
-        ),
+        (true, true) => (LoadedCa::load(&paths.ca_cert, &paths.ca_key)?, false),
         (false, false) => (
             LoadedCa::create(CA_COMMON_NAME, &paths.ca_cert, &paths.ca_key)?,
             true,
@@ -270,6 +268,14 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError>
     Ok(certs)
 }
 
+/// The first certificate of a PEM file (the leaf, by convention).
+fn load_first_cert(path: &Path) -> Result<CertificateDer<'static>, PkiError> {
+    load_certs(path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| PkiError::Parse(format!("{}: no CERTIFICATE found in PEM", path.display())))
+}
+
 /// Reads the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file, for
 /// rustls. Fails if the file has none.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
@@ -301,11 +307,7 @@ pub fn issue_edge_cert_with_validity(
             "not_before ({not_before}) must be earlier than not_after ({not_after})"
         )));
     }
-    let ca = LoadedCa::load(
-        &ca_dir.join("ca.pem"),
-        &ca_dir.join("ca.key"),
-        CA_COMMON_NAME,
-    )?;
+    let ca = LoadedCa::load(&ca_dir.join("ca.pem"), &ca_dir.join("ca.key"))?;
     fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
     let (cert, key) = edge_file_paths(out_dir, edge_id);
     ca.issue_leaf(&edge_params(edge_id, not_before, not_after)?, &cert, &key)?;
@@ -369,8 +371,8 @@ impl LoadedCa {
     }
 
     /// Loads an existing CA from PEM files.
-    fn load(cert_path: &Path, key_path: &Path, expected_cn: &str) -> Result<Self, PkiError> {
-        let certs = load_certs(cert_path)?;
+    fn load(cert_path: &Path, key_path: &Path) -> Result<Self, PkiError> {
+        let cert = load_first_cert(cert_path)?;
         let key_pem = fs::read_to_string(key_path).map_err(io_err(key_path))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| {
             PkiError::Parse(format!(
@@ -378,16 +380,7 @@ impl LoadedCa {
                 key_path.display()
             ))
         })?;
-        let ca = Self::from_parts(&certs[0], key, &cert_path.display().to_string())?;
-        // Guards against pointing at the wrong directory (e.g. a foreign CA).
-        let cn = common_name_of(&certs[0])?;
-        if cn.as_deref() != Some(expected_cn) {
-            return Err(PkiError::Generate(format!(
-                "{} is not the expected CA (CN {cn:?}, expected {expected_cn:?})",
-                cert_path.display()
-            )));
-        }
-        Ok(ca)
+        Self::from_parts(&cert, key, &cert_path.display().to_string())
     }
 
     fn from_parts(cert_der: &[u8], key: KeyPair, what: &str) -> Result<Self, PkiError> {
@@ -460,7 +453,7 @@ fn leaf_is_reusable(
     key_path: &Path,
     required_sans: Option<&[SanType]>,
 ) -> bool {
-    let Ok(certs) = load_certs(cert_path) else {
+    let Ok(cert_der) = load_first_cert(cert_path) else {
         return false;
     };
     let Ok(key_pem) = fs::read_to_string(key_path) else {
@@ -469,7 +462,7 @@ fn leaf_is_reusable(
     let Ok(key) = KeyPair::from_pem(&key_pem) else {
         return false;
     };
-    let Ok(cert) = parse_der(&certs[0]) else {
+    let Ok(cert) = parse_der(&cert_der) else {
         return false;
     };
     if !cert.validity().is_valid() || !ca.issued(&cert) || !key_matches_cert(&key, &cert) {
@@ -625,16 +618,6 @@ fn authority_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
             }
             _ => None,
         })
-}
-
-fn common_name_of(cert_der: &[u8]) -> Result<Option<String>, PkiError> {
-    let cert = parse_der(cert_der)?;
-    Ok(cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|attr| attr.as_str().ok())
-        .map(str::to_owned))
 }
 
 fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {

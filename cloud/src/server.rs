@@ -88,7 +88,11 @@ impl CloudServer {
             .api
             .public_base_url
             .clone()
-            .unwrap_or_else(|| format!("https://{api_addr}{}", config.api.base_path));
+            .unwrap_or_else(|| {
+                // Loopback: name it "localhost", the name the development certificate is issued for.
+                let host = if api_addr.ip().is_loopback() { "localhost".to_string() } else { api_addr.ip().to_string() };
+                format!("https://{host}:{}{}", api_addr.port(), config.api.base_path)
+            });
         let sync_stats = Arc::new(SyncServiceStats::default());
         let sync_service = SyncService::new(store.clone(), registry, config.sync.max_batch_events, sync_stats.clone());
         let api_state =

@@ -1,1 +1,398 @@
+//! The whole Wardwatch system in one process: development PKI, cloud, edge and ward simulator wired together on
+//! loopback. The demo binary and every whole-system test and benchmark use these helpers (one place, never
+//! copied), so they all run the real edge and cloud code.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rand::RngCore;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wardwatch_cloud::config::{ApiClient, ApiConfig, EdgeRegistration, SyncListenerConfig, TlsConfig};
+use wardwatch_cloud::pki::{self, DevPkiPaths, DevPkiRequest};
+use wardwatch_cloud::storage::Store;
+use wardwatch_cloud::sync::SyncServiceStats;
+use wardwatch_cloud::{CloudConfig, CloudServer};
+use wardwatch_edge::config::{CloudLinkConfig, OutboxConfig, SyncConfig};
+use wardwatch_edge::node::Incoming;
+use wardwatch_edge::simulator::{WardSimConfig, WardSimulator};
+use wardwatch_edge::{EdgeConfig, EdgeNode};
+use wardwatch_proto::ids::{EdgeId, WardId};
+
+/// Installs the process-wide rustls crypto provider (ring). Idempotent.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Logging for binaries and tests: `RUST_LOG` or `default`.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+/// Development credentials: PKI and an API bearer token, kept under a data directory and reused across runs.
+#[derive(Debug, Clone)]
+pub struct DevSetup {
+    /// Certificates and keys.
+    pub pki: DevPkiPaths,
+    /// Bearer token for the development API client.
+    pub token: String,
+    /// Hex sha256 of the token (what the cloud stores).
+    pub token_sha256: String,
+}
+
+/// Client id of the development API client.
+pub const DEV_CLIENT_ID: &str = "dev-ehr";
+
+/// Creates (or reuses) the development PKI for `edge_ids` and the development API token under `dir`.
+pub fn dev_setup(dir: &Path, edge_ids: &[&str]) -> Result<DevSetup> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pki = pki::generate_dev_pki(
+        &dir.join("pki"),
+        &DevPkiRequest {
+            cloud_hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            edge_ids: edge_ids.iter().map(ToString::to_string).collect(),
+        },
+    )?;
+    let token_path = dir.join("dev-api-token");
+    let token = match std::fs::read_to_string(&token_path) {
+        Ok(t) if t.trim().len() >= 32 => t.trim().to_string(),
+        _ => {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            let t = hex_encode(&bytes);
+            std::fs::write(&token_path, &t).with_context(|| format!("writing {}", token_path.display()))?;
+            t
+        }
+    };
+    let token_sha256 = sha256_hex(token.as_bytes());
+    Ok(DevSetup { pki, token, token_sha256 })
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex_encode(&sha2::Sha256::digest(b))
+}
+
+/// A cloud configuration for the development setup.
+pub fn cloud_config(
+    setup: &DevSetup,
+    data_dir: &Path,
+    database_url: Option<String>,
+    sync_listen: SocketAddr,
+    api_listen: SocketAddr,
+    edges: &[(&str, &[&str])],
+) -> Result<CloudConfig> {
+    let edges = edges
+        .iter()
+        .map(|(id, wards)| {
+            Ok(EdgeRegistration {
+                edge_id: EdgeId::new(*id)?,
+                wards: wards.iter().map(|w| WardId::new(*w)).collect::<Result<_, _>>()?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CloudConfig {
+        data_dir: data_dir.to_path_buf(),
+        database_url,
+        tls: TlsConfig {
+            ca_cert: setup.pki.ca_cert.clone(),
+            cert: setup.pki.cloud_cert.clone(),
+            key: setup.pki.cloud_key.clone(),
+        },
+        sync: SyncListenerConfig { listen: sync_listen, max_batch_events: 5_000 },
+        api: ApiConfig {
+            listen: api_listen,
+            base_path: "/fhir".into(),
+            public_base_url: None,
+            mrn_system: "urn:wardwatch:mrn".into(),
+            device_id_system: "urn:wardwatch:device".into(),
+        },
+        edges,
+        api_clients: vec![ApiClient {
+            client_id: DEV_CLIENT_ID.into(),
+            token_sha256: setup.token_sha256.clone(),
+            scopes: vec!["system/Observation.rs".into(), "system/Device.rs".into()],
+        }],
+    })
+}
+
+/// The certificate and key of `edge_id` in the development PKI.
+pub fn edge_cert(setup: &DevSetup, edge_id: &str) -> Result<(PathBuf, PathBuf)> {
+    setup
+        .pki
+        .edges
+        .iter()
+        .find(|(id, _, _)| id == edge_id)
+        .map(|(_, c, k)| (c.clone(), k.clone()))
+        .with_context(|| format!("no development certificate for edge {edge_id}"))
+}
+
+/// An edge configuration for the development setup, syncing to `sync_addr` (as "localhost").
+pub fn edge_config(setup: &DevSetup, data_dir: &Path, edge_id: &str, wards: &[&str], sync_addr: SocketAddr) -> Result<EdgeConfig> {
+    let (cert, key) = edge_cert(setup, edge_id)?;
+    Ok(EdgeConfig {
+        edge_id: EdgeId::new(edge_id)?,
+        wards: wards.iter().map(|w| WardId::new(*w)).collect::<Result<_, _>>()?,
+        data_dir: data_dir.to_path_buf(),
+        outbox: OutboxConfig::default(),
+        cloud: CloudLinkConfig {
+            endpoint: format!("https://localhost:{}", sync_addr.port()),
+            server_name: Some("localhost".into()),
+            ca_cert: setup.pki.ca_cert.clone(),
+            client_cert: cert,
+            client_key: key,
+        },
+        sync: SyncConfig { backoff_initial_ms: 100, backoff_max_ms: 5_000, ..SyncConfig::default() },
+    })
+}
+
+/// A running cloud inside this process.
+#[derive(Debug)]
+pub struct CloudHandle {
+    /// FHIR base URL.
+    pub fhir_base: String,
+    /// Sync listener address.
+    pub sync_addr: SocketAddr,
+    /// API listener address.
+    pub api_addr: SocketAddr,
+    /// Storage, for assertions.
+    pub store: Store,
+    /// Sync counters.
+    pub sync_stats: Arc<SyncServiceStats>,
+    /// Refused TLS handshakes on the sync listener.
+    pub sync_tls_failures: Arc<std::sync::atomic::AtomicU64>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl CloudHandle {
+    /// Starts a cloud from `config`.
+    pub async fn start(config: CloudConfig) -> Result<Self> {
+        let server = CloudServer::start(config).await?;
+        let (stop, rx) = oneshot::channel::<()>();
+        let handle = Self {
+            fhir_base: server.fhir_base_url().to_string(),
+            sync_addr: server.sync_addr()?,
+            api_addr: server.api_addr()?,
+            store: server.store().clone(),
+            sync_stats: server.sync_stats(),
+            sync_tls_failures: server.sync_tls_failures(),
+            stop,
+            task: tokio::spawn(async move {
+                server
+                    .run(async move {
+                        let _ = rx.await;
+                    })
+                    .await;
+            }),
+        };
+        Ok(handle)
+    }
+
+    /// Stops the cloud and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// A running edge inside this process.
+#[derive(Debug)]
+pub struct EdgeHandle {
+    /// The node, to offer events and read counters.
+    pub node: Arc<EdgeNode>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl EdgeHandle {
+    /// Starts an edge (outbox open, sync task running).
+    pub async fn start(config: EdgeConfig) -> Result<Self> {
+        let node = EdgeNode::start(config).await?;
+        let (stop, rx) = oneshot::channel::<()>();
+        let n = node.clone();
+        let task = tokio::spawn(async move {
+            n.run(async move {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Ok(Self { node, stop, task })
+    }
+
+    /// Stops the edge and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+
+    /// Waits until the outbox is empty (everything acknowledged), or fails after `timeout`.
+    pub async fn wait_drained(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let pending = self.node.outbox().pending().await?;
+            if pending == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("edge outbox still holds {pending} events after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs the ward simulator in real time into `node` until `stop` resolves: every `tick` the simulator is
+/// advanced to the wall clock and its events are offered to the edge.
+pub async fn run_simulator(node: Arc<EdgeNode>, cfg: WardSimConfig, tick: Duration, stop: impl std::future::Future<Output = ()>) {
+    let mut sim = WardSimulator::new(cfg);
+    let devices = sim.devices();
+    offer(&node, devices).await;
+    tokio::pin!(stop);
+    let mut interval = tokio::time::interval(tick);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                let events = sim.advance_to(wardwatch_proto::now_unix_ms());
+                offer(&node, events).await;
+            }
+            () = &mut stop => return,
+        }
+    }
+}
+
+async fn offer(node: &EdgeNode, events: Vec<wardwatch_edge::simulator::SimEvent>) {
+    if events.is_empty() {
+        return;
+    }
+    let incoming = events.into_iter().map(|e| Incoming { idempotency_key: e.idempotency_key, payload: e.payload }).collect();
+    match node.accept(incoming).await {
+        Ok(r) if !r.rejected.is_empty() => tracing::warn!(rejected = r.rejected.len(), "simulator events rejected"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "simulator events not accepted"),
+    }
+}
+
+/// An HTTPS client that trusts only the development CA.
+pub fn https_client(ca_pem: &Path) -> Result<reqwest::Client> {
+    install_crypto();
+    let pem = std::fs::read(ca_pem).with_context(|| format!("reading {}", ca_pem.display()))?;
+    let cert = reqwest::Certificate::from_pem(&pem)?;
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(cert)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// A free TCP port on loopback (bound and released; fine for tests that need a fixed port across restarts).
+pub fn free_port() -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// PostgreSQL for tests: creates a uniquely named database on the server at `WARDWATCH_TEST_PG`
+/// (default `postgres://postgres@127.0.0.1:5432/postgres`) and drops it when dropped.
+/// Returns `None`, after saying so loudly on stderr, when no server is reachable.
+pub struct TestDatabase {
+    /// URL of the new database.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates the database, or `None` when PostgreSQL is not reachable. On CI (`CI` set) an unreachable server
+    /// is an error, not a skip.
+    pub async fn create(tag: &str) -> Result<Option<Self>> {
+        use sqlx::Connection;
+        let admin_url =
+            std::env::var("WARDWATCH_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mut conn = match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin_url)).await {
+            Ok(Ok(c)) => c,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                if std::env::var_os("CI").is_some() {
+                    bail!("PostgreSQL at {admin_url} is required on CI but unreachable: {why}");
+                }
+                eprintln!("\n*** SKIPPED: PostgreSQL variant of {tag}: no server at {admin_url} ({why}) ***\n");
+                return Ok(None);
+            }
+        };
+        let mut suffix = [0u8; 6];
+        rand::rng().fill_bytes(&mut suffix);
+        let name = format!("wardwatch_test_{}_{}", tag.replace(|c: char| !c.is_ascii_alphanumeric(), "_"), hex_encode(&suffix));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await?;
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+        Ok(Some(Self { url: format!("{base}/{name}"), admin_url: admin_url.clone(), name }))
+    }
+
+    /// Drops the database now (also attempted on drop).
+    pub async fn drop_now(&self) -> Result<()> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))).execute(&mut conn).await?;
+        Ok(())
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Best effort from a synchronous context: a fresh runtime on a helper thread.
+        let admin = self.admin_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))).execute(&mut c).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// One simulated event as a JSON object (the simulator command's output format).
+pub fn sim_event_json(e: &wardwatch_edge::simulator::SimEvent) -> serde_json::Value {
+    use wardwatch_proto::v1::edge_event::Payload;
+    let loc = |l: &Option<wardwatch_proto::v1::BedLocation>| {
+        l.as_ref().map(|l| serde_json::json!({"ward": l.ward, "bed": l.bed}))
+    };
+    let body = match &e.payload {
+        Payload::Vital(v) => serde_json::json!({
+            "type": "vital", "patient_id": v.patient_id, "location": loc(&v.location), "device_id": v.device_id,
+            "metric_mdc": v.metric_mdc, "value": v.value, "unit": v.unit_ucum, "measured_at_unix_ms": v.measured_at_unix_ms,
+            "components": v.components.iter().map(|c| serde_json::json!({"metric_mdc": c.metric_mdc, "value": c.value})).collect::<Vec<_>>(),
+            "enumerated": v.enumerated,
+        }),
+        Payload::Infusion(i) => serde_json::json!({
+            "type": "infusion", "order_id": i.order_id, "patient_id": i.patient_id, "location": loc(&i.location),
+            "device_id": i.device_id, "medication": i.medication, "prescribed_rate_ml_h": i.prescribed_rate_ml_h,
+            "measured_rate_ml_h": i.measured_rate_ml_h, "drop_factor_gtt_per_ml": i.drop_factor_gtt_per_ml,
+            "drops_per_min": i.drops_per_min, "volume_infused_ml": i.volume_infused_ml,
+            "volume_remaining_ml": i.volume_remaining_ml, "state": i.state, "measured_at_unix_ms": i.measured_at_unix_ms,
+        }),
+        Payload::Device(d) => serde_json::json!({
+            "type": "device", "device_id": d.device_id, "kind": d.kind, "manufacturer": d.manufacturer,
+            "model": d.model, "serial_number": d.serial_number, "location": loc(&d.location), "state": d.state,
+        }),
+        Payload::Alarm(a) => serde_json::json!({"type": "alarm", "alarm_id": a.alarm_id, "message": a.message}),
+        Payload::Risk(r) => serde_json::json!({"type": "risk", "patient_id": r.patient_id}),
+    };
+    serde_json::json!({"idempotency_key": e.idempotency_key, "event": body})
+}

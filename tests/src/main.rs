@@ -1,1 +1,278 @@
-fn main() {}
+//! `wardwatch`: the demo (cloud + edge + simulated ward in one process), the development `certs` command, the
+//! ward simulator as a command, and `cloud`/`edge` to run either side from a config file. Thin: parses arguments,
+//! installs signal handling, calls the libraries.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use wardwatch::{CloudHandle, EdgeHandle};
+use wardwatch_edge::simulator::{WardSimConfig, WardSimulator};
+
+#[derive(Parser)]
+#[command(name = "wardwatch", version, about = "Wardwatch: edge-to-cloud ward monitoring and FHIR interoperability")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the cloud, one edge and a simulated ward on embedded defaults (SQLite, development certificates).
+    Demo(DemoArgs),
+    /// Create a development CA plus cloud and edge certificates (no openssl needed).
+    Certs {
+        /// Output directory.
+        #[arg(long, default_value = "data/pki")]
+        out: PathBuf,
+        /// Edge ids to issue client certificates for.
+        #[arg(long = "edge", default_value = "edge-7a")]
+        edges: Vec<String>,
+        /// Host names / IPs for the cloud certificate.
+        #[arg(long = "host", default_values = ["localhost", "127.0.0.1"])]
+        hosts: Vec<String>,
+    },
+    /// Print simulated ward events as JSON lines (deterministic for a seed).
+    Simulate {
+        /// Beds.
+        #[arg(long, default_value_t = 40)]
+        beds: u32,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Ward id.
+        #[arg(long, default_value = "7A")]
+        ward: String,
+        /// Simulated minutes.
+        #[arg(long, default_value_t = 1)]
+        minutes: i64,
+    },
+    /// Run the cloud from a TOML config file.
+    Cloud {
+        /// Config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run an edge from a TOML config file, optionally with a simulated ward feeding it.
+    Edge {
+        /// Config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Simulate this many beds of the edge's first ward in real time.
+        #[arg(long)]
+        simulate_beds: Option<u32>,
+        /// Accept this many simulated vital-sign events at once, print "accepted N" when durable, then keep
+        /// running (used by crash tests).
+        #[arg(long)]
+        accept_burst: Option<usize>,
+    },
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Where state lives (created if missing).
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Stop cleanly after this many seconds.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Write a JSON file describing where everything is, once serving.
+    #[arg(long)]
+    info: Option<PathBuf>,
+    /// Beds in the simulated ward.
+    #[arg(long, default_value_t = 40)]
+    beds: u32,
+    /// Simulator seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Database URL (default: SQLite under the data directory).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// FHIR API listen address.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    api_listen: SocketAddr,
+    /// Edge sync listen address.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    sync_listen: SocketAddr,
+}
+
+const DEMO_EDGE: &str = "edge-7a";
+const DEMO_WARD: &str = "7A";
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn demo(args: DemoArgs) -> Result<()> {
+    let data = args.data_dir;
+    let setup = wardwatch::dev_setup(&data, &[DEMO_EDGE])?;
+    let cloud_cfg = wardwatch::cloud_config(
+        &setup,
+        &data.join("cloud"),
+        args.database_url,
+        args.sync_listen,
+        args.api_listen,
+        &[(DEMO_EDGE, &[DEMO_WARD])],
+    )?;
+    let cloud = CloudHandle::start(cloud_cfg).await.context("starting the cloud")?;
+    let edge_cfg = wardwatch::edge_config(&setup, &data.join("edge"), DEMO_EDGE, &[DEMO_WARD], cloud.sync_addr)?;
+    let edge = EdgeHandle::start(edge_cfg).await.context("starting the edge")?;
+    let (sim_stop, sim_rx) = tokio::sync::oneshot::channel::<()>();
+    let sim_cfg = WardSimConfig {
+        ward: DEMO_WARD.into(),
+        beds: args.beds,
+        seed: args.seed,
+        start_unix_ms: wardwatch_proto::now_unix_ms(),
+        ..WardSimConfig::default()
+    };
+    let sim = tokio::spawn(wardwatch::run_simulator(edge.node.clone(), sim_cfg, Duration::from_millis(500), async move {
+        let _ = sim_rx.await;
+    }));
+
+    let ca = setup.pki.ca_cert.canonicalize().unwrap_or(setup.pki.ca_cert.clone());
+    let fhir_base = cloud.fhir_base.clone();
+    if let Some(info) = &args.info {
+        let doc = serde_json::json!({
+            "fhir_base": fhir_base,
+            "token": setup.token,
+            "ca_cert": ca,
+            "sync": format!("localhost:{}", cloud.sync_addr.port()),
+            "edge_id": DEMO_EDGE,
+            "ward": DEMO_WARD,
+        });
+        let tmp = info.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, info).with_context(|| format!("writing {}", info.display()))?;
+    }
+    println!("Wardwatch demo running: cloud, edge {DEMO_EDGE} and a simulated {}-bed ward {DEMO_WARD}.", args.beds);
+    println!("FHIR base: {fhir_base}");
+    println!("Try:");
+    println!(
+        "  curl --cacert {} -H 'Authorization: Bearer {}' '{fhir_base}/Observation?code=http://loinc.org|8867-4&_count=5'",
+        ca.display(),
+        setup.token
+    );
+    println!("Stop with Ctrl-C.");
+
+    match args.duration {
+        Some(s) => {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(s)) => {}
+                () = shutdown_signal() => {}
+            }
+        }
+        None => shutdown_signal().await,
+    }
+    let _ = sim_stop.send(());
+    let _ = sim.await;
+    // Give the edge a moment to hand over what the simulator produced last.
+    let _ = edge.wait_drained(Duration::from_secs(3)).await;
+    edge.stop().await;
+    cloud.stop().await;
+    println!("Wardwatch demo stopped.");
+    Ok(())
+}
+
+async fn run_edge(config: PathBuf, simulate_beds: Option<u32>, accept_burst: Option<usize>) -> Result<()> {
+    let cfg = wardwatch_edge::EdgeConfig::from_file(&config)?;
+    let ward = cfg.wards.first().map(ToString::to_string).unwrap_or_default();
+    let edge = EdgeHandle::start(cfg).await?;
+    if let Some(n) = accept_burst {
+        let mut sim = WardSimulator::new(WardSimConfig {
+            ward: ward.clone(),
+            beds: 40,
+            seed: 99,
+            start_unix_ms: wardwatch_proto::now_unix_ms() - 3_600_000,
+            ..WardSimConfig::default()
+        });
+        let mut events = Vec::with_capacity(n);
+        while events.len() < n {
+            let t = sim.now_unix_ms() + 1_000;
+            events.extend(
+                sim.advance_to(t)
+                    .into_iter()
+                    .filter(|e| matches!(e.payload, wardwatch_proto::v1::edge_event::Payload::Vital(_))),
+            );
+        }
+        events.truncate(n);
+        let incoming = events
+            .into_iter()
+            .map(|e| wardwatch_edge::node::Incoming { idempotency_key: e.idempotency_key, payload: e.payload })
+            .collect();
+        let report = edge.node.accept(incoming).await?;
+        println!("accepted {}", report.accepted);
+    }
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let sim = simulate_beds.map(|beds| {
+        let cfg = WardSimConfig { ward, beds, start_unix_ms: wardwatch_proto::now_unix_ms(), ..WardSimConfig::default() };
+        tokio::spawn(wardwatch::run_simulator(edge.node.clone(), cfg, Duration::from_millis(500), async move {
+            let _ = rx.await;
+        }))
+    });
+    shutdown_signal().await;
+    let _ = stop.send(());
+    if let Some(s) = sim {
+        let _ = s.await;
+    }
+    edge.stop().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    wardwatch::install_crypto();
+    wardwatch::init_logging("info,sqlx=warn,h2=warn,hyper=warn,tower=warn");
+    match Cli::parse().command {
+        Command::Demo(args) => demo(args).await,
+        Command::Certs { out, edges, hosts } => {
+            let paths = wardwatch_cloud::pki::generate_dev_pki(
+                &out,
+                &wardwatch_cloud::pki::DevPkiRequest { cloud_hosts: hosts, edge_ids: edges },
+            )?;
+            println!("CA:    {}", paths.ca_cert.display());
+            println!("cloud: {} / {}", paths.cloud_cert.display(), paths.cloud_key.display());
+            for (id, c, k) in &paths.edges {
+                println!("edge {id}: {} / {}", c.display(), k.display());
+            }
+            Ok(())
+        }
+        Command::Simulate { beds, seed, ward, minutes } => {
+            let start = 1_800_000_000_000;
+            let mut sim = WardSimulator::new(WardSimConfig { ward, beds, seed, start_unix_ms: start, ..WardSimConfig::default() });
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            use std::io::Write;
+            for e in sim.devices().into_iter().chain(sim.advance_to(start + minutes * 60_000)) {
+                writeln!(out, "{}", wardwatch::sim_event_json(&e))?;
+            }
+            Ok(())
+        }
+        Command::Cloud { config } => {
+            let cfg = wardwatch_cloud::CloudConfig::from_file(&config)?;
+            let server = wardwatch_cloud::CloudServer::start(cfg).await?;
+            println!("cloud sync on {} api on {}", server.sync_addr()?, server.api_addr()?);
+            server.run(shutdown_signal()).await;
+            Ok(())
+        }
+        Command::Edge { config, simulate_beds, accept_burst } => run_edge(config, simulate_beds, accept_burst).await,
+    }
+}
