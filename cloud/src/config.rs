@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardwatch_proto::ids::{EdgeId, WardId};
 
 /// Configuration errors.
@@ -26,7 +26,7 @@ pub enum ConfigError {
 }
 
 /// The whole cloud configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudConfig {
     /// Directory for the embedded database and other state.
@@ -49,7 +49,7 @@ pub struct CloudConfig {
 }
 
 /// TLS material (PEM files).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Hospital CA: edge client certificates must chain to it.
@@ -61,7 +61,7 @@ pub struct TlsConfig {
 }
 
 /// Edge sync listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncListenerConfig {
     /// Address to bind (port 0 picks a free port).
@@ -76,7 +76,7 @@ fn default_max_batch() -> u32 {
 }
 
 /// FHIR API listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// Address to bind (port 0 picks a free port).
@@ -106,7 +106,7 @@ fn default_device_system() -> String {
 }
 
 /// One registered edge.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeRegistration {
     /// Edge id; its certificate must carry the URI SAN `urn:wardwatch:edge:<edge_id>`.
@@ -116,7 +116,7 @@ pub struct EdgeRegistration {
 }
 
 /// One API client.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiClient {
     /// Who the client is (recorded in the audit trail).

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use wardwatch_proto::ids::{EdgeId, WardId};
 
 /// Configuration errors.
@@ -25,7 +25,7 @@ pub enum ConfigError {
 }
 
 /// The whole edge configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     /// This node's id; must match the identity in its client certificate.
@@ -45,7 +45,7 @@ pub struct EdgeConfig {
 }
 
 /// Outbox limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxConfig {
     /// Disk budget in bytes; at the budget new events are refused (the source is told), never dropped silently.
@@ -61,7 +61,7 @@ impl Default for OutboxConfig {
 }
 
 /// The mutual-TLS link to the cloud. There is no plaintext option.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudLinkConfig {
     /// Cloud sync endpoint, `https://host:port`.
@@ -78,7 +78,7 @@ pub struct CloudLinkConfig {
 }
 
 /// Sync tuning.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
     /// Largest batch sent (the cloud may lower it at registration).

@@ -53,6 +53,9 @@ use wardwatch_proto::v1::{
     QualityFlag, VitalComponent, VitalSign, edge_event::Payload,
 };
 
+/// The most beds one simulator simulates (MRNs have 6 digits and must stay unique within the ward).
+pub const MAX_BEDS: u32 = 100_000;
+
 /// Configuration of a simulated ward.
 ///
 /// A period of zero or less switches that channel off.
@@ -60,7 +63,7 @@ use wardwatch_proto::v1::{
 pub struct WardSimConfig {
     /// Ward identifier (e.g. "7A"); must be a valid ward id of at most 40 characters.
     pub ward: String,
-    /// Number of beds, labelled "1".."N".
+    /// Number of beds, labelled "1".."N" (at most [`MAX_BEDS`] are simulated).
     pub beds: u32,
     /// Seed of every pseudo-random stream.
     pub seed: u64,
@@ -136,20 +139,21 @@ impl WardSimulator {
         } else {
             0.0
         };
-        let n_infusions = ((f64::from(cfg.beds) * share).round() as u32).min(cfg.beds);
-        let mut order: Vec<u32> = (0..cfg.beds).collect();
+        let n_beds = cfg.beds.min(MAX_BEDS);
+        let n_infusions = ((f64::from(n_beds) * share).round() as u32).min(n_beds);
+        let mut order: Vec<u32> = (0..n_beds).collect();
         for i in (1..order.len()).rev() {
             let j = ward_rng.below(i as u64 + 1) as usize;
             order.swap(i, j);
         }
-        let mut with_infusion = vec![false; cfg.beds as usize];
+        let mut with_infusion = vec![false; n_beds as usize];
         for &b in order.iter().take(n_infusions as usize) {
             with_infusion[b as usize] = true;
         }
 
         let mut mrns = HashSet::new();
-        let mut beds = Vec::with_capacity(cfg.beds as usize);
-        for index in 0..cfg.beds {
+        let mut beds = Vec::with_capacity(n_beds as usize);
+        for index in 0..n_beds {
             let bed = Bed::new(&cfg, index, with_infusion[index as usize], &mut mrns);
             beds.push(bed);
         }
@@ -402,7 +406,7 @@ impl Bed {
         let monitor = MonitorState {
             hr: Drift::new(&mut mrng, vp, (30_000.0, 2.0), (1_800_000.0, 4.0)),
             pr_offset: Ar1::new(&mut mrng, vp, 5_000.0, 0.6),
-            rr: Drift::new(&mut mrng, vp, (60_000.0, 1.0), (1_800_000.0, 1.0)),
+            rr: Drift::new(&mut mrng, vp, (60_000.0, 0.8), (1_800_000.0, 0.7)),
             spo2: Drift::new(&mut mrng, vp, (45_000.0, 0.6), (1_800_000.0, 0.6)),
             rng: mrng,
         };
@@ -419,7 +423,7 @@ impl Bed {
         let mut brng = Rng::stream(seed, index, tag("blood pressure"));
         let bp = cfg.bp_period_ms as f64;
         let blood_pressure = BloodPressureState {
-            sys: Drift::new(&mut brng, bp, (1_800_000.0, 5.0), (4.0 * HOUR_MS, 6.0)),
+            sys: Drift::new(&mut brng, bp, (1_800_000.0, 4.0), (4.0 * HOUR_MS, 5.0)),
             dia: Ar1::new(&mut brng, bp, 1_800_000.0, 3.0),
             rng: brng,
         };
@@ -478,7 +482,7 @@ impl Bed {
             Channel::BloodPressure => {
                 let s = &mut self.blood_pressure;
                 let sys = clamp_round(target.sbp + s.sys.step(&mut s.rng), SBP_RANGE, 0);
-                let dia_hi = (sys - 20.0).min(DBP_RANGE.1);
+                let dia_hi = (sys - 20.0).clamp(DBP_RANGE.0, DBP_RANGE.1);
                 let dia = clamp_round(
                     sys * target.dbp_ratio + s.dia.step(&mut s.rng),
                     (DBP_RANGE.0, dia_hi),
@@ -1420,25 +1424,6 @@ mod tests {
         ] {
             let jump = max_jump[&mdc];
             assert!(jump <= limit, "metric {mdc} jumped {jump} in one second");
-        }
-    }
-}
-#[cfg(test)]
-mod tmp_peek {
-    use super::*;
-    #[test]
-    fn tmp_peek() {
-        for seed in [1u64, 42, 7, 1234] {
-        let mut sim = WardSimulator::new(WardSimConfig { seed, start_unix_ms: 1_767_225_600_000, vitals_period_ms: 60_000, ..WardSimConfig::default() });
-        if seed == 1 { for e in sim.devices().iter().take(3) { eprintln!("{e:?}"); } }
-        let ev = sim.advance_to(1_767_225_600_000 + 86_400_000);
-        let mut comp = 0; let mut orders = std::collections::HashSet::new();
-        let mut minmax: std::collections::BTreeMap<u32,(f64,f64)> = Default::default();
-        for e in &ev { match &e.payload { Payload::Infusion(i) => { orders.insert(i.order_id.clone()); if i.state == InfusionState::Completed as i32 { comp += 1; } }
-            Payload::Vital(v) => { let m = minmax.entry(v.metric_mdc).or_insert((1e9,-1e9)); let x = if v.components.is_empty() { v.value } else { v.components[0].value }; m.0 = m.0.min(x); m.1 = m.1.max(x); } _ => {} } }
-        eprintln!("seed {seed}: orders {} completed reports {comp} ranges {minmax:?}", orders.len());
-        if seed == 1 { for e in ev.iter().filter(|e| matches!(e.payload, Payload::Infusion(_))).take(2) { eprintln!("{e:?}"); }
-           for e in ev.iter().filter(|e| matches!(&e.payload, Payload::Vital(v) if v.metric_mdc == MDC_PRESS_BLD_NONINV)).take(1) { eprintln!("{e:?}"); } }
         }
     }
 }

@@ -66,6 +66,7 @@ pub const MDC_PRESS_BLD_NONINV_MEAN: u32 = 150023;
 /// Wardwatch-defined (private MDC range): level of consciousness on the ACVPU scale.
 pub const WARDWATCH_ACVPU: u32 = (2 << 16) | 0xF000;
 
+#[allow(clippy::too_many_arguments)] // one row of a table: positional reads best
 const fn numeric(
     mdc: u32,
     mdc_ref: &'static str,

@@ -75,10 +75,10 @@ pub fn event(e: &EdgeEvent) -> Result<WardId, Rejection> {
         }
         Some(Payload::Risk(r)) => {
             PatientId::new(r.patient_id.clone()).map_err(|e| invalid(e.to_string()))?;
-            if let Some(crate::v1::risk_score::Score::Model(m)) = &r.score {
-                if !m.probability.is_finite() || !(0.0..=1.0).contains(&m.probability) {
-                    return Err(Rejection::new(RejectReason::NotFinite, format!("probability {} outside 0..1", m.probability)));
-                }
+            if let Some(crate::v1::risk_score::Score::Model(m)) = &r.score
+                && (!m.probability.is_finite() || !(0.0..=1.0).contains(&m.probability))
+            {
+                return Err(Rejection::new(RejectReason::NotFinite, format!("probability {} outside 0..1", m.probability)));
             }
             location(r.location.as_ref(), false)
         }

@@ -396,3 +396,80 @@ pub fn sim_event_json(e: &wardwatch_edge::simulator::SimEvent) -> serde_json::Va
     };
     serde_json::json!({"idempotency_key": e.idempotency_key, "event": body})
 }
+
+/// Exactly `n` simulated vital-sign events (plus nothing else) for `ward`, deterministic for `seed`, measured in
+/// the hour before now. Used by tests and benchmarks that need a known number of samples.
+pub fn simulated_vitals(ward: &str, beds: u32, seed: u64, n: usize) -> Vec<Incoming> {
+    let mut sim = WardSimulator::new(WardSimConfig {
+        ward: ward.into(),
+        beds,
+        seed,
+        start_unix_ms: wardwatch_proto::now_unix_ms() - 3_600_000,
+        ..WardSimConfig::default()
+    });
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let t = sim.now_unix_ms() + 10_000;
+        out.extend(
+            sim.advance_to(t)
+                .into_iter()
+                .filter(|e| matches!(e.payload, wardwatch_proto::v1::edge_event::Payload::Vital(_)))
+                .map(|e| Incoming { idempotency_key: e.idempotency_key, payload: e.payload }),
+        );
+    }
+    out.truncate(n);
+    out
+}
+
+/// The simulated devices of a ward, as events to offer an edge.
+pub fn simulated_devices(ward: &str, beds: u32, seed: u64) -> Vec<Incoming> {
+    let sim = WardSimulator::new(WardSimConfig {
+        ward: ward.into(),
+        beds,
+        seed,
+        start_unix_ms: wardwatch_proto::now_unix_ms() - 3_600_000,
+        ..WardSimConfig::default()
+    });
+    sim.devices().into_iter().map(|e| Incoming { idempotency_key: e.idempotency_key, payload: e.payload }).collect()
+}
+
+/// Follows a FHIR search from `url` through every `next` link; returns every entry's resource.
+pub async fn fhir_search_all(client: &reqwest::Client, token: &str, url: &str) -> Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    let mut next = Some(url.to_string());
+    while let Some(u) = next.take() {
+        let resp = client.get(&u).bearer_auth(token).send().await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("GET {u} → {status}: {body}");
+        }
+        if let Some(entries) = body["entry"].as_array() {
+            out.extend(entries.iter().map(|e| e["resource"].clone()));
+        }
+        next = body["link"]
+            .as_array()
+            .and_then(|links| links.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .map(ToString::to_string);
+    }
+    Ok(out)
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await? {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,42 @@
+//! `wardwatch-edge`: runs an edge node from a TOML config until SIGINT/SIGTERM. Thin: parse, install signals,
+//! call the library.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "wardwatch-edge", version, about = "Wardwatch edge node: durable outbox and mutual-TLS sync")]
+struct Cli {
+    /// TOML config file (see edge/src/config.rs).
+    #[arg(long)]
+    config: PathBuf,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let cfg = wardwatch_edge::EdgeConfig::from_file(&Cli::parse().config)?;
+    let node = wardwatch_edge::EdgeNode::start(cfg).await?;
+    node.run(shutdown_signal()).await;
+    Ok(())
+}
