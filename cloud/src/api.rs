@@ -57,7 +57,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/Observation", get(search_observations))
         .route("/Device/{id}", get(read_device))
         .fallback(unknown_route);
-    Router::new().nest(&base, fhir).fallback(unknown_route).with_state(state)
+    Router::new()
+        .nest(&base, fhir)
+        .fallback(unknown_route)
+        .with_state(state)
 }
 
 async fn unknown_route() -> CloudError {
@@ -66,16 +69,26 @@ async fn unknown_route() -> CloudError {
 
 fn scope_allows(scopes: &[String], resource: &str) -> bool {
     scopes.iter().any(|s| {
-        let Some(rest) = s.strip_prefix("system/") else { return false };
-        let Some((res, perms)) = rest.split_once('.') else { return false };
+        let Some(rest) = s.strip_prefix("system/") else {
+            return false;
+        };
+        let Some((res, perms)) = rest.split_once('.') else {
+            return false;
+        };
         let res_ok = res == "*" || res == resource;
         // SMART v2 ("rs", "cruds") or v1 ("read", "*").
-        let perms_ok = perms == "read" || perms == "*" || (perms.contains('r') && perms.contains('s'));
+        let perms_ok =
+            perms == "read" || perms == "*" || (perms.contains('r') && perms.contains('s'));
         res_ok && perms_ok
     })
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap, remote: Option<&RemoteAddr>, resource: &str) -> Result<Caller, CloudError> {
+fn authorize(
+    state: &ApiState,
+    headers: &HeaderMap,
+    remote: Option<&RemoteAddr>,
+    resource: &str,
+) -> Result<Caller, CloudError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -94,12 +107,18 @@ fn authorize(state: &ApiState, headers: &HeaderMap, remote: Option<&RemoteAddr>,
             client.client_id
         )));
     }
-    Ok(Caller { client_id: client.client_id.clone(), remote: remote.map_or_else(String::new, |r| r.0.to_string()) })
+    Ok(Caller {
+        client_id: client.client_id.clone(),
+        remote: remote.map_or_else(String::new, |r| r.0.to_string()),
+    })
 }
 
 fn fhir_json(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut resp = (status, body.to_string()).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+json"),
+    );
     resp
 }
 
@@ -117,14 +136,20 @@ struct ObservationSearch {
 fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, CloudError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
         .map_err(|e| CloudError::InvalidArgument(format!("malformed query string: {e}")))?;
-    let mut s = ObservationSearch { count: DEFAULT_COUNT, ..Default::default() };
+    let mut s = ObservationSearch {
+        count: DEFAULT_COUNT,
+        ..Default::default()
+    };
     for (k, v) in pairs {
         match k.as_str() {
             "patient" | "subject" => {
                 let id = v.strip_prefix("Patient/").unwrap_or(&v);
-                let id = PatientId::new(id).map_err(|e| CloudError::InvalidArgument(format!("{k}: {e}")))?;
+                let id = PatientId::new(id)
+                    .map_err(|e| CloudError::InvalidArgument(format!("{k}: {e}")))?;
                 if s.patient.replace(id.to_string()).is_some() {
-                    return Err(CloudError::InvalidArgument(format!("{k} given more than once")));
+                    return Err(CloudError::InvalidArgument(format!(
+                        "{k} given more than once"
+                    )));
                 }
             }
             "code" => {
@@ -133,20 +158,24 @@ fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, Clou
                 }
             }
             "_count" => {
-                let n: u32 = v
-                    .parse()
-                    .map_err(|_| CloudError::InvalidArgument(format!("_count must be a whole number 1..={MAX_COUNT}, got {v:?}")))?;
+                let n: u32 = v.parse().map_err(|_| {
+                    CloudError::InvalidArgument(format!(
+                        "_count must be a whole number 1..={MAX_COUNT}, got {v:?}"
+                    ))
+                })?;
                 if n == 0 || n > MAX_COUNT {
-                    return Err(CloudError::InvalidArgument(format!("_count must be 1..={MAX_COUNT}, got {n}")));
+                    return Err(CloudError::InvalidArgument(format!(
+                        "_count must be 1..={MAX_COUNT}, got {n}"
+                    )));
                 }
                 s.count = n;
             }
             "_cursor" => {
-                let c: i64 = v
-                    .parse()
-                    .ok()
-                    .filter(|c| *c > 0)
-                    .ok_or_else(|| CloudError::InvalidArgument(format!("_cursor {v:?} is not a page token of this server")))?;
+                let c: i64 = v.parse().ok().filter(|c| *c > 0).ok_or_else(|| {
+                    CloudError::InvalidArgument(format!(
+                        "_cursor {v:?} is not a page token of this server"
+                    ))
+                })?;
                 s.cursor = Some(c);
                 continue;
             }
@@ -211,8 +240,16 @@ pub fn observation_id(row: &VitalRow) -> String {
 }
 
 /// Maps a stored vital sign to a FHIR Observation.
-pub fn vital_to_observation(row: &VitalRow, mrn_system: &str) -> Result<serde_json::Value, CloudError> {
-    let internal = |what: String| CloudError::Unavailable(format!("stored vital sign {} cannot be mapped: {what}", row.id));
+pub fn vital_to_observation(
+    row: &VitalRow,
+    mrn_system: &str,
+) -> Result<serde_json::Value, CloudError> {
+    let internal = |what: String| {
+        CloudError::Unavailable(format!(
+            "stored vital sign {} cannot be mapped: {what}",
+            row.id
+        ))
+    };
     let mdc = u32::try_from(row.metric_mdc).map_err(|_| internal("negative MDC code".into()))?;
     let metric = metrics::by_mdc(mdc).ok_or_else(|| internal(format!("unknown MDC code {mdc}")))?;
     let mdc_code = mdc.to_string();
@@ -230,8 +267,16 @@ pub fn vital_to_observation(row: &VitalRow, mrn_system: &str) -> Result<serde_js
         .iter()
         .map(|(m, code, v)| ObservationComponent {
             code: vec![
-                Coding { system: wardwatch_fhir::LOINC, code: m.loinc, display: m.display },
-                Coding { system: wardwatch_fhir::MDC, code: code.as_str(), display: m.mdc_ref },
+                Coding {
+                    system: wardwatch_fhir::LOINC,
+                    code: m.loinc,
+                    display: m.display,
+                },
+                Coding {
+                    system: wardwatch_fhir::MDC,
+                    code: code.as_str(),
+                    display: m.mdc_ref,
+                },
             ],
             value: *v,
             unit: metric.unit,
@@ -259,8 +304,16 @@ pub fn vital_to_observation(row: &VitalRow, mrn_system: &str) -> Result<serde_js
         patient_id: &row.patient_id,
         device_id: Some(&row.device_id),
         code: vec![
-            Coding { system: wardwatch_fhir::LOINC, code: metric.loinc, display: metric.display },
-            Coding { system: wardwatch_fhir::MDC, code: &mdc_code, display: metric.mdc_ref },
+            Coding {
+                system: wardwatch_fhir::LOINC,
+                code: metric.loinc,
+                display: metric.display,
+            },
+            Coding {
+                system: wardwatch_fhir::MDC,
+                code: &mdc_code,
+                display: metric.mdc_ref,
+            },
         ],
         value,
         unit: metric.unit,
@@ -278,7 +331,8 @@ pub fn vital_to_observation(row: &VitalRow, mrn_system: &str) -> Result<serde_js
 
 /// Maps a stored device to a FHIR Device.
 pub fn device_to_fhir(row: &DeviceRow, id_system: &str) -> Result<serde_json::Value, CloudError> {
-    let kind = DeviceKind::try_from(i32::try_from(row.kind).unwrap_or(0)).unwrap_or(DeviceKind::Unspecified);
+    let kind = DeviceKind::try_from(i32::try_from(row.kind).unwrap_or(0))
+        .unwrap_or(DeviceKind::Unspecified);
     let (kind_display, kind_mdc) = match kind {
         // MDC_DEV_ANALY_SAT_O2_MDS-style codes are not asserted here; only display text is given for kinds
         // without a verified code.
@@ -288,7 +342,8 @@ pub fn device_to_fhir(row: &DeviceRow, id_system: &str) -> Result<serde_json::Va
         DeviceKind::InfusionPump => ("Infusion pump", None),
         DeviceKind::Unspecified => ("Medical device", None),
     };
-    let state = OperationalState::try_from(i32::try_from(row.state).unwrap_or(0)).unwrap_or(OperationalState::Unspecified);
+    let state = OperationalState::try_from(i32::try_from(row.state).unwrap_or(0))
+        .unwrap_or(OperationalState::Unspecified);
     let (status, operational) = match state {
         OperationalState::On => ("active", "on"),
         OperationalState::Off => ("inactive", "off"),
@@ -300,7 +355,12 @@ pub fn device_to_fhir(row: &DeviceRow, id_system: &str) -> Result<serde_json::Va
     fn opt(s: &str) -> Option<&str> {
         (!s.is_empty()).then_some(s)
     }
-    let opt_owned: [Option<&str>; 4] = [opt(&row.manufacturer), opt(&row.model), opt(&row.serial), opt(&row.udi)];
+    let opt_owned: [Option<&str>; 4] = [
+        opt(&row.manufacturer),
+        opt(&row.model),
+        opt(&row.serial),
+        opt(&row.udi),
+    ];
     let record = DeviceRecord {
         id: &row.device_id,
         identifier_system: id_system,
@@ -316,10 +376,20 @@ pub fn device_to_fhir(row: &DeviceRow, id_system: &str) -> Result<serde_json::Va
         operational_display: Some(operational),
         last_updated_unix_ms: row.reported_at_ms,
     };
-    wardwatch_fhir::device(&record).map_err(|e| CloudError::Unavailable(format!("device {} cannot be mapped: {e}", row.device_id)))
+    wardwatch_fhir::device(&record).map_err(|e| {
+        CloudError::Unavailable(format!("device {} cannot be mapped: {e}", row.device_id))
+    })
 }
 
-async fn audit(state: &ApiState, caller: &Caller, action: &str, resource: &str, query: &str, patients: String, status: StatusCode) {
+async fn audit(
+    state: &ApiState,
+    caller: &Caller,
+    action: &str,
+    resource: &str,
+    query: &str,
+    patients: String,
+    status: StatusCode,
+) {
     let rec = AuditRecord {
         at_ms: wardwatch_proto::now_unix_ms(),
         client_id: caller.client_id.clone(),
@@ -346,7 +416,16 @@ async fn search_observations(
     let search = match parse_observation_search(raw.as_deref()) {
         Ok(s) => s,
         Err(e) => {
-            audit(&state, &caller, "search", "Observation", &query_text, String::new(), e.http_status()).await;
+            audit(
+                &state,
+                &caller,
+                "search",
+                "Observation",
+                &query_text,
+                String::new(),
+                e.http_status(),
+            )
+            .await;
             return Err(e);
         }
     };
@@ -364,7 +443,10 @@ async fn search_observations(
     for r in &rows {
         patients.insert(r.patient_id.clone());
         let res = vital_to_observation(r, &state.config.mrn_system)?;
-        entries.push((format!("{}/Observation/{}", state.base_url, observation_id(r)), res));
+        entries.push((
+            format!("{}/Observation/{}", state.base_url, observation_id(r)),
+            res,
+        ));
     }
     let link = |extra: Option<i64>| {
         let mut params = search.echo.clone();
@@ -376,13 +458,27 @@ async fn search_observations(
     };
     let page = SearchPage {
         self_url: link(search.cursor),
-        next_url: if more { rows.last().map(|r| link(Some(r.id))) } else { None },
+        next_url: if more {
+            rows.last().map(|r| link(Some(r.id)))
+        } else {
+            None
+        },
         total: None,
         entries,
         timestamp_unix_ms: wardwatch_proto::now_unix_ms(),
     };
-    let bundle = wardwatch_fhir::searchset_bundle(page).map_err(|e| CloudError::Unavailable(e.to_string()))?;
-    audit(&state, &caller, "search", "Observation", &query_text, patients.into_iter().collect::<Vec<_>>().join(","), StatusCode::OK).await;
+    let bundle = wardwatch_fhir::searchset_bundle(page)
+        .map_err(|e| CloudError::Unavailable(e.to_string()))?;
+    audit(
+        &state,
+        &caller,
+        "search",
+        "Observation",
+        &query_text,
+        patients.into_iter().collect::<Vec<_>>().join(","),
+        StatusCode::OK,
+    )
+    .await;
     Ok(fhir_json(StatusCode::OK, &bundle))
 }
 
@@ -395,10 +491,26 @@ async fn read_device(
     let caller = authorize(&state, &headers, remote.as_deref(), "Device")?;
     let id = DeviceId::new(id).map_err(|e| CloudError::InvalidArgument(e.to_string()))?;
     let row = state.store.device(id.as_str()).await?;
-    let status = if row.is_some() { StatusCode::OK } else { StatusCode::NOT_FOUND };
-    audit(&state, &caller, "read", "Device", id.as_str(), String::new(), status).await;
+    let status = if row.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    audit(
+        &state,
+        &caller,
+        "read",
+        "Device",
+        id.as_str(),
+        String::new(),
+        status,
+    )
+    .await;
     let row = row.ok_or_else(|| CloudError::NotFound(format!("Device/{id} is not known")))?;
-    Ok(fhir_json(StatusCode::OK, &device_to_fhir(&row, &state.config.device_id_system)?))
+    Ok(fhir_json(
+        StatusCode::OK,
+        &device_to_fhir(&row, &state.config.device_id_system)?,
+    ))
 }
 
 #[cfg(test)]
@@ -412,22 +524,52 @@ mod tests {
         assert!(scope_allows(&s(&["system/*.read"]), "Device"));
         assert!(!scope_allows(&s(&["system/Observation.rs"]), "Device"));
         assert!(!scope_allows(&s(&["system/Observation.c"]), "Observation"));
-        assert!(!scope_allows(&s(&["patient/Observation.rs"]), "Observation"));
+        assert!(!scope_allows(
+            &s(&["patient/Observation.rs"]),
+            "Observation"
+        ));
     }
 
     #[test]
     fn search_parameters_are_parsed_or_refused() {
-        let s = parse_observation_search(Some("patient=Patient/MRN1&code=http://loinc.org|8867-4,150456&_count=10")).unwrap();
+        let s = parse_observation_search(Some(
+            "patient=Patient/MRN1&code=http://loinc.org|8867-4,150456&_count=10",
+        ))
+        .unwrap();
         assert_eq!(s.patient.as_deref(), Some("MRN1"));
-        assert_eq!(s.codes, vec![CodeFilter::Loinc("8867-4".into()), CodeFilter::Mdc(150456)]);
+        assert_eq!(
+            s.codes,
+            vec![CodeFilter::Loinc("8867-4".into()), CodeFilter::Mdc(150456)]
+        );
         assert_eq!(s.count, 10);
-        assert!(matches!(parse_observation_search(Some("_count=-1")), Err(CloudError::InvalidArgument(_))));
-        assert!(matches!(parse_observation_search(Some("_count=0")), Err(CloudError::InvalidArgument(_))));
-        assert!(matches!(parse_observation_search(Some("_count=1001")), Err(CloudError::InvalidArgument(_))));
-        assert!(matches!(parse_observation_search(Some("foo=bar")), Err(CloudError::NotSupported(_))));
-        assert!(matches!(parse_observation_search(Some("patient=a%20b")), Err(CloudError::InvalidArgument(_))));
-        assert!(matches!(parse_observation_search(Some("code=http://snomed.info/sct|123")), Err(CloudError::NotSupported(_))));
-        assert!(matches!(parse_observation_search(Some("_cursor=abc")), Err(CloudError::InvalidArgument(_))));
+        assert!(matches!(
+            parse_observation_search(Some("_count=-1")),
+            Err(CloudError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            parse_observation_search(Some("_count=0")),
+            Err(CloudError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            parse_observation_search(Some("_count=1001")),
+            Err(CloudError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            parse_observation_search(Some("foo=bar")),
+            Err(CloudError::NotSupported(_))
+        ));
+        assert!(matches!(
+            parse_observation_search(Some("patient=a%20b")),
+            Err(CloudError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            parse_observation_search(Some("code=http://snomed.info/sct|123")),
+            Err(CloudError::NotSupported(_))
+        ));
+        assert!(matches!(
+            parse_observation_search(Some("_cursor=abc")),
+            Err(CloudError::InvalidArgument(_))
+        ));
         assert_eq!(parse_observation_search(None).unwrap().count, DEFAULT_COUNT);
     }
 }

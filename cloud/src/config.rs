@@ -130,7 +130,10 @@ pub struct ApiClient {
 impl CloudConfig {
     /// Reads and validates a TOML file.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         let cfg: Self = toml::from_str(&text)?;
         cfg.validate()?;
         Ok(cfg)
@@ -138,17 +141,25 @@ impl CloudConfig {
 
     /// The database URL in effect.
     pub fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("wardwatch.sqlite").display()))
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.data_dir.join("wardwatch.sqlite").display()
+            )
+        })
     }
 
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |s: String| Err(ConfigError::Invalid(s));
         let url = self.database_url();
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return bad(format!("database_url must be sqlite:... or postgres://..., got {url:?}"));
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return bad(format!(
+                "database_url must be sqlite:... or postgres://..., got {url:?}"
+            ));
         }
         if !self.api.base_path.starts_with('/') || self.api.base_path.ends_with('/') {
             return bad("api.base_path must start with '/' and not end with one".into());
@@ -166,8 +177,12 @@ impl CloudConfig {
             }
         }
         for c in &self.api_clients {
-            if c.token_sha256.len() != 64 || !c.token_sha256.chars().all(|c| c.is_ascii_hexdigit()) {
-                return bad(format!("api client {}: token_sha256 must be 64 hex digits", c.client_id));
+            if c.token_sha256.len() != 64 || !c.token_sha256.chars().all(|c| c.is_ascii_hexdigit())
+            {
+                return bad(format!(
+                    "api client {}: token_sha256 must be 64 hex digits",
+                    c.client_id
+                ));
             }
         }
         Ok(())

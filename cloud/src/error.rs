@@ -89,10 +89,16 @@ impl From<CloudError> for tonic::Status {
 impl IntoResponse for CloudError {
     fn into_response(self) -> Response {
         let status = self.http_status();
-        let body = wardwatch_fhir::operation_outcome(IssueSeverity::Error, self.fhir_issue(), &self.to_string());
+        let body = wardwatch_fhir::operation_outcome(
+            IssueSeverity::Error,
+            self.fhir_issue(),
+            &self.to_string(),
+        );
         let mut resp = (status, body.to_string()).into_response();
-        resp.headers_mut()
-            .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/fhir+json"));
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/fhir+json"),
+        );
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -110,11 +116,20 @@ mod tests {
     #[test]
     fn each_error_maps_consistently() {
         let e = CloudError::PermissionDenied("x".into());
-        assert_eq!((e.grpc_code(), e.http_status()), (tonic::Code::PermissionDenied, StatusCode::FORBIDDEN));
+        assert_eq!(
+            (e.grpc_code(), e.http_status()),
+            (tonic::Code::PermissionDenied, StatusCode::FORBIDDEN)
+        );
         let e = CloudError::Unauthenticated("x".into());
-        assert_eq!((e.grpc_code(), e.http_status()), (tonic::Code::Unauthenticated, StatusCode::UNAUTHORIZED));
+        assert_eq!(
+            (e.grpc_code(), e.http_status()),
+            (tonic::Code::Unauthenticated, StatusCode::UNAUTHORIZED)
+        );
         let e = CloudError::InvalidArgument("x".into());
-        assert_eq!((e.grpc_code(), e.http_status()), (tonic::Code::InvalidArgument, StatusCode::BAD_REQUEST));
+        assert_eq!(
+            (e.grpc_code(), e.http_status()),
+            (tonic::Code::InvalidArgument, StatusCode::BAD_REQUEST)
+        );
         let s: tonic::Status = CloudError::NotFound("Device/x".into()).into();
         assert_eq!(s.code(), tonic::Code::NotFound);
         assert!(s.message().contains("Device/x"));

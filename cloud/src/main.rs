@@ -7,7 +7,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "wardwatch-cloud", version, about = "Wardwatch cloud: mutual-TLS edge sync, exactly-once storage, FHIR R4")]
+#[command(
+    name = "wardwatch-cloud",
+    version,
+    about = "Wardwatch cloud: mutual-TLS edge sync, exactly-once storage, FHIR R4"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,20 +59,36 @@ async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Serve { config } => {
             let cfg = wardwatch_cloud::CloudConfig::from_file(&config)?;
             let server = wardwatch_cloud::CloudServer::start(cfg).await?;
-            println!("sync on {} · FHIR at {}", server.sync_addr()?, server.fhir_base_url());
+            println!(
+                "sync on {} · FHIR at {}",
+                server.sync_addr()?,
+                server.fhir_base_url()
+            );
             server.run(shutdown_signal()).await;
         }
         Command::Certs { out, edges, hosts } => {
             let p = wardwatch_cloud::pki::generate_dev_pki(
                 &out,
-                &wardwatch_cloud::pki::DevPkiRequest { cloud_hosts: hosts, edge_ids: edges },
+                &wardwatch_cloud::pki::DevPkiRequest {
+                    cloud_hosts: hosts,
+                    edge_ids: edges,
+                },
             )?;
-            println!("CA {} · cloud {} · {} edge certificate(s) in {}", p.ca_cert.display(), p.cloud_cert.display(), p.edges.len(), p.dir.display());
+            println!(
+                "CA {} · cloud {} · {} edge certificate(s) in {}",
+                p.ca_cert.display(),
+                p.cloud_cert.display(),
+                p.edges.len(),
+                p.dir.display()
+            );
         }
     }
     Ok(())

@@ -37,19 +37,27 @@ impl EdgeRegistry {
             let identity_uri = pki::edge_identity_uri(e.edge_id.as_str())?;
             by_identity.insert(
                 identity_uri.clone(),
-                Arc::new(RegisteredEdge { edge_id: e.edge_id.clone(), identity_uri, wards: e.wards.iter().cloned().collect() }),
+                Arc::new(RegisteredEdge {
+                    edge_id: e.edge_id.clone(),
+                    identity_uri,
+                    wards: e.wards.iter().cloned().collect(),
+                }),
             );
         }
         Ok(Self { by_identity })
     }
 
     /// Maps the peer's verified certificate chain to a registered edge.
-    pub fn authenticate(&self, peer_certs: Option<&[CertificateDer<'static>]>) -> Result<Arc<RegisteredEdge>, CloudError> {
-        let leaf = peer_certs
-            .and_then(|c| c.first())
-            .ok_or_else(|| CloudError::Unauthenticated("no client certificate was presented".into()))?;
-        let sans = pki::uri_sans(leaf.as_ref())
-            .map_err(|e| CloudError::Unauthenticated(format!("client certificate unreadable: {e}")))?;
+    pub fn authenticate(
+        &self,
+        peer_certs: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Arc<RegisteredEdge>, CloudError> {
+        let leaf = peer_certs.and_then(|c| c.first()).ok_or_else(|| {
+            CloudError::Unauthenticated("no client certificate was presented".into())
+        })?;
+        let sans = pki::uri_sans(leaf.as_ref()).map_err(|e| {
+            CloudError::Unauthenticated(format!("client certificate unreadable: {e}"))
+        })?;
         for san in &sans {
             if let Some(edge) = self.by_identity.get(san) {
                 return Ok(edge.clone());
@@ -57,7 +65,11 @@ impl EdgeRegistry {
         }
         Err(CloudError::PermissionDenied(format!(
             "certificate identity {} is not a registered edge",
-            if sans.is_empty() { "(no URI SAN)".to_string() } else { sans.join(", ") }
+            if sans.is_empty() {
+                "(no URI SAN)".to_string()
+            } else {
+                sans.join(", ")
+            }
         )))
     }
 }

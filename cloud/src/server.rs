@@ -73,30 +73,51 @@ impl CloudServer {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::Storage(StorageError::Database(sqlx::Error::Io(e))))?;
-        let sync_tls = tls::sync_server_config(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
+        let sync_tls =
+            tls::sync_server_config(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
         let api_tls = tls::api_server_config(&config.tls.cert, &config.tls.key)?;
         let registry = Arc::new(EdgeRegistry::from_config(&config.edges)?);
         let store = Store::connect(&config.database_url()).await?;
         let sync_listener = TcpListener::bind(config.sync.listen)
             .await
-            .map_err(|source| StartError::Bind { addr: config.sync.listen, source })?;
+            .map_err(|source| StartError::Bind {
+                addr: config.sync.listen,
+                source,
+            })?;
         let api_listener = TcpListener::bind(config.api.listen)
             .await
-            .map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
-        let api_addr = api_listener.local_addr().map_err(|source| StartError::Bind { addr: config.api.listen, source })?;
-        let base_url = config
-            .api
-            .public_base_url
-            .clone()
-            .unwrap_or_else(|| {
-                // Loopback: name it "localhost", the name the development certificate is issued for.
-                let host = if api_addr.ip().is_loopback() { "localhost".to_string() } else { api_addr.ip().to_string() };
-                format!("https://{host}:{}{}", api_addr.port(), config.api.base_path)
-            });
+            .map_err(|source| StartError::Bind {
+                addr: config.api.listen,
+                source,
+            })?;
+        let api_addr = api_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.api.listen,
+                source,
+            })?;
+        let base_url = config.api.public_base_url.clone().unwrap_or_else(|| {
+            // Loopback: name it "localhost", the name the development certificate is issued for.
+            let host = if api_addr.ip().is_loopback() {
+                "localhost".to_string()
+            } else {
+                api_addr.ip().to_string()
+            };
+            format!("https://{host}:{}{}", api_addr.port(), config.api.base_path)
+        });
         let sync_stats = Arc::new(SyncServiceStats::default());
-        let sync_service = SyncService::new(store.clone(), registry, config.sync.max_batch_events, sync_stats.clone());
-        let api_state =
-            Arc::new(ApiState { store: store.clone(), config: config.api.clone(), base_url, clients: config.api_clients.clone() });
+        let sync_service = SyncService::new(
+            store.clone(),
+            registry,
+            config.sync.max_batch_events,
+            sync_stats.clone(),
+        );
+        let api_state = Arc::new(ApiState {
+            store: store.clone(),
+            config: config.api.clone(),
+            base_url,
+            clients: config.api_clients.clone(),
+        });
         info!(backend = store.backend(), sync = ?sync_listener.local_addr().ok(), api = %api_addr, "cloud started");
         Ok(Self {
             store,
@@ -144,7 +165,12 @@ impl CloudServer {
     /// Serves both listeners until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let sync_incoming = tls::incoming(self.sync_listener, self.sync_tls, "sync", self.sync_tls_failures.clone());
+        let sync_incoming = tls::incoming(
+            self.sync_listener,
+            self.sync_tls,
+            "sync",
+            self.sync_tls_failures.clone(),
+        );
         let mut sync_stop = stop_rx.clone();
         let grpc = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
@@ -176,12 +202,14 @@ impl CloudServer {
                 let peer = tls.get_ref().0.peer_addr().ok();
                 let router = router.clone();
                 conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        if let Some(p) = peer {
-                            req.extensions_mut().insert(RemoteAddr(p));
-                        }
-                        router.clone().oneshot(req.map(axum::body::Body::new))
-                    });
+                    let svc = hyper::service::service_fn(
+                        move |mut req: hyper::Request<hyper::body::Incoming>| {
+                            if let Some(p) = peer {
+                                req.extensions_mut().insert(RemoteAddr(p));
+                            }
+                            router.clone().oneshot(req.map(axum::body::Body::new))
+                        },
+                    );
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), svc)
                         .await;

@@ -37,7 +37,9 @@ pub struct SyncServiceStats {
 impl SyncServiceStats {
     /// Rejections with `reason`.
     pub fn rejected(&self, reason: RejectReason) -> u64 {
-        self.rejected.get(reason as usize).map_or(0, |c| c.load(Ordering::Relaxed))
+        self.rejected
+            .get(reason as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -56,17 +58,29 @@ pub struct SyncService {
 
 impl SyncService {
     /// A service over `store` for the edges in `registry`.
-    pub fn new(store: Store, registry: Arc<EdgeRegistry>, max_batch_events: u32, stats: Arc<SyncServiceStats>) -> Self {
-        Self { store, registry, max_batch_events, stats }
+    pub fn new(
+        store: Store,
+        registry: Arc<EdgeRegistry>,
+        max_batch_events: u32,
+        stats: Arc<SyncServiceStats>,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            max_batch_events,
+            stats,
+        }
     }
 
     fn authenticate<T>(&self, req: &Request<T>) -> Result<Arc<RegisteredEdge>, Status> {
         let certs = req.peer_certs();
-        self.registry.authenticate(certs.as_deref().map(Vec::as_slice)).map_err(|e| {
-            self.stats.refused_calls.fetch_add(1, Ordering::Relaxed);
-            warn!(peer = ?req.remote_addr(), error = %e, "sync call refused");
-            Status::from(e)
-        })
+        self.registry
+            .authenticate(certs.as_deref().map(Vec::as_slice))
+            .map_err(|e| {
+                self.stats.refused_calls.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = ?req.remote_addr(), error = %e, "sync call refused");
+                Status::from(e)
+            })
     }
 }
 
@@ -76,11 +90,18 @@ pub fn check_batch(edge: &RegisteredEdge, batch: SyncBatch) -> Vec<IngestItem> {
     let mut out = Vec::with_capacity(batch.events.len());
     for e in batch.events {
         let outcome = if e.sequence == 0 {
-            Err(Rejection::new(RejectReason::Invalid, "sequence 0 is not a valid sequence"))
+            Err(Rejection::new(
+                RejectReason::Invalid,
+                "sequence 0 is not a valid sequence",
+            ))
         } else if prev.is_some_and(|p| e.sequence <= p) {
             Err(Rejection::new(
                 RejectReason::OutOfOrder,
-                format!("sequence {} does not follow {} in the batch", e.sequence, prev.unwrap_or(0)),
+                format!(
+                    "sequence {} does not follow {} in the batch",
+                    e.sequence,
+                    prev.unwrap_or(0)
+                ),
             ))
         } else {
             validate::event(&e).and_then(|ward: WardId| {
@@ -95,7 +116,9 @@ pub fn check_batch(edge: &RegisteredEdge, batch: SyncBatch) -> Vec<IngestItem> {
             })
         };
         prev = Some(prev.map_or(e.sequence, |p| p.max(e.sequence)));
-        let key = if e.idempotency_key.is_empty() || e.idempotency_key.len() > validate::MAX_IDEMPOTENCY_KEY {
+        let key = if e.idempotency_key.is_empty()
+            || e.idempotency_key.len() > validate::MAX_IDEMPOTENCY_KEY
+        {
             // Keep the ledger's key unique and bounded even for an invalid item.
             format!("invalid-key-seq-{}", e.sequence)
         } else {
@@ -103,17 +126,27 @@ pub fn check_batch(edge: &RegisteredEdge, batch: SyncBatch) -> Vec<IngestItem> {
         };
         let outcome = match (outcome, e.payload) {
             (Ok(()), Some(p)) => Ok(p),
-            (Ok(()), None) => Err(Rejection::new(RejectReason::Invalid, "event has no payload")),
+            (Ok(()), None) => Err(Rejection::new(
+                RejectReason::Invalid,
+                "event has no payload",
+            )),
             (Err(r), _) => Err(r),
         };
-        out.push(IngestItem { sequence: e.sequence, idempotency_key: key, outcome });
+        out.push(IngestItem {
+            sequence: e.sequence,
+            idempotency_key: key,
+            outcome,
+        });
     }
     out
 }
 
 #[tonic::async_trait]
 impl EdgeSync for SyncService {
-    async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
         let edge = self.authenticate(&req)?;
         let body = req.into_inner();
         if body.edge_id != edge.edge_id.as_str() {
@@ -124,8 +157,16 @@ impl EdgeSync for SyncService {
             ))
             .into());
         }
-        let foreign: Vec<&String> =
-            body.wards.iter().filter(|w| !edge.wards.iter().any(|allowed| allowed.as_str() == w.as_str())).collect();
+        let foreign: Vec<&String> = body
+            .wards
+            .iter()
+            .filter(|w| {
+                !edge
+                    .wards
+                    .iter()
+                    .any(|allowed| allowed.as_str() == w.as_str())
+            })
+            .collect();
         if !foreign.is_empty() {
             self.stats.refused_calls.fetch_add(1, Ordering::Relaxed);
             warn!(edge = %edge.edge_id, ?foreign, "edge asked for wards it is not registered for");
@@ -137,8 +178,15 @@ impl EdgeSync for SyncService {
         }
         let mut wards: Vec<String> = edge.wards.iter().map(ToString::to_string).collect();
         wards.sort();
-        self.store.upsert_edge(edge.edge_id.as_str(), &edge.identity_uri, &wards).await.map_err(CloudError::from)?;
-        let acked = self.store.acked_through(edge.edge_id.as_str()).await.map_err(CloudError::from)?;
+        self.store
+            .upsert_edge(edge.edge_id.as_str(), &edge.identity_uri, &wards)
+            .await
+            .map_err(CloudError::from)?;
+        let acked = self
+            .store
+            .acked_through(edge.edge_id.as_str())
+            .await
+            .map_err(CloudError::from)?;
         info!(edge = %edge.edge_id, version = %body.software_version, acked_through = acked, "edge registered");
         Ok(Response::new(RegisterResponse {
             edge_id: edge.edge_id.to_string(),
@@ -150,7 +198,10 @@ impl EdgeSync for SyncService {
 
     type SyncStream = ReceiverStream<Result<SyncAck, Status>>;
 
-    async fn sync(&self, req: Request<Streaming<SyncBatch>>) -> Result<Response<Self::SyncStream>, Status> {
+    async fn sync(
+        &self,
+        req: Request<Streaming<SyncBatch>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
         let edge = self.authenticate(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -207,14 +258,27 @@ impl SyncService {
                     c.fetch_add(1, Ordering::Relaxed);
                 }
                 warn!(edge = %edge.edge_id, sequence = it.sequence, reason = ?r.reason, detail = %r.detail, "event rejected");
-                rejected.push(ItemRejection { sequence: it.sequence, reason: r.reason as i32, detail: r.detail.clone() });
+                rejected.push(ItemRejection {
+                    sequence: it.sequence,
+                    reason: r.reason as i32,
+                    detail: r.detail.clone(),
+                });
             }
         }
         if !replayed.is_empty() {
             info!(edge = %edge.edge_id, batch_id, replayed = replayed.len(), "replayed events acknowledged without storing");
         }
-        self.stats.stored.fetch_add(u64::from(outcome.stored), Ordering::Relaxed);
-        self.stats.replayed.fetch_add(replayed.len() as u64, Ordering::Relaxed);
-        Ok(SyncAck { batch_id, acked_through_sequence: through, stored: outcome.stored, rejected })
+        self.stats
+            .stored
+            .fetch_add(u64::from(outcome.stored), Ordering::Relaxed);
+        self.stats
+            .replayed
+            .fetch_add(replayed.len() as u64, Ordering::Relaxed);
+        Ok(SyncAck {
+            batch_id,
+            acked_through_sequence: through,
+            stored: outcome.stored,
+            rejected,
+        })
     }
 }

@@ -30,10 +30,16 @@ pub enum TlsError {
 }
 
 /// Server config for the sync listener: client certificates are required and verified against `ca`.
-pub fn sync_server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn sync_server_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in pki::load_certs(ca).map_err(|e| TlsError::Material(e.to_string()))? {
-        roots.add(c).map_err(|e| TlsError::Material(format!("CA {}: {e}", ca.display())))?;
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Material(format!("CA {}: {e}", ca.display())))?;
     }
     let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
         .build()

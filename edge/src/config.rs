@@ -56,7 +56,10 @@ pub struct OutboxConfig {
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        Self { max_bytes: 2 << 30, near_full_ratio: 0.8 }
+        Self {
+            max_bytes: 2 << 30,
+            near_full_ratio: 0.8,
+        }
     }
 }
 
@@ -95,14 +98,23 @@ pub struct SyncConfig {
 
 impl Default for SyncConfig {
     fn default() -> Self {
-        Self { batch_max_events: 1000, max_in_flight: 4, backoff_initial_ms: 200, backoff_max_ms: 30_000, connect_timeout_ms: 5_000 }
+        Self {
+            batch_max_events: 1000,
+            max_in_flight: 4,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 30_000,
+            connect_timeout_ms: 5_000,
+        }
     }
 }
 
 impl EdgeConfig {
     /// Reads and validates a TOML file.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         let cfg: Self = toml::from_str(&text)?;
         cfg.validate()?;
         Ok(cfg)
@@ -129,7 +141,9 @@ impl EdgeConfig {
         if self.sync.max_in_flight == 0 || self.sync.max_in_flight > 64 {
             return bad("sync.max_in_flight must be 1..=64");
         }
-        if self.sync.backoff_initial_ms == 0 || self.sync.backoff_max_ms < self.sync.backoff_initial_ms {
+        if self.sync.backoff_initial_ms == 0
+            || self.sync.backoff_max_ms < self.sync.backoff_initial_ms
+        {
             return bad("sync.backoff_initial_ms must be > 0 and <= backoff_max_ms");
         }
         Ok(())

@@ -7,7 +7,11 @@ use anyhow::Result;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "wardwatch-edge", version, about = "Wardwatch edge node: durable outbox and mutual-TLS sync")]
+#[command(
+    name = "wardwatch-edge",
+    version,
+    about = "Wardwatch edge node: durable outbox and mutual-TLS sync"
+)]
 struct Cli {
     /// TOML config file (see edge/src/config.rs).
     #[arg(long)]
@@ -34,7 +38,10 @@ async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cfg = wardwatch_edge::EdgeConfig::from_file(&Cli::parse().config)?;
     let node = wardwatch_edge::EdgeNode::start(cfg).await?;
     node.run(shutdown_signal()).await;

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tracing::{error, info, warn};
 use wardwatch_proto::v1::{
-    Alarm, AlarmKind, AlarmPriority, AlarmState, BedLocation, EdgeEvent, RejectReason, edge_event::Payload,
+    Alarm, AlarmKind, AlarmPriority, AlarmState, BedLocation, EdgeEvent, RejectReason,
+    edge_event::Payload,
 };
 use wardwatch_proto::validate::{self, Rejection};
 
@@ -71,11 +72,19 @@ pub struct EdgeNode {
 impl EdgeNode {
     /// Opens the outbox. Nothing is bound and no connection is made until [`EdgeNode::run`].
     pub async fn start(config: EdgeConfig) -> Result<Arc<Self>, OutboxError> {
-        config.validate().map_err(|e| OutboxError::Corrupt { seq: 0, reason: e.to_string() })?;
+        config.validate().map_err(|e| OutboxError::Corrupt {
+            seq: 0,
+            reason: e.to_string(),
+        })?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| OutboxError::Database(sqlx::Error::Io(e)))?;
         let outbox = Arc::new(
-            Outbox::open(&config.data_dir, config.outbox.max_bytes, config.outbox.near_full_ratio).await?,
+            Outbox::open(
+                &config.data_dir,
+                config.outbox.max_bytes,
+                config.outbox.near_full_ratio,
+            )
+            .await?,
         );
         info!(edge = %config.edge_id, pending = outbox.pending().await?, "edge outbox open");
         Ok(Arc::new(Self {
@@ -89,7 +98,13 @@ impl EdgeNode {
 
     /// Runs the sync task until `shutdown` resolves, then closes the outbox.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
-        sync::run(self.config.clone(), self.outbox.clone(), self.sync_stats.clone(), shutdown).await;
+        sync::run(
+            self.config.clone(),
+            self.outbox.clone(),
+            self.sync_stats.clone(),
+            shutdown,
+        )
+        .await;
         self.outbox.close().await;
     }
 
@@ -131,13 +146,18 @@ impl EdgeNode {
                 if self.config.wards.contains(&ward) {
                     Ok(())
                 } else {
-                    Err(Rejection::new(RejectReason::WardNotPermitted, format!("ward {ward} is not served by this edge")))
+                    Err(Rejection::new(
+                        RejectReason::WardNotPermitted,
+                        format!("ward {ward} is not served by this edge"),
+                    ))
                 }
             });
             match (checked, probe.payload) {
-                (Ok(()), Some(payload)) => {
-                    good.push(NewEvent { idempotency_key: probe.idempotency_key, accepted_at_unix_ms: now, payload })
-                }
+                (Ok(()), Some(payload)) => good.push(NewEvent {
+                    idempotency_key: probe.idempotency_key,
+                    accepted_at_unix_ms: now,
+                    payload,
+                }),
                 (Err(r), _) => {
                     warn!(index = i, key = %probe.idempotency_key, reason = ?r.reason, detail = %r.detail, "event rejected at the edge");
                     report.rejected.push((i, r));
@@ -145,16 +165,22 @@ impl EdgeNode {
                 (Ok(()), None) => {}
             }
         }
-        self.accept_stats.rejected.fetch_add(report.rejected.len() as u64, Ordering::Relaxed);
+        self.accept_stats
+            .rejected
+            .fetch_add(report.rejected.len() as u64, Ordering::Relaxed);
         match self.outbox.append(&good, false).await {
             Ok(outcome) => {
                 report.accepted = outcome.accepted;
                 report.duplicates = outcome.duplicates;
-                self.accept_stats.accepted.fetch_add(outcome.accepted, Ordering::Relaxed);
+                self.accept_stats
+                    .accepted
+                    .fetch_add(outcome.accepted, Ordering::Relaxed);
             }
             Err(e) => {
                 if matches!(e, OutboxError::Full { .. }) {
-                    self.accept_stats.refused_full.fetch_add(good.len() as u64, Ordering::Relaxed);
+                    self.accept_stats
+                        .refused_full
+                        .fetch_add(good.len() as u64, Ordering::Relaxed);
                     error!(error = %e, refused = good.len(), "outbox full: events refused, sources told to retry");
                 }
                 self.check_budget().await;
@@ -183,28 +209,46 @@ impl EdgeNode {
                 ),
             )
         } else {
-            (AlarmState::Cleared, "Edge outbox back below its near-full threshold".to_string())
+            (
+                AlarmState::Cleared,
+                "Edge outbox back below its near-full threshold".to_string(),
+            )
         };
         if near {
-            warn!(used = self.outbox.used_bytes(), budget = self.outbox.budget_bytes(), "technical alarm: outbox near full");
+            warn!(
+                used = self.outbox.used_bytes(),
+                budget = self.outbox.budget_bytes(),
+                "technical alarm: outbox near full"
+            );
         } else {
             info!("technical alarm cleared: outbox below near-full threshold");
         }
-        let ward = self.config.wards.first().map(ToString::to_string).unwrap_or_default();
+        let ward = self
+            .config
+            .wards
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         let alarm = Alarm {
             alarm_id: format!("{}-outbox-near-full", self.config.edge_id),
             kind: AlarmKind::OutboxNearFull as i32,
             priority: AlarmPriority::Medium as i32,
             state: state as i32,
             patient_id: String::new(),
-            location: Some(BedLocation { ward, bed: String::new() }),
+            location: Some(BedLocation {
+                ward,
+                bed: String::new(),
+            }),
             device_id: String::new(),
             message,
             changed_at_unix_ms: now,
             changed_by: "system".into(),
         };
         let event = NewEvent {
-            idempotency_key: format!("{}-outbox-near-full-{now}-{}", self.config.edge_id, state as i32),
+            idempotency_key: format!(
+                "{}-outbox-near-full-{now}-{}",
+                self.config.edge_id, state as i32
+            ),
             accepted_at_unix_ms: now,
             payload: Payload::Alarm(alarm),
         };

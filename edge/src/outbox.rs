@@ -98,7 +98,11 @@ const INSERT_CHUNK: usize = 2_000;
 
 impl Outbox {
     /// Opens (creating if needed) the outbox in `dir`.
-    pub async fn open(dir: &Path, budget_bytes: u64, near_full_ratio: f64) -> Result<Self, OutboxError> {
+    pub async fn open(
+        dir: &Path,
+        budget_bytes: u64,
+        near_full_ratio: f64,
+    ) -> Result<Self, OutboxError> {
         let path = dir.join("outbox.sqlite");
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(&path)
@@ -106,7 +110,10 @@ impl Outbox {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(2).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await?;
         for stmt in [
             "CREATE TABLE IF NOT EXISTS outbox (
                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -172,18 +179,26 @@ impl Outbox {
     ///
     /// Refuses everything with [`OutboxError::Full`] when the budget is exhausted, unless `bypass_budget` (used
     /// only for the technical alarm that reports the outbox filling up, a few hundred bytes).
-    pub async fn append(&self, events: &[NewEvent], bypass_budget: bool) -> Result<AppendOutcome, OutboxError> {
+    pub async fn append(
+        &self,
+        events: &[NewEvent],
+        bypass_budget: bool,
+    ) -> Result<AppendOutcome, OutboxError> {
         if events.is_empty() {
             return Ok(AppendOutcome::default());
         }
         let used = self.used_bytes();
         if !bypass_budget && used >= self.budget_bytes {
-            return Err(OutboxError::Full { used, budget: self.budget_bytes });
+            return Err(OutboxError::Full {
+                used,
+                budget: self.budget_bytes,
+            });
         }
         let mut tx = self.pool.begin().await?;
         let mut accepted = 0u64;
         for chunk in events.chunks(INSERT_CHUNK) {
-            let mut qb = QueryBuilder::new("INSERT INTO outbox (idempotency_key, accepted_at_ms, event) ");
+            let mut qb =
+                QueryBuilder::new("INSERT INTO outbox (idempotency_key, accepted_at_ms, event) ");
             qb.push_values(chunk, |mut b, e| {
                 let event = EdgeEvent {
                     sequence: 0,
@@ -201,7 +216,10 @@ impl Outbox {
         tx.commit().await?;
         self.refresh_usage().await?;
         self.new_events.notify_one();
-        Ok(AppendOutcome { accepted, duplicates: events.len() as u64 - accepted })
+        Ok(AppendOutcome {
+            accepted,
+            duplicates: events.len() as u64 - accepted,
+        })
     }
 
     /// Waits until an append happened since the last call (or returns at once if one already did).
@@ -210,7 +228,11 @@ impl Outbox {
     }
 
     /// Up to `limit` events with sequence greater than `after`, in sequence order, ready to sync.
-    pub async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<EdgeEvent>, OutboxError> {
+    pub async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EdgeEvent>, OutboxError> {
         let rows = sqlx::query(
             "SELECT seq, idempotency_key, accepted_at_ms, event FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
         )
@@ -222,9 +244,15 @@ impl Outbox {
         for row in rows {
             let seq: i64 = row.try_get(0)?;
             let blob: Vec<u8> = row.try_get(3)?;
-            let mut event = EdgeEvent::decode(blob.as_slice())
-                .map_err(|e| OutboxError::Corrupt { seq, reason: e.to_string() })?;
-            event.sequence = u64::try_from(seq).map_err(|_| OutboxError::Corrupt { seq, reason: "negative sequence".into() })?;
+            let mut event =
+                EdgeEvent::decode(blob.as_slice()).map_err(|e| OutboxError::Corrupt {
+                    seq,
+                    reason: e.to_string(),
+                })?;
+            event.sequence = u64::try_from(seq).map_err(|_| OutboxError::Corrupt {
+                seq,
+                reason: "negative sequence".into(),
+            })?;
             event.idempotency_key = row.try_get(1)?;
             event.accepted_at_unix_ms = row.try_get(2)?;
             out.push(event);
@@ -234,7 +262,11 @@ impl Outbox {
 
     /// Records that the cloud processed every event up to and including `through`: rejected ones (other than
     /// replays, which were stored before) move to the dead-letter table, then all are deleted.
-    pub async fn acknowledge(&self, through: u64, rejected: &[(u64, String, String)]) -> Result<u64, OutboxError> {
+    pub async fn acknowledge(
+        &self,
+        through: u64,
+        rejected: &[(u64, String, String)],
+    ) -> Result<u64, OutboxError> {
         let through_i = i64::try_from(through).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await?;
         let now = wardwatch_proto::now_unix_ms();
@@ -250,7 +282,10 @@ impl Outbox {
             .execute(&mut *tx)
             .await?;
         }
-        let deleted = sqlx::query("DELETE FROM outbox WHERE seq <= ?").bind(through_i).execute(&mut *tx).await?;
+        let deleted = sqlx::query("DELETE FROM outbox WHERE seq <= ?")
+            .bind(through_i)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO sync_state (k, v) VALUES ('acked_through', ?)
              ON CONFLICT(k) DO UPDATE SET v = max(v, excluded.v)",
@@ -265,21 +300,26 @@ impl Outbox {
 
     /// Highest sequence the cloud acknowledged so far (0 if none).
     pub async fn acked_through(&self) -> Result<u64, OutboxError> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT v FROM sync_state WHERE k = 'acked_through'")
-            .fetch_optional(&self.pool)
-            .await?;
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT v FROM sync_state WHERE k = 'acked_through'")
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
     }
 
     /// Events waiting for the cloud.
     pub async fn pending(&self) -> Result<u64, OutboxError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&self.pool).await?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Events the cloud rejected, kept for inspection.
     pub async fn dead_letters(&self) -> Result<u64, OutboxError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letter").fetch_one(&self.pool).await?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letter")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -300,7 +340,10 @@ mod tests {
             accepted_at_unix_ms: 1_700_000_000_000 + i,
             payload: Payload::Vital(VitalSign {
                 patient_id: "MRN1".into(),
-                location: Some(BedLocation { ward: "7A".into(), bed: "1".into() }),
+                location: Some(BedLocation {
+                    ward: "7A".into(),
+                    bed: "1".into(),
+                }),
                 device_id: "mon".into(),
                 metric_mdc: wardwatch_proto::metrics::MDC_ECG_HEART_RATE,
                 value: 60.0 + i as f64,
@@ -318,7 +361,13 @@ mod tests {
         let events: Vec<_> = (0..10).map(vital).collect();
         assert_eq!(ob.append(&events, false).await.unwrap().accepted, 10);
         // Same keys again: accepted as duplicates, not stored twice.
-        assert_eq!(ob.append(&events[..3], false).await.unwrap(), AppendOutcome { accepted: 0, duplicates: 3 });
+        assert_eq!(
+            ob.append(&events[..3], false).await.unwrap(),
+            AppendOutcome {
+                accepted: 0,
+                duplicates: 3
+            }
+        );
         ob.close().await;
         drop(ob);
 
@@ -328,7 +377,12 @@ mod tests {
         assert!(got.windows(2).all(|w| w[0].sequence < w[1].sequence));
         assert_eq!(got[0].idempotency_key, "k0");
         let through = got[4].sequence;
-        ob.acknowledge(through, &[(got[2].sequence, "Invalid".into(), "bad".into())]).await.unwrap();
+        ob.acknowledge(
+            through,
+            &[(got[2].sequence, "Invalid".into(), "bad".into())],
+        )
+        .await
+        .unwrap();
         assert_eq!(ob.pending().await.unwrap(), 5);
         assert_eq!(ob.dead_letters().await.unwrap(), 1);
         assert_eq!(ob.acked_through().await.unwrap(), through);

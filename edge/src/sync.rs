@@ -91,7 +91,9 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Builds the TLS channel to the cloud. Fails early and clearly when certificate files are missing.
 pub async fn connect(cfg: &EdgeConfig) -> Result<Channel, SyncError> {
-    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| SyncError::Tls(format!("{}: {e}", p.display())));
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| SyncError::Tls(format!("{}: {e}", p.display())))
+    };
     let ca = read(&cfg.cloud.ca_cert)?;
     let cert = read(&cfg.cloud.client_cert)?;
     let key = read(&cfg.cloud.client_key)?;
@@ -102,17 +104,20 @@ pub async fn connect(cfg: &EdgeConfig) -> Result<Channel, SyncError> {
         tls = tls.domain_name(name.clone());
     }
     let endpoint = Endpoint::from_shared(cfg.cloud.endpoint.clone())
-        .map_err(|e| SyncError::Connect { endpoint: cfg.cloud.endpoint.clone(), detail: chain(&e) })?
+        .map_err(|e| SyncError::Connect {
+            endpoint: cfg.cloud.endpoint.clone(),
+            detail: chain(&e),
+        })?
         .tls_config(tls)
         .map_err(|e| SyncError::Tls(chain(&e)))?
         .connect_timeout(Duration::from_millis(cfg.sync.connect_timeout_ms))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10));
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| SyncError::Connect { endpoint: cfg.cloud.endpoint.clone(), detail: chain(&e) })
+    endpoint.connect().await.map_err(|e| SyncError::Connect {
+        endpoint: cfg.cloud.endpoint.clone(),
+        detail: chain(&e),
+    })
 }
 
 fn status_err(s: tonic::Status) -> SyncError {
@@ -122,11 +127,19 @@ fn status_err(s: tonic::Status) -> SyncError {
         message.push_str(": ");
         message.push_str(&chain(src));
     }
-    SyncError::Refused { code: s.code(), message }
+    SyncError::Refused {
+        code: s.code(),
+        message,
+    }
 }
 
 /// Runs sync sessions until `shutdown` resolves, reconnecting with backoff.
-pub async fn run(cfg: EdgeConfig, outbox: Arc<Outbox>, stats: Arc<SyncStats>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    cfg: EdgeConfig,
+    outbox: Arc<Outbox>,
+    stats: Arc<SyncStats>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut attempt: u32 = 0;
     loop {
@@ -148,7 +161,11 @@ pub async fn run(cfg: EdgeConfig, outbox: Arc<Outbox>, stats: Arc<SyncStats>, sh
             }
         }
         // Exponential backoff with full jitter, reset by a successful acknowledgement in the session.
-        let cap = cfg.sync.backoff_initial_ms.saturating_mul(1u64 << attempt.min(20)).min(cfg.sync.backoff_max_ms);
+        let cap = cfg
+            .sync
+            .backoff_initial_ms
+            .saturating_mul(1u64 << attempt.min(20))
+            .min(cfg.sync.backoff_max_ms);
         let delay = rand::rng().random_range(cfg.sync.backoff_initial_ms.min(cap)..=cap);
         attempt = attempt.saturating_add(1);
         debug!(delay_ms = delay, attempt, "sync backoff");
@@ -165,7 +182,12 @@ struct InFlight {
     accepted_at: Vec<i64>,
 }
 
-async fn session(cfg: &EdgeConfig, outbox: &Outbox, stats: &SyncStats, attempt: &mut u32) -> Result<(), SyncError> {
+async fn session(
+    cfg: &EdgeConfig,
+    outbox: &Outbox,
+    stats: &SyncStats,
+    attempt: &mut u32,
+) -> Result<(), SyncError> {
     let channel = connect(cfg).await?;
     let mut client = EdgeSyncClient::new(channel).max_decoding_message_size(16 << 20);
     let reg = client
@@ -190,7 +212,11 @@ async fn session(cfg: &EdgeConfig, outbox: &Outbox, stats: &SyncStats, attempt: 
     info!(edge = %reg.edge_id, wards = ?reg.wards, resume_after = cloud_through, "registered with cloud");
 
     let (tx, rx) = tokio::sync::mpsc::channel::<SyncBatch>(cfg.sync.max_in_flight);
-    let mut acks = client.sync(ReceiverStream::new(rx)).await.map_err(status_err)?.into_inner();
+    let mut acks = client
+        .sync(ReceiverStream::new(rx))
+        .await
+        .map_err(status_err)?
+        .into_inner();
     stats.connected.store(true, Ordering::Relaxed);
 
     let mut cursor = cloud_through.max(local_through);

@@ -14,8 +14,17 @@ pub struct InvalidId {
     pub why: &'static str,
 }
 
-fn check(kind: &'static str, s: &str, max: usize, allowed: fn(char) -> bool) -> Result<(), InvalidId> {
-    let err = |why| InvalidId { kind, value: s.chars().take(80).collect(), why };
+fn check(
+    kind: &'static str,
+    s: &str,
+    max: usize,
+    allowed: fn(char) -> bool,
+) -> Result<(), InvalidId> {
+    let err = |why| InvalidId {
+        kind,
+        value: s.chars().take(80).collect(),
+        why,
+    };
     if s.is_empty() {
         return Err(err("must not be empty"));
     }

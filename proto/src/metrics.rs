@@ -77,18 +77,92 @@ const fn numeric(
     min: f64,
     max: f64,
 ) -> Metric {
-    Metric { mdc, mdc_ref, loinc, display, unit, unit_display, min, max, kind: ValueKind::Numeric, category: "vital-signs" }
+    Metric {
+        mdc,
+        mdc_ref,
+        loinc,
+        display,
+        unit,
+        unit_display,
+        min,
+        max,
+        kind: ValueKind::Numeric,
+        category: "vital-signs",
+    }
 }
 
 /// Every metric, one row each. Components of compound metrics are rows too.
 pub static METRICS: &[Metric] = &[
-    numeric(MDC_ECG_HEART_RATE, "MDC_ECG_HEART_RATE", "8867-4", "Heart rate", "/min", "beats/minute", 0.0, 350.0),
-    numeric(MDC_PULS_OXIM_PULS_RATE, "MDC_PULS_OXIM_PULS_RATE", "8867-4", "Heart rate", "/min", "beats/minute", 0.0, 350.0),
-    numeric(MDC_PULS_RATE_NON_INV, "MDC_PULS_RATE_NON_INV", "8867-4", "Heart rate", "/min", "beats/minute", 0.0, 350.0),
-    numeric(MDC_RESP_RATE, "MDC_RESP_RATE", "9279-1", "Respiratory rate", "/min", "breaths/minute", 0.0, 120.0),
-    numeric(MDC_PULS_OXIM_SAT_O2, "MDC_PULS_OXIM_SAT_O2", "2708-6", "Oxygen saturation in Arterial blood", "%", "%", 0.0, 100.0),
-    numeric(MDC_TEMP_BODY, "MDC_TEMP_BODY", "8310-5", "Body temperature", "Cel", "C", 20.0, 45.0),
-    numeric(MDC_TEMP, "MDC_TEMP", "8310-5", "Body temperature", "Cel", "C", 20.0, 45.0),
+    numeric(
+        MDC_ECG_HEART_RATE,
+        "MDC_ECG_HEART_RATE",
+        "8867-4",
+        "Heart rate",
+        "/min",
+        "beats/minute",
+        0.0,
+        350.0,
+    ),
+    numeric(
+        MDC_PULS_OXIM_PULS_RATE,
+        "MDC_PULS_OXIM_PULS_RATE",
+        "8867-4",
+        "Heart rate",
+        "/min",
+        "beats/minute",
+        0.0,
+        350.0,
+    ),
+    numeric(
+        MDC_PULS_RATE_NON_INV,
+        "MDC_PULS_RATE_NON_INV",
+        "8867-4",
+        "Heart rate",
+        "/min",
+        "beats/minute",
+        0.0,
+        350.0,
+    ),
+    numeric(
+        MDC_RESP_RATE,
+        "MDC_RESP_RATE",
+        "9279-1",
+        "Respiratory rate",
+        "/min",
+        "breaths/minute",
+        0.0,
+        120.0,
+    ),
+    numeric(
+        MDC_PULS_OXIM_SAT_O2,
+        "MDC_PULS_OXIM_SAT_O2",
+        "2708-6",
+        "Oxygen saturation in Arterial blood",
+        "%",
+        "%",
+        0.0,
+        100.0,
+    ),
+    numeric(
+        MDC_TEMP_BODY,
+        "MDC_TEMP_BODY",
+        "8310-5",
+        "Body temperature",
+        "Cel",
+        "C",
+        20.0,
+        45.0,
+    ),
+    numeric(
+        MDC_TEMP,
+        "MDC_TEMP",
+        "8310-5",
+        "Body temperature",
+        "Cel",
+        "C",
+        20.0,
+        45.0,
+    ),
     Metric {
         mdc: MDC_PRESS_BLD_NONINV,
         mdc_ref: "MDC_PRESS_BLD_NONINV",
@@ -101,9 +175,36 @@ pub static METRICS: &[Metric] = &[
         kind: ValueKind::Compound,
         category: "vital-signs",
     },
-    numeric(MDC_PRESS_BLD_NONINV_SYS, "MDC_PRESS_BLD_NONINV_SYS", "8480-6", "Systolic blood pressure", "mm[Hg]", "mmHg", 0.0, 350.0),
-    numeric(MDC_PRESS_BLD_NONINV_DIA, "MDC_PRESS_BLD_NONINV_DIA", "8462-4", "Diastolic blood pressure", "mm[Hg]", "mmHg", 0.0, 300.0),
-    numeric(MDC_PRESS_BLD_NONINV_MEAN, "MDC_PRESS_BLD_NONINV_MEAN", "8478-0", "Mean blood pressure", "mm[Hg]", "mmHg", 0.0, 300.0),
+    numeric(
+        MDC_PRESS_BLD_NONINV_SYS,
+        "MDC_PRESS_BLD_NONINV_SYS",
+        "8480-6",
+        "Systolic blood pressure",
+        "mm[Hg]",
+        "mmHg",
+        0.0,
+        350.0,
+    ),
+    numeric(
+        MDC_PRESS_BLD_NONINV_DIA,
+        "MDC_PRESS_BLD_NONINV_DIA",
+        "8462-4",
+        "Diastolic blood pressure",
+        "mm[Hg]",
+        "mmHg",
+        0.0,
+        300.0,
+    ),
+    numeric(
+        MDC_PRESS_BLD_NONINV_MEAN,
+        "MDC_PRESS_BLD_NONINV_MEAN",
+        "8478-0",
+        "Mean blood pressure",
+        "mm[Hg]",
+        "mmHg",
+        0.0,
+        300.0,
+    ),
     Metric {
         mdc: WARDWATCH_ACVPU,
         mdc_ref: "WARDWATCH_ACVPU (private)",
@@ -146,11 +247,18 @@ mod tests {
     #[test]
     fn codes_are_unique_and_consistent() {
         for (i, m) in METRICS.iter().enumerate() {
-            assert!(METRICS[i + 1..].iter().all(|o| o.mdc != m.mdc), "duplicate {}", m.mdc_ref);
+            assert!(
+                METRICS[i + 1..].iter().all(|o| o.mdc != m.mdc),
+                "duplicate {}",
+                m.mdc_ref
+            );
             assert!(m.min <= m.max);
         }
         assert_eq!(by_mdc(MDC_ECG_HEART_RATE).map(|m| m.loinc), Some("8867-4"));
-        assert_eq!(by_mdc(MDC_PRESS_BLD_NONINV).map(|m| m.kind), Some(ValueKind::Compound));
+        assert_eq!(
+            by_mdc(MDC_PRESS_BLD_NONINV).map(|m| m.kind),
+            Some(ValueKind::Compound)
+        );
         assert_eq!(WARDWATCH_ACVPU, 192_512);
         for (c, _) in components_of(MDC_PRESS_BLD_NONINV) {
             assert!(by_mdc(*c).is_some());

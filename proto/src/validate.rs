@@ -4,7 +4,7 @@
 
 use crate::ids::{DeviceId, Label, PatientId, WardId};
 use crate::metrics::{self, ValueKind};
-use crate::v1::{edge_event::Payload, BedLocation, EdgeEvent, RejectReason, VitalSign};
+use crate::v1::{BedLocation, EdgeEvent, RejectReason, VitalSign, edge_event::Payload};
 
 /// Why an event was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,7 +19,10 @@ pub struct Rejection {
 impl Rejection {
     /// A rejection with `reason` and `detail`.
     pub fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
-        Self { reason, detail: detail.into() }
+        Self {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -53,14 +56,20 @@ pub fn event(e: &EdgeEvent) -> Result<WardId, Rejection> {
                 ("volume_remaining_ml", i.volume_remaining_ml),
             ] {
                 if !v.is_finite() {
-                    return Err(Rejection::new(RejectReason::NotFinite, format!("{name} is {v}")));
+                    return Err(Rejection::new(
+                        RejectReason::NotFinite,
+                        format!("{name} is {v}"),
+                    ));
                 }
                 if v < 0.0 {
                     return Err(invalid(format!("{name} is negative ({v})")));
                 }
             }
             if !matches!(i.drop_factor_gtt_per_ml, 0 | 10 | 15 | 20 | 60) {
-                return Err(invalid(format!("drop factor {} gtt/mL is not 10, 15, 20, 60 or 0 (pump)", i.drop_factor_gtt_per_ml)));
+                return Err(invalid(format!(
+                    "drop factor {} gtt/mL is not 10, 15, 20, 60 or 0 (pump)",
+                    i.drop_factor_gtt_per_ml
+                )));
             }
             location(i.location.as_ref(), true)
         }
@@ -78,7 +87,10 @@ pub fn event(e: &EdgeEvent) -> Result<WardId, Rejection> {
             if let Some(crate::v1::risk_score::Score::Model(m)) = &r.score
                 && (!m.probability.is_finite() || !(0.0..=1.0).contains(&m.probability))
             {
-                return Err(Rejection::new(RejectReason::NotFinite, format!("probability {} outside 0..1", m.probability)));
+                return Err(Rejection::new(
+                    RejectReason::NotFinite,
+                    format!("probability {} outside 0..1", m.probability),
+                ));
             }
             location(r.location.as_ref(), false)
         }
@@ -108,7 +120,10 @@ pub fn vital(v: &VitalSign) -> Result<WardId, Rejection> {
         return Err(invalid("measured_at_unix_ms is missing"));
     }
     let m = metrics::by_mdc(v.metric_mdc).ok_or_else(|| {
-        Rejection::new(RejectReason::UnknownMetric, format!("MDC code {} is not a known metric", v.metric_mdc))
+        Rejection::new(
+            RejectReason::UnknownMetric,
+            format!("MDC code {} is not a known metric", v.metric_mdc),
+        )
     })?;
     match m.kind {
         ValueKind::Enumerated => {
@@ -120,30 +135,48 @@ pub fn vital(v: &VitalSign) -> Result<WardId, Rejection> {
         ValueKind::Numeric | ValueKind::Compound => {}
     }
     if v.unit_ucum.is_empty() {
-        return Err(Rejection::new(RejectReason::BadUnit, format!("unit missing for {}", m.mdc_ref)));
+        return Err(Rejection::new(
+            RejectReason::BadUnit,
+            format!("unit missing for {}", m.mdc_ref),
+        ));
     }
     if v.unit_ucum != m.unit {
         return Err(Rejection::new(
             RejectReason::BadUnit,
-            format!("unit {:?} is not {:?} for {}", v.unit_ucum, m.unit, m.mdc_ref),
+            format!(
+                "unit {:?} is not {:?} for {}",
+                v.unit_ucum, m.unit, m.mdc_ref
+            ),
         ));
     }
     if !v.value.is_finite() {
-        return Err(Rejection::new(RejectReason::NotFinite, format!("{} value is {}", m.mdc_ref, v.value)));
+        return Err(Rejection::new(
+            RejectReason::NotFinite,
+            format!("{} value is {}", m.mdc_ref, v.value),
+        ));
     }
     let in_range = |mm: &metrics::Metric, x: f64| -> Result<(), Rejection> {
         if !x.is_finite() {
-            return Err(Rejection::new(RejectReason::NotFinite, format!("{} value is {x}", mm.mdc_ref)));
+            return Err(Rejection::new(
+                RejectReason::NotFinite,
+                format!("{} value is {x}", mm.mdc_ref),
+            ));
         }
         if x < mm.min || x > mm.max {
-            return Err(invalid(format!("{} value {x} outside the possible range {}..{}", mm.mdc_ref, mm.min, mm.max)));
+            return Err(invalid(format!(
+                "{} value {x} outside the possible range {}..{}",
+                mm.mdc_ref, mm.min, mm.max
+            )));
         }
         Ok(())
     };
     match m.kind {
         ValueKind::Numeric => {
             if !v.components.is_empty() {
-                return Err(invalid(format!("{} is not a compound metric but has components", m.mdc_ref)));
+                return Err(invalid(format!(
+                    "{} is not a compound metric but has components",
+                    m.mdc_ref
+                )));
             }
             in_range(m, v.value)?;
         }
@@ -155,14 +188,20 @@ pub fn vital(v: &VitalSign) -> Result<WardId, Rejection> {
                     .ok_or_else(|| {
                         Rejection::new(
                             RejectReason::UnknownMetric,
-                            format!("MDC code {} is not a component of {}", c.metric_mdc, m.mdc_ref),
+                            format!(
+                                "MDC code {} is not a component of {}",
+                                c.metric_mdc, m.mdc_ref
+                            ),
                         )
                     })?;
                 in_range(cm, c.value)?;
             }
             for (code, required) in allowed {
                 if *required && !v.components.iter().any(|c| c.metric_mdc == *code) {
-                    return Err(invalid(format!("{} lacks required component {code}", m.mdc_ref)));
+                    return Err(invalid(format!(
+                        "{} lacks required component {code}",
+                        m.mdc_ref
+                    )));
                 }
             }
         }
@@ -180,7 +219,10 @@ mod tests {
     fn hr(value: f64) -> VitalSign {
         VitalSign {
             patient_id: "MRN1".into(),
-            location: Some(BedLocation { ward: "7A".into(), bed: "1".into() }),
+            location: Some(BedLocation {
+                ward: "7A".into(),
+                bed: "1".into(),
+            }),
             device_id: "mon-1".into(),
             metric_mdc: MDC_ECG_HEART_RATE,
             value,
@@ -192,9 +234,18 @@ mod tests {
 
     #[test]
     fn rejects_each_kind_of_bad_vital_with_its_reason() {
-        assert_eq!(vital(&hr(72.0)).map(|w| w.to_string()), Ok("7A".to_string()));
-        assert_eq!(vital(&hr(f64::NAN)).unwrap_err().reason, RejectReason::NotFinite);
-        assert_eq!(vital(&hr(f64::INFINITY)).unwrap_err().reason, RejectReason::NotFinite);
+        assert_eq!(
+            vital(&hr(72.0)).map(|w| w.to_string()),
+            Ok("7A".to_string())
+        );
+        assert_eq!(
+            vital(&hr(f64::NAN)).unwrap_err().reason,
+            RejectReason::NotFinite
+        );
+        assert_eq!(
+            vital(&hr(f64::INFINITY)).unwrap_err().reason,
+            RejectReason::NotFinite
+        );
         assert_eq!(vital(&hr(351.0)).unwrap_err().reason, RejectReason::Invalid);
         assert!(vital(&hr(350.0)).is_ok());
         let mut v = hr(72.0);
@@ -215,11 +266,20 @@ mod tests {
         let mut bp = hr(0.0);
         bp.metric_mdc = MDC_PRESS_BLD_NONINV;
         bp.unit_ucum = "mm[Hg]".into();
-        bp.components = vec![VitalComponent { metric_mdc: MDC_PRESS_BLD_NONINV_SYS, value: 120.0 }];
+        bp.components = vec![VitalComponent {
+            metric_mdc: MDC_PRESS_BLD_NONINV_SYS,
+            value: 120.0,
+        }];
         assert_eq!(vital(&bp).unwrap_err().reason, RejectReason::Invalid);
-        bp.components.push(VitalComponent { metric_mdc: MDC_PRESS_BLD_NONINV_DIA, value: 80.0 });
+        bp.components.push(VitalComponent {
+            metric_mdc: MDC_PRESS_BLD_NONINV_DIA,
+            value: 80.0,
+        });
         assert!(vital(&bp).is_ok());
-        bp.components.push(VitalComponent { metric_mdc: MDC_ECG_HEART_RATE, value: 80.0 });
+        bp.components.push(VitalComponent {
+            metric_mdc: MDC_ECG_HEART_RATE,
+            value: 80.0,
+        });
         assert_eq!(vital(&bp).unwrap_err().reason, RejectReason::UnknownMetric);
         bp.components.pop();
         bp.components[1].value = f64::NAN;

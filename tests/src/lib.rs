@@ -11,7 +11,9 @@ use anyhow::{Context, Result, bail};
 use rand::RngCore;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use wardwatch_cloud::config::{ApiClient, ApiConfig, EdgeRegistration, SyncListenerConfig, TlsConfig};
+use wardwatch_cloud::config::{
+    ApiClient, ApiConfig, EdgeRegistration, SyncListenerConfig, TlsConfig,
+};
 use wardwatch_cloud::pki::{self, DevPkiPaths, DevPkiRequest};
 use wardwatch_cloud::storage::Store;
 use wardwatch_cloud::sync::SyncServiceStats;
@@ -31,7 +33,11 @@ pub fn install_crypto() {
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Development credentials: PKI and an API bearer token, kept under a data directory and reused across runs.
@@ -65,12 +71,17 @@ pub fn dev_setup(dir: &Path, edge_ids: &[&str]) -> Result<DevSetup> {
             let mut bytes = [0u8; 32];
             rand::rng().fill_bytes(&mut bytes);
             let t = hex_encode(&bytes);
-            std::fs::write(&token_path, &t).with_context(|| format!("writing {}", token_path.display()))?;
+            std::fs::write(&token_path, &t)
+                .with_context(|| format!("writing {}", token_path.display()))?;
             t
         }
     };
     let token_sha256 = sha256_hex(token.as_bytes());
-    Ok(DevSetup { pki, token, token_sha256 })
+    Ok(DevSetup {
+        pki,
+        token,
+        token_sha256,
+    })
 }
 
 fn hex_encode(b: &[u8]) -> String {
@@ -96,7 +107,10 @@ pub fn cloud_config(
         .map(|(id, wards)| {
             Ok(EdgeRegistration {
                 edge_id: EdgeId::new(*id)?,
-                wards: wards.iter().map(|w| WardId::new(*w)).collect::<Result<_, _>>()?,
+                wards: wards
+                    .iter()
+                    .map(|w| WardId::new(*w))
+                    .collect::<Result<_, _>>()?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -108,7 +122,10 @@ pub fn cloud_config(
             cert: setup.pki.cloud_cert.clone(),
             key: setup.pki.cloud_key.clone(),
         },
-        sync: SyncListenerConfig { listen: sync_listen, max_batch_events: 5_000 },
+        sync: SyncListenerConfig {
+            listen: sync_listen,
+            max_batch_events: 5_000,
+        },
         api: ApiConfig {
             listen: api_listen,
             base_path: "/fhir".into(),
@@ -137,11 +154,20 @@ pub fn edge_cert(setup: &DevSetup, edge_id: &str) -> Result<(PathBuf, PathBuf)> 
 }
 
 /// An edge configuration for the development setup, syncing to `sync_addr` (as "localhost").
-pub fn edge_config(setup: &DevSetup, data_dir: &Path, edge_id: &str, wards: &[&str], sync_addr: SocketAddr) -> Result<EdgeConfig> {
+pub fn edge_config(
+    setup: &DevSetup,
+    data_dir: &Path,
+    edge_id: &str,
+    wards: &[&str],
+    sync_addr: SocketAddr,
+) -> Result<EdgeConfig> {
     let (cert, key) = edge_cert(setup, edge_id)?;
     Ok(EdgeConfig {
         edge_id: EdgeId::new(edge_id)?,
-        wards: wards.iter().map(|w| WardId::new(*w)).collect::<Result<_, _>>()?,
+        wards: wards
+            .iter()
+            .map(|w| WardId::new(*w))
+            .collect::<Result<_, _>>()?,
         data_dir: data_dir.to_path_buf(),
         outbox: OutboxConfig::default(),
         cloud: CloudLinkConfig {
@@ -151,7 +177,11 @@ pub fn edge_config(setup: &DevSetup, data_dir: &Path, edge_id: &str, wards: &[&s
             client_cert: cert,
             client_key: key,
         },
-        sync: SyncConfig { backoff_initial_ms: 100, backoff_max_ms: 5_000, ..SyncConfig::default() },
+        sync: SyncConfig {
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+            ..SyncConfig::default()
+        },
     })
 }
 
@@ -253,7 +283,12 @@ impl EdgeHandle {
 
 /// Runs the ward simulator in real time into `node` until `stop` resolves: every `tick` the simulator is
 /// advanced to the wall clock and its events are offered to the edge.
-pub async fn run_simulator(node: Arc<EdgeNode>, cfg: WardSimConfig, tick: Duration, stop: impl std::future::Future<Output = ()>) {
+pub async fn run_simulator(
+    node: Arc<EdgeNode>,
+    cfg: WardSimConfig,
+    tick: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let mut sim = WardSimulator::new(cfg);
     let devices = sim.devices();
     offer(&node, devices).await;
@@ -274,9 +309,17 @@ async fn offer(node: &EdgeNode, events: Vec<wardwatch_edge::simulator::SimEvent>
     if events.is_empty() {
         return;
     }
-    let incoming = events.into_iter().map(|e| Incoming { idempotency_key: e.idempotency_key, payload: e.payload }).collect();
+    let incoming = events
+        .into_iter()
+        .map(|e| Incoming {
+            idempotency_key: e.idempotency_key,
+            payload: e.payload,
+        })
+        .collect();
     match node.accept(incoming).await {
-        Ok(r) if !r.rejected.is_empty() => tracing::warn!(rejected = r.rejected.len(), "simulator events rejected"),
+        Ok(r) if !r.rejected.is_empty() => {
+            tracing::warn!(rejected = r.rejected.len(), "simulator events rejected")
+        }
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "simulator events not accepted"),
     }
@@ -316,9 +359,14 @@ impl TestDatabase {
     /// is an error, not a skip.
     pub async fn create(tag: &str) -> Result<Option<Self>> {
         use sqlx::Connection;
-        let admin_url =
-            std::env::var("WARDWATCH_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let mut conn = match tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin_url)).await {
+        let admin_url = std::env::var("WARDWATCH_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mut conn = match tokio::time::timeout(
+            Duration::from_secs(5),
+            sqlx::PgConnection::connect(&admin_url),
+        )
+        .await
+        {
             Ok(Ok(c)) => c,
             other => {
                 let why = match other {
@@ -328,23 +376,42 @@ impl TestDatabase {
                 if std::env::var_os("CI").is_some() {
                     bail!("PostgreSQL at {admin_url} is required on CI but unreachable: {why}");
                 }
-                eprintln!("\n*** SKIPPED: PostgreSQL variant of {tag}: no server at {admin_url} ({why}) ***\n");
+                eprintln!(
+                    "\n*** SKIPPED: PostgreSQL variant of {tag}: no server at {admin_url} ({why}) ***\n"
+                );
                 return Ok(None);
             }
         };
         let mut suffix = [0u8; 6];
         rand::rng().fill_bytes(&mut suffix);
-        let name = format!("wardwatch_test_{}_{}", tag.replace(|c: char| !c.is_ascii_alphanumeric(), "_"), hex_encode(&suffix));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut conn).await?;
-        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
-        Ok(Some(Self { url: format!("{base}/{name}"), admin_url: admin_url.clone(), name }))
+        let name = format!(
+            "wardwatch_test_{}_{}",
+            tag.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            hex_encode(&suffix)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(b, _)| b);
+        Ok(Some(Self {
+            url: format!("{base}/{name}"),
+            admin_url: admin_url.clone(),
+            name,
+        }))
     }
 
     /// Drops the database now (also attempted on drop).
     pub async fn drop_now(&self) -> Result<()> {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&self.admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))).execute(&mut conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await?;
         Ok(())
     }
 }
@@ -355,11 +422,20 @@ impl Drop for TestDatabase {
         let admin = self.admin_url.clone();
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
                 use sqlx::Connection;
                 if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))).execute(&mut c).await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
                 }
             });
         })
@@ -371,7 +447,8 @@ impl Drop for TestDatabase {
 pub fn sim_event_json(e: &wardwatch_edge::simulator::SimEvent) -> serde_json::Value {
     use wardwatch_proto::v1::edge_event::Payload;
     let loc = |l: &Option<wardwatch_proto::v1::BedLocation>| {
-        l.as_ref().map(|l| serde_json::json!({"ward": l.ward, "bed": l.bed}))
+        l.as_ref()
+            .map(|l| serde_json::json!({"ward": l.ward, "bed": l.bed}))
     };
     let body = match &e.payload {
         Payload::Vital(v) => serde_json::json!({
@@ -391,7 +468,9 @@ pub fn sim_event_json(e: &wardwatch_edge::simulator::SimEvent) -> serde_json::Va
             "type": "device", "device_id": d.device_id, "kind": d.kind, "manufacturer": d.manufacturer,
             "model": d.model, "serial_number": d.serial_number, "location": loc(&d.location), "state": d.state,
         }),
-        Payload::Alarm(a) => serde_json::json!({"type": "alarm", "alarm_id": a.alarm_id, "message": a.message}),
+        Payload::Alarm(a) => {
+            serde_json::json!({"type": "alarm", "alarm_id": a.alarm_id, "message": a.message})
+        }
         Payload::Risk(r) => serde_json::json!({"type": "risk", "patient_id": r.patient_id}),
     };
     serde_json::json!({"idempotency_key": e.idempotency_key, "event": body})
@@ -413,8 +492,16 @@ pub fn simulated_vitals(ward: &str, beds: u32, seed: u64, n: usize) -> Vec<Incom
         out.extend(
             sim.advance_to(t)
                 .into_iter()
-                .filter(|e| matches!(e.payload, wardwatch_proto::v1::edge_event::Payload::Vital(_)))
-                .map(|e| Incoming { idempotency_key: e.idempotency_key, payload: e.payload }),
+                .filter(|e| {
+                    matches!(
+                        e.payload,
+                        wardwatch_proto::v1::edge_event::Payload::Vital(_)
+                    )
+                })
+                .map(|e| Incoming {
+                    idempotency_key: e.idempotency_key,
+                    payload: e.payload,
+                }),
         );
     }
     out.truncate(n);
@@ -430,11 +517,21 @@ pub fn simulated_devices(ward: &str, beds: u32, seed: u64) -> Vec<Incoming> {
         start_unix_ms: wardwatch_proto::now_unix_ms() - 3_600_000,
         ..WardSimConfig::default()
     });
-    sim.devices().into_iter().map(|e| Incoming { idempotency_key: e.idempotency_key, payload: e.payload }).collect()
+    sim.devices()
+        .into_iter()
+        .map(|e| Incoming {
+            idempotency_key: e.idempotency_key,
+            payload: e.payload,
+        })
+        .collect()
 }
 
 /// Follows a FHIR search from `url` through every `next` link; returns every entry's resource.
-pub async fn fhir_search_all(client: &reqwest::Client, token: &str, url: &str) -> Result<Vec<serde_json::Value>> {
+pub async fn fhir_search_all(
+    client: &reqwest::Client,
+    token: &str,
+    url: &str,
+) -> Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
     let mut next = Some(url.to_string());
     while let Some(u) = next.take() {

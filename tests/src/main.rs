@@ -12,7 +12,11 @@ use wardwatch::{CloudHandle, EdgeHandle};
 use wardwatch_edge::simulator::{WardSimConfig, WardSimulator};
 
 #[derive(Parser)]
-#[command(name = "wardwatch", version, about = "Wardwatch: edge-to-cloud ward monitoring and FHIR interoperability")]
+#[command(
+    name = "wardwatch",
+    version,
+    about = "Wardwatch: edge-to-cloud ward monitoring and FHIR interoperability"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -105,13 +109,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -134,9 +139,19 @@ async fn demo(args: DemoArgs) -> Result<()> {
         args.api_listen,
         &[(DEMO_EDGE, &[DEMO_WARD])],
     )?;
-    let cloud = CloudHandle::start(cloud_cfg).await.context("starting the cloud")?;
-    let edge_cfg = wardwatch::edge_config(&setup, &data.join("edge"), DEMO_EDGE, &[DEMO_WARD], cloud.sync_addr)?;
-    let edge = EdgeHandle::start(edge_cfg).await.context("starting the edge")?;
+    let cloud = CloudHandle::start(cloud_cfg)
+        .await
+        .context("starting the cloud")?;
+    let edge_cfg = wardwatch::edge_config(
+        &setup,
+        &data.join("edge"),
+        DEMO_EDGE,
+        &[DEMO_WARD],
+        cloud.sync_addr,
+    )?;
+    let edge = EdgeHandle::start(edge_cfg)
+        .await
+        .context("starting the edge")?;
     let (sim_stop, sim_rx) = tokio::sync::oneshot::channel::<()>();
     let sim_cfg = WardSimConfig {
         ward: DEMO_WARD.into(),
@@ -145,11 +160,20 @@ async fn demo(args: DemoArgs) -> Result<()> {
         start_unix_ms: wardwatch_proto::now_unix_ms(),
         ..WardSimConfig::default()
     };
-    let sim = tokio::spawn(wardwatch::run_simulator(edge.node.clone(), sim_cfg, Duration::from_millis(500), async move {
-        let _ = sim_rx.await;
-    }));
+    let sim = tokio::spawn(wardwatch::run_simulator(
+        edge.node.clone(),
+        sim_cfg,
+        Duration::from_millis(500),
+        async move {
+            let _ = sim_rx.await;
+        },
+    ));
 
-    let ca = setup.pki.ca_cert.canonicalize().unwrap_or(setup.pki.ca_cert.clone());
+    let ca = setup
+        .pki
+        .ca_cert
+        .canonicalize()
+        .unwrap_or(setup.pki.ca_cert.clone());
     let fhir_base = cloud.fhir_base.clone();
     if let Some(info) = &args.info {
         let doc = serde_json::json!({
@@ -161,10 +185,14 @@ async fn demo(args: DemoArgs) -> Result<()> {
             "ward": DEMO_WARD,
         });
         let tmp = info.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, info).with_context(|| format!("writing {}", info.display()))?;
     }
-    println!("Wardwatch demo running: cloud, edge {DEMO_EDGE} and a simulated {}-bed ward {DEMO_WARD}.", args.beds);
+    println!(
+        "Wardwatch demo running: cloud, edge {DEMO_EDGE} and a simulated {}-bed ward {DEMO_WARD}.",
+        args.beds
+    );
     println!("FHIR base: {fhir_base}");
     println!("Try:");
     println!(
@@ -193,9 +221,17 @@ async fn demo(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_edge(config: PathBuf, simulate_beds: Option<u32>, accept_burst: Option<usize>) -> Result<()> {
+async fn run_edge(
+    config: PathBuf,
+    simulate_beds: Option<u32>,
+    accept_burst: Option<usize>,
+) -> Result<()> {
     let cfg = wardwatch_edge::EdgeConfig::from_file(&config)?;
-    let ward = cfg.wards.first().map(ToString::to_string).unwrap_or_default();
+    let ward = cfg
+        .wards
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let edge = EdgeHandle::start(cfg).await?;
     if let Some(n) = accept_burst {
         let mut sim = WardSimulator::new(WardSimConfig {
@@ -208,26 +244,40 @@ async fn run_edge(config: PathBuf, simulate_beds: Option<u32>, accept_burst: Opt
         let mut events = Vec::with_capacity(n);
         while events.len() < n {
             let t = sim.now_unix_ms() + 1_000;
-            events.extend(
-                sim.advance_to(t)
-                    .into_iter()
-                    .filter(|e| matches!(e.payload, wardwatch_proto::v1::edge_event::Payload::Vital(_))),
-            );
+            events.extend(sim.advance_to(t).into_iter().filter(|e| {
+                matches!(
+                    e.payload,
+                    wardwatch_proto::v1::edge_event::Payload::Vital(_)
+                )
+            }));
         }
         events.truncate(n);
         let incoming = events
             .into_iter()
-            .map(|e| wardwatch_edge::node::Incoming { idempotency_key: e.idempotency_key, payload: e.payload })
+            .map(|e| wardwatch_edge::node::Incoming {
+                idempotency_key: e.idempotency_key,
+                payload: e.payload,
+            })
             .collect();
         let report = edge.node.accept(incoming).await?;
         println!("accepted {}", report.accepted);
     }
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let sim = simulate_beds.map(|beds| {
-        let cfg = WardSimConfig { ward, beds, start_unix_ms: wardwatch_proto::now_unix_ms(), ..WardSimConfig::default() };
-        tokio::spawn(wardwatch::run_simulator(edge.node.clone(), cfg, Duration::from_millis(500), async move {
-            let _ = rx.await;
-        }))
+        let cfg = WardSimConfig {
+            ward,
+            beds,
+            start_unix_ms: wardwatch_proto::now_unix_ms(),
+            ..WardSimConfig::default()
+        };
+        tokio::spawn(wardwatch::run_simulator(
+            edge.node.clone(),
+            cfg,
+            Duration::from_millis(500),
+            async move {
+                let _ = rx.await;
+            },
+        ))
     });
     shutdown_signal().await;
     let _ = stop.send(());
@@ -247,21 +297,43 @@ async fn main() -> Result<()> {
         Command::Certs { out, edges, hosts } => {
             let paths = wardwatch_cloud::pki::generate_dev_pki(
                 &out,
-                &wardwatch_cloud::pki::DevPkiRequest { cloud_hosts: hosts, edge_ids: edges },
+                &wardwatch_cloud::pki::DevPkiRequest {
+                    cloud_hosts: hosts,
+                    edge_ids: edges,
+                },
             )?;
             println!("CA:    {}", paths.ca_cert.display());
-            println!("cloud: {} / {}", paths.cloud_cert.display(), paths.cloud_key.display());
+            println!(
+                "cloud: {} / {}",
+                paths.cloud_cert.display(),
+                paths.cloud_key.display()
+            );
             for (id, c, k) in &paths.edges {
                 println!("edge {id}: {} / {}", c.display(), k.display());
             }
             Ok(())
         }
-        Command::Simulate { beds, seed, ward, minutes } => {
+        Command::Simulate {
+            beds,
+            seed,
+            ward,
+            minutes,
+        } => {
             let start = 1_800_000_000_000;
-            let mut sim = WardSimulator::new(WardSimConfig { ward, beds, seed, start_unix_ms: start, ..WardSimConfig::default() });
+            let mut sim = WardSimulator::new(WardSimConfig {
+                ward,
+                beds,
+                seed,
+                start_unix_ms: start,
+                ..WardSimConfig::default()
+            });
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             use std::io::Write;
-            for e in sim.devices().into_iter().chain(sim.advance_to(start + minutes * 60_000)) {
+            for e in sim
+                .devices()
+                .into_iter()
+                .chain(sim.advance_to(start + minutes * 60_000))
+            {
                 writeln!(out, "{}", wardwatch::sim_event_json(&e))?;
             }
             Ok(())
@@ -269,10 +341,18 @@ async fn main() -> Result<()> {
         Command::Cloud { config } => {
             let cfg = wardwatch_cloud::CloudConfig::from_file(&config)?;
             let server = wardwatch_cloud::CloudServer::start(cfg).await?;
-            println!("cloud sync on {} api on {}", server.sync_addr()?, server.api_addr()?);
+            println!(
+                "cloud sync on {} api on {}",
+                server.sync_addr()?,
+                server.api_addr()?
+            );
             server.run(shutdown_signal()).await;
             Ok(())
         }
-        Command::Edge { config, simulate_beds, accept_burst } => run_edge(config, simulate_beds, accept_burst).await,
+        Command::Edge {
+            config,
+            simulate_beds,
+            accept_burst,
+        } => run_edge(config, simulate_beds, accept_burst).await,
     }
 }

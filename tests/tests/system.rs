@@ -6,19 +6,22 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use wardwatch::{
-    CloudHandle, EdgeHandle, TestDatabase, cloud_config, dev_setup, edge_config, fhir_search_all, https_client,
-    simulated_devices, simulated_vitals, wait_until,
+    CloudHandle, EdgeHandle, TestDatabase, cloud_config, dev_setup, edge_config, fhir_search_all,
+    https_client, simulated_devices, simulated_vitals, wait_until,
 };
 use wardwatch_cloud::pki;
 use wardwatch_proto::v1::edge_sync_client::EdgeSyncClient;
-use wardwatch_proto::v1::{EdgeEvent, RegisterRequest, RejectReason, SyncBatch, edge_event::Payload};
+use wardwatch_proto::v1::{
+    EdgeEvent, RegisterRequest, RejectReason, SyncBatch, edge_event::Payload,
+};
 
 const EDGE: &str = "edge-7a";
 const WARD: &str = "7A";
 const ANY: &str = "127.0.0.1:0";
 
 fn any() -> SocketAddr {
-    ANY.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    ANY.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 fn init() {
@@ -31,50 +34,93 @@ async fn ten_thousand_samples(database_url: Option<String>) -> Result<()> {
     init();
     let dir = tempfile::tempdir()?;
     let setup = dev_setup(dir.path(), &[EDGE])?;
-    let cloud = CloudHandle::start(cloud_config(&setup, &dir.path().join("cloud"), database_url, any(), any(), &[(EDGE, &[WARD])])?).await?;
-    let edge = EdgeHandle::start(edge_config(&setup, &dir.path().join("edge"), EDGE, &[WARD], cloud.sync_addr)?).await?;
+    let cloud = CloudHandle::start(cloud_config(
+        &setup,
+        &dir.path().join("cloud"),
+        database_url,
+        any(),
+        any(),
+        &[(EDGE, &[WARD])],
+    )?)
+    .await?;
+    let edge = EdgeHandle::start(edge_config(
+        &setup,
+        &dir.path().join("edge"),
+        EDGE,
+        &[WARD],
+        cloud.sync_addr,
+    )?)
+    .await?;
 
     let devices = simulated_devices(WARD, 40, 7);
     edge.node.accept(devices).await?;
     let vitals = simulated_vitals(WARD, 40, 7, 10_000);
     for chunk in vitals.chunks(500) {
         let r = edge.node.accept(chunk.to_vec()).await?;
-        assert!(r.rejected.is_empty(), "simulator produced rejected events: {:?}", r.rejected);
+        assert!(
+            r.rejected.is_empty(),
+            "simulator produced rejected events: {:?}",
+            r.rejected
+        );
     }
     edge.wait_drained(Duration::from_secs(120)).await?;
     assert_eq!(cloud.store.count_vitals().await?, 10_000);
     assert_eq!(cloud.store.count_duplicate_vitals().await?, 0);
 
     let client = https_client(&setup.pki.ca_cert)?;
-    let all = fhir_search_all(&client, &setup.token, &format!("{}/Observation?_count=1000", cloud.fhir_base)).await?;
+    let all = fhir_search_all(
+        &client,
+        &setup.token,
+        &format!("{}/Observation?_count=1000", cloud.fhir_base),
+    )
+    .await?;
     assert_eq!(all.len(), 10_000, "every sample readable as an Observation");
     let ids: HashSet<&str> = all.iter().filter_map(|o| o["id"].as_str()).collect();
     assert_eq!(ids.len(), 10_000, "no Observation duplicated");
-    assert!(all.iter().all(|o| o["resourceType"] == "Observation" && o["status"] == "final"));
+    assert!(
+        all.iter()
+            .all(|o| o["resourceType"] == "Observation" && o["status"] == "final")
+    );
 
     // A patient + code search with a small page follows next links to the end.
     let one = &all[0];
-    let mrn = one["subject"]["identifier"]["value"].as_str().context("subject MRN")?;
+    let mrn = one["subject"]["identifier"]["value"]
+        .as_str()
+        .context("subject MRN")?;
     let expected = all
         .iter()
-        .filter(|o| o["subject"]["identifier"]["value"] == mrn && o["code"]["coding"][0]["code"] == "8867-4")
+        .filter(|o| {
+            o["subject"]["identifier"]["value"] == mrn && o["code"]["coding"][0]["code"] == "8867-4"
+        })
         .count();
     let page = fhir_search_all(
         &client,
         &setup.token,
-        &format!("{}/Observation?patient={mrn}&code=http://loinc.org|8867-4&_count=7", cloud.fhir_base),
+        &format!(
+            "{}/Observation?patient={mrn}&code=http://loinc.org|8867-4&_count=7",
+            cloud.fhir_base
+        ),
     )
     .await?;
     assert_eq!(page.len(), expected);
     assert!(expected > 7, "the search spans several pages");
 
     // The device that measured it is readable.
-    let device = one["device"]["reference"].as_str().context("device reference")?;
-    let resp = client.get(format!("{}/{device}", cloud.fhir_base)).bearer_auth(&setup.token).send().await?;
+    let device = one["device"]["reference"]
+        .as_str()
+        .context("device reference")?;
+    let resp = client
+        .get(format!("{}/{device}", cloud.fhir_base))
+        .bearer_auth(&setup.token)
+        .send()
+        .await?;
     assert_eq!(resp.status(), 200);
     let d: serde_json::Value = resp.json().await?;
     assert_eq!(d["resourceType"], "Device");
-    assert!(cloud.store.audit_count(wardwatch::DEV_CLIENT_ID).await? >= 3, "reads are audited");
+    assert!(
+        cloud.store.audit_count(wardwatch::DEV_CLIENT_ID).await? >= 3,
+        "reads are audited"
+    );
 
     edge.stop().await;
     cloud.stop().await;
@@ -88,7 +134,9 @@ async fn ten_thousand_samples_end_to_end_sqlite() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_samples_end_to_end_postgres() -> Result<()> {
-    let Some(db) = TestDatabase::create("system_10k").await? else { return Ok(()) };
+    let Some(db) = TestDatabase::create("system_10k").await? else {
+        return Ok(());
+    };
     let r = ten_thousand_samples(Some(db.url.clone())).await;
     db.drop_now().await?;
     r
@@ -100,7 +148,15 @@ async fn api_refuses_bad_requests_with_operation_outcomes() -> Result<()> {
     init();
     let dir = tempfile::tempdir()?;
     let setup = dev_setup(dir.path(), &[EDGE])?;
-    let cloud = CloudHandle::start(cloud_config(&setup, &dir.path().join("cloud"), None, any(), any(), &[(EDGE, &[WARD])])?).await?;
+    let cloud = CloudHandle::start(cloud_config(
+        &setup,
+        &dir.path().join("cloud"),
+        None,
+        any(),
+        any(),
+        &[(EDGE, &[WARD])],
+    )?)
+    .await?;
     let client = https_client(&setup.pki.ca_cert)?;
     let base = &cloud.fhir_base;
     let cases: [(&str, Option<&str>, u16); 8] = [
@@ -120,24 +176,47 @@ async fn api_refuses_bad_requests_with_operation_outcomes() -> Result<()> {
         }
         let resp = req.send().await?;
         assert_eq!(resp.status().as_u16(), status, "{path}");
-        let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         assert_eq!(ct, "application/fhir+json", "{path}");
         let body: serde_json::Value = resp.json().await?;
         assert_eq!(body["resourceType"], "OperationOutcome", "{path}");
-        assert!(body["issue"][0]["diagnostics"].as_str().is_some_and(|d| !d.is_empty()), "{path}");
+        assert!(
+            body["issue"][0]["diagnostics"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{path}"
+        );
     }
     cloud.stop().await;
     Ok(())
 }
 
 /// A raw sync client presenting `cert`/`key` (bypassing the edge's own checks, as a misbehaving edge would).
-async fn raw_client(setup: &wardwatch::DevSetup, dir: &std::path::Path, edge_id: &str, wards: &[&str], sync: SocketAddr) -> Result<EdgeSyncClient<tonic::transport::Channel>> {
+async fn raw_client(
+    setup: &wardwatch::DevSetup,
+    dir: &std::path::Path,
+    edge_id: &str,
+    wards: &[&str],
+    sync: SocketAddr,
+) -> Result<EdgeSyncClient<tonic::transport::Channel>> {
     let cfg = edge_config(setup, dir, edge_id, wards, sync)?;
-    Ok(EdgeSyncClient::new(wardwatch_edge::sync::connect(&cfg).await?))
+    Ok(EdgeSyncClient::new(
+        wardwatch_edge::sync::connect(&cfg).await?,
+    ))
 }
 
 fn event(seq: u64, key: &str, payload: Payload) -> EdgeEvent {
-    EdgeEvent { sequence: seq, idempotency_key: key.into(), accepted_at_unix_ms: wardwatch_proto::now_unix_ms(), payload: Some(payload) }
+    EdgeEvent {
+        sequence: seq,
+        idempotency_key: key.into(),
+        accepted_at_unix_ms: wardwatch_proto::now_unix_ms(),
+        payload: Some(payload),
+    }
 }
 
 /// Bad items get per-item rejections with reasons; the rest of the batch is stored; nothing panics.
@@ -146,9 +225,30 @@ async fn bad_items_are_rejected_one_by_one_and_the_rest_is_stored() -> Result<()
     init();
     let dir = tempfile::tempdir()?;
     let setup = dev_setup(dir.path(), &[EDGE])?;
-    let cloud = CloudHandle::start(cloud_config(&setup, &dir.path().join("cloud"), None, any(), any(), &[(EDGE, &[WARD])])?).await?;
-    let mut client = raw_client(&setup, &dir.path().join("e"), EDGE, &[WARD], cloud.sync_addr).await?;
-    client.register(RegisterRequest { edge_id: EDGE.into(), wards: vec![WARD.into()], software_version: "test".into() }).await?;
+    let cloud = CloudHandle::start(cloud_config(
+        &setup,
+        &dir.path().join("cloud"),
+        None,
+        any(),
+        any(),
+        &[(EDGE, &[WARD])],
+    )?)
+    .await?;
+    let mut client = raw_client(
+        &setup,
+        &dir.path().join("e"),
+        EDGE,
+        &[WARD],
+        cloud.sync_addr,
+    )
+    .await?;
+    client
+        .register(RegisterRequest {
+            edge_id: EDGE.into(),
+            wards: vec![WARD.into()],
+            software_version: "test".into(),
+        })
+        .await?;
 
     let good = simulated_vitals(WARD, 4, 3, 6);
     let vital = |i: usize| match &good[i].payload {
@@ -178,17 +278,37 @@ async fn bad_items_are_rejected_one_by_one_and_the_rest_is_stored() -> Result<()
         ],
     };
     // Batch 2 replays sequence 1 and brings one new good sample.
-    let batch2 = SyncBatch { batch_id: 2, events: vec![event(1, "k1", Payload::Vital(vital(0))), event(7, "k7", Payload::Vital(vital(1)))] };
+    let batch2 = SyncBatch {
+        batch_id: 2,
+        events: vec![
+            event(1, "k1", Payload::Vital(vital(0))),
+            event(7, "k7", Payload::Vital(vital(1))),
+        ],
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut acks = client.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut acks = client
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     tx.send(batch1).await?;
     let a1 = acks.message().await?.context("ack 1")?;
     tx.send(batch2).await?;
     let a2 = acks.message().await?.context("ack 2")?;
 
-    assert_eq!((a1.batch_id, a1.acked_through_sequence, a1.stored), (1, 6, 2));
-    let reasons: Vec<(u64, RejectReason)> =
-        a1.rejected.iter().map(|r| (r.sequence, RejectReason::try_from(r.reason).unwrap_or(RejectReason::Unspecified))).collect();
+    assert_eq!(
+        (a1.batch_id, a1.acked_through_sequence, a1.stored),
+        (1, 6, 2)
+    );
+    let reasons: Vec<(u64, RejectReason)> = a1
+        .rejected
+        .iter()
+        .map(|r| {
+            (
+                r.sequence,
+                RejectReason::try_from(r.reason).unwrap_or(RejectReason::Unspecified),
+            )
+        })
+        .collect();
     assert_eq!(
         reasons,
         vec![
@@ -199,22 +319,39 @@ async fn bad_items_are_rejected_one_by_one_and_the_rest_is_stored() -> Result<()
             (5, RejectReason::WardNotPermitted),
         ]
     );
-    assert!(a1.rejected.iter().all(|r| !r.detail.is_empty()), "every rejection says why");
+    assert!(
+        a1.rejected.iter().all(|r| !r.detail.is_empty()),
+        "every rejection says why"
+    );
     assert_eq!((a2.acked_through_sequence, a2.stored), (7, 1));
     assert_eq!(a2.rejected.len(), 1);
     assert_eq!(a2.rejected[0].reason, RejectReason::Replayed as i32);
     assert_eq!(cloud.store.count_vitals().await?, 3);
     assert_eq!(cloud.sync_stats.rejected(RejectReason::NotFinite), 1);
     assert_eq!(cloud.sync_stats.rejected(RejectReason::WardNotPermitted), 1);
-    assert_eq!(cloud.sync_stats.replayed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        cloud
+            .sync_stats
+            .replayed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     drop(tx);
     cloud.stop().await;
     Ok(())
 }
 
-async fn register_error(client: &mut EdgeSyncClient<tonic::transport::Channel>, edge: &str, wards: &[&str]) -> tonic::Status {
+async fn register_error(
+    client: &mut EdgeSyncClient<tonic::transport::Channel>,
+    edge: &str,
+    wards: &[&str],
+) -> tonic::Status {
     match client
-        .register(RegisterRequest { edge_id: edge.into(), wards: wards.iter().map(ToString::to_string).collect(), software_version: "t".into() })
+        .register(RegisterRequest {
+            edge_id: edge.into(),
+            wards: wards.iter().map(ToString::to_string).collect(),
+            software_version: "t".into(),
+        })
         .await
     {
         Ok(_) => tonic::Status::ok("unexpectedly accepted"),
@@ -228,10 +365,25 @@ async fn certificates_and_wards_are_enforced() -> Result<()> {
     init();
     let dir = tempfile::tempdir()?;
     let setup = dev_setup(dir.path(), &[EDGE, "edge-unregistered"])?;
-    let cloud = CloudHandle::start(cloud_config(&setup, &dir.path().join("cloud"), None, any(), any(), &[(EDGE, &[WARD])])?).await?;
+    let cloud = CloudHandle::start(cloud_config(
+        &setup,
+        &dir.path().join("cloud"),
+        None,
+        any(),
+        any(),
+        &[(EDGE, &[WARD])],
+    )?)
+    .await?;
 
     // Registered edge asking for a ward it is not registered for.
-    let mut ok = raw_client(&setup, &dir.path().join("a"), EDGE, &[WARD], cloud.sync_addr).await?;
+    let mut ok = raw_client(
+        &setup,
+        &dir.path().join("a"),
+        EDGE,
+        &[WARD],
+        cloud.sync_addr,
+    )
+    .await?;
     let s = register_error(&mut ok, EDGE, &[WARD, "9Z"]).await;
     assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
     assert!(s.message().contains("9Z"), "{s:?}");
@@ -240,14 +392,23 @@ async fn certificates_and_wards_are_enforced() -> Result<()> {
     assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
 
     // Valid CA, but not a registered edge.
-    let mut unreg = raw_client(&setup, &dir.path().join("b"), "edge-unregistered", &[WARD], cloud.sync_addr).await?;
+    let mut unreg = raw_client(
+        &setup,
+        &dir.path().join("b"),
+        "edge-unregistered",
+        &[WARD],
+        cloud.sync_addr,
+    )
+    .await?;
     let s = register_error(&mut unreg, "edge-unregistered", &[WARD]).await;
     assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
     assert!(s.message().contains("not a registered edge"), "{s:?}");
 
     // Foreign CA and expired certificates: refused during the TLS handshake, counted by the cloud, and the
     // edge sees a clear error naming the problem.
-    let failures_before = cloud.sync_tls_failures.load(std::sync::atomic::Ordering::Relaxed);
+    let failures_before = cloud
+        .sync_tls_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
     let (fc, fk) = pki::generate_foreign_ca_edge(&dir.path().join("foreign"), EDGE)?;
     let now = time::OffsetDateTime::now_utc();
     let (xc, xk) = pki::issue_edge_cert_with_validity(
@@ -257,8 +418,17 @@ async fn certificates_and_wards_are_enforced() -> Result<()> {
         now - time::Duration::days(30),
         now - time::Duration::days(1),
     )?;
-    for (name, cert, key, expect) in [("foreign CA", fc, fk, "UnknownCA"), ("expired", xc, xk, "CertificateExpired")] {
-        let mut cfg = edge_config(&setup, &dir.path().join(name), EDGE, &[WARD], cloud.sync_addr)?;
+    for (name, cert, key, expect) in [
+        ("foreign CA", fc, fk, "UnknownCA"),
+        ("expired", xc, xk, "CertificateExpired"),
+    ] {
+        let mut cfg = edge_config(
+            &setup,
+            &dir.path().join(name),
+            EDGE,
+            &[WARD],
+            cloud.sync_addr,
+        )?;
         cfg.cloud.client_cert = cert;
         cfg.cloud.client_key = key;
         let err = match wardwatch_edge::sync::connect(&cfg).await {
@@ -268,18 +438,42 @@ async fn certificates_and_wards_are_enforced() -> Result<()> {
                 register_error(&mut c, EDGE, &[WARD]).await.to_string()
             }
         };
-        assert!(err.contains(expect) || err.to_lowercase().contains(&expect.to_lowercase()), "{name}: {err}");
+        assert!(
+            err.contains(expect) || err.to_lowercase().contains(&expect.to_lowercase()),
+            "{name}: {err}"
+        );
         // The full edge node keeps retrying and reports the refusal.
         let edge = EdgeHandle::start(cfg).await?;
-        wait_until(Duration::from_secs(10), "edge to report the refusal", || {
-            let last = edge.node.sync_stats().last_error.lock().map(|l| l.clone()).unwrap_or_default();
-            async move { Ok(last.is_some()) }
-        })
+        wait_until(
+            Duration::from_secs(10),
+            "edge to report the refusal",
+            || {
+                let last = edge
+                    .node
+                    .sync_stats()
+                    .last_error
+                    .lock()
+                    .map(|l| l.clone())
+                    .unwrap_or_default();
+                async move { Ok(last.is_some()) }
+            },
+        )
         .await?;
-        assert!(!edge.node.sync_stats().connected.load(std::sync::atomic::Ordering::Relaxed));
+        assert!(
+            !edge
+                .node
+                .sync_stats()
+                .connected
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
         edge.stop().await;
     }
-    assert!(cloud.sync_tls_failures.load(std::sync::atomic::Ordering::Relaxed) >= failures_before + 2);
+    assert!(
+        cloud
+            .sync_tls_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= failures_before + 2
+    );
     assert_eq!(cloud.store.count_vitals().await?, 0);
     cloud.stop().await;
     Ok(())
@@ -292,14 +486,33 @@ async fn edge_buffers_while_cloud_is_down_and_resumes() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let setup = dev_setup(dir.path(), &[EDGE])?;
     let sync_addr = wardwatch::free_port()?;
-    let edge = EdgeHandle::start(edge_config(&setup, &dir.path().join("edge"), EDGE, &[WARD], sync_addr)?).await?;
+    let edge = EdgeHandle::start(edge_config(
+        &setup,
+        &dir.path().join("edge"),
+        EDGE,
+        &[WARD],
+        sync_addr,
+    )?)
+    .await?;
     let vitals = simulated_vitals(WARD, 10, 5, 3_000);
     for chunk in vitals.chunks(300) {
         edge.node.accept(chunk.to_vec()).await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(edge.node.outbox().pending().await?, 3_000, "nothing lost or sent while the cloud is down");
-    let cloud = CloudHandle::start(cloud_config(&setup, &dir.path().join("cloud"), None, sync_addr, any(), &[(EDGE, &[WARD])])?).await?;
+    assert_eq!(
+        edge.node.outbox().pending().await?,
+        3_000,
+        "nothing lost or sent while the cloud is down"
+    );
+    let cloud = CloudHandle::start(cloud_config(
+        &setup,
+        &dir.path().join("cloud"),
+        None,
+        sync_addr,
+        any(),
+        &[(EDGE, &[WARD])],
+    )?)
+    .await?;
     edge.wait_drained(Duration::from_secs(60)).await?;
     assert_eq!(cloud.store.count_vitals().await?, 3_000);
     edge.stop().await;

@@ -176,13 +176,22 @@ pub(crate) fn components_json(v: &VitalSign) -> Option<String> {
     let parts: Vec<String> = v
         .components
         .iter()
-        .map(|c| format!("[{},{}]", c.metric_mdc, serde_json::Number::from_f64(c.value).map_or("null".into(), |n| n.to_string())))
+        .map(|c| {
+            format!(
+                "[{},{}]",
+                c.metric_mdc,
+                serde_json::Number::from_f64(c.value).map_or("null".into(), |n| n.to_string())
+            )
+        })
         .collect();
     Some(format!("[{}]", parts.join(",")))
 }
 
 pub(crate) fn quality_mask(v: &VitalSign) -> i64 {
-    v.quality.iter().filter(|q| (0..63).contains(*q)).fold(0i64, |m, q| m | (1i64 << q))
+    v.quality
+        .iter()
+        .filter(|q| (0..63).contains(*q))
+        .fold(0i64, |m, q| m | (1i64 << q))
 }
 
 pub(crate) fn loinc_of(mdc: u32) -> &'static str {
@@ -190,7 +199,10 @@ pub(crate) fn loinc_of(mdc: u32) -> &'static str {
 }
 
 pub(crate) fn ward_bed(d: &DeviceInfo) -> (String, String) {
-    d.location.as_ref().map(|l| (l.ward.clone(), l.bed.clone())).unwrap_or_default()
+    d.location
+        .as_ref()
+        .map(|l| (l.ward.clone(), l.bed.clone()))
+        .unwrap_or_default()
 }
 
 /// Ledger outcome codes.
@@ -216,7 +228,10 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30));
-            let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(opts)
+                .await?;
             sqlx::migrate!("migrations/sqlite").run(&pool).await?;
             Ok(Self::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -242,19 +257,37 @@ impl Store {
     }
 
     /// Records an edge registration (or refreshes its last-seen time).
-    pub async fn upsert_edge(&self, edge_id: &str, identity: &str, wards: &[String]) -> Result<(), StorageError> {
+    pub async fn upsert_edge(
+        &self,
+        edge_id: &str,
+        identity: &str,
+        wards: &[String],
+    ) -> Result<(), StorageError> {
         let wards = serde_json::to_string(wards).unwrap_or_else(|_| "[]".into());
         let now = wardwatch_proto::now_unix_ms();
-        let sql = "INSERT INTO edges (edge_id, identity_uri, wards, registered_at_ms, last_seen_at_ms)
+        let sql =
+            "INSERT INTO edges (edge_id, identity_uri, wards, registered_at_ms, last_seen_at_ms)
                    VALUES ($1, $2, $3, $4, $4)
                    ON CONFLICT (edge_id) DO UPDATE SET identity_uri = excluded.identity_uri,
                        wards = excluded.wards, last_seen_at_ms = excluded.last_seen_at_ms";
         match self {
             Self::Sqlite(p) => {
-                sqlx::query(sql).bind(edge_id).bind(identity).bind(&wards).bind(now).execute(p).await?;
+                sqlx::query(sql)
+                    .bind(edge_id)
+                    .bind(identity)
+                    .bind(&wards)
+                    .bind(now)
+                    .execute(p)
+                    .await?;
             }
             Self::Postgres(p) => {
-                sqlx::query(sql).bind(edge_id).bind(identity).bind(&wards).bind(now).execute(p).await?;
+                sqlx::query(sql)
+                    .bind(edge_id)
+                    .bind(identity)
+                    .bind(&wards)
+                    .bind(now)
+                    .execute(p)
+                    .await?;
             }
         }
         Ok(())
@@ -271,7 +304,11 @@ impl Store {
     }
 
     /// Stores a batch exactly once, in one transaction.
-    pub async fn ingest(&self, edge_id: &str, items: &[IngestItem]) -> Result<IngestOutcome, StorageError> {
+    pub async fn ingest(
+        &self,
+        edge_id: &str,
+        items: &[IngestItem],
+    ) -> Result<IngestOutcome, StorageError> {
         match self {
             Self::Sqlite(p) => sqlite::ingest(p, edge_id, items).await,
             Self::Postgres(p) => postgres::ingest(p, edge_id, items).await,
@@ -416,5 +453,9 @@ macro_rules! row_mappers {
         }
     };
 }
-row_mappers!(vital_from_sqlite, device_from_sqlite, sqlx::sqlite::SqliteRow);
+row_mappers!(
+    vital_from_sqlite,
+    device_from_sqlite,
+    sqlx::sqlite::SqliteRow
+);
 row_mappers!(vital_from_pg, device_from_pg, sqlx::postgres::PgRow);

@@ -7,21 +7,31 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use wardwatch_proto::v1::edge_event::Payload;
 
 use super::{
-    CodeFilter, DeviceRow, IngestItem, IngestOutcome, OUTCOME_REJECTED, OUTCOME_STORED, StorageError, VitalQuery,
-    VitalRow, components_json, event_kind, loinc_of, quality_mask, ward_bed,
+    CodeFilter, DeviceRow, IngestItem, IngestOutcome, OUTCOME_REJECTED, OUTCOME_STORED,
+    StorageError, VitalQuery, VitalRow, components_json, event_kind, loinc_of, quality_mask,
+    ward_bed,
 };
 
 fn seq(s: u64) -> i64 {
     i64::try_from(s).unwrap_or(i64::MAX)
 }
 
-pub(super) async fn ingest(pool: &PgPool, edge_id: &str, items: &[IngestItem]) -> Result<IngestOutcome, StorageError> {
+pub(super) async fn ingest(
+    pool: &PgPool,
+    edge_id: &str,
+    items: &[IngestItem],
+) -> Result<IngestOutcome, StorageError> {
     let now = wardwatch_proto::now_unix_ms();
     let mut tx = pool.begin().await?;
 
     let n = items.len();
-    let (mut seqs, mut keys, mut kinds, mut outcomes, mut reasons) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut seqs, mut keys, mut kinds, mut outcomes, mut reasons) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for it in items {
         seqs.push(seq(it.sequence));
         keys.push(it.idempotency_key.as_str());
@@ -79,7 +89,11 @@ pub(super) async fn ingest(pool: &PgPool, edge_id: &str, items: &[IngestItem]) -
     let mut v_measured = Vec::new();
     for (it, p) in &fresh {
         if let Payload::Vital(v) = p {
-            let (ward, bed) = v.location.as_ref().map(|l| (l.ward.as_str(), l.bed.as_str())).unwrap_or(("", ""));
+            let (ward, bed) = v
+                .location
+                .as_ref()
+                .map(|l| (l.ward.as_str(), l.bed.as_str()))
+                .unwrap_or(("", ""));
             let enumerated = (!v.enumerated.is_empty()).then_some(v.enumerated.as_str());
             v_seq.push(seq(it.sequence));
             v_patient.push(v.patient_id.as_str());
@@ -88,7 +102,11 @@ pub(super) async fn ingest(pool: &PgPool, edge_id: &str, items: &[IngestItem]) -
             v_device.push(v.device_id.as_str());
             v_mdc.push(i64::from(v.metric_mdc));
             v_loinc.push(loinc_of(v.metric_mdc));
-            v_value.push(if enumerated.is_some() { None } else { Some(v.value) });
+            v_value.push(if enumerated.is_some() {
+                None
+            } else {
+                Some(v.value)
+            });
             v_enum.push(enumerated);
             v_unit.push(v.unit_ucum.as_str());
             v_comp.push(components_json(v));
@@ -171,11 +189,21 @@ pub(super) async fn ingest(pool: &PgPool, edge_id: &str, items: &[IngestItem]) -
         }
     }
     tx.commit().await?;
-    let replayed = items.iter().filter(|it| !claimed.contains(&it.sequence)).map(|it| it.sequence).collect();
-    Ok(IngestOutcome { stored: u32::try_from(fresh.len()).unwrap_or(u32::MAX), replayed })
+    let replayed = items
+        .iter()
+        .filter(|it| !claimed.contains(&it.sequence))
+        .map(|it| it.sequence)
+        .collect();
+    Ok(IngestOutcome {
+        stored: u32::try_from(fresh.len()).unwrap_or(u32::MAX),
+        replayed,
+    })
 }
 
-pub(super) async fn search_vitals(pool: &PgPool, q: &VitalQuery) -> Result<Vec<VitalRow>, StorageError> {
+pub(super) async fn search_vitals(
+    pool: &PgPool,
+    q: &VitalQuery,
+) -> Result<Vec<VitalRow>, StorageError> {
     let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(super::VITAL_COLUMNS);
     qb.push(" FROM vital_signs WHERE 1=1");
     if let Some(p) = &q.patient {
@@ -197,12 +225,16 @@ pub(super) async fn search_vitals(pool: &PgPool, q: &VitalQuery) -> Result<Vec<V
     if let Some(b) = q.before_id {
         qb.push(" AND id < ").push_bind(b);
     }
-    qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(q.limit));
+    qb.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(q.limit));
     let rows = qb.build().fetch_all(pool).await?;
     rows.iter().map(super::vital_from_pg).collect()
 }
 
 pub(super) async fn device(pool: &PgPool, id: &str) -> Result<Option<DeviceRow>, StorageError> {
-    let row = sqlx::query(super::DEVICE_SELECT).bind(id).fetch_optional(pool).await?;
+    let row = sqlx::query(super::DEVICE_SELECT)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(super::device_from_pg).transpose()
 }

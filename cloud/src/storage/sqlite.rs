@@ -7,14 +7,19 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use wardwatch_proto::v1::edge_event::Payload;
 
 use super::{
-    CodeFilter, DeviceRow, IngestItem, IngestOutcome, OUTCOME_REJECTED, OUTCOME_STORED, StorageError, VitalQuery,
-    VitalRow, components_json, event_kind, loinc_of, quality_mask, ward_bed,
+    CodeFilter, DeviceRow, IngestItem, IngestOutcome, OUTCOME_REJECTED, OUTCOME_STORED,
+    StorageError, VitalQuery, VitalRow, components_json, event_kind, loinc_of, quality_mask,
+    ward_bed,
 };
 
 /// Rows per statement: SQLite allows 32,766 bound parameters; the widest insert binds 15 per row.
 const CHUNK: usize = 1_000;
 
-pub(super) async fn ingest(pool: &SqlitePool, edge_id: &str, items: &[IngestItem]) -> Result<IngestOutcome, StorageError> {
+pub(super) async fn ingest(
+    pool: &SqlitePool,
+    edge_id: &str,
+    items: &[IngestItem],
+) -> Result<IngestOutcome, StorageError> {
     let now = wardwatch_proto::now_unix_ms();
     let mut tx = pool.begin().await?;
     let mut claimed: HashSet<u64> = HashSet::with_capacity(items.len());
@@ -25,7 +30,11 @@ pub(super) async fn ingest(pool: &SqlitePool, edge_id: &str, items: &[IngestItem
         qb.push_values(chunk, |mut b, it| {
             let (kind, outcome, reason) = match &it.outcome {
                 Ok(p) => (event_kind(p), OUTCOME_STORED, None),
-                Err(r) => ("rejected", OUTCOME_REJECTED, Some(format!("{:?}: {}", r.reason, r.detail))),
+                Err(r) => (
+                    "rejected",
+                    OUTCOME_REJECTED,
+                    Some(format!("{:?}: {}", r.reason, r.detail)),
+                ),
             };
             b.push_bind(edge_id)
                 .push_bind(i64::try_from(it.sequence).unwrap_or(i64::MAX))
@@ -48,7 +57,13 @@ pub(super) async fn ingest(pool: &SqlitePool, edge_id: &str, items: &[IngestItem
         .collect();
     let vitals: Vec<_> = fresh
         .iter()
-        .filter_map(|(it, p)| if let Payload::Vital(v) = p { Some((it.sequence, v)) } else { None })
+        .filter_map(|(it, p)| {
+            if let Payload::Vital(v) = p {
+                Some((it.sequence, v))
+            } else {
+                None
+            }
+        })
         .collect();
     for chunk in vitals.chunks(CHUNK) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -56,9 +71,17 @@ pub(super) async fn ingest(pool: &SqlitePool, edge_id: &str, items: &[IngestItem
              enumerated, unit, components, quality, measured_at_ms, received_at_ms) ",
         );
         qb.push_values(chunk, |mut b, (seq, v)| {
-            let (ward, bed) = v.location.as_ref().map(|l| (l.ward.as_str(), l.bed.as_str())).unwrap_or(("", ""));
+            let (ward, bed) = v
+                .location
+                .as_ref()
+                .map(|l| (l.ward.as_str(), l.bed.as_str()))
+                .unwrap_or(("", ""));
             let enumerated = (!v.enumerated.is_empty()).then_some(v.enumerated.as_str());
-            let value = if enumerated.is_some() { None } else { Some(v.value) };
+            let value = if enumerated.is_some() {
+                None
+            } else {
+                Some(v.value)
+            };
             b.push_bind(edge_id)
                 .push_bind(i64::try_from(*seq).unwrap_or(i64::MAX))
                 .push_bind(v.patient_id.as_str())
@@ -124,16 +147,27 @@ pub(super) async fn ingest(pool: &SqlitePool, edge_id: &str, items: &[IngestItem
         }
     }
     tx.commit().await?;
-    let replayed = items.iter().filter(|it| !claimed.contains(&it.sequence)).map(|it| it.sequence).collect();
+    let replayed = items
+        .iter()
+        .filter(|it| !claimed.contains(&it.sequence))
+        .map(|it| it.sequence)
+        .collect();
     let stored = u32::try_from(fresh.len()).unwrap_or(u32::MAX);
     Ok(IngestOutcome { stored, replayed })
 }
 
 pub(super) fn other_payload_bytes(p: &Payload) -> Vec<u8> {
-    wardwatch_proto::v1::EdgeEvent { payload: Some(p.clone()), ..Default::default() }.encode_to_vec()
+    wardwatch_proto::v1::EdgeEvent {
+        payload: Some(p.clone()),
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
-pub(super) async fn search_vitals(pool: &SqlitePool, q: &VitalQuery) -> Result<Vec<VitalRow>, StorageError> {
+pub(super) async fn search_vitals(
+    pool: &SqlitePool,
+    q: &VitalQuery,
+) -> Result<Vec<VitalRow>, StorageError> {
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(super::VITAL_COLUMNS);
     qb.push(" FROM vital_signs WHERE 1=1");
     if let Some(p) = &q.patient {
@@ -155,12 +189,16 @@ pub(super) async fn search_vitals(pool: &SqlitePool, q: &VitalQuery) -> Result<V
     if let Some(b) = q.before_id {
         qb.push(" AND id < ").push_bind(b);
     }
-    qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(q.limit));
+    qb.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(q.limit));
     let rows = qb.build().fetch_all(pool).await?;
     rows.iter().map(super::vital_from_sqlite).collect()
 }
 
 pub(super) async fn device(pool: &SqlitePool, id: &str) -> Result<Option<DeviceRow>, StorageError> {
-    let row = sqlx::query(super::DEVICE_SELECT).bind(id).fetch_optional(pool).await?;
+    let row = sqlx::query(super::DEVICE_SELECT)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(super::device_from_sqlite).transpose()
 }

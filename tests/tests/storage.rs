@@ -1,0 +1,992 @@
+//! Cloud storage behaviour, the same scenarios against both backends.
+//!
+//! Every scenario is an `async fn(Store)`; `both_backends!` generates one `#[tokio::test]` per backend for it:
+//! `sqlite::<name>` on a fresh file in a temporary directory and `postgres::<name>` on a fresh database created by
+//! [`TestDatabase`] (skipped loudly when no server is reachable, an error on CI).
+
+use std::collections::HashSet;
+
+use wardwatch::TestDatabase;
+use wardwatch_cloud::storage::{AuditRecord, CodeFilter, IngestItem, Store, VitalQuery, VitalRow};
+use wardwatch_proto::metrics::{
+    MDC_ECG_HEART_RATE, MDC_PRESS_BLD_NONINV, MDC_PRESS_BLD_NONINV_DIA, MDC_PRESS_BLD_NONINV_MEAN,
+    MDC_PRESS_BLD_NONINV_SYS, MDC_PULS_OXIM_PULS_RATE, MDC_PULS_OXIM_SAT_O2, MDC_RESP_RATE,
+    WARDWATCH_ACVPU,
+};
+use wardwatch_proto::v1::edge_event::Payload;
+use wardwatch_proto::v1::{
+    Alarm, AlarmKind, AlarmPriority, AlarmState, BedLocation, DeviceInfo, DeviceKind,
+    InfusionState, InfusionStatus, OperationalState, QualityFlag, RejectReason, VitalComponent,
+    VitalSign,
+};
+use wardwatch_proto::validate::Rejection;
+
+const EDGE: &str = "edge-7a";
+const WARD: &str = "7A";
+/// A fixed measurement epoch, so rows are easy to recognise.
+const T0: i64 = 1_700_000_000_000;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Payload builders
+// ---------------------------------------------------------------------------------------------------------------
+
+fn loc(bed: &str) -> Option<BedLocation> {
+    Some(BedLocation {
+        ward: WARD.into(),
+        bed: bed.into(),
+    })
+}
+
+/// A numeric vital of `mdc` for `patient`, in the metric's canonical unit.
+fn vital(patient: &str, mdc: u32, value: f64, at_ms: i64) -> VitalSign {
+    let unit = wardwatch_proto::metrics::by_mdc(mdc).map_or("", |m| m.unit);
+    VitalSign {
+        patient_id: patient.into(),
+        location: loc("12"),
+        device_id: "mon-12".into(),
+        metric_mdc: mdc,
+        value,
+        unit_ucum: unit.into(),
+        measured_at_unix_ms: at_ms,
+        ..Default::default()
+    }
+}
+
+/// Heart rate whose value and time derive from `seq`, so every row is distinguishable.
+fn hr(seq: u64) -> VitalSign {
+    let s = i64::try_from(seq).expect("small sequence");
+    vital(
+        "MRN-1",
+        MDC_ECG_HEART_RATE,
+        60.0 + (seq % 50) as f64,
+        T0 + s * 1_000,
+    )
+}
+
+fn key(seq: u64) -> String {
+    format!("k-{seq}")
+}
+
+fn item(seq: u64, key: impl Into<String>, payload: Payload) -> IngestItem {
+    IngestItem {
+        sequence: seq,
+        idempotency_key: key.into(),
+        outcome: Ok(payload),
+    }
+}
+
+fn rejected(seq: u64, key: impl Into<String>) -> IngestItem {
+    IngestItem {
+        sequence: seq,
+        idempotency_key: key.into(),
+        outcome: Err(Rejection::new(
+            RejectReason::UnknownMetric,
+            format!("MDC code 999 (sequence {seq})"),
+        )),
+    }
+}
+
+/// Heart-rate items for `seqs`, keyed `k-<seq>`.
+fn hr_batch(seqs: impl IntoIterator<Item = u64>) -> Vec<IngestItem> {
+    seqs.into_iter()
+        .map(|s| item(s, key(s), Payload::Vital(hr(s))))
+        .collect()
+}
+
+fn device(
+    id: &str,
+    model: &str,
+    bed: &str,
+    state: OperationalState,
+    reported_at_ms: i64,
+) -> DeviceInfo {
+    DeviceInfo {
+        device_id: id.into(),
+        kind: DeviceKind::BedsideMonitor as i32,
+        manufacturer: "Acme Medical".into(),
+        model: model.into(),
+        serial_number: format!("SN-{id}"),
+        udi: format!("(01)0000000000{id}"),
+        location: loc(bed),
+        state: state as i32,
+        reported_at_unix_ms: reported_at_ms,
+    }
+}
+
+fn infusion() -> InfusionStatus {
+    InfusionStatus {
+        order_id: "ORD-1".into(),
+        patient_id: "MRN-1".into(),
+        location: loc("12"),
+        device_id: "drip-12".into(),
+        medication: "Sodium chloride 0.9% 1000 mL".into(),
+        prescribed_rate_ml_h: 125.0,
+        measured_rate_ml_h: 124.0,
+        drop_factor_gtt_per_ml: 20,
+        drops_per_min: 41.3,
+        volume_infused_ml: 250.0,
+        volume_remaining_ml: 750.0,
+        state: InfusionState::Running as i32,
+        measured_at_unix_ms: T0,
+    }
+}
+
+fn alarm() -> Alarm {
+    Alarm {
+        alarm_id: "alarm-1".into(),
+        kind: AlarmKind::InfusionTooFast as i32,
+        priority: AlarmPriority::Medium as i32,
+        state: AlarmState::Raised as i32,
+        patient_id: "MRN-1".into(),
+        location: loc("12"),
+        device_id: "drip-12".into(),
+        message: "Infusion 18% over prescribed rate for 75 s".into(),
+        changed_at_unix_ms: T0,
+        changed_by: "system".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Raw reads the `Store` API does not offer (the backends' pools are public)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Runs a `SELECT COUNT(*) ...` (or any single BIGINT) on either backend.
+async fn scalar(store: &Store, sql: &'static str) -> i64 {
+    match store {
+        Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        Store::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Every stored vital, newest first.
+async fn all_vitals(store: &Store) -> Vec<VitalRow> {
+    store
+        .search_vitals(&VitalQuery {
+            limit: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .expect("search all")
+}
+
+fn seqs_of(rows: &[VitalRow]) -> Vec<i64> {
+    rows.iter().map(|r| r.sequence).collect()
+}
+
+fn assert_newest_first(rows: &[VitalRow]) {
+    for w in rows.windows(2) {
+        assert!(
+            w[0].id > w[1].id,
+            "ids not strictly descending: {} then {}",
+            w[0].id,
+            w[1].id
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------------------------
+
+/// 1. A batch is stored once; the same batch again stores nothing and reports every sequence as replayed.
+/// N crosses the SQLite backend's 1,000-row statement chunk, so chunking is covered too.
+async fn exactly_once(store: Store) {
+    const N: u64 = 2_500;
+    assert_eq!(
+        store.acked_through(EDGE).await.unwrap(),
+        0,
+        "empty ledger acks nothing"
+    );
+
+    let first = store
+        .ingest(EDGE, &hr_batch(1..=N))
+        .await
+        .expect("first ingest");
+    assert_eq!(u64::from(first.stored), N);
+    assert!(
+        first.replayed.is_empty(),
+        "nothing replayed on first send: {:?}",
+        &first.replayed[..first.replayed.len().min(10)]
+    );
+
+    let again = store
+        .ingest(EDGE, &hr_batch(1..=N))
+        .await
+        .expect("second ingest");
+    assert_eq!(again.stored, 0, "a resend stores nothing");
+    assert_eq!(
+        again.replayed,
+        (1..=N).collect::<Vec<_>>(),
+        "every resent sequence is a replay, in batch order"
+    );
+
+    assert_eq!(
+        store.count_vitals().await.unwrap(),
+        i64::try_from(N).unwrap()
+    );
+    assert_eq!(store.count_duplicate_vitals().await.unwrap(), 0);
+    assert_eq!(store.acked_through(EDGE).await.unwrap(), N);
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM sync_ledger").await,
+        i64::try_from(N).unwrap()
+    );
+
+    // The stored rows are exactly sequences 1..=N with the values that were sent.
+    let rows = all_vitals(&store).await;
+    let mut seqs = seqs_of(&rows);
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=i64::try_from(N).unwrap()).collect::<Vec<_>>());
+    for r in rows
+        .iter()
+        .filter(|r| [1, 1_000, 1_001, 2_500].contains(&r.sequence))
+    {
+        let sent = hr(u64::try_from(r.sequence).unwrap());
+        assert_eq!(
+            r.value,
+            Some(sent.value),
+            "value of sequence {}",
+            r.sequence
+        );
+        assert_eq!(
+            r.measured_at_ms, sent.measured_at_unix_ms,
+            "time of sequence {}",
+            r.sequence
+        );
+        assert_eq!(r.edge_id, EDGE);
+    }
+}
+
+/// 2. An idempotency key already claimed is a replay even under a new sequence (across and within batches),
+/// and a claimed sequence is a replay even under a new key.
+async fn key_reuse_is_replay(store: Store) {
+    let first = store.ingest(EDGE, &hr_batch(1..=3)).await.unwrap();
+    assert_eq!(first.stored, 3);
+
+    // Sequence 4 re-uses the key of sequence 2: the source re-sent the same sample.
+    let reused = store
+        .ingest(EDGE, &[item(4, key(2), Payload::Vital(hr(4)))])
+        .await
+        .unwrap();
+    assert_eq!(
+        reused.stored, 0,
+        "same idempotency key under a new sequence must not be stored again"
+    );
+    assert_eq!(reused.replayed, vec![4]);
+    assert_eq!(store.count_vitals().await.unwrap(), 3);
+
+    // Within one batch: sequences 5 and 6 share a key; only the first is stored.
+    let within = store
+        .ingest(
+            EDGE,
+            &[
+                item(5, "dup", Payload::Vital(hr(5))),
+                item(6, "dup", Payload::Vital(hr(6))),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(within.stored, 1);
+    assert_eq!(within.replayed, vec![6]);
+
+    // An already-processed sequence under a fresh key is a replay too.
+    let seq_reused = store
+        .ingest(EDGE, &[item(1, "fresh-key", Payload::Vital(hr(1)))])
+        .await
+        .unwrap();
+    assert_eq!(seq_reused.stored, 0);
+    assert_eq!(seq_reused.replayed, vec![1]);
+
+    assert_eq!(store.count_vitals().await.unwrap(), 4);
+    assert_eq!(store.count_duplicate_vitals().await.unwrap(), 0);
+    assert_eq!(seqs_of(&all_vitals(&store).await), vec![5, 3, 2, 1]);
+    assert_eq!(store.acked_through(EDGE).await.unwrap(), 5);
+}
+
+/// 3. Rejected items are claimed in the ledger (with their reason) but never stored as vitals; a resend of them,
+/// even as a now-valid payload, is a replay; acked_through covers them.
+async fn rejected_items_claimed(store: Store) {
+    let batch = || {
+        vec![
+            item(1, key(1), Payload::Vital(hr(1))),
+            rejected(2, key(2)),
+            item(3, key(3), Payload::Vital(hr(3))),
+            rejected(4, key(4)),
+            rejected(5, key(5)),
+        ]
+    };
+    let first = store.ingest(EDGE, &batch()).await.unwrap();
+    assert_eq!(first.stored, 2, "only the valid items are stored");
+    assert!(
+        first.replayed.is_empty(),
+        "rejections are not replays on first sight: {:?}",
+        first.replayed
+    );
+    assert_eq!(store.count_vitals().await.unwrap(), 2);
+    assert_eq!(seqs_of(&all_vitals(&store).await), vec![3, 1]);
+    assert_eq!(
+        store.acked_through(EDGE).await.unwrap(),
+        5,
+        "the trailing rejected sequence is acknowledged"
+    );
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM sync_ledger").await, 5);
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM sync_ledger WHERE outcome = 1 AND kind = 'rejected' AND reason IS NOT NULL").await,
+        3,
+        "each rejection is recorded with its reason"
+    );
+
+    let again = store.ingest(EDGE, &batch()).await.unwrap();
+    assert_eq!(again.stored, 0);
+    assert_eq!(again.replayed, vec![1, 2, 3, 4, 5]);
+
+    // The edge re-sends the refused events with valid payloads under the same sequences and keys: same answer.
+    let fixed = store.ingest(EDGE, &hr_batch([2, 4, 5])).await.unwrap();
+    assert_eq!(
+        fixed.stored, 0,
+        "a claimed (rejected) event is never stored later"
+    );
+    assert_eq!(fixed.replayed, vec![2, 4, 5]);
+    assert_eq!(store.count_vitals().await.unwrap(), 2);
+    assert_eq!(store.acked_through(EDGE).await.unwrap(), 5);
+}
+
+/// 4. An overlapping resend stores only the new tail and reports exactly the overlap as replayed.
+async fn overlapping_resend(store: Store) {
+    let a = store.ingest(EDGE, &hr_batch(1..=100)).await.unwrap();
+    assert_eq!(a.stored, 100);
+    assert!(a.replayed.is_empty());
+    let b = store.ingest(EDGE, &hr_batch(50..=150)).await.unwrap();
+    assert_eq!(b.stored, 50);
+    assert_eq!(b.replayed, (50..=100).collect::<Vec<_>>());
+    assert_eq!(store.count_vitals().await.unwrap(), 150);
+    assert_eq!(store.count_duplicate_vitals().await.unwrap(), 0);
+    assert_eq!(store.acked_through(EDGE).await.unwrap(), 150);
+    let mut seqs = seqs_of(&all_vitals(&store).await);
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=150).collect::<Vec<i64>>());
+}
+
+/// The search fixture: sequence `s` has patient `MRN-2` if `s % 3 == 0` else `MRN-1`, and metric
+/// `SEARCH_METRICS[s % 4]`. ECG heart rate and pulse-oximeter pulse rate share LOINC 8867-4.
+const SEARCH_METRICS: [u32; 4] = [
+    MDC_ECG_HEART_RATE,
+    MDC_PULS_OXIM_PULS_RATE,
+    MDC_PULS_OXIM_SAT_O2,
+    MDC_RESP_RATE,
+];
+const SEARCH_N: u64 = 60;
+
+fn search_fixture(s: u64) -> (&'static str, u32) {
+    (
+        if s % 3 == 0 { "MRN-2" } else { "MRN-1" },
+        SEARCH_METRICS[(s % 4) as usize],
+    )
+}
+
+fn search_value(mdc: u32) -> f64 {
+    match mdc {
+        MDC_PULS_OXIM_SAT_O2 => 97.0,
+        MDC_RESP_RATE => 16.0,
+        _ => 72.0,
+    }
+}
+
+/// Expected sequences (newest first) for a predicate on (patient, mdc).
+fn expect(pred: impl Fn(&str, u32) -> bool) -> Vec<i64> {
+    (1..=SEARCH_N)
+        .rev()
+        .filter(|s| {
+            let (p, m) = search_fixture(*s);
+            pred(p, m)
+        })
+        .map(|s| i64::try_from(s).unwrap())
+        .collect()
+}
+
+/// 5. Search: filters by patient, by LOINC and by MDC (OR-ed within codes), newest first, limit, and keyset
+/// pagination that visits every row exactly once.
+async fn search_filters_and_pages(store: Store) {
+    // Ingest in six batches of ten, so storage order spans several transactions.
+    for start in (1..=SEARCH_N).step_by(10) {
+        let items: Vec<IngestItem> = (start..start + 10)
+            .map(|s| {
+                let (patient, mdc) = search_fixture(s);
+                let t = T0 + i64::try_from(s).unwrap() * 1_000;
+                item(
+                    s,
+                    key(s),
+                    Payload::Vital(vital(patient, mdc, search_value(mdc), t)),
+                )
+            })
+            .collect();
+        assert_eq!(store.ingest(EDGE, &items).await.unwrap().stored, 10);
+    }
+
+    let search = |q: VitalQuery| {
+        let store = store.clone();
+        async move {
+            let rows = store
+                .search_vitals(&q)
+                .await
+                .unwrap_or_else(|e| panic!("{q:?}: {e}"));
+            assert_newest_first(&rows);
+            rows
+        }
+    };
+    let q = |patient: Option<&str>, codes: Vec<CodeFilter>, limit: u32| VitalQuery {
+        patient: patient.map(str::to_string),
+        codes,
+        before_id: None,
+        limit,
+    };
+
+    // No filter: everything, newest first.
+    let all = search(q(None, vec![], 1_000)).await;
+    assert_eq!(seqs_of(&all), expect(|_, _| true));
+
+    // Row contents round-trip.
+    let r7 = all.iter().find(|r| r.sequence == 7).expect("sequence 7");
+    let (p7, m7) = search_fixture(7);
+    assert_eq!((r7.patient_id.as_str(), r7.metric_mdc), (p7, i64::from(m7)));
+    assert_eq!(
+        r7.loinc,
+        wardwatch_proto::metrics::by_mdc(m7).unwrap().loinc
+    );
+    assert_eq!(r7.unit, wardwatch_proto::metrics::by_mdc(m7).unwrap().unit);
+    assert_eq!(
+        (r7.ward.as_str(), r7.bed.as_str(), r7.device_id.as_str()),
+        (WARD, "12", "mon-12")
+    );
+    assert_eq!(r7.value, Some(search_value(m7)));
+    assert_eq!(r7.enumerated, None);
+    assert_eq!(r7.components, None);
+    assert_eq!(r7.measured_at_ms, T0 + 7_000);
+    assert!(r7.received_at_ms > 0);
+
+    // Patient filter.
+    let mrn1 = search(q(Some("MRN-1"), vec![], 1_000)).await;
+    assert_eq!(seqs_of(&mrn1), expect(|p, _| p == "MRN-1"));
+    assert!(mrn1.iter().all(|r| r.patient_id == "MRN-1"));
+    assert!(
+        search(q(Some("MRN-404"), vec![], 1_000)).await.is_empty(),
+        "unknown patient finds nothing"
+    );
+
+    // LOINC 8867-4 matches both heart-rate MDC codes; an MDC code matches only itself.
+    let by_loinc = search(q(None, vec![CodeFilter::Loinc("8867-4".into())], 1_000)).await;
+    assert_eq!(
+        seqs_of(&by_loinc),
+        expect(|_, m| m == MDC_ECG_HEART_RATE || m == MDC_PULS_OXIM_PULS_RATE)
+    );
+    let by_mdc = search(q(
+        None,
+        vec![CodeFilter::Mdc(i64::from(MDC_ECG_HEART_RATE))],
+        1_000,
+    ))
+    .await;
+    assert_eq!(seqs_of(&by_mdc), expect(|_, m| m == MDC_ECG_HEART_RATE));
+    assert!(!by_mdc.is_empty() && by_mdc.len() < by_loinc.len());
+    assert!(
+        search(q(None, vec![CodeFilter::Loinc("0000-0".into())], 1_000))
+            .await
+            .is_empty()
+    );
+
+    // Codes are OR-ed with each other and AND-ed with the patient.
+    let mixed = search(q(
+        Some("MRN-2"),
+        vec![
+            CodeFilter::Mdc(i64::from(MDC_PULS_OXIM_SAT_O2)),
+            CodeFilter::Loinc("9279-1".into()),
+        ],
+        1_000,
+    ))
+    .await;
+    assert_eq!(
+        seqs_of(&mixed),
+        expect(|p, m| p == "MRN-2" && (m == MDC_PULS_OXIM_SAT_O2 || m == MDC_RESP_RATE))
+    );
+    assert!(!mixed.is_empty());
+
+    // Limit keeps the newest.
+    let top5 = search(q(None, vec![], 5)).await;
+    assert_eq!(seqs_of(&top5), vec![60, 59, 58, 57, 56]);
+
+    // Keyset pagination: with and without filters, every row exactly once, in order across pages.
+    for (patient, codes, page_size) in [
+        (None, vec![], 7u32),
+        (Some("MRN-1"), vec![], 6),
+        (None, vec![CodeFilter::Loinc("8867-4".into())], 4),
+        (None, vec![], 60),
+        (None, vec![], 1),
+    ] {
+        let base = q(patient, codes, page_size);
+        let expected = seqs_of(
+            &search(VitalQuery {
+                limit: 1_000,
+                ..base.clone()
+            })
+            .await,
+        );
+        let mut seen: Vec<VitalRow> = Vec::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let page = search(VitalQuery {
+                before_id: cursor,
+                ..base.clone()
+            })
+            .await;
+            pages += 1;
+            assert!(
+                page.len() <= page_size as usize,
+                "page of {} over limit {page_size}",
+                page.len()
+            );
+            if let (Some(last), Some(first)) = (seen.last(), page.first()) {
+                assert!(
+                    first.id < last.id,
+                    "page starts at {} after cursor {}",
+                    first.id,
+                    last.id
+                );
+            }
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.id);
+            seen.extend(page);
+            assert!(pages <= 100, "pagination does not terminate");
+        }
+        let ids: HashSet<i64> = seen.iter().map(|r| r.id).collect();
+        assert_eq!(ids.len(), seen.len(), "a row was visited twice ({base:?})");
+        assert_eq!(
+            seqs_of(&seen),
+            expected,
+            "pagination visits every row once, newest first ({base:?})"
+        );
+        // Full pages, the last partial one, then one empty page that ends the walk.
+        assert_eq!(pages, expected.len().div_ceil(page_size as usize) + 1);
+    }
+
+    // A cursor at the oldest id finds nothing older.
+    let oldest = all.last().unwrap().id;
+    assert!(
+        search(VitalQuery {
+            before_id: Some(oldest),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+    let below_newest = search(VitalQuery {
+        before_id: Some(all[0].id),
+        limit: 2,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(seqs_of(&below_newest), vec![59, 58]);
+}
+
+/// 6. Devices: a newer report replaces the row, an older one does not; unknown devices are None.
+async fn device_upsert_newest_wins(store: Store) {
+    assert!(
+        store.device("mon-12").await.unwrap().is_none(),
+        "unknown device"
+    );
+
+    let d1 = device("mon-12", "X1", "12", OperationalState::On, T0 + 1_000);
+    assert_eq!(
+        store
+            .ingest(EDGE, &[item(1, "dev-1", Payload::Device(d1))])
+            .await
+            .unwrap()
+            .stored,
+        1
+    );
+    let row = store
+        .device("mon-12")
+        .await
+        .unwrap()
+        .expect("stored device");
+    assert_eq!(row.device_id, "mon-12");
+    assert_eq!(row.edge_id, EDGE);
+    assert_eq!(row.kind, i64::from(DeviceKind::BedsideMonitor as i32));
+    assert_eq!(
+        (row.manufacturer.as_str(), row.model.as_str()),
+        ("Acme Medical", "X1")
+    );
+    assert_eq!(
+        (row.serial.as_str(), row.udi.as_str()),
+        ("SN-mon-12", "(01)0000000000mon-12")
+    );
+    assert_eq!((row.ward.as_str(), row.bed.as_str()), (WARD, "12"));
+    assert_eq!(row.state, i64::from(OperationalState::On as i32));
+    assert_eq!(row.reported_at_ms, T0 + 1_000);
+
+    // Newer: moved to bed 14, on standby, new model.
+    let d2 = device("mon-12", "X2", "14", OperationalState::Standby, T0 + 2_000);
+    assert_eq!(
+        store
+            .ingest(EDGE, &[item(2, "dev-2", Payload::Device(d2))])
+            .await
+            .unwrap()
+            .stored,
+        1
+    );
+    let row = store.device("mon-12").await.unwrap().unwrap();
+    assert_eq!((row.model.as_str(), row.bed.as_str()), ("X2", "14"));
+    assert_eq!(row.state, i64::from(OperationalState::Standby as i32));
+    assert_eq!(row.reported_at_ms, T0 + 2_000);
+
+    // Older (delayed) report: accepted into the ledger but must not overwrite the newer row.
+    let d0 = device("mon-12", "X0", "10", OperationalState::Off, T0 + 1_500);
+    let late = store
+        .ingest(EDGE, &[item(3, "dev-3", Payload::Device(d0))])
+        .await
+        .unwrap();
+    assert!(late.replayed.is_empty());
+    let row = store.device("mon-12").await.unwrap().unwrap();
+    assert_eq!(
+        (row.model.as_str(), row.bed.as_str()),
+        ("X2", "14"),
+        "an older report must not win"
+    );
+    assert_eq!(row.state, i64::from(OperationalState::Standby as i32));
+    assert_eq!(row.reported_at_ms, T0 + 2_000);
+
+    // Another device is independent; still-unknown ids stay None.
+    let other = device("wear-3", "W", "3", OperationalState::On, T0);
+    store
+        .ingest(EDGE, &[item(4, "dev-4", Payload::Device(other))])
+        .await
+        .unwrap();
+    assert_eq!(store.device("wear-3").await.unwrap().unwrap().model, "W");
+    assert_eq!(store.device("mon-12").await.unwrap().unwrap().model, "X2");
+    assert!(store.device("nope").await.unwrap().is_none());
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM devices").await, 2);
+    assert_eq!(
+        store.count_vitals().await.unwrap(),
+        0,
+        "devices are not vitals"
+    );
+}
+
+/// 7. A blood-pressure compound keeps its components (JSON); an ACVPU level is enumerated with no value; quality
+/// flags survive as a bitmask.
+async fn compound_and_enumerated(store: Store) {
+    let mut bp = vital("MRN-1", MDC_PRESS_BLD_NONINV, 93.0, T0);
+    bp.components = vec![
+        VitalComponent {
+            metric_mdc: MDC_PRESS_BLD_NONINV_SYS,
+            value: 121.0,
+        },
+        VitalComponent {
+            metric_mdc: MDC_PRESS_BLD_NONINV_DIA,
+            value: 79.5,
+        },
+        VitalComponent {
+            metric_mdc: MDC_PRESS_BLD_NONINV_MEAN,
+            value: 93.0,
+        },
+    ];
+    bp.quality = vec![QualityFlag::Artifact as i32, QualityFlag::Simulated as i32];
+    let mut acvpu = vital("MRN-1", WARDWATCH_ACVPU, 0.0, T0 + 1);
+    acvpu.enumerated = "V".into();
+    acvpu.value = 3.0; // ignored for enumerated metrics
+    let out = store
+        .ingest(
+            EDGE,
+            &[
+                item(1, "bp", Payload::Vital(bp)),
+                item(2, "acvpu", Payload::Vital(acvpu)),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stored, 2);
+
+    let rows = all_vitals(&store).await;
+    assert_eq!(seqs_of(&rows), vec![2, 1]);
+    let (acvpu_row, bp_row) = (&rows[0], &rows[1]);
+
+    assert_eq!(bp_row.metric_mdc, i64::from(MDC_PRESS_BLD_NONINV));
+    assert_eq!(bp_row.loinc, "85354-9");
+    assert_eq!(bp_row.unit, "mm[Hg]");
+    assert_eq!(bp_row.value, Some(93.0));
+    assert_eq!(bp_row.enumerated, None);
+    assert_eq!(
+        bp_row.quality,
+        (1 << 1) | (1 << 6),
+        "artifact and simulated flags"
+    );
+    let json = bp_row.components.as_deref().expect("components stored");
+    let parsed: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("components {json:?}: {e}"));
+    let pairs: Vec<(u64, f64)> = parsed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| (p[0].as_u64().expect("mdc"), p[1].as_f64().expect("value")))
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            (u64::from(MDC_PRESS_BLD_NONINV_SYS), 121.0),
+            (u64::from(MDC_PRESS_BLD_NONINV_DIA), 79.5),
+            (u64::from(MDC_PRESS_BLD_NONINV_MEAN), 93.0)
+        ]
+    );
+
+    assert_eq!(acvpu_row.metric_mdc, i64::from(WARDWATCH_ACVPU));
+    assert_eq!(acvpu_row.loinc, "67775-7");
+    assert_eq!(acvpu_row.enumerated.as_deref(), Some("V"));
+    assert_eq!(
+        acvpu_row.value, None,
+        "enumerated observations have no numeric value"
+    );
+    assert_eq!(acvpu_row.components, None);
+    assert_eq!(acvpu_row.quality, 0);
+
+    // Both are findable by their codes.
+    let found = store
+        .search_vitals(&VitalQuery {
+            patient: Some("MRN-1".into()),
+            codes: vec![CodeFilter::Loinc("67775-7".into())],
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(seqs_of(&found), vec![2]);
+    let found = store
+        .search_vitals(&VitalQuery {
+            codes: vec![CodeFilter::Mdc(i64::from(MDC_PRESS_BLD_NONINV))],
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(seqs_of(&found), vec![1]);
+}
+
+/// 8. Audit records are counted per client.
+async fn audit_per_client(store: Store) {
+    let rec = |client: &str, i: i64| AuditRecord {
+        at_ms: T0 + i,
+        client_id: client.into(),
+        action: "search".into(),
+        resource_type: "Observation".into(),
+        query: format!("patient=MRN-1&_count={i}"),
+        patients: "MRN-1,MRN-2".into(),
+        status: 200,
+        remote: "127.0.0.1:50000".into(),
+    };
+    assert_eq!(store.audit_count("ehr-a").await.unwrap(), 0);
+    for i in 0..3 {
+        store.audit(&rec("ehr-a", i)).await.unwrap();
+    }
+    store.audit(&rec("ehr-b", 9)).await.unwrap();
+    // Same instant and content twice: an audit trail appends, it does not de-duplicate.
+    store
+        .audit(&AuditRecord {
+            patients: String::new(),
+            status: 404,
+            ..rec("ehr-b", 9)
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.audit_count("ehr-a").await.unwrap(), 3);
+    assert_eq!(store.audit_count("ehr-b").await.unwrap(), 2);
+    assert_eq!(store.audit_count("ehr-c").await.unwrap(), 0);
+    assert_eq!(store.audit_count("").await.unwrap(), 0);
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM audit_events").await, 5);
+}
+
+/// 9. A batch mixing vitals, a device, an infusion, an alarm and a rejection: vitals and the device land in their
+/// tables, the infusion and alarm are kept whole, the stored count is the non-rejected new items, and a resend
+/// changes nothing.
+async fn mixed_batch(store: Store) {
+    let batch = || {
+        vec![
+            item(
+                1,
+                key(1),
+                Payload::Device(device("mon-12", "X1", "12", OperationalState::On, T0)),
+            ),
+            item(2, key(2), Payload::Vital(hr(2))),
+            item(3, key(3), Payload::Infusion(infusion())),
+            rejected(4, key(4)),
+            item(
+                5,
+                key(5),
+                Payload::Vital(vital("MRN-1", MDC_PULS_OXIM_SAT_O2, 95.0, T0 + 5)),
+            ),
+            item(6, key(6), Payload::Alarm(alarm())),
+            item(
+                7,
+                key(7),
+                Payload::Vital(vital("MRN-1", MDC_RESP_RATE, 18.0, T0 + 7)),
+            ),
+        ]
+    };
+    let out = store.ingest(EDGE, &batch()).await.expect("mixed batch");
+    assert_eq!(
+        out.stored, 6,
+        "every non-rejected new item counts as stored"
+    );
+    assert!(out.replayed.is_empty());
+    assert_eq!(store.count_vitals().await.unwrap(), 3);
+    assert_eq!(seqs_of(&all_vitals(&store).await), vec![7, 5, 2]);
+    let dev = store
+        .device("mon-12")
+        .await
+        .unwrap()
+        .expect("device stored");
+    assert_eq!(dev.model, "X1");
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM edge_events").await, 2);
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM edge_events WHERE kind = 'infusion' AND sequence = 3"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM edge_events WHERE kind = 'alarm' AND sequence = 6"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM edge_events WHERE patient_id = 'MRN-1' AND ward = '7A'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM sync_ledger").await, 7);
+    assert_eq!(store.acked_through(EDGE).await.unwrap(), 7);
+
+    let again = store.ingest(EDGE, &batch()).await.expect("mixed resend");
+    assert_eq!(again.stored, 0);
+    assert_eq!(again.replayed, (1..=7).collect::<Vec<_>>());
+    assert_eq!(store.count_vitals().await.unwrap(), 3);
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM edge_events").await, 2);
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM devices").await, 1);
+}
+
+/// 10. Edges are isolated: the same sequences and keys from two edges are both stored, each edge acks its own;
+/// edge registration is an upsert.
+async fn edges_isolated(store: Store) {
+    store
+        .upsert_edge("edge-a", "spiffe://wardwatch/edge/edge-a", &["7A".into()])
+        .await
+        .unwrap();
+    store
+        .upsert_edge("edge-b", "spiffe://wardwatch/edge/edge-b", &["7B".into()])
+        .await
+        .unwrap();
+    store
+        .upsert_edge(
+            "edge-a",
+            "spiffe://wardwatch/edge/edge-a",
+            &["7A".into(), "7C".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM edges").await,
+        2,
+        "re-registration updates, not inserts"
+    );
+
+    let a = store.ingest("edge-a", &hr_batch(1..=20)).await.unwrap();
+    let b = store.ingest("edge-b", &hr_batch(1..=12)).await.unwrap();
+    assert_eq!(
+        (a.stored, b.stored),
+        (20, 12),
+        "edge-b's sequences are not edge-a's replays"
+    );
+    assert!(a.replayed.is_empty() && b.replayed.is_empty());
+    assert_eq!(store.count_vitals().await.unwrap(), 32);
+    assert_eq!(store.count_duplicate_vitals().await.unwrap(), 0);
+    assert_eq!(store.acked_through("edge-a").await.unwrap(), 20);
+    assert_eq!(store.acked_through("edge-b").await.unwrap(), 12);
+    assert_eq!(store.acked_through("edge-unknown").await.unwrap(), 0);
+
+    let rows = all_vitals(&store).await;
+    assert_eq!(rows.iter().filter(|r| r.edge_id == "edge-a").count(), 20);
+    assert_eq!(rows.iter().filter(|r| r.edge_id == "edge-b").count(), 12);
+
+    // A replay on one edge is judged against that edge's ledger only.
+    let ra = store.ingest("edge-a", &hr_batch(11..=25)).await.unwrap();
+    assert_eq!(ra.stored, 5);
+    assert_eq!(ra.replayed, (11..=20).collect::<Vec<_>>());
+    let rb = store.ingest("edge-b", &hr_batch(11..=25)).await.unwrap();
+    assert_eq!(rb.stored, 13);
+    assert_eq!(rb.replayed, vec![11, 12]);
+    assert_eq!(store.count_vitals().await.unwrap(), 50);
+    assert_eq!(store.acked_through("edge-a").await.unwrap(), 25);
+    assert_eq!(store.acked_through("edge-b").await.unwrap(), 25);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Two tests per scenario
+// ---------------------------------------------------------------------------------------------------------------
+
+/// For each scenario `name`, generates `sqlite::name` and `postgres::name`. Keep names at most 27 characters:
+/// the PostgreSQL database is named `wardwatch_test_storage_<name>_<12 hex>`, and identifiers are cut at 63.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().expect("temporary directory");
+                    let url = format!("sqlite://{}/t.sqlite", dir.path().display());
+                    let store = Store::connect(&url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+                    assert_eq!(store.backend(), "sqlite");
+                    super::$name(store.clone()).await;
+                    store.close().await;
+                }
+            )*
+        }
+
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let tag = concat!("storage_", stringify!($name));
+                    let Some(db) = TestDatabase::create(tag).await.expect("create test database") else {
+                        return; // TestDatabase printed a SKIPPED line (and fails instead on CI).
+                    };
+                    let store = Store::connect(&db.url).await.unwrap_or_else(|e| panic!("connect {}: {e}", db.url));
+                    assert_eq!(store.backend(), "postgres");
+                    super::$name(store.clone()).await;
+                    store.close().await;
+                    db.drop_now().await.expect("drop test database");
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    exactly_once,
+    key_reuse_is_replay,
+    rejected_items_claimed,
+    overlapping_resend,
+    search_filters_and_pages,
+    device_upsert_newest_wins,
+    compound_and_enumerated,
+    audit_per_client,
+    mixed_batch,
+    edges_isolated,
+);
