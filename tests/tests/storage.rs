@@ -189,7 +189,7 @@ fn assert_newest_first(rows: &[VitalRow]) {
 // Scenarios
 // ---------------------------------------------------------------------------------------------------------------
 
-/// 1. A batch is stored once; the same batch again stores nothing and reports every sequence as replayed.
+/// Scenario 1: A batch is stored once; the same batch again stores nothing and reports every sequence as replayed.
 /// N crosses the SQLite backend's 1,000-row statement chunk, so chunking is covered too.
 async fn exactly_once(store: Store) {
     const N: u64 = 2_500;
@@ -257,7 +257,7 @@ async fn exactly_once(store: Store) {
     }
 }
 
-/// 2. An idempotency key already claimed is a replay even under a new sequence (across and within batches),
+/// Scenario 2: An idempotency key already claimed is a replay even under a new sequence (across and within batches),
 /// and a claimed sequence is a replay even under a new key.
 async fn key_reuse_is_replay(store: Store) {
     let first = store.ingest(EDGE, &hr_batch(1..=3)).await.unwrap();
@@ -303,7 +303,7 @@ async fn key_reuse_is_replay(store: Store) {
     assert_eq!(store.acked_through(EDGE).await.unwrap(), 5);
 }
 
-/// 3. Rejected items are claimed in the ledger (with their reason) but never stored as vitals; a resend of them,
+/// Scenario 3: Rejected items are claimed in the ledger (with their reason) but never stored as vitals; a resend of them,
 /// even as a now-valid payload, is a replay; acked_through covers them.
 async fn rejected_items_claimed(store: Store) {
     let batch = || {
@@ -351,7 +351,7 @@ async fn rejected_items_claimed(store: Store) {
     assert_eq!(store.acked_through(EDGE).await.unwrap(), 5);
 }
 
-/// 4. An overlapping resend stores only the new tail and reports exactly the overlap as replayed.
+/// Scenario 4: An overlapping resend stores only the new tail and reports exactly the overlap as replayed.
 async fn overlapping_resend(store: Store) {
     let a = store.ingest(EDGE, &hr_batch(1..=100)).await.unwrap();
     assert_eq!(a.stored, 100);
@@ -379,7 +379,11 @@ const SEARCH_N: u64 = 60;
 
 fn search_fixture(s: u64) -> (&'static str, u32) {
     (
-        if s % 3 == 0 { "MRN-2" } else { "MRN-1" },
+        if s.is_multiple_of(3) {
+            "MRN-2"
+        } else {
+            "MRN-1"
+        },
         SEARCH_METRICS[(s % 4) as usize],
     )
 }
@@ -404,7 +408,7 @@ fn expect(pred: impl Fn(&str, u32) -> bool) -> Vec<i64> {
         .collect()
 }
 
-/// 5. Search: filters by patient, by LOINC and by MDC (OR-ed within codes), newest first, limit, and keyset
+/// Scenario 5: Search: filters by patient, by LOINC and by MDC (OR-ed within codes), newest first, limit, and keyset
 /// pagination that visits every row exactly once.
 async fn search_filters_and_pages(store: Store) {
     // Ingest in six batches of ten, so storage order spans several transactions.
@@ -588,7 +592,7 @@ async fn search_filters_and_pages(store: Store) {
     assert_eq!(seqs_of(&below_newest), vec![59, 58]);
 }
 
-/// 6. Devices: a newer report replaces the row, an older one does not; unknown devices are None.
+/// Scenario 6: Devices: a newer report replaces the row, an older one does not; unknown devices are None.
 async fn device_upsert_newest_wins(store: Store) {
     assert!(
         store.device("mon-12").await.unwrap().is_none(),
@@ -672,7 +676,7 @@ async fn device_upsert_newest_wins(store: Store) {
     );
 }
 
-/// 7. A blood-pressure compound keeps its components (JSON); an ACVPU level is enumerated with no value; quality
+/// Scenario 7: A blood-pressure compound keeps its components (JSON); an ACVPU level is enumerated with no value; quality
 /// flags survive as a bitmask.
 async fn compound_and_enumerated(store: Store) {
     let mut bp = vital("MRN-1", MDC_PRESS_BLD_NONINV, 93.0, T0);
@@ -770,7 +774,7 @@ async fn compound_and_enumerated(store: Store) {
     assert_eq!(seqs_of(&found), vec![1]);
 }
 
-/// 8. Audit records are counted per client.
+/// Scenario 8: Audit records are counted per client.
 async fn audit_per_client(store: Store) {
     let rec = |client: &str, i: i64| AuditRecord {
         at_ms: T0 + i,
@@ -803,7 +807,7 @@ async fn audit_per_client(store: Store) {
     assert_eq!(scalar(&store, "SELECT COUNT(*) FROM audit_events").await, 5);
 }
 
-/// 9. A batch mixing vitals, a device, an infusion, an alarm and a rejection: vitals and the device land in their
+/// Scenario 9: A batch mixing vitals, a device, an infusion, an alarm and a rejection: vitals and the device land in their
 /// tables, the infusion and alarm are kept whole, the stored count is the non-rejected new items, and a resend
 /// changes nothing.
 async fn mixed_batch(store: Store) {
@@ -880,7 +884,7 @@ async fn mixed_batch(store: Store) {
     assert_eq!(scalar(&store, "SELECT COUNT(*) FROM devices").await, 1);
 }
 
-/// 10. Edges are isolated: the same sequences and keys from two edges are both stored, each edge acks its own;
+/// Scenario 10: Edges are isolated: the same sequences and keys from two edges are both stored, each edge acks its own;
 /// edge registration is an upsert.
 async fn edges_isolated(store: Store) {
     store
