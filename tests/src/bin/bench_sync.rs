@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use wardwatch::{CloudHandle, EdgeHandle, TestDatabase, cloud_config, dev_setup, edge_config, simulated_vitals};
+use wardwatch::{
+    CloudHandle, EdgeHandle, TestDatabase, cloud_config, dev_setup, edge_config, simulated_vitals,
+};
 use wardwatch_cloud::storage::{IngestItem, Store};
 use wardwatch_edge::node::Incoming;
 
@@ -75,18 +77,42 @@ struct E2e {
     max: u32,
 }
 
-async fn e2e(args: &Args, url: Option<String>, events: &[Incoming], offered_rate: Option<u64>, tag: &str) -> Result<E2e> {
+async fn e2e(
+    args: &Args,
+    url: Option<String>,
+    events: &[Incoming],
+    offered_rate: Option<u64>,
+    tag: &str,
+) -> Result<E2e> {
     let dir = tempfile::tempdir()?;
     let setup = dev_setup(dir.path(), &["edge-bench"])?;
     let any = "127.0.0.1:0".parse()?;
-    let cloud = CloudHandle::start(cloud_config(&setup, &dir.path().join("cloud"), url, any, any, &[("edge-bench", &["7A"])])?).await?;
-    let mut ecfg = edge_config(&setup, &dir.path().join("edge"), "edge-bench", &["7A"], cloud.sync_addr)?;
+    let cloud = CloudHandle::start(cloud_config(
+        &setup,
+        &dir.path().join("cloud"),
+        url,
+        any,
+        any,
+        &[("edge-bench", &["7A"])],
+    )?)
+    .await?;
+    let mut ecfg = edge_config(
+        &setup,
+        &dir.path().join("edge"),
+        "edge-bench",
+        &["7A"],
+        cloud.sync_addr,
+    )?;
     ecfg.sync.batch_max_events = args.sync_batch;
     ecfg.sync.max_in_flight = args.in_flight;
     let edge = EdgeHandle::start(ecfg).await?;
     // Warm up the connection.
     wardwatch::wait_until(Duration::from_secs(10), "edge connected", || {
-        let c = edge.node.sync_stats().connected.load(std::sync::atomic::Ordering::Relaxed);
+        let c = edge
+            .node
+            .sync_stats()
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed);
         async move { Ok(c) }
     })
     .await?;
@@ -114,10 +140,21 @@ async fn e2e(args: &Args, url: Option<String>, events: &[Incoming], offered_rate
     if stored as usize != events.len() {
         bail!("{tag}: stored {stored} of {}", events.len());
     }
-    let mut lat: Vec<u32> = edge.node.sync_stats().latency_ms.lock().map(|l| l.iter().copied().collect()).unwrap_or_default();
+    let mut lat: Vec<u32> = edge
+        .node
+        .sync_stats()
+        .latency_ms
+        .lock()
+        .map(|l| l.iter().copied().collect())
+        .unwrap_or_default();
     lat.sort_unstable();
     eprintln!("{tag}: accepted all in {accept_done:?}, drained in {elapsed:?}");
-    let r = E2e { rate: events.len() as f64 / elapsed.as_secs_f64(), p50: pct(&lat, 0.5), p99: pct(&lat, 0.99), max: lat.last().copied().unwrap_or(0) };
+    let r = E2e {
+        rate: events.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(&lat, 0.5),
+        p99: pct(&lat, 0.99),
+        max: lat.last().copied().unwrap_or(0),
+    };
     edge.stop().await;
     cloud.stop().await;
     Ok(r)
@@ -127,7 +164,13 @@ async fn outbox_only(args: &Args, events: &[Incoming]) -> Result<f64> {
     let dir = tempfile::tempdir()?;
     let setup = dev_setup(dir.path(), &["edge-bench"])?;
     // Nothing listens on this port: the edge only buffers.
-    let cfg = edge_config(&setup, &dir.path().join("edge"), "edge-bench", &["7A"], wardwatch::free_port()?)?;
+    let cfg = edge_config(
+        &setup,
+        &dir.path().join("edge"),
+        "edge-bench",
+        &["7A"],
+        wardwatch::free_port()?,
+    )?;
     let edge = EdgeHandle::start(cfg).await?;
     let t = Instant::now();
     for chunk in events.chunks(args.accept_batch) {
@@ -148,7 +191,10 @@ async fn main() -> Result<()> {
         "# bench_sync: {} events/run, accept batch {}, sync batch {}, {} in flight, fixed rate {}/s",
         args.events, args.accept_batch, args.sync_batch, args.in_flight, args.rate
     );
-    println!("outbox-only (edge accept → durable SQLite outbox): {:.0} events/s", outbox_only(&args, &events).await?);
+    println!(
+        "outbox-only (edge accept → durable SQLite outbox): {:.0} events/s",
+        outbox_only(&args, &events).await?
+    );
     let mut backends: Vec<(&str, Option<TestDatabase>)> = Vec::new();
     if matches!(args.backend.as_str(), "sqlite" | "both") {
         backends.push(("sqlite", None));
@@ -171,13 +217,33 @@ async fn main() -> Result<()> {
         println!("{name} store-only (Store::ingest, 2,000-event batches): {s:.0} events/s");
         // Each end-to-end run on PostgreSQL gets its own database so runs do not see each other's rows.
         let (max_db, rate_db) = if db.is_some() {
-            (TestDatabase::create("bench_max").await?, TestDatabase::create("bench_rate").await?)
+            (
+                TestDatabase::create("bench_max").await?,
+                TestDatabase::create("bench_rate").await?,
+            )
         } else {
             (None, None)
         };
-        let m = e2e(&args, max_db.as_ref().map(|d| d.url.clone()), &events, None, &format!("{name} e2e-max")).await?;
-        println!("{name} e2e-max (all offered at once): {:.0} events/s; latency p50 {} ms p99 {} ms max {} ms", m.rate, m.p50, m.p99, m.max);
-        let r = e2e(&args, rate_db.as_ref().map(|d| d.url.clone()), &events, Some(args.rate), &format!("{name} e2e-rate")).await?;
+        let m = e2e(
+            &args,
+            max_db.as_ref().map(|d| d.url.clone()),
+            &events,
+            None,
+            &format!("{name} e2e-max"),
+        )
+        .await?;
+        println!(
+            "{name} e2e-max (all offered at once): {:.0} events/s; latency p50 {} ms p99 {} ms max {} ms",
+            m.rate, m.p50, m.p99, m.max
+        );
+        let r = e2e(
+            &args,
+            rate_db.as_ref().map(|d| d.url.clone()),
+            &events,
+            Some(args.rate),
+            &format!("{name} e2e-rate"),
+        )
+        .await?;
         println!(
             "{name} e2e-rate (offered {}/s): {:.0} events/s; latency p50 {} ms p99 {} ms max {} ms",
             args.rate, r.rate, r.p50, r.p99, r.max

@@ -1,0 +1,77 @@
+//! The README's demo command: starts on an empty data directory, writes its `--info` file once serving, serves
+//! FHIR with the token it names, and stops cleanly with exit code 0 after `--duration`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
+    wardwatch::install_crypto();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("empty-data");
+    std::fs::create_dir_all(&data)?;
+    let info = dir.path().join("info.json");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wardwatch"))
+        .args([
+            "demo",
+            "--duration",
+            "12",
+            "--beds",
+            "40",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--sync-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--info")
+        .arg(&info)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    wardwatch::wait_until(Duration::from_secs(30), "the info file", || {
+        let exists = info.exists();
+        async move { Ok(exists) }
+    })
+    .await?;
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&info)?)?;
+    let base = doc["fhir_base"].as_str().context("fhir_base")?.to_string();
+    let token = doc["token"].as_str().context("token")?.to_string();
+    let ca = doc["ca_cert"].as_str().context("ca_cert")?.to_string();
+    assert!(
+        base.starts_with("https://localhost:") && base.ends_with("/fhir"),
+        "{base}"
+    );
+    let client = wardwatch::https_client(std::path::Path::new(&ca))?;
+    // The simulated ward's samples arrive through the edge and the sync within seconds.
+    let url = format!("{base}/Observation?code=http://loinc.org|8867-4&_count=5");
+    wardwatch::wait_until(Duration::from_secs(20), "heart-rate Observations", || {
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        async move {
+            let b: serde_json::Value = client
+                .get(&url)
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok(b["entry"].as_array().is_some_and(|e| e.len() == 5))
+        }
+    })
+    .await?;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    assert!(status.success(), "demo exited with {status}");
+    let mut out = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        use tokio::io::AsyncReadExt;
+        s.read_to_string(&mut out).await?;
+    }
+    assert!(out.contains("FHIR base: https://localhost:"), "{out}");
+    assert!(out.contains("curl --cacert"), "{out}");
+    assert!(out.contains("Wardwatch demo stopped."), "{out}");
+    Ok(())
+}
