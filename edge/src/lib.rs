@@ -7,6 +7,7 @@
 //! Entry point: [`EdgeNode::start`] with a validated [`config::EdgeConfig`]; [`EdgeNode::run`] drives it until a
 //! shutdown future resolves. The `wardwatch-edge` binary only parses arguments and calls these.
 
+pub mod clinical;
 pub mod config;
 pub mod node;
 pub mod outbox;
@@ -14,4 +15,4 @@ pub mod simulator;
 pub mod sync;
 
 pub use config::EdgeConfig;
-pub use node::{AcceptError, EdgeNode};
+pub use node::{AcceptError, EdgeNode, StartError};

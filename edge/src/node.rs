@@ -23,6 +23,25 @@ pub enum AcceptError {
     Outbox(#[from] OutboxError),
 }
 
+/// Why an edge node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// Directory.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The outbox could not be opened.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
 /// An event offered by a source: its idempotency key (derived from the source message) and payload.
 #[derive(Debug, Clone)]
 pub struct Incoming {

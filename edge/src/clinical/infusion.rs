@@ -1,0 +1,1 @@
+//! Infusion safety (being written).

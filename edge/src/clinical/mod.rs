@@ -1,0 +1,5 @@
+//! The edge's clinical engine: early-warning scores, infusion safety and alarm management. Pure logic over
+//! normalized samples; no I/O, no async, so every rule is unit-testable at its boundaries.
+
+pub mod infusion;
+pub mod news2;

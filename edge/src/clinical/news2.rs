@@ -1,0 +1,1 @@
+//! NEWS2 (being written).
