@@ -10,6 +10,8 @@
 pub mod clinical;
 pub mod config;
 pub mod node;
+pub mod normalize;
+pub mod sources;
 pub mod outbox;
 pub mod simulator;
 pub mod sync;

@@ -1,0 +1,1 @@
+//! MQTT source (being written).
