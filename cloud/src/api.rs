@@ -284,15 +284,9 @@ pub fn vital_to_observation(
         })
         .collect();
     let enumerated = row.enumerated.as_deref().map(|e| Coding {
-        system: "urn:wardwatch:acvpu",
+        system: "urn:wardwatch:enumeration",
         code: e,
-        display: match e {
-            "A" => "Alert",
-            "C" => "New confusion",
-            "V" => "Responds to voice",
-            "P" => "Responds to pain",
-            _ => "Unresponsive",
-        },
+        display: metrics::enumeration(mdc).iter().find(|(c, _)| *c == e).map_or(e, |(_, d)| d),
     });
     let value = match metric.kind {
         metrics::ValueKind::Numeric => row.value,
@@ -303,18 +297,25 @@ pub fn vital_to_observation(
         patient_system: mrn_system,
         patient_id: &row.patient_id,
         device_id: Some(&row.device_id),
-        code: vec![
+        code: [
             Coding {
                 system: wardwatch_fhir::LOINC,
                 code: metric.loinc,
                 display: metric.display,
             },
             Coding {
-                system: wardwatch_fhir::MDC,
+                system: if metrics::is_private(mdc) {
+                    "urn:wardwatch:metric"
+                } else {
+                    wardwatch_fhir::MDC
+                },
                 code: &mdc_code,
                 display: metric.mdc_ref,
             },
-        ],
+        ]
+        .into_iter()
+        .filter(|c| !c.code.is_empty())
+        .collect(),
         value,
         unit: metric.unit,
         unit_display: metric.unit_display,

@@ -65,6 +65,9 @@ pub const MDC_PRESS_BLD_NONINV_DIA: u32 = 150022;
 pub const MDC_PRESS_BLD_NONINV_MEAN: u32 = 150023;
 /// Wardwatch-defined (private MDC range): level of consciousness on the ACVPU scale.
 pub const WARDWATCH_ACVPU: u32 = (2 << 16) | 0xF000;
+/// Wardwatch-defined (private MDC range): whether the patient breathes room air or receives supplemental
+/// oxygen (NEWS2 "air or oxygen"). Enumerated "AIR" / "O2".
+pub const WARDWATCH_SUPPLEMENTAL_O2: u32 = (2 << 16) | 0xF001;
 
 #[allow(clippy::too_many_arguments)] // one row of a table: positional reads best
 const fn numeric(
@@ -218,7 +221,26 @@ pub static METRICS: &[Metric] = &[
         kind: ValueKind::Enumerated,
         category: "exam",
     },
+    Metric {
+        mdc: WARDWATCH_SUPPLEMENTAL_O2,
+        mdc_ref: "WARDWATCH_SUPPLEMENTAL_O2 (private)",
+        // No LOINC code asserted: the FHIR Observation carries the Wardwatch code only.
+        loinc: "",
+        display: "Breathing room air or supplemental oxygen",
+        unit: "",
+        unit_display: "",
+        min: 0.0,
+        max: 0.0,
+        kind: ValueKind::Enumerated,
+        category: "exam",
+    },
 ];
+
+/// Whether `mdc` is in the private term range (0xF000..) Wardwatch uses for its own metrics; such codes are
+/// never presented to third parties as MDC codes (FHIR uses the system `urn:wardwatch:metric` for them).
+pub fn is_private(mdc: u32) -> bool {
+    (mdc & 0xFFFF) >= 0xF000
+}
 
 /// Looks a metric up by MDC code.
 pub fn by_mdc(mdc: u32) -> Option<&'static Metric> {
@@ -239,6 +261,24 @@ pub fn components_of(mdc: u32) -> &'static [(u32, bool)] {
 
 /// The ACVPU levels, in order of severity.
 pub const ACVPU: [&str; 5] = ["A", "C", "V", "P", "U"];
+
+/// The values of [`WARDWATCH_SUPPLEMENTAL_O2`].
+pub const AIR_OR_OXYGEN: [&str; 2] = ["AIR", "O2"];
+
+/// The allowed values of an enumerated metric, with their display text (empty for other metrics).
+pub fn enumeration(mdc: u32) -> &'static [(&'static str, &'static str)] {
+    match mdc {
+        WARDWATCH_ACVPU => &[
+            ("A", "Alert"),
+            ("C", "New confusion"),
+            ("V", "Responds to voice"),
+            ("P", "Responds to pain"),
+            ("U", "Unresponsive"),
+        ],
+        WARDWATCH_SUPPLEMENTAL_O2 => &[("AIR", "Breathing room air"), ("O2", "Supplemental oxygen")],
+        _ => &[],
+    }
+}
 
 #[cfg(test)]
 mod tests {

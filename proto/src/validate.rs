@@ -127,8 +127,8 @@ pub fn vital(v: &VitalSign) -> Result<WardId, Rejection> {
     })?;
     match m.kind {
         ValueKind::Enumerated => {
-            if !metrics::ACVPU.contains(&v.enumerated.as_str()) {
-                return Err(invalid(format!("{:?} is not an ACVPU level", v.enumerated)));
+            if !metrics::enumeration(m.mdc).iter().any(|(code, _)| *code == v.enumerated) {
+                return Err(invalid(format!("{:?} is not a value of {}", v.enumerated, m.mdc_ref)));
             }
             return Ok(ward);
         }
