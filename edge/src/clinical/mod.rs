@@ -1,5 +1,6 @@
 //! The edge's clinical engine: early-warning scores, infusion safety and alarm management. Pure logic over
 //! normalized samples; no I/O, no async, so every rule is unit-testable at its boundaries.
 
+pub mod alarms;
 pub mod infusion;
 pub mod news2;
