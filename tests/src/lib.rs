@@ -384,11 +384,13 @@ impl TestDatabase {
         };
         let mut suffix = [0u8; 6];
         rand::rng().fill_bytes(&mut suffix);
-        let name = format!(
-            "wardwatch_test_{}_{}",
-            tag.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
-            hex_encode(&suffix)
-        );
+        // PostgreSQL truncates names at 63 bytes: keep the tag short so the random suffix always survives.
+        let tag: String = tag
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(30)
+            .collect();
+        let name = format!("wardwatch_test_{tag}_{}", hex_encode(&suffix));
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
             .execute(&mut conn)
             .await?;

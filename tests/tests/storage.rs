@@ -939,18 +939,57 @@ async fn edges_isolated(store: Store) {
     assert_eq!(store.acked_through("edge-b").await.unwrap(), 25);
 }
 
+/// Scenario 11 (beyond the list): a batch that carries one sequence twice. `sync::check_batch` passes the second
+/// occurrence on as an `OutOfOrder` rejection with its own key. When the first occurrence re-sends a sample whose
+/// idempotency key is already stored, only the rejected duplicate can claim the sequence in the ledger, and the
+/// re-sent sample must still not be stored a second time.
+async fn dup_sequence_key_replay(store: Store) {
+    assert_eq!(
+        store.ingest(EDGE, &hr_batch(1..=3)).await.unwrap().stored,
+        3
+    );
+    let out = store
+        .ingest(
+            EDGE,
+            &[
+                // The source re-sent sample k-2; the edge gave it sequence 4 ...
+                item(4, key(2), Payload::Vital(hr(2))),
+                // ... and the batch repeats sequence 4 (check_batch: "sequence 4 does not follow 4").
+                IngestItem {
+                    sequence: 4,
+                    idempotency_key: key(4),
+                    outcome: Err(Rejection::new(
+                        RejectReason::OutOfOrder,
+                        "sequence 4 does not follow 4 in the batch",
+                    )),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.count_vitals().await.unwrap(),
+        3,
+        "sample k-2 was stored a second time (as sequence 4)"
+    );
+    assert_eq!(out.stored, 0);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Two tests per scenario
 // ---------------------------------------------------------------------------------------------------------------
 
-/// For each scenario `name`, generates `sqlite::name` and `postgres::name`. Keep names at most 27 characters:
-/// the PostgreSQL database is named `wardwatch_test_storage_<name>_<12 hex>`, and identifiers are cut at 63.
+/// For each scenario `name` (optionally preceded by attributes such as `#[ignore = "..."]`, applied to both tests),
+/// generates `sqlite::name` and `postgres::name`. Keep names at most 27 characters: the PostgreSQL database is
+/// named `wardwatch_test_storage_<name>_<12 hex>`, and PostgreSQL cuts identifiers at 63 bytes, which would cut
+/// the random suffix that keeps concurrent runs apart.
 macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
+    ($($(#[$meta:meta])* $name:ident),* $(,)?) => {
         mod sqlite {
             use super::*;
             $(
                 #[tokio::test]
+                $(#[$meta])*
                 async fn $name() {
                     let dir = tempfile::tempdir().expect("temporary directory");
                     let url = format!("sqlite://{}/t.sqlite", dir.path().display());
@@ -966,6 +1005,7 @@ macro_rules! both_backends {
             use super::*;
             $(
                 #[tokio::test]
+                $(#[$meta])*
                 async fn $name() {
                     let tag = concat!("storage_", stringify!($name));
                     let Some(db) = TestDatabase::create(tag).await.expect("create test database") else {
@@ -993,4 +1033,5 @@ both_backends!(
     audit_per_client,
     mixed_batch,
     edges_isolated,
+    dup_sequence_key_replay,
 );

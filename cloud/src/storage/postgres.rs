@@ -51,7 +51,7 @@ pub(super) async fn ingest(
     let claimed_rows = sqlx::query(
         "INSERT INTO sync_ledger (edge_id, sequence, idempotency_key, kind, outcome, reason, received_at_ms)
          SELECT $1, s, k, kd, o, r, $7 FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::int2[], $6::text[]) AS t(s, k, kd, o, r)
-         ON CONFLICT DO NOTHING RETURNING sequence",
+         ON CONFLICT DO NOTHING RETURNING sequence, idempotency_key",
     )
     .bind(edge_id)
     .bind(&seqs)
@@ -62,14 +62,15 @@ pub(super) async fn ingest(
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
-    let mut claimed: HashSet<u64> = HashSet::with_capacity(claimed_rows.len());
+    let mut claimed: HashSet<(u64, String)> = HashSet::with_capacity(claimed_rows.len());
     for row in &claimed_rows {
         let s: i64 = row.try_get(0)?;
-        claimed.insert(u64::try_from(s).unwrap_or(0));
+        let k: String = row.try_get(1)?;
+        claimed.insert((u64::try_from(s).unwrap_or(0), k));
     }
     let fresh: Vec<(&IngestItem, &Payload)> = items
         .iter()
-        .filter(|it| claimed.contains(&it.sequence))
+        .filter(|it| claimed.contains(&(it.sequence, it.idempotency_key.clone())))
         .filter_map(|it| it.outcome.as_ref().ok().map(|p| (it, p)))
         .collect();
 
@@ -191,7 +192,7 @@ pub(super) async fn ingest(
     tx.commit().await?;
     let replayed = items
         .iter()
-        .filter(|it| !claimed.contains(&it.sequence))
+        .filter(|it| !claimed.contains(&(it.sequence, it.idempotency_key.clone())))
         .map(|it| it.sequence)
         .collect();
     Ok(IngestOutcome {

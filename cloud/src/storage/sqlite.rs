@@ -22,7 +22,7 @@ pub(super) async fn ingest(
 ) -> Result<IngestOutcome, StorageError> {
     let now = wardwatch_proto::now_unix_ms();
     let mut tx = pool.begin().await?;
-    let mut claimed: HashSet<u64> = HashSet::with_capacity(items.len());
+    let mut claimed: HashSet<(u64, String)> = HashSet::with_capacity(items.len());
     for chunk in items.chunks(CHUNK) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO sync_ledger (edge_id, sequence, idempotency_key, kind, outcome, reason, received_at_ms) ",
@@ -44,15 +44,16 @@ pub(super) async fn ingest(
                 .push_bind(reason)
                 .push_bind(now);
         });
-        qb.push(" ON CONFLICT DO NOTHING RETURNING sequence");
+        qb.push(" ON CONFLICT DO NOTHING RETURNING sequence, idempotency_key");
         for row in qb.build().fetch_all(&mut *tx).await? {
             let s: i64 = row.try_get(0)?;
-            claimed.insert(u64::try_from(s).unwrap_or(0));
+            let k: String = row.try_get(1)?;
+            claimed.insert((u64::try_from(s).unwrap_or(0), k));
         }
     }
     let fresh: Vec<(&IngestItem, &Payload)> = items
         .iter()
-        .filter(|it| claimed.contains(&it.sequence))
+        .filter(|it| claimed.contains(&(it.sequence, it.idempotency_key.clone())))
         .filter_map(|it| it.outcome.as_ref().ok().map(|p| (it, p)))
         .collect();
     let vitals: Vec<_> = fresh
@@ -149,7 +150,7 @@ pub(super) async fn ingest(
     tx.commit().await?;
     let replayed = items
         .iter()
-        .filter(|it| !claimed.contains(&it.sequence))
+        .filter(|it| !claimed.contains(&(it.sequence, it.idempotency_key.clone())))
         .map(|it| it.sequence)
         .collect();
     let stored = u32::try_from(fresh.len()).unwrap_or(u32::MAX);
