@@ -239,7 +239,13 @@ fn priority_rank(p: AlarmPriority) -> u8 {
 impl AlarmManager {
     /// A manager with `policy`; alarm ids start with `id_prefix`.
     pub fn new(policy: AlarmPolicy, id_prefix: &str) -> Self {
-        Self { policy, records: HashMap::new(), next_id: 1, id_prefix: id_prefix.to_string(), stats: AlarmStats::default() }
+        Self {
+            policy,
+            records: HashMap::new(),
+            next_id: 1,
+            id_prefix: id_prefix.to_string(),
+            stats: AlarmStats::default(),
+        }
     }
 
     /// Counters.
@@ -339,7 +345,9 @@ impl AlarmManager {
                         self.stats.suppressed_transient += 1;
                         self.records.remove(&c.key);
                     }
-                    Phase::Raised | Phase::Silenced { .. } if r.view.priority == AlarmPriority::High => {
+                    Phase::Raised | Phase::Silenced { .. }
+                        if r.view.priority == AlarmPriority::High =>
+                    {
                         // Latched: stays until acknowledged.
                     }
                     _ => {
@@ -359,9 +367,14 @@ impl AlarmManager {
         let mut keys: Vec<ConditionKey> = self.records.keys().cloned().collect();
         keys.sort();
         for key in keys {
-            let Some(r) = self.records.get_mut(&key) else { continue };
+            let Some(r) = self.records.get_mut(&key) else {
+                continue;
+            };
             match r.view.phase {
-                Phase::Pending { since } if r.view.condition_active && now - since >= self.policy.delay(r.view.priority) => {
+                Phase::Pending { since }
+                    if r.view.condition_active
+                        && now - since >= self.policy.delay(r.view.priority) =>
+                {
                     self.announce(&key, now, &mut out);
                 }
                 Phase::Silenced { until } if now >= until => {
@@ -370,7 +383,9 @@ impl AlarmManager {
                 }
                 _ => {}
             }
-            let Some(r) = self.records.get_mut(&key) else { continue };
+            let Some(r) = self.records.get_mut(&key) else {
+                continue;
+            };
             let after = self.policy.escalate_after(r.view.priority);
             if matches!(r.view.phase, Phase::Raised | Phase::Silenced { .. })
                 && !r.view.escalated
@@ -386,13 +401,25 @@ impl AlarmManager {
     }
 
     fn find(&mut self, alarm_id: &str) -> Option<ConditionKey> {
-        self.records.iter().find(|(_, r)| r.view.alarm_id == alarm_id).map(|(k, _)| k.clone())
+        self.records
+            .iter()
+            .find(|(_, r)| r.view.alarm_id == alarm_id)
+            .map(|(k, _)| k.clone())
     }
 
     /// A user acknowledges an announced alarm.
-    pub fn acknowledge(&mut self, alarm_id: &str, user: &str, now: i64) -> Result<Vec<Alarm>, AlarmActionError> {
-        let key = self.find(alarm_id).ok_or_else(|| AlarmActionError::Unknown(alarm_id.into()))?;
-        let Some(r) = self.records.get_mut(&key) else { return Err(AlarmActionError::Unknown(alarm_id.into())) };
+    pub fn acknowledge(
+        &mut self,
+        alarm_id: &str,
+        user: &str,
+        now: i64,
+    ) -> Result<Vec<Alarm>, AlarmActionError> {
+        let key = self
+            .find(alarm_id)
+            .ok_or_else(|| AlarmActionError::Unknown(alarm_id.into()))?;
+        let Some(r) = self.records.get_mut(&key) else {
+            return Err(AlarmActionError::Unknown(alarm_id.into()));
+        };
         if matches!(r.view.phase, Phase::Pending { .. }) {
             return Err(AlarmActionError::NotAnnounced(alarm_id.into()));
         }
@@ -412,17 +439,32 @@ impl AlarmManager {
     }
 
     /// A user silences an announced alarm for `duration_ms` (bounded by the policy).
-    pub fn silence(&mut self, alarm_id: &str, user: &str, now: i64, duration_ms: i64) -> Result<Vec<Alarm>, AlarmActionError> {
+    pub fn silence(
+        &mut self,
+        alarm_id: &str,
+        user: &str,
+        now: i64,
+        duration_ms: i64,
+    ) -> Result<Vec<Alarm>, AlarmActionError> {
         if duration_ms <= 0 || duration_ms > self.policy.max_silence_ms {
-            return Err(AlarmActionError::SilenceTooLong { asked: duration_ms, max: self.policy.max_silence_ms });
+            return Err(AlarmActionError::SilenceTooLong {
+                asked: duration_ms,
+                max: self.policy.max_silence_ms,
+            });
         }
-        let key = self.find(alarm_id).ok_or_else(|| AlarmActionError::Unknown(alarm_id.into()))?;
-        let Some(r) = self.records.get_mut(&key) else { return Err(AlarmActionError::Unknown(alarm_id.into())) };
+        let key = self
+            .find(alarm_id)
+            .ok_or_else(|| AlarmActionError::Unknown(alarm_id.into()))?;
+        let Some(r) = self.records.get_mut(&key) else {
+            return Err(AlarmActionError::Unknown(alarm_id.into()));
+        };
         match r.view.phase {
             Phase::Pending { .. } => Err(AlarmActionError::NotAnnounced(alarm_id.into())),
             Phase::Acknowledged => Ok(Vec::new()),
             Phase::Raised | Phase::Silenced { .. } => {
-                r.view.phase = Phase::Silenced { until: now + duration_ms };
+                r.view.phase = Phase::Silenced {
+                    until: now + duration_ms,
+                };
                 Ok(vec![Self::event(r, AlarmState::Silenced, now, user)])
             }
         }
@@ -453,7 +495,11 @@ impl AlarmManager {
 
 /// Convenience: a condition key.
 pub fn key(scope: &str, kind: AlarmKind, detail: &str) -> ConditionKey {
-    ConditionKey { scope: scope.to_string(), kind: kind as i32, detail: detail.to_string() }
+    ConditionKey {
+        scope: scope.to_string(),
+        kind: kind as i32,
+        detail: detail.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -467,35 +513,55 @@ mod tests {
             active,
             message: format!("{detail} at {at}"),
             patient_id: "MRN1".into(),
-            location: BedLocation { ward: "7A".into(), bed: "1".into() },
+            location: BedLocation {
+                ward: "7A".into(),
+                bed: "1".into(),
+            },
             device_id: "mon-1".into(),
             at_unix_ms: at,
         }
     }
 
     fn states(v: &[Alarm]) -> Vec<AlarmState> {
-        v.iter().map(|a| AlarmState::try_from(a.state).unwrap_or(AlarmState::Unspecified)).collect()
+        v.iter()
+            .map(|a| AlarmState::try_from(a.state).unwrap_or(AlarmState::Unspecified))
+            .collect()
     }
 
     #[test]
     fn high_fires_immediately_and_latches_until_acknowledged() {
         let mut m = AlarmManager::new(AlarmPolicy::default(), "e");
-        assert_eq!(states(&m.update(cond("spo2", AlarmPriority::High, true, 0))), vec![AlarmState::Raised]);
+        assert_eq!(
+            states(&m.update(cond("spo2", AlarmPriority::High, true, 0))),
+            vec![AlarmState::Raised]
+        );
         // Condition ends: still latched.
-        assert!(m.update(cond("spo2", AlarmPriority::High, false, 5_000)).is_empty());
+        assert!(
+            m.update(cond("spo2", AlarmPriority::High, false, 5_000))
+                .is_empty()
+        );
         assert_eq!(m.active().len(), 1);
         assert!(!m.active()[0].condition_active);
         let id = m.active()[0].alarm_id.clone();
-        assert_eq!(states(&m.acknowledge(&id, "nurse.ann", 6_000).unwrap()), vec![AlarmState::Acknowledged, AlarmState::Cleared]);
+        assert_eq!(
+            states(&m.acknowledge(&id, "nurse.ann", 6_000).unwrap()),
+            vec![AlarmState::Acknowledged, AlarmState::Cleared]
+        );
         assert!(m.active().is_empty());
     }
 
     #[test]
     fn medium_waits_out_its_delay_and_transients_are_suppressed() {
         let mut m = AlarmManager::new(AlarmPolicy::default(), "e");
-        assert!(m.update(cond("hr", AlarmPriority::Medium, true, 0)).is_empty());
+        assert!(
+            m.update(cond("hr", AlarmPriority::Medium, true, 0))
+                .is_empty()
+        );
         assert!(m.tick(14_999).is_empty());
-        assert!(m.update(cond("hr", AlarmPriority::Medium, false, 10_000)).is_empty());
+        assert!(
+            m.update(cond("hr", AlarmPriority::Medium, false, 10_000))
+                .is_empty()
+        );
         assert_eq!(m.stats().suppressed_transient, 1);
         assert!(m.tick(20_000).is_empty());
         // Persisting condition: announced at exactly the delay.
@@ -503,7 +569,10 @@ mod tests {
         assert!(m.tick(44_999).is_empty());
         assert_eq!(states(&m.tick(45_000)), vec![AlarmState::Raised]);
         // Non-latching: clears when the condition ends.
-        assert_eq!(states(&m.update(cond("hr", AlarmPriority::Medium, false, 50_000))), vec![AlarmState::Cleared]);
+        assert_eq!(
+            states(&m.update(cond("hr", AlarmPriority::Medium, false, 50_000))),
+            vec![AlarmState::Cleared]
+        );
         let s = m.stats();
         assert_eq!((s.raised, s.cleared), (1, 1));
     }
@@ -515,7 +584,11 @@ mod tests {
         let raised = m.tick(15_000);
         assert_eq!(raised.len(), 1);
         for t in [16_000, 17_000, 18_000] {
-            assert!(m.update(cond("hr", AlarmPriority::Medium, true, t)).is_empty(), "duplicate announced");
+            assert!(
+                m.update(cond("hr", AlarmPriority::Medium, true, t))
+                    .is_empty(),
+                "duplicate announced"
+            );
         }
         let up = m.update(cond("hr", AlarmPriority::High, true, 19_000));
         assert_eq!(states(&up), vec![AlarmState::Raised]);
@@ -529,8 +602,14 @@ mod tests {
         let mut m = AlarmManager::new(AlarmPolicy::default(), "e");
         m.update(cond("rr", AlarmPriority::High, true, 0));
         let id = m.active()[0].alarm_id.clone();
-        assert!(matches!(m.silence(&id, "n", 1_000, 600_000), Err(AlarmActionError::SilenceTooLong { .. })));
-        assert_eq!(states(&m.silence(&id, "n", 1_000, 30_000).unwrap()), vec![AlarmState::Silenced]);
+        assert!(matches!(
+            m.silence(&id, "n", 1_000, 600_000),
+            Err(AlarmActionError::SilenceTooLong { .. })
+        ));
+        assert_eq!(
+            states(&m.silence(&id, "n", 1_000, 30_000).unwrap()),
+            vec![AlarmState::Silenced]
+        );
         assert!(m.tick(30_999).is_empty());
         assert_eq!(states(&m.tick(31_000)), vec![AlarmState::Raised]);
         // Not acknowledged within 60 s of being raised: escalated once.
@@ -545,18 +624,45 @@ mod tests {
         let mut m = AlarmManager::new(AlarmPolicy::default(), "e");
         m.update(cond("bp", AlarmPriority::High, true, 0));
         let id = m.active()[0].alarm_id.clone();
-        assert_eq!(states(&m.acknowledge(&id, "n", 1_000).unwrap()), vec![AlarmState::Acknowledged]);
-        assert!(m.tick(100_000).is_empty(), "acknowledged alarms do not escalate");
-        assert_eq!(states(&m.update(cond("bp", AlarmPriority::High, false, 2_000))), vec![AlarmState::Cleared]);
-        assert!(matches!(m.acknowledge("nope", "n", 0), Err(AlarmActionError::Unknown(_))));
+        assert_eq!(
+            states(&m.acknowledge(&id, "n", 1_000).unwrap()),
+            vec![AlarmState::Acknowledged]
+        );
+        assert!(
+            m.tick(100_000).is_empty(),
+            "acknowledged alarms do not escalate"
+        );
+        assert_eq!(
+            states(&m.update(cond("bp", AlarmPriority::High, false, 2_000))),
+            vec![AlarmState::Cleared]
+        );
+        assert!(matches!(
+            m.acknowledge("nope", "n", 0),
+            Err(AlarmActionError::Unknown(_))
+        ));
         m.update(cond("x", AlarmPriority::Low, true, 0));
-        let pending_id = m.records.values().next().map(|r| r.view.alarm_id.clone()).unwrap();
-        assert!(matches!(m.acknowledge(&pending_id, "n", 1), Err(AlarmActionError::NotAnnounced(_))));
+        let pending_id = m
+            .records
+            .values()
+            .next()
+            .map(|r| r.view.alarm_id.clone())
+            .unwrap();
+        assert!(matches!(
+            m.acknowledge(&pending_id, "n", 1),
+            Err(AlarmActionError::NotAnnounced(_))
+        ));
     }
 
     #[test]
     fn active_is_sorted_by_priority_then_age() {
-        let mut m = AlarmManager::new(AlarmPolicy { low_delay_ms: 0, medium_delay_ms: 0, ..AlarmPolicy::default() }, "e");
+        let mut m = AlarmManager::new(
+            AlarmPolicy {
+                low_delay_ms: 0,
+                medium_delay_ms: 0,
+                ..AlarmPolicy::default()
+            },
+            "e",
+        );
         m.update(cond("a", AlarmPriority::Low, true, 0));
         m.update(cond("b", AlarmPriority::High, true, 5));
         m.update(cond("c", AlarmPriority::Medium, true, 1));

@@ -4,3 +4,4 @@
 pub mod alarms;
 pub mod infusion;
 pub mod news2;
+pub mod thresholds;
