@@ -2,6 +2,7 @@
 //! normalized samples; no I/O, no async, so every rule is unit-testable at its boundaries.
 
 pub mod alarms;
+pub mod engine;
 pub mod infusion;
 pub mod news2;
 pub mod thresholds;
