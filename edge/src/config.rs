@@ -42,6 +42,12 @@ pub struct EdgeConfig {
     /// Sync tuning.
     #[serde(default)]
     pub sync: SyncConfig,
+    /// Clinical engine: alarm policy, thresholds, SpO2 scale 2 patients.
+    #[serde(default)]
+    pub engine: crate::clinical::engine::EngineConfig,
+    /// The nurse station (HTTP + live page); absent = not served.
+    #[serde(default)]
+    pub station: Option<crate::station::StationConfig>,
 }
 
 /// Outbox limits.
@@ -141,6 +147,7 @@ impl EdgeConfig {
         if self.sync.max_in_flight == 0 || self.sync.max_in_flight > 64 {
             return bad("sync.max_in_flight must be 1..=64");
         }
+        self.engine.alarms.validate().map_err(ConfigError::Invalid)?;
         if self.sync.backoff_initial_ms == 0
             || self.sync.backoff_max_ms < self.sync.backoff_initial_ms
         {

@@ -11,9 +11,10 @@ pub mod clinical;
 pub mod config;
 pub mod node;
 pub mod normalize;
-pub mod sources;
 pub mod outbox;
 pub mod simulator;
+pub mod station;
+pub mod sources;
 pub mod sync;
 
 pub use config::EdgeConfig;

@@ -11,6 +11,8 @@ use wardwatch_proto::v1::{
 };
 use wardwatch_proto::validate::{self, Rejection};
 
+use crate::clinical::engine::ClinicalEngine;
+use crate::clinical::task::SharedEngine;
 use crate::config::EdgeConfig;
 use crate::outbox::{BudgetState, NewEvent, Outbox, OutboxError};
 use crate::sync::{self, SyncStats};
@@ -40,6 +42,14 @@ pub enum StartError {
     /// The outbox could not be opened.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// The nurse station could not bind its address.
+    #[error("cannot bind the nurse station on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 /// An event offered by a source: its idempotency key (derived from the source message) and payload.
@@ -86,17 +96,23 @@ pub struct EdgeNode {
     accept_stats: AcceptStats,
     /// Whether the outbox-near-full technical alarm is currently raised (so it is raised and cleared once).
     near_full_raised: AtomicBool,
+    /// Every batch of newly durable events, for the clinical engine and other local consumers. Sent only after
+    /// commit, so consumers never act on data that could still be lost.
+    accepted_tx: tokio::sync::broadcast::Sender<Arc<Vec<NewEvent>>>,
+    /// The clinical engine (NEWS2, thresholds, infusion safety, alarms), shared with the nurse station.
+    engine: SharedEngine,
+    /// The nurse station's listener, bound at start so its address is known; taken by `run`.
+    station_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
+    /// The nurse station's address, if served.
+    station_addr: Option<std::net::SocketAddr>,
 }
 
 impl EdgeNode {
     /// Opens the outbox. Nothing is bound and no connection is made until [`EdgeNode::run`].
-    pub async fn start(config: EdgeConfig) -> Result<Arc<Self>, OutboxError> {
-        config.validate().map_err(|e| OutboxError::Corrupt {
-            seq: 0,
-            reason: e.to_string(),
-        })?;
+    pub async fn start(config: EdgeConfig) -> Result<Arc<Self>, StartError> {
+        config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| OutboxError::Database(sqlx::Error::Io(e)))?;
+            .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
         let outbox = Arc::new(
             Outbox::open(
                 &config.data_dir,
@@ -106,25 +122,60 @@ impl EdgeNode {
             .await?,
         );
         info!(edge = %config.edge_id, pending = outbox.pending().await?, "edge outbox open");
+        let engine = Arc::new(std::sync::Mutex::new(ClinicalEngine::new(config.engine.clone(), config.edge_id.as_str())));
+        let (station_listener, station_addr) = match &config.station {
+            Some(st) => {
+                let l = tokio::net::TcpListener::bind(st.listen)
+                    .await
+                    .map_err(|source| StartError::Bind { addr: st.listen, source })?;
+                let addr = l.local_addr().map_err(|source| StartError::Bind { addr: st.listen, source })?;
+                (Some(l), Some(addr))
+            }
+            None => (None, None),
+        };
         Ok(Arc::new(Self {
+            engine,
+            station_listener: std::sync::Mutex::new(station_listener),
+            station_addr,
             config,
             outbox,
             sync_stats: Arc::new(SyncStats::default()),
             accept_stats: AcceptStats::default(),
             near_full_raised: AtomicBool::new(false),
+            accepted_tx: tokio::sync::broadcast::channel(4096).0,
         }))
     }
 
-    /// Runs the sync task until `shutdown` resolves, then closes the outbox.
+    /// Runs the sync task, the clinical engine and (if configured) the nurse station until `shutdown`
+    /// resolves, then stops them and closes the outbox.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
-        sync::run(
-            self.config.clone(),
-            self.outbox.clone(),
-            self.sync_stats.clone(),
-            shutdown,
-        )
-        .await;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let engine_task =
+            tokio::spawn(crate::clinical::task::run(self.clone(), self.engine.clone(), stopped(stop_rx.clone())));
+        let listener = self.station_listener.lock().ok().and_then(|mut l| l.take());
+        let station_task = listener.map(|l| {
+            tokio::spawn(crate::station::run(l, self.clone(), self.engine.clone(), stopped(stop_rx.clone())))
+        });
+        sync::run(self.config.clone(), self.outbox.clone(), self.sync_stats.clone(), shutdown).await;
+        let _ = stop_tx.send(true);
+        let _ = engine_task.await;
+        if let Some(t) = station_task {
+            let _ = t.await;
+        }
         self.outbox.close().await;
+    }
+
+    /// The clinical engine.
+    pub fn engine(&self) -> &SharedEngine {
+        &self.engine
+    }
+
+    /// Where the nurse station listens, if served.
+    pub fn station_addr(&self) -> Option<std::net::SocketAddr> {
+        self.station_addr
     }
 
     /// The node's configuration.
@@ -274,6 +325,11 @@ impl EdgeNode {
         if let Err(e) = self.outbox.append(&[event], true).await {
             error!(error = %e, "could not record the outbox technical alarm");
         }
+    }
+
+    /// Subscribes to batches of newly durable events.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<NewEvent>>> {
+        self.accepted_tx.subscribe()
     }
 
     /// Whether the outbox-near-full technical alarm is raised.

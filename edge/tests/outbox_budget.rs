@@ -25,6 +25,8 @@ fn config(dir: &std::path::Path) -> EdgeConfig {
             client_key: dir.join("absent.key"),
         },
         sync: SyncConfig::default(),
+        engine: Default::default(),
+        station: None,
     }
 }
 

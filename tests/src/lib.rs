@@ -182,6 +182,8 @@ pub fn edge_config(
             backoff_max_ms: 5_000,
             ..SyncConfig::default()
         },
+        engine: Default::default(),
+        station: None,
     })
 }
 

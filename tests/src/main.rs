@@ -100,6 +100,9 @@ struct DemoArgs {
     /// Edge sync listen address.
     #[arg(long, default_value = "127.0.0.1:7443")]
     sync_listen: SocketAddr,
+    /// Nurse station listen address (served by the edge).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    station_listen: SocketAddr,
 }
 
 const DEMO_EDGE: &str = "edge-7a";
@@ -142,13 +145,14 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let cloud = CloudHandle::start(cloud_cfg)
         .await
         .context("starting the cloud")?;
-    let edge_cfg = wardwatch::edge_config(
+    let mut edge_cfg = wardwatch::edge_config(
         &setup,
         &data.join("edge"),
         DEMO_EDGE,
         &[DEMO_WARD],
         cloud.sync_addr,
     )?;
+    edge_cfg.station = Some(wardwatch_edge::station::StationConfig { listen: args.station_listen });
     let edge = EdgeHandle::start(edge_cfg)
         .await
         .context("starting the edge")?;
@@ -175,12 +179,14 @@ async fn demo(args: DemoArgs) -> Result<()> {
         .canonicalize()
         .unwrap_or(setup.pki.ca_cert.clone());
     let fhir_base = cloud.fhir_base.clone();
+    let station = edge.node.station_addr().map(|a| format!("http://{a}/"));
     if let Some(info) = &args.info {
         let doc = serde_json::json!({
             "fhir_base": fhir_base,
             "token": setup.token,
             "ca_cert": ca,
             "sync": format!("localhost:{}", cloud.sync_addr.port()),
+            "nurse_station": station,
             "edge_id": DEMO_EDGE,
             "ward": DEMO_WARD,
         });
@@ -194,6 +200,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
         args.beds
     );
     println!("FHIR base: {fhir_base}");
+    if let Some(s) = &station {
+        println!("Nurse station: {s}");
+    }
     println!("Try:");
     println!(
         "  curl --cacert {} -H 'Authorization: Bearer {}' '{fhir_base}/Observation?code=http://loinc.org|8867-4&_count=5'",

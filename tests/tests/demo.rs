@@ -24,6 +24,8 @@ async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
             "127.0.0.1:0",
             "--sync-listen",
             "127.0.0.1:0",
+            "--station-listen",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(&data)
@@ -63,6 +65,19 @@ async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
         }
     })
     .await?;
+    // The nurse station (served by the edge) shows the simulated ward.
+    let station = doc["nurse_station"].as_str().context("nurse_station")?.to_string();
+    let plain = client.clone();
+    wardwatch::wait_until(Duration::from_secs(20), "the nurse station to show 40 beds", || {
+        let (plain, station) = (plain.clone(), station.clone());
+        async move {
+            let w: serde_json::Value = plain.get(format!("{station}api/ward")).send().await?.json().await?;
+            Ok(w["beds"].as_array().is_some_and(|b| b.len() == 40))
+        }
+    })
+    .await?;
+    let page = plain.get(&station).send().await?.text().await?;
+    assert!(page.contains("Wardwatch · nurse station"));
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
     assert!(status.success(), "demo exited with {status}");
     let mut out = String::new();

@@ -5,4 +5,5 @@ pub mod alarms;
 pub mod engine;
 pub mod infusion;
 pub mod news2;
+pub mod task;
 pub mod thresholds;

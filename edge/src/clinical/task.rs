@@ -1,0 +1,76 @@
+//! Runs the clinical engine on a live edge: consumes every newly durable event from the node, ticks once a
+//! second on the wall clock, and makes what the engine produces (NEWS2 scores, alarm state changes) durable
+//! through the same accept path, so they sync to the cloud like any other event.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{error, warn};
+use wardwatch_proto::v1::edge_event::Payload;
+
+use super::engine::ClinicalEngine;
+use crate::node::{EdgeNode, Incoming};
+
+/// The engine shared between its task and the nurse station.
+pub type SharedEngine = Arc<Mutex<ClinicalEngine>>;
+
+/// The idempotency key of an event the engine produced.
+pub fn produced_key(p: &Payload) -> String {
+    match p {
+        Payload::Alarm(a) => format!("alarm:{}:{}:{}", a.alarm_id, a.state, a.changed_at_unix_ms),
+        Payload::Risk(r) => format!("news2:{}:{}", r.patient_id, r.computed_at_unix_ms),
+        other => format!("engine:{other:?}").chars().take(120).collect(),
+    }
+}
+
+/// Makes engine output durable (and thus synced). Logged, never fatal: the engine keeps running.
+pub async fn emit(node: &EdgeNode, out: Vec<Payload>) {
+    if out.is_empty() {
+        return;
+    }
+    let incoming: Vec<Incoming> = out.into_iter().map(|p| Incoming { idempotency_key: produced_key(&p), payload: p }).collect();
+    match node.accept(incoming).await {
+        Ok(r) if !r.rejected.is_empty() => {
+            for (i, why) in &r.rejected {
+                error!(index = i, reason = ?why.reason, detail = %why.detail, "engine produced an invalid event");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => error!(error = %e, "engine output not recorded"),
+    }
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(node: Arc<EdgeNode>, engine: SharedEngine, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut rx = node.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let out = tokio::select! {
+            batch = rx.recv() => match batch {
+                Ok(batch) => {
+                    let Ok(mut e) = engine.lock() else { error!("clinical engine lock poisoned"); return };
+                    let mut out = Vec::new();
+                    for ev in batch.iter() {
+                        out.extend(e.on_event(&ev.idempotency_key, &ev.payload));
+                    }
+                    out
+                }
+                Err(RecvError::Lagged(n)) => {
+                    warn!(batches = n, "clinical engine fell behind; skipped batches are stored but were not scored");
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = tick.tick() => {
+                let Ok(mut e) = engine.lock() else { error!("clinical engine lock poisoned"); return };
+                e.tick(wardwatch_proto::now_unix_ms())
+            }
+            () = &mut shutdown => return,
+        };
+        emit(&node, out).await;
+    }
+}
