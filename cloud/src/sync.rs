@@ -151,6 +151,7 @@ impl EdgeSync for SyncService {
         let body = req.into_inner();
         if body.edge_id != edge.edge_id.as_str() {
             self.stats.refused_calls.fetch_add(1, Ordering::Relaxed);
+            warn!(edge = %edge.edge_id, claimed = %body.edge_id, "edge id in Register does not match the certificate");
             return Err(CloudError::PermissionDenied(format!(
                 "edge id {:?} does not match the certificate identity {}",
                 body.edge_id, edge.identity_uri

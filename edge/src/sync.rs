@@ -71,8 +71,8 @@ pub struct SyncStats {
     pub connected: AtomicBool,
     /// The last error that ended a session, for the operator.
     pub last_error: Mutex<Option<String>>,
-    /// Milliseconds from "accepted at the edge" to "acknowledged as stored by the cloud", one per stored event
-    /// (bounded; the oldest are dropped). Used by benchmarks for p99.
+    /// Milliseconds from "accepted at the edge" to "acknowledged by the cloud" (stored, replayed or rejected),
+    /// one per acknowledged event (bounded; the oldest are dropped). Used by benchmarks for p99.
     pub latency_ms: Mutex<VecDeque<u32>>,
 }
 
@@ -160,13 +160,13 @@ pub async fn run(
                 *last = Some(e.to_string());
             }
         }
-        // Exponential backoff with full jitter, reset by a successful acknowledgement in the session.
+        // Exponential backoff with full jitter (uniform in [0, cap]), reset by a successful acknowledgement.
         let cap = cfg
             .sync
             .backoff_initial_ms
             .saturating_mul(1u64 << attempt.min(20))
             .min(cfg.sync.backoff_max_ms);
-        let delay = rand::rng().random_range(cfg.sync.backoff_initial_ms.min(cap)..=cap);
+        let delay = rand::rng().random_range(0..=cap);
         attempt = attempt.saturating_add(1);
         debug!(delay_ms = delay, attempt, "sync backoff");
         tokio::select! {

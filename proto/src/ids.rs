@@ -41,6 +41,12 @@ fn id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
+/// Characters allowed in FHIR logical ids (`[A-Za-z0-9\-\.]`), minus the dot, which Wardwatch uses as a
+/// separator in composite ids.
+fn fhir_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-'
+}
+
 fn label_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ' | '/' | ':')
 }
@@ -84,9 +90,10 @@ macro_rules! id_newtype {
 }
 
 id_newtype!(
-    /// An edge node's identifier: 1-64 of `[A-Za-z0-9_-]`. It appears in certificate URI SANs
-    /// (`urn:wardwatch:edge:<id>`) and in FHIR ids, hence the narrow alphabet.
-    EdgeId, "edge id", 64, id_char
+    /// An edge node's identifier: 1-40 of `[A-Za-z0-9-]`. It appears in certificate URI SANs
+    /// (`urn:wardwatch:edge:<id>`) and in FHIR ids (`<edge>.<sequence>` must fit FHIR's 64 characters), hence
+    /// the narrow alphabet and length.
+    EdgeId, "edge id", 40, fhir_id_char
 );
 id_newtype!(
     /// A ward as the hospital names it (e.g. "7A"): 1-64 of `[A-Za-z0-9_-]`.
@@ -97,8 +104,8 @@ id_newtype!(
     PatientId, "patient id", 64, id_char
 );
 id_newtype!(
-    /// A device identifier (asset tag, EUI-64): 1-64 of `[A-Za-z0-9_-]`.
-    DeviceId, "device id", 64, id_char
+    /// A device identifier (asset tag, EUI-64): 1-64 of `[A-Za-z0-9-]` (it is the FHIR Device id).
+    DeviceId, "device id", 64, fhir_id_char
 );
 id_newtype!(
     /// A bed label within a ward, or other short free-form label: 1-64 of `[A-Za-z0-9_-. /:]`.
@@ -111,7 +118,9 @@ mod tests {
 
     #[test]
     fn accepts_narrow_alphabet_and_rejects_the_rest() {
-        assert!(EdgeId::new("ward-7a_edge1").is_ok());
+        assert!(EdgeId::new("ward-7a-edge1").is_ok());
+        assert!(EdgeId::new("ward_7a").is_err(), "not a valid FHIR id character");
+        assert!(EdgeId::new("a".repeat(41)).is_err());
         assert!(EdgeId::new("").is_err());
         assert!(EdgeId::new("a".repeat(65)).is_err());
         assert!(EdgeId::new("edge.1").is_err());

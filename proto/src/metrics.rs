@@ -275,7 +275,9 @@ pub fn enumeration(mdc: u32) -> &'static [(&'static str, &'static str)] {
             ("P", "Responds to pain"),
             ("U", "Unresponsive"),
         ],
-        WARDWATCH_SUPPLEMENTAL_O2 => &[("AIR", "Breathing room air"), ("O2", "Supplemental oxygen")],
+        WARDWATCH_SUPPLEMENTAL_O2 => {
+            &[("AIR", "Breathing room air"), ("O2", "Supplemental oxygen")]
+        }
         _ => &[],
     }
 }

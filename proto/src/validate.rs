@@ -87,10 +87,10 @@ pub fn event(e: &EdgeEvent) -> Result<WardId, Rejection> {
             if let Some(crate::v1::risk_score::Score::Model(m)) = &r.score
                 && (!m.probability.is_finite() || !(0.0..=1.0).contains(&m.probability))
             {
-                return Err(Rejection::new(
-                    RejectReason::NotFinite,
-                    format!("probability {} outside 0..1", m.probability),
-                ));
+                return Err(invalid(format!(
+                    "probability {} is not a number in 0..1",
+                    m.probability
+                )));
             }
             location(r.location.as_ref(), false)
         }
@@ -127,8 +127,14 @@ pub fn vital(v: &VitalSign) -> Result<WardId, Rejection> {
     })?;
     match m.kind {
         ValueKind::Enumerated => {
-            if !metrics::enumeration(m.mdc).iter().any(|(code, _)| *code == v.enumerated) {
-                return Err(invalid(format!("{:?} is not a value of {}", v.enumerated, m.mdc_ref)));
+            if !metrics::enumeration(m.mdc)
+                .iter()
+                .any(|(code, _)| *code == v.enumerated)
+            {
+                return Err(invalid(format!(
+                    "{:?} is not a value of {}",
+                    v.enumerated, m.mdc_ref
+                )));
             }
             return Ok(ward);
         }
