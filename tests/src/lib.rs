@@ -2,6 +2,8 @@
 //! loopback. The demo binary and every whole-system test and benchmark use these helpers (one place, never
 //! copied), so they all run the real edge and cloud code.
 
+pub mod eval;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,307 @@
+//! Alarm-fatigue evaluation: a simulated ward with labelled scenarios runs through the real clinical engine in
+//! simulated time; its announced alarms are compared with naive fixed thresholds and with the ground truth.
+//! Used by `bench/eval_alarms` (the report in docs/alarm-evaluation.md) and by a smaller whole-system test.
+//!
+//! Everything here is simulated data: it shows the alarm logic behaves as designed on the scenarios the
+//! simulator models, not clinical performance.
+
+use std::collections::{BTreeMap, HashMap};
+
+use wardwatch_edge::clinical::engine::{ClinicalEngine, EngineConfig};
+use wardwatch_edge::clinical::thresholds::{ThresholdConfig, naive_out_of_range};
+use wardwatch_edge::simulator::{GroundTruthLabel, RandomScenarioMix, ScenarioKind, WardSimConfig, WardSimulator};
+use wardwatch_proto::v1::{AlarmKind, AlarmPriority, AlarmState, edge_event::Payload};
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    /// Beds.
+    pub beds: u32,
+    /// Simulated hours.
+    pub hours: u32,
+    /// Seed.
+    pub seed: u64,
+    /// Scenario mix (default: `RandomScenarioMix::default()` over the evaluated hours).
+    pub mix: Option<RandomScenarioMix>,
+}
+
+/// One announced alarm.
+#[derive(Debug, Clone)]
+pub struct Announced {
+    /// Patient (or order id scope for infusion alarms: mapped to the patient).
+    pub patient_id: String,
+    /// Kind.
+    pub kind: AlarmKind,
+    /// Priority when first announced or upgraded.
+    pub priority: AlarmPriority,
+    /// When.
+    pub at_unix_ms: i64,
+    /// Alarm id.
+    pub alarm_id: String,
+}
+
+/// Outcome for one labelled scenario.
+#[derive(Debug, Clone)]
+pub struct LabelOutcome {
+    /// The label.
+    pub label: GroundTruthLabel,
+    /// First matching alarm time minus onset, if any.
+    pub time_to_alarm_ms: Option<i64>,
+    /// Highest priority of matching alarms within the window.
+    pub max_priority: Option<AlarmPriority>,
+}
+
+/// The evaluation's result.
+#[derive(Debug, Clone)]
+pub struct EvalReport {
+    /// Configuration.
+    pub config: EvalConfig,
+    /// Alarms announced by the alarm manager (distinct alarm ids; an upgrade of the same alarm is not counted
+    /// again).
+    pub manager_alarms: u64,
+    /// Of which physiological (vital threshold and NEWS2) alarms.
+    pub manager_physiological: u64,
+    /// Alarm episodes naive fixed thresholds would have sounded (each entry of a parameter into out-of-range).
+    pub naive_alarms: u64,
+    /// Per labelled scenario.
+    pub labels: Vec<LabelOutcome>,
+    /// Events processed.
+    pub events: u64,
+    /// End of the simulated period.
+    pub end_unix_ms: i64,
+    /// Conditions that ended within their delay (never announced).
+    pub suppressed_transient: u64,
+}
+
+fn rank(p: AlarmPriority) -> u8 {
+    match p {
+        AlarmPriority::High => 3,
+        AlarmPriority::Medium => 2,
+        AlarmPriority::Low => 1,
+        _ => 0,
+    }
+}
+
+fn matches_label(kind: ScenarioKind, alarm: AlarmKind) -> bool {
+    match kind {
+        ScenarioKind::SepsisDeterioration | ScenarioKind::RespiratoryFailureOnOxygen | ScenarioKind::Hypovolaemia => {
+            matches!(alarm, AlarmKind::VitalThreshold | AlarmKind::News2Response)
+        }
+        ScenarioKind::DripSpedUp => alarm == AlarmKind::InfusionTooFast,
+        ScenarioKind::LineOccluded => matches!(alarm, AlarmKind::InfusionStopped | AlarmKind::InfusionTooSlow),
+        ScenarioKind::BagRunsEmpty => matches!(alarm, AlarmKind::InfusionNearCompletion),
+        ScenarioKind::MotionArtifact | ScenarioKind::ProbeOff | ScenarioKind::TransientCoughOrTurn => {
+            matches!(alarm, AlarmKind::VitalThreshold | AlarmKind::News2Response)
+        }
+    }
+}
+
+/// Runs the evaluation.
+pub fn run(cfg: &EvalConfig) -> EvalReport {
+    let start = 1_800_000_000_000_i64;
+    let horizon = i64::from(cfg.hours) * 3_600_000;
+    let mix = RandomScenarioMix { horizon_ms: horizon, ..cfg.mix.clone().unwrap_or_default() };
+    let mut sim = WardSimulator::new(WardSimConfig {
+        ward: "7A".into(),
+        beds: cfg.beds,
+        seed: cfg.seed,
+        start_unix_ms: start,
+        random_scenarios: Some(mix),
+        ..WardSimConfig::default()
+    });
+    let scale2: Vec<String> = sim.patients().into_iter().filter(|p| p.spo2_scale_2).map(|p| p.patient_id).collect();
+    let thresholds = ThresholdConfig::default();
+    let mut engine = ClinicalEngine::new(EngineConfig { spo2_scale_2_patients: scale2.clone(), ..EngineConfig::default() }, "eval");
+    let mut order_patient: HashMap<String, String> = HashMap::new();
+    let mut announced: Vec<Announced> = Vec::new();
+    let mut seen_ids: HashMap<String, usize> = HashMap::new();
+    let mut naive_state: HashMap<(String, String), bool> = HashMap::new();
+    let mut naive_alarms = 0u64;
+    let mut events = 0u64;
+    let record = |out: Vec<Payload>, announced: &mut Vec<Announced>, seen: &mut HashMap<String, usize>| {
+        for p in out {
+            if let Payload::Alarm(a) = p {
+                if a.state != AlarmState::Raised as i32 {
+                    continue;
+                }
+                let kind = AlarmKind::try_from(a.kind).unwrap_or(AlarmKind::Unspecified);
+                let priority = AlarmPriority::try_from(a.priority).unwrap_or(AlarmPriority::Unspecified);
+                match seen.get(&a.alarm_id) {
+                    Some(i) => {
+                        if let Some(x) = announced.get_mut(*i)
+                            && rank(priority) > rank(x.priority)
+                        {
+                            x.priority = priority;
+                        }
+                    }
+                    None => {
+                        seen.insert(a.alarm_id.clone(), announced.len());
+                        announced.push(Announced {
+                            patient_id: a.patient_id.clone(),
+                            kind,
+                            priority,
+                            at_unix_ms: a.changed_at_unix_ms,
+                            alarm_id: a.alarm_id,
+                        });
+                    }
+                }
+            }
+        }
+    };
+    let mut t = start;
+    let end = start + horizon;
+    let devices = sim.devices();
+    for e in devices {
+        let _ = engine.on_event(&e.idempotency_key, &e.payload);
+    }
+    while t < end {
+        t += 1_000;
+        for e in sim.advance_to(t) {
+            events += 1;
+            match &e.payload {
+                Payload::Vital(v) => {
+                    let scale_2 = scale2.contains(&v.patient_id);
+                    if let Some((param, out)) = naive_out_of_range(v, scale_2, &thresholds) {
+                        let k = (v.patient_id.clone(), format!("{param:?}"));
+                        let was = naive_state.insert(k, out).unwrap_or(false);
+                        if out && !was {
+                            naive_alarms += 1;
+                        }
+                    }
+                }
+                Payload::Infusion(i) => {
+                    order_patient.insert(i.order_id.clone(), i.patient_id.clone());
+                }
+                _ => {}
+            }
+            let out = engine.on_event(&e.idempotency_key, &e.payload);
+            record(out, &mut announced, &mut seen_ids);
+        }
+        let out = engine.tick(t);
+        record(out, &mut announced, &mut seen_ids);
+    }
+    let labels = sim
+        .labels()
+        .into_iter()
+        .filter(|l| l.began_at_unix_ms < end)
+        .map(|label| {
+            let window_end = label.ended_at_unix_ms.unwrap_or(end).min(end) + 120_000;
+            let matching: Vec<&Announced> = announced
+                .iter()
+                .filter(|a| a.patient_id == label.patient_id && matches_label(label.kind, a.kind))
+                // An alarm already active at onset does not count for this label.
+                .filter(|a| a.at_unix_ms >= label.began_at_unix_ms && a.at_unix_ms <= window_end)
+                .collect();
+            LabelOutcome {
+                time_to_alarm_ms: matching.iter().map(|a| a.at_unix_ms - label.began_at_unix_ms).min(),
+                max_priority: matching.iter().map(|a| a.priority).max_by_key(|p| rank(*p)),
+                label,
+            }
+        })
+        .collect();
+    let manager_physiological =
+        announced.iter().filter(|a| matches!(a.kind, AlarmKind::VitalThreshold | AlarmKind::News2Response)).count() as u64;
+    EvalReport {
+        config: cfg.clone(),
+        manager_alarms: announced.len() as u64,
+        manager_physiological,
+        naive_alarms,
+        labels,
+        events,
+        end_unix_ms: end,
+        suppressed_transient: engine.alarm_stats().suppressed_transient,
+    }
+}
+
+fn median(mut v: Vec<i64>) -> Option<i64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    Some(v[v.len() / 2])
+}
+
+impl EvalReport {
+    /// Labels that should alarm at high priority but got no high-priority alarm.
+    pub fn missed_high(&self) -> Vec<&LabelOutcome> {
+        self.labels
+            .iter()
+            .filter(|l| l.label.should_alarm && l.label.expected_priority == Some(AlarmPriority::High))
+            // The expected priority is due by the scenario's peak; a peak after the simulated period is not due.
+            .filter(|l| l.label.peak_at_unix_ms.is_none_or(|p| p <= self.end_unix_ms))
+            .filter(|l| l.max_priority != Some(AlarmPriority::High))
+            .collect()
+    }
+
+    /// Reduction of physiological alarms against naive thresholds (0..1).
+    pub fn reduction(&self) -> f64 {
+        if self.naive_alarms == 0 {
+            return 0.0;
+        }
+        1.0 - self.manager_physiological as f64 / self.naive_alarms as f64
+    }
+
+    /// Markdown report.
+    pub fn markdown(&self) -> String {
+        let days = f64::from(self.config.hours) / 24.0;
+        let per_bed_day = |n: u64| n as f64 / f64::from(self.config.beds) / days;
+        let mut s = String::new();
+        s.push_str(&format!(
+            "Simulated ward: {} beds × {} h, seed {}, {} events.\n\n",
+            self.config.beds, self.config.hours, self.config.seed, self.events
+        ));
+        s.push_str("| alarms | total | per bed per day |\n|---|---:|---:|\n");
+        s.push_str(&format!(
+            "| naive fixed thresholds (vital signs, every excursion) | {} | {:.1} |\n",
+            self.naive_alarms,
+            per_bed_day(self.naive_alarms)
+        ));
+        s.push_str(&format!(
+            "| Wardwatch, physiological (vital thresholds + NEWS2) | {} | {:.1} |\n",
+            self.manager_physiological,
+            per_bed_day(self.manager_physiological)
+        ));
+        s.push_str(&format!(
+            "| Wardwatch, all (incl. infusion and technical) | {} | {:.1} |\n\n",
+            self.manager_alarms,
+            per_bed_day(self.manager_alarms)
+        ));
+        s.push_str(&format!(
+            "Physiological alarms vs naive: **{:.0}% fewer**. Conditions suppressed as transient: {}.\n\n",
+            self.reduction() * 100.0,
+            self.suppressed_transient
+        ));
+        s.push_str("| scenario | labelled | should alarm | alarmed | sensitivity | median time to alarm | reached expected priority |\n|---|---:|---:|---:|---:|---:|---:|\n");
+        let mut by_kind: BTreeMap<&'static str, Vec<&LabelOutcome>> = BTreeMap::new();
+        for l in &self.labels {
+            by_kind.entry(l.label.kind.name()).or_default().push(l);
+        }
+        for (name, ls) in by_kind {
+            let should = ls.iter().filter(|l| l.label.should_alarm).count();
+            let alarmed = ls.iter().filter(|l| l.time_to_alarm_ms.is_some()).count();
+            let tta = median(ls.iter().filter(|l| l.label.should_alarm).filter_map(|l| l.time_to_alarm_ms).collect());
+            let reached = ls
+                .iter()
+                .filter(|l| l.label.should_alarm)
+                .filter(|l| match (l.label.expected_priority, l.max_priority) {
+                    (Some(e), Some(m)) => rank(m) >= rank(e),
+                    (None, _) => true,
+                    _ => false,
+                })
+                .count();
+            let sens = if should > 0 { format!("{:.0}%", 100.0 * alarmed as f64 / should as f64) } else { "–".into() };
+            s.push_str(&format!(
+                "| {name} | {} | {should} | {alarmed} | {sens} | {} | {} |\n",
+                ls.len(),
+                tta.map_or("–".into(), |ms| format!("{:.0} s", ms as f64 / 1000.0)),
+                if should > 0 { format!("{reached}/{should}") } else { "–".into() }
+            ));
+        }
+        let missed = self.missed_high();
+        s.push_str(&format!("\nLabelled high-priority events missed: **{}**.\n", missed.len()));
+        for m in missed {
+            s.push_str(&format!("- missed: {}\n", m.label.description));
+        }
+        s
+    }
+}
