@@ -105,6 +105,8 @@ pub struct EdgeNode {
     station_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
     /// The nurse station's address, if served.
     station_addr: Option<std::net::SocketAddr>,
+    /// The engine's subscription, made at start so no event accepted before `run` is missed; taken by `run`.
+    engine_rx: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<Arc<Vec<NewEvent>>>>>,
 }
 
 impl EdgeNode {
@@ -133,6 +135,7 @@ impl EdgeNode {
             }
             None => (None, None),
         };
+        let (accepted_tx, accepted_rx) = tokio::sync::broadcast::channel(4096);
         Ok(Arc::new(Self {
             engine,
             station_listener: std::sync::Mutex::new(station_listener),
@@ -142,7 +145,8 @@ impl EdgeNode {
             sync_stats: Arc::new(SyncStats::default()),
             accept_stats: AcceptStats::default(),
             near_full_raised: AtomicBool::new(false),
-            accepted_tx: tokio::sync::broadcast::channel(4096).0,
+            engine_rx: std::sync::Mutex::new(Some(accepted_rx)),
+            accepted_tx,
         }))
     }
 
@@ -153,8 +157,13 @@ impl EdgeNode {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let engine_task =
-            tokio::spawn(crate::clinical::task::run(self.clone(), self.engine.clone(), stopped(stop_rx.clone())));
+        let engine_rx = self.engine_rx.lock().ok().and_then(|mut r| r.take()).unwrap_or_else(|| self.subscribe());
+        let engine_task = tokio::spawn(crate::clinical::task::run(
+            self.clone(),
+            self.engine.clone(),
+            engine_rx,
+            stopped(stop_rx.clone()),
+        ));
         let listener = self.station_listener.lock().ok().and_then(|mut l| l.take());
         let station_task = listener.map(|l| {
             tokio::spawn(crate::station::run(l, self.clone(), self.engine.clone(), stopped(stop_rx.clone())))
@@ -245,6 +254,11 @@ impl EdgeNode {
                 self.accept_stats
                     .accepted
                     .fetch_add(outcome.accepted, Ordering::Relaxed);
+                if !good.is_empty() && self.accepted_tx.receiver_count() > 0 {
+                    // Consumers (the clinical engine) see events only once durable. A lagging consumer is
+                    // told by the channel; storage is unaffected.
+                    let _ = self.accepted_tx.send(Arc::new(good));
+                }
             }
             Err(e) => {
                 if matches!(e, OutboxError::Full { .. }) {

@@ -43,9 +43,13 @@ pub async fn emit(node: &EdgeNode, out: Vec<Payload>) {
 }
 
 /// Runs until `shutdown` resolves.
-pub async fn run(node: Arc<EdgeNode>, engine: SharedEngine, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    node: Arc<EdgeNode>,
+    engine: SharedEngine,
+    mut rx: tokio::sync::broadcast::Receiver<Arc<Vec<crate::outbox::NewEvent>>>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
-    let mut rx = node.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {

@@ -1,0 +1,88 @@
+//! The nurse station in headless Chromium (Debian's chromium driven by playwright-core, tests/browser): the real
+//! edge serves it with a simulated ward; the page must show beds, NEWS2, infusion volume and ETA and an alarm,
+//! and acknowledging the alarm by clicking must work. Skipped loudly where node, playwright-core or chromium
+//! are missing, except on CI (`CI` set), where that is a failure. Set `WARDWATCH_UPDATE_SCREENSHOT=1` to refresh
+//! docs/nurse-station.png.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use wardwatch::{CloudHandle, EdgeHandle, cloud_config, dev_setup, edge_config};
+use wardwatch_edge::node::Incoming;
+use wardwatch_edge::simulator::{WardSimConfig, WardSimulator};
+use wardwatch_proto::v1::{BedLocation, VitalSign, edge_event::Payload};
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/browser");
+
+fn browser_available() -> Result<bool> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let ok = Path::new(&chromium).exists()
+        && Path::new(DIR).join("node_modules/playwright-core").exists()
+        && Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            bail!("chromium, node and playwright-core are required on CI (.ci/run installs them)");
+        }
+        eprintln!("\n*** SKIPPED: nurse station browser test: needs {chromium}, node and `npm ci` in tests/browser ***\n");
+    }
+    Ok(ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nurse_station_in_headless_chromium() -> Result<()> {
+    if !browser_available()? {
+        return Ok(());
+    }
+    wardwatch::install_crypto();
+    let dir = tempfile::tempdir()?;
+    let setup = dev_setup(dir.path(), &["edge-7a"])?;
+    let any = "127.0.0.1:0".parse()?;
+    let cloud = CloudHandle::start(cloud_config(&setup, &dir.path().join("cloud"), None, any, any, &[("edge-7a", &["7A"])])?).await?;
+    let mut cfg = edge_config(&setup, &dir.path().join("edge"), "edge-7a", &["7A"], cloud.sync_addr)?;
+    cfg.station = Some(wardwatch_edge::station::StationConfig { listen: any });
+    let edge = EdgeHandle::start(cfg).await?;
+    let station = edge.node.station_addr().map(|a| format!("http://{a}/")).unwrap_or_default();
+
+    // Ten minutes of a 12-bed ward up to now, then a desaturation at bed 1 (an immediate high-priority alarm).
+    let now = wardwatch_proto::now_unix_ms();
+    let mut sim = WardSimulator::new(WardSimConfig { ward: "7A".into(), beds: 12, seed: 3, start_unix_ms: now - 600_000, ..WardSimConfig::default() });
+    let mut events: Vec<Incoming> = sim.devices().into_iter().map(|e| Incoming { idempotency_key: e.idempotency_key, payload: e.payload }).collect();
+    events.extend(sim.advance_to(now).into_iter().map(|e| Incoming { idempotency_key: e.idempotency_key, payload: e.payload }));
+    let patient = sim.patients().first().map(|p| p.patient_id.clone()).unwrap_or_default();
+    for chunk in events.chunks(2_000) {
+        edge.node.accept(chunk.to_vec()).await?;
+    }
+    edge.node
+        .accept(vec![Incoming {
+            idempotency_key: "test-desaturation".into(),
+            payload: Payload::Vital(VitalSign {
+                patient_id: patient,
+                location: Some(BedLocation { ward: "7A".into(), bed: "1".into() }),
+                device_id: "mon-7A-1".into(),
+                metric_mdc: wardwatch_proto::metrics::MDC_PULS_OXIM_SAT_O2,
+                value: 82.0,
+                unit_ucum: "%".into(),
+                measured_at_unix_ms: now + 1,
+                ..Default::default()
+            }),
+        }])
+        .await?;
+    edge.wait_drained(Duration::from_secs(60)).await?;
+
+    let shot = if std::env::var_os("WARDWATCH_UPDATE_SCREENSHOT").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/nurse-station.png")
+    } else {
+        dir.path().join("nurse-station.png")
+    };
+    let out = tokio::process::Command::new("node").current_dir(DIR).arg("station.mjs").arg(&station).arg(&shot).output().await?;
+    eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "browser test failed");
+    assert!(shot.exists(), "no screenshot");
+    // The acknowledgement reached the outbox and the cloud as an alarm event.
+    edge.wait_drained(Duration::from_secs(30)).await?;
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
