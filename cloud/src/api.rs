@@ -286,7 +286,10 @@ pub fn vital_to_observation(
     let enumerated = row.enumerated.as_deref().map(|e| Coding {
         system: "urn:wardwatch:enumeration",
         code: e,
-        display: metrics::enumeration(mdc).iter().find(|(c, _)| *c == e).map_or(e, |(_, d)| d),
+        display: metrics::enumeration(mdc)
+            .iter()
+            .find(|(c, _)| *c == e)
+            .map_or(e, |(_, d)| d),
     });
     let value = match metric.kind {
         metrics::ValueKind::Numeric => row.value,

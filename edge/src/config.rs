@@ -48,6 +48,12 @@ pub struct EdgeConfig {
     /// The nurse station (HTTP + live page); absent = not served.
     #[serde(default)]
     pub station: Option<crate::station::StationConfig>,
+    /// HL7 v2 / IHE PCD-01 over MLLP listener; absent = not served.
+    #[serde(default)]
+    pub hl7_mllp: Option<crate::sources::hl7::Hl7MllpConfig>,
+    /// MQTT source (a broker to subscribe to); absent = not used.
+    #[serde(default)]
+    pub mqtt: Option<crate::sources::mqtt::config::MqttSourceConfig>,
 }
 
 /// Outbox limits.
@@ -148,6 +154,12 @@ impl EdgeConfig {
             return bad("sync.max_in_flight must be 1..=64");
         }
         self.engine.alarms.validate().map_err(ConfigError::Invalid)?;
+        if let Some(h) = &self.hl7_mllp {
+            h.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        if let Some(m) = &self.mqtt {
+            m.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         if self.sync.backoff_initial_ms == 0
             || self.sync.backoff_max_ms < self.sync.backoff_initial_ms
         {

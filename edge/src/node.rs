@@ -105,6 +105,12 @@ pub struct EdgeNode {
     station_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
     /// The nurse station's address, if served.
     station_addr: Option<std::net::SocketAddr>,
+    /// The HL7 MLLP listener, bound at start; taken by `run`.
+    hl7_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
+    /// The HL7 listener's address, if served.
+    hl7_addr: Option<std::net::SocketAddr>,
+    /// HL7 source counters.
+    hl7_stats: Arc<crate::sources::hl7::Hl7Stats>,
     /// The engine's subscription, made at start so no event accepted before `run` is missed; taken by `run`.
     engine_rx: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<Arc<Vec<NewEvent>>>>>,
 }
@@ -135,6 +141,16 @@ impl EdgeNode {
             }
             None => (None, None),
         };
+        let (hl7_listener, hl7_addr) = match &config.hl7_mllp {
+            Some(h) => {
+                let l = crate::sources::hl7::bind(h)
+                    .await
+                    .map_err(|source| StartError::Bind { addr: h.listen, source })?;
+                let addr = l.local_addr().map_err(|source| StartError::Bind { addr: h.listen, source })?;
+                (Some(l), Some(addr))
+            }
+            None => (None, None),
+        };
         let (accepted_tx, accepted_rx) = tokio::sync::broadcast::channel(4096);
         Ok(Arc::new(Self {
             engine,
@@ -146,6 +162,9 @@ impl EdgeNode {
             accept_stats: AcceptStats::default(),
             near_full_raised: AtomicBool::new(false),
             engine_rx: std::sync::Mutex::new(Some(accepted_rx)),
+            hl7_listener: std::sync::Mutex::new(hl7_listener),
+            hl7_addr,
+            hl7_stats: Arc::new(crate::sources::hl7::Hl7Stats::default()),
             accepted_tx,
         }))
     }
@@ -164,6 +183,22 @@ impl EdgeNode {
             engine_rx,
             stopped(stop_rx.clone()),
         ));
+        let hl7_task = self.hl7_listener.lock().ok().and_then(|mut l| l.take()).zip(self.config.hl7_mllp.clone()).map(
+            |(l, cfg)| {
+                tokio::spawn(crate::sources::hl7::run(cfg, self.clone(), l, self.hl7_stats.clone(), stopped(stop_rx.clone())))
+            },
+        );
+        let mqtt_task = self.config.mqtt.clone().map(|cfg| {
+            let node = self.clone();
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                let dir = node.config.data_dir.clone();
+                match crate::sources::mqtt::MqttSource::open(cfg, node, &dir).await {
+                    Ok(src) => src.run(stop).await,
+                    Err(e) => error!(error = %e, "MQTT source not started"),
+                }
+            })
+        });
         let listener = self.station_listener.lock().ok().and_then(|mut l| l.take());
         let station_task = listener.map(|l| {
             tokio::spawn(crate::station::run(l, self.clone(), self.engine.clone(), stopped(stop_rx.clone())))
@@ -171,6 +206,12 @@ impl EdgeNode {
         sync::run(self.config.clone(), self.outbox.clone(), self.sync_stats.clone(), shutdown).await;
         let _ = stop_tx.send(true);
         let _ = engine_task.await;
+        if let Some(t) = hl7_task {
+            let _ = t.await;
+        }
+        if let Some(t) = mqtt_task {
+            let _ = t.await;
+        }
         if let Some(t) = station_task {
             let _ = t.await;
         }
@@ -180,6 +221,16 @@ impl EdgeNode {
     /// The clinical engine.
     pub fn engine(&self) -> &SharedEngine {
         &self.engine
+    }
+
+    /// Where the HL7 MLLP listener listens, if served.
+    pub fn hl7_addr(&self) -> Option<std::net::SocketAddr> {
+        self.hl7_addr
+    }
+
+    /// HL7 source counters.
+    pub fn hl7_stats(&self) -> &Arc<crate::sources::hl7::Hl7Stats> {
+        &self.hl7_stats
     }
 
     /// Where the nurse station listens, if served.

@@ -114,30 +114,54 @@ impl Conversion {
 /// possible, required components). Returns the wire message or the reason it was rejected.
 pub fn normalize_vital(raw: RawVital) -> Result<VitalSign, Rejection> {
     let metric = metrics::by_mdc(raw.metric_mdc).ok_or_else(|| {
-        Rejection::new(RejectReason::UnknownMetric, format!("MDC code {} is not a known metric", raw.metric_mdc))
+        Rejection::new(
+            RejectReason::UnknownMetric,
+            format!("MDC code {} is not a known metric", raw.metric_mdc),
+        )
     })?;
     let (unit, value, components) = if metric.kind == ValueKind::Enumerated {
         (String::new(), 0.0, Vec::new())
     } else {
         if raw.unit.trim().is_empty() {
-            return Err(Rejection::new(RejectReason::BadUnit, format!("unit missing for {}", metric.mdc_ref)));
+            return Err(Rejection::new(
+                RejectReason::BadUnit,
+                format!("unit missing for {}", metric.mdc_ref),
+            ));
         }
         let conv = lookup(&raw.unit).ok_or_else(|| {
-            Rejection::new(RejectReason::BadUnit, format!("unit {:?} is not understood for {}", raw.unit, metric.mdc_ref))
+            Rejection::new(
+                RejectReason::BadUnit,
+                format!(
+                    "unit {:?} is not understood for {}",
+                    raw.unit, metric.mdc_ref
+                ),
+            )
         })?;
         if conv.target() != metric.unit {
             return Err(Rejection::new(
                 RejectReason::BadUnit,
-                format!("unit {:?} cannot express {} (needs {})", raw.unit, metric.mdc_ref, metric.unit),
+                format!(
+                    "unit {:?} cannot express {} (needs {})",
+                    raw.unit, metric.mdc_ref, metric.unit
+                ),
             ));
         }
-        let components =
-            raw.components.iter().map(|(c, v)| VitalComponent { metric_mdc: *c, value: conv.apply(*v) }).collect();
+        let components = raw
+            .components
+            .iter()
+            .map(|(c, v)| VitalComponent {
+                metric_mdc: *c,
+                value: conv.apply(*v),
+            })
+            .collect();
         (metric.unit.to_string(), conv.apply(raw.value), components)
     };
     let v = VitalSign {
         patient_id: raw.patient_id,
-        location: Some(BedLocation { ward: raw.ward, bed: raw.bed }),
+        location: Some(BedLocation {
+            ward: raw.ward,
+            bed: raw.bed,
+        }),
         device_id: raw.device_id,
         metric_mdc: raw.metric_mdc,
         value,
@@ -145,7 +169,10 @@ pub fn normalize_vital(raw: RawVital) -> Result<VitalSign, Rejection> {
         measured_at_unix_ms: raw.measured_at_unix_ms,
         quality: raw.quality.into_iter().map(|q| q as i32).collect(),
         components,
-        enumerated: raw.enumerated.map(|e| e.trim().to_ascii_uppercase()).unwrap_or_default(),
+        enumerated: raw
+            .enumerated
+            .map(|e| e.trim().to_ascii_uppercase())
+            .unwrap_or_default(),
     };
     validate::vital(&v)?;
     Ok(v)
@@ -181,7 +208,10 @@ mod tests {
         let spo2 = normalize_vital(raw(MDC_PULS_OXIM_SAT_O2, 97.0, "262688")).unwrap();
         assert_eq!(spo2.unit_ucum, "%");
         let mut bp = raw(MDC_PRESS_BLD_NONINV, 12.0, "kPa");
-        bp.components = vec![(MDC_PRESS_BLD_NONINV_SYS, 16.0), (MDC_PRESS_BLD_NONINV_DIA, 10.6)];
+        bp.components = vec![
+            (MDC_PRESS_BLD_NONINV_SYS, 16.0),
+            (MDC_PRESS_BLD_NONINV_DIA, 10.6),
+        ];
         let bp = normalize_vital(bp).unwrap();
         assert_eq!(bp.unit_ucum, "mm[Hg]");
         assert_eq!(bp.components[0].value, 120.0);
@@ -191,22 +221,58 @@ mod tests {
 
     #[test]
     fn rejects_with_reasons() {
-        assert_eq!(normalize_vital(raw(MDC_ECG_HEART_RATE, 72.0, "")).unwrap_err().reason, RejectReason::BadUnit);
-        assert_eq!(normalize_vital(raw(MDC_ECG_HEART_RATE, 72.0, "furlongs")).unwrap_err().reason, RejectReason::BadUnit);
+        assert_eq!(
+            normalize_vital(raw(MDC_ECG_HEART_RATE, 72.0, ""))
+                .unwrap_err()
+                .reason,
+            RejectReason::BadUnit
+        );
+        assert_eq!(
+            normalize_vital(raw(MDC_ECG_HEART_RATE, 72.0, "furlongs"))
+                .unwrap_err()
+                .reason,
+            RejectReason::BadUnit
+        );
         // A temperature unit for a heart rate is refused, not converted.
-        assert_eq!(normalize_vital(raw(MDC_ECG_HEART_RATE, 72.0, "degF")).unwrap_err().reason, RejectReason::BadUnit);
-        assert_eq!(normalize_vital(raw(4242, 72.0, "/min")).unwrap_err().reason, RejectReason::UnknownMetric);
-        assert_eq!(normalize_vital(raw(MDC_ECG_HEART_RATE, f64::NAN, "/min")).unwrap_err().reason, RejectReason::NotFinite);
+        assert_eq!(
+            normalize_vital(raw(MDC_ECG_HEART_RATE, 72.0, "degF"))
+                .unwrap_err()
+                .reason,
+            RejectReason::BadUnit
+        );
+        assert_eq!(
+            normalize_vital(raw(4242, 72.0, "/min")).unwrap_err().reason,
+            RejectReason::UnknownMetric
+        );
+        assert_eq!(
+            normalize_vital(raw(MDC_ECG_HEART_RATE, f64::NAN, "/min"))
+                .unwrap_err()
+                .reason,
+            RejectReason::NotFinite
+        );
         // 500 °F is 260 °C: impossible, rejected after conversion.
-        assert_eq!(normalize_vital(raw(MDC_TEMP_BODY, 500.0, "degF")).unwrap_err().reason, RejectReason::Invalid);
-        assert_eq!(normalize_vital(raw(MDC_ECG_HEART_RATE, -1.0, "/min")).unwrap_err().reason, RejectReason::Invalid);
+        assert_eq!(
+            normalize_vital(raw(MDC_TEMP_BODY, 500.0, "degF"))
+                .unwrap_err()
+                .reason,
+            RejectReason::Invalid
+        );
+        assert_eq!(
+            normalize_vital(raw(MDC_ECG_HEART_RATE, -1.0, "/min"))
+                .unwrap_err()
+                .reason,
+            RejectReason::Invalid
+        );
     }
 
     #[test]
     fn carries_quality_flags_and_enumerations() {
         let mut r = raw(MDC_PULS_OXIM_SAT_O2, 88.0, "%");
         r.quality = vec![QualityFlag::Artifact];
-        assert_eq!(normalize_vital(r).unwrap().quality, vec![QualityFlag::Artifact as i32]);
+        assert_eq!(
+            normalize_vital(r).unwrap().quality,
+            vec![QualityFlag::Artifact as i32]
+        );
         let mut c = raw(WARDWATCH_ACVPU, 0.0, "");
         c.enumerated = Some(" v ".into());
         assert_eq!(normalize_vital(c).unwrap().enumerated, "V");

@@ -44,6 +44,8 @@ fn config(dir: &std::path::Path, outbox_bytes: u64) -> EdgeConfig {
         sync: SyncConfig::default(),
         engine: Default::default(),
         station: None,
+        hl7_mllp: None,
+        mqtt: None,
     }
 }
 

@@ -27,6 +27,8 @@ fn config(dir: &std::path::Path) -> EdgeConfig {
         sync: SyncConfig::default(),
         engine: Default::default(),
         station: None,
+        hl7_mllp: None,
+        mqtt: None,
     }
 }
 

@@ -186,6 +186,8 @@ pub fn edge_config(
         },
         engine: Default::default(),
         station: None,
+        hl7_mllp: None,
+        mqtt: None,
     })
 }
 

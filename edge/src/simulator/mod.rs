@@ -13,7 +13,20 @@
 //! - for a share `infusion_share` of the beds, a gravity IV infusion watched by a drip monitor
 //!   (`drip-<ward>-<bed>`) reporting every `infusion_period_ms`: drops per minute, the rate measured from them,
 //!   volume infused and remaining. When a bag runs empty the infusion reports `Completed`; some minutes later a new
-//!   bag is hung under a new order (`ORD-<ward>-<bed>-<n>`).
+//!   bag is hung under a new order (`ORD-<ward>-<bed>-<n>`);
+//! - optionally (see [`WardSimConfig::supplemental_o2_period_ms`]) the air-or-oxygen observation
+//!   (`WARDWATCH_SUPPLEMENTAL_O2`, "AIR" or "O2", charted like ACVPU under the monitor's device id) every 15 min.
+//!   Patients on SpO2 scale 2 ([`WardSimConfig::spo2_scale2_beds`], hypercapnic respiratory failure) breathe
+//!   oxygen with a target SpO2 of 88–92 % (baseline 89–91 %); everyone else is on air.
+//!
+//! # Clinical scenarios
+//!
+//! Labelled deteriorations (sepsis, respiratory failure on oxygen, hypovolaemia), infusion faults (drip sped up,
+//! line occluded, bags running empty) and signal disturbances (motion artefact, probe off, cough or turn) can be
+//! scheduled explicitly ([`WardSimConfig::scenarios`]) or by a seeded [`RandomScenarioMix`]
+//! ([`WardSimConfig::random_scenarios`]); [`WardSimulator::labels`] gives their ground truth upfront. The shapes
+//! and the alarms expected are documented in [`scenarios`]. Without scenarios (the default) the simulator
+//! produces exactly what it produced before scenarios existed.
 //!
 //! Each patient has baselines drawn from the seed (HR 60-100 /min, RR 12-20 /min, SpO2 94-99 %, temperature
 //! 36.2-37.5 °C, systolic 100-150 mmHg with diastolic 0.6-0.7 of it, mostly alert). Values wander around the
@@ -30,31 +43,42 @@
 //! SplitMix64 from `(seed, bed, channel)`) and its own tick schedule, and events are emitted in the order
 //! `(measured time, bed, channel)`. The same configuration therefore yields the same events on every run, and the
 //! concatenated output of [`WardSimulator::advance_to`] is the same however a time range is split into calls.
+//! Scenarios keep both properties: their parameters come from their own streams, their per-sample randomness is a
+//! pure function of the sample time, and infusion faults advance with the drip monitor's ticks.
 //!
 //! # Extending
 //!
 //! Per-bed state lives in private per-bed structs (patient baselines, one state struct per channel) and each tick
-//! goes through one per-bed step function. Clinical scenarios (deterioration, fever, occlusion, ...) hook in at
-//! `Bed::targets`, which today returns the patient's constant baselines, and at the infusion step.
+//! goes through one per-bed step function. Clinical scenarios hook in at `Bed::targets` (physiological offsets
+//! on the patient's baselines), at the monitor step (artefacts, probe off) and at the infusion step (faults).
 //!
 //! Identifiers are valid wire identifiers as long as the ward id is a valid ward id of at most 40 characters.
 
+pub mod scenarios;
+
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 use wardwatch_proto::metrics::{
     MDC_ECG_HEART_RATE, MDC_PRESS_BLD_NONINV, MDC_PRESS_BLD_NONINV_DIA, MDC_PRESS_BLD_NONINV_MEAN,
     MDC_PRESS_BLD_NONINV_SYS, MDC_PULS_OXIM_PULS_RATE, MDC_PULS_OXIM_SAT_O2, MDC_RESP_RATE,
-    MDC_TEMP_BODY, WARDWATCH_ACVPU,
+    MDC_TEMP_BODY, WARDWATCH_ACVPU, WARDWATCH_SUPPLEMENTAL_O2,
 };
 use wardwatch_proto::v1::{
     BedLocation, DeviceInfo, DeviceKind, InfusionState, InfusionStatus, OperationalState,
     QualityFlag, VitalComponent, VitalSign, edge_event::Payload,
 };
 
+use scenarios::{Effect, InfusionPlan, PatientContext, Resolved};
+pub use scenarios::{GroundTruthLabel, RandomScenarioMix, ScenarioKind, ScenarioSpec};
+
 /// The most beds one simulator simulates (MRNs have 6 digits and must stay unique within the ward).
 pub const MAX_BEDS: u32 = 100_000;
+
+/// Period of the air-or-oxygen observation when the configuration uses clinical scenarios and does not set
+/// [`WardSimConfig::supplemental_o2_period_ms`]: 15 min.
+pub const SUPPLEMENTAL_O2_PERIOD_MS: i64 = 900_000;
 
 /// Configuration of a simulated ward.
 ///
@@ -79,13 +103,45 @@ pub struct WardSimConfig {
     pub consciousness_period_ms: i64,
     /// Period of drip monitor reports.
     pub infusion_period_ms: i64,
-    /// Share of beds (0 to 1, rounded to whole beds) with an IV infusion.
+    /// Share of beds (0 to 1, rounded to whole beds) with an IV infusion. Beds with an explicit infusion
+    /// scenario get an infusion in addition.
     pub infusion_share: f64,
+    /// Period of the air-or-oxygen observation ("AIR"/"O2") of every bed. `None` (the default): every
+    /// [`SUPPLEMENTAL_O2_PERIOD_MS`] (15 min) when the configuration uses scenarios, a random mix or scale-2 beds,
+    /// otherwise off, so that a ward configured as before scenarios existed produces the same events.
+    /// `Some(p)`: every `p` ms (p ≤ 0: off). See [`WardSimConfig::supplemental_o2_period`].
+    pub supplemental_o2_period_ms: Option<i64>,
+    /// Beds (labels 1..=beds) whose patients have hypercapnic respiratory failure: SpO2 scale 2, target 88–92 %,
+    /// on oxygen. Beds with a respiratory-failure scenario are added. Labels outside the ward are ignored.
+    pub spo2_scale2_beds: Vec<u32>,
+    /// Explicitly scheduled clinical scenarios (default none). See [`scenarios`].
+    pub scenarios: Vec<ScenarioSpec>,
+    /// A seeded random mix of scenarios across the ward, in addition to `scenarios` (default none).
+    pub random_scenarios: Option<RandomScenarioMix>,
+}
+
+impl WardSimConfig {
+    /// The effective period of the air-or-oxygen observation (≤ 0: off); see
+    /// [`WardSimConfig::supplemental_o2_period_ms`].
+    pub fn supplemental_o2_period(&self) -> i64 {
+        match self.supplemental_o2_period_ms {
+            Some(p) => p,
+            None if !self.scenarios.is_empty()
+                || self.random_scenarios.is_some()
+                || !self.spo2_scale2_beds.is_empty() =>
+            {
+                SUPPLEMENTAL_O2_PERIOD_MS
+            }
+            None => 0,
+        }
+    }
 }
 
 impl Default for WardSimConfig {
     /// Ward "7A", 40 beds, seed 1, start 0 (callers set it), vitals every 1 s, blood pressure every 5 min,
-    /// temperature every minute, consciousness every 15 min, drip monitors every 10 s, 60 % of beds on an infusion.
+    /// temperature every minute, consciousness every 15 min, drip monitors every 10 s, 60 % of beds on an infusion;
+    /// no scale-2 patients, no scenarios, air-or-oxygen observations off (see
+    /// [`WardSimConfig::supplemental_o2_period_ms`]).
     fn default() -> Self {
         Self {
             ward: "7A".to_string(),
@@ -98,6 +154,10 @@ impl Default for WardSimConfig {
             consciousness_period_ms: 900_000,
             infusion_period_ms: 10_000,
             infusion_share: 0.6,
+            supplemental_o2_period_ms: None,
+            spo2_scale2_beds: Vec::new(),
+            scenarios: Vec::new(),
+            random_scenarios: None,
         }
     }
 }
@@ -125,10 +185,27 @@ pub struct WardSimulator {
     schedule: BinaryHeap<Reverse<(i64, u32, Channel)>>,
     /// Simulated time reached.
     now_unix_ms: i64,
+    /// Labels of the scenarios whose course is fixed at construction (all but infusion faults and bags).
+    static_labels: Vec<GroundTruthLabel>,
+    /// Bag completions are labelled at least up to this time (random mix horizon, explicit bag-runs-empty specs).
+    label_horizon_unix_ms: i64,
+}
+
+/// A simulated patient, as far as scoring needs to know upfront.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimPatient {
+    /// Bed label (1..=beds).
+    pub bed: u32,
+    /// MRN ("SIM" + 6 digits), as on every event of the bed.
+    pub patient_id: String,
+    /// Hypercapnic respiratory failure: score SpO2 on NEWS2 scale 2 (target 88–92 %); such patients are on
+    /// oxygen.
+    pub spo2_scale_2: bool,
 }
 
 impl WardSimulator {
-    /// Builds the ward: patients, baselines, devices, infusions and tick schedules, all derived from `cfg.seed`.
+    /// Builds the ward: patients, baselines, devices, infusions, scenarios and tick schedules, all derived from
+    /// `cfg.seed`.
     pub fn new(cfg: WardSimConfig) -> Self {
         let ward_tag = tag("ward");
         let mut ward_rng = Rng::stream(cfg.seed, u32::MAX, ward_tag);
@@ -151,11 +228,82 @@ impl WardSimulator {
             with_infusion[b as usize] = true;
         }
 
+        // Scenarios: explicit ones on existing beds (infusion scenarios bring an infusion), then the random mix.
+        let in_ward = |bed: u32| (1..=n_beds).contains(&bed);
+        let mut specs: Vec<ScenarioSpec> = cfg
+            .scenarios
+            .iter()
+            .filter(|s| in_ward(s.bed))
+            .cloned()
+            .collect();
+        for s in &specs {
+            if s.kind.is_infusion() {
+                with_infusion[(s.bed - 1) as usize] = true;
+            }
+        }
+        let mut scale2 = vec![false; n_beds as usize];
+        for &b in cfg.spo2_scale2_beds.iter().filter(|b| in_ward(**b)) {
+            scale2[(b - 1) as usize] = true;
+        }
+        let mut label_horizon_unix_ms = cfg.start_unix_ms;
+        if let Some(mix) = &cfg.random_scenarios {
+            let m = scenarios::schedule_mix(mix, cfg.seed, cfg.start_unix_ms, &with_infusion);
+            label_horizon_unix_ms = label_horizon_unix_ms.max(m.end);
+            for b in m.stable_scale2 {
+                scale2[(b - 1) as usize] = true;
+            }
+            specs.extend(m.specs);
+        }
+        for s in &specs {
+            if s.kind == ScenarioKind::RespiratoryFailureOnOxygen {
+                scale2[(s.bed - 1) as usize] = true;
+            }
+        }
+
         let mut mrns = HashSet::new();
         let mut beds = Vec::with_capacity(n_beds as usize);
         for index in 0..n_beds {
-            let bed = Bed::new(&cfg, index, with_infusion[index as usize], &mut mrns);
+            let i = index as usize;
+            let bed = Bed::new(&cfg, index, with_infusion[i], scale2[i], &mut mrns);
             beds.push(bed);
+        }
+
+        let mut static_labels = Vec::new();
+        let mut seen: HashMap<(u32, ScenarioKind, i64), u64> = HashMap::new();
+        for spec in &specs {
+            let Some(bed) = beds.get_mut((spec.bed - 1) as usize) else {
+                continue;
+            };
+            let dup = seen
+                .entry((spec.bed, spec.kind, spec.start_unix_ms))
+                .or_default();
+            let ctx = PatientContext {
+                seed: cfg.seed,
+                index: bed.index,
+                patient_id: &bed.patient.mrn,
+                baseline: &bed.patient.baseline,
+                scale2: bed.patient.spo2_scale_2,
+            };
+            let resolved = scenarios::resolve(spec, *dup, &ctx);
+            *dup += 1;
+            match resolved {
+                Resolved::Patient(effect, label) => {
+                    bed.effects.push(effect);
+                    static_labels.push(label);
+                }
+                Resolved::Infusion(plan) => {
+                    if let Some(inf) = bed.infusion.as_mut() {
+                        inf.plans.push(plan);
+                    }
+                }
+                Resolved::BagLabels(until) => {
+                    label_horizon_unix_ms = label_horizon_unix_ms.max(until);
+                }
+            }
+        }
+        for bed in &mut beds {
+            bed.infusion_initial = bed.infusion.clone();
+            bed.first_infusion_tick = first_tick(&cfg, bed.index, Channel::Infusion);
         }
 
         let mut schedule = BinaryHeap::new();
@@ -164,15 +312,7 @@ impl WardSimulator {
                 if channel == Channel::Infusion && bed.infusion.is_none() {
                     continue;
                 }
-                let period = channel.period(&cfg);
-                if period <= 0 {
-                    continue;
-                }
-                // A per-bed phase in 1..=period, so devices do not all report in the same millisecond and the
-                // first report comes strictly after the start.
-                let mut phase_rng = Rng::stream(cfg.seed, bed.index, tag("phase") ^ channel as u64);
-                let phase = 1 + phase_rng.below(period as u64) as i64;
-                if let Some(first) = cfg.start_unix_ms.checked_add(phase) {
+                if let Some(first) = first_tick(&cfg, bed.index, channel) {
                     schedule.push(Reverse((first, bed.index, channel)));
                 }
             }
@@ -183,7 +323,36 @@ impl WardSimulator {
             cfg,
             beds,
             schedule,
+            static_labels,
+            label_horizon_unix_ms,
         }
+    }
+
+    /// The ground truth of every scenario, ordered by start (then bed, kind): explicit and random scenarios are
+    /// all known at construction. Bags run empty by themselves; their completions are labelled up to the later
+    /// of the random mix's horizon end (or an explicit bag-runs-empty spec's end) and the current simulated time
+    /// (a bag whose near-completion begins by then is labelled with its completion, even if that comes later).
+    /// Infusion labels are computed by replaying the drip monitors from the start, so this costs a little time.
+    pub fn labels(&self) -> Vec<GroundTruthLabel> {
+        let horizon = self.label_horizon_unix_ms.max(self.now_unix_ms);
+        let mut out = self.static_labels.clone();
+        for bed in &self.beds {
+            bed.infusion_labels(&self.cfg, horizon, &mut out);
+        }
+        out.sort_by_key(|l| (l.began_at_unix_ms, l.bed, l.kind));
+        out
+    }
+
+    /// The patients of the ward, one per bed, in bed order.
+    pub fn patients(&self) -> Vec<SimPatient> {
+        self.beds
+            .iter()
+            .map(|b| SimPatient {
+                bed: b.index + 1,
+                patient_id: b.patient.mrn.clone(),
+                spo2_scale_2: b.patient.spo2_scale_2,
+            })
+            .collect()
     }
 
     /// The devices of the ward: per bed a bedside monitor (`mon-<ward>-<bed>`) and, for beds with an infusion, a
@@ -271,15 +440,18 @@ enum Channel {
     Consciousness = 3,
     /// Drip monitor report.
     Infusion = 4,
+    /// Air or oxygen.
+    Oxygen = 5,
 }
 
 impl Channel {
-    const ALL: [Channel; 5] = [
+    const ALL: [Channel; 6] = [
         Channel::Monitor,
         Channel::Temperature,
         Channel::BloodPressure,
         Channel::Consciousness,
         Channel::Infusion,
+        Channel::Oxygen,
     ];
 
     fn period(self, cfg: &WardSimConfig) -> i64 {
@@ -289,8 +461,22 @@ impl Channel {
             Channel::BloodPressure => cfg.bp_period_ms,
             Channel::Consciousness => cfg.consciousness_period_ms,
             Channel::Infusion => cfg.infusion_period_ms,
+            Channel::Oxygen => cfg.supplemental_o2_period(),
         }
     }
+}
+
+/// The first tick of `channel` of bed `index`: a per-bed phase in 1..=period after the start, so devices do not
+/// all report in the same millisecond and the first report comes strictly after the start. `None` when the
+/// channel is off.
+fn first_tick(cfg: &WardSimConfig, index: u32, channel: Channel) -> Option<i64> {
+    let period = channel.period(cfg);
+    if period <= 0 {
+        return None;
+    }
+    let mut phase_rng = Rng::stream(cfg.seed, index, tag("phase") ^ channel as u64);
+    let phase = 1 + phase_rng.below(period as u64) as i64;
+    cfg.start_unix_ms.checked_add(phase)
 }
 
 const MINUTE_MS: f64 = 60_000.0;
@@ -303,6 +489,9 @@ const SPO2_RANGE: (f64, f64) = (80.0, 100.0);
 const TEMP_RANGE: (f64, f64) = (34.0, 41.0);
 const SBP_RANGE: (f64, f64) = (70.0, 220.0);
 const DBP_RANGE: (f64, f64) = (35.0, 130.0);
+/// Wider ranges for motion-artefact samples (implausible on purpose, still possible per `metrics.rs`).
+const ARTIFACT_HR_RANGE: (f64, f64) = (30.0, 250.0);
+const ARTIFACT_SPO2_RANGE: (f64, f64) = (50.0, 100.0);
 
 /// A patient's resting values, around which the simulated values wander.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -330,6 +519,8 @@ struct Patient {
     mrn: String,
     /// Resting values.
     baseline: Baseline,
+    /// SpO2 scale 2 (hypercapnic respiratory failure): on oxygen, SpO2 baseline 89-91 %.
+    spo2_scale_2: bool,
 }
 
 /// Noise of the continuous monitor metrics.
@@ -373,6 +564,12 @@ struct Bed {
     temperature: TemperatureState,
     blood_pressure: BloodPressureState,
     infusion: Option<InfusionSim>,
+    /// Scenario effects on the monitor signals (physiology, artefacts, probe off); empty by default.
+    effects: Vec<Effect>,
+    /// The infusion as built (with its fault plans), replayed to label infusion scenarios.
+    infusion_initial: Option<InfusionSim>,
+    /// First drip monitor report, if the channel is on.
+    first_infusion_tick: Option<i64>,
 }
 
 impl Bed {
@@ -380,6 +577,7 @@ impl Bed {
         cfg: &WardSimConfig,
         index: u32,
         with_infusion: bool,
+        spo2_scale_2: bool,
         mrns: &mut HashSet<String>,
     ) -> Self {
         let seed = cfg.seed;
@@ -400,6 +598,11 @@ impl Bed {
             acvpu: if prng.next_f64() < 0.05 { "C" } else { "A" },
         };
         let serial = (prng.next_u64() >> 32) as u32;
+        let mut baseline = baseline;
+        if spo2_scale_2 {
+            // From a stream of its own, so the patient's other values are those of the same ward without scale 2.
+            baseline.spo2 = Rng::stream(seed, index, tag("scale 2")).uniform(89.0, 91.0);
+        }
 
         let vp = cfg.vitals_period_ms as f64;
         let mut mrng = Rng::stream(seed, index, tag("monitor"));
@@ -444,18 +647,27 @@ impl Bed {
             },
             monitor_id: format!("mon-{}-{label}", cfg.ward),
             serial,
-            patient: Patient { mrn, baseline },
+            patient: Patient {
+                mrn,
+                baseline,
+                spo2_scale_2,
+            },
             monitor,
             temperature,
             blood_pressure,
             infusion,
+            effects: Vec::new(),
+            infusion_initial: None,
+            first_infusion_tick: None,
         }
     }
 
-    /// The values the patient's physiology is centred on at time `t`. Scenarios (deterioration, sepsis, ...) hook
-    /// in here; a stable patient stays at the baseline.
-    fn targets(&self, _t: i64) -> Baseline {
-        self.patient.baseline
+    /// The values the patient's physiology is centred on at time `t`: the baselines, shifted by any
+    /// physiological scenario (deterioration, cough or turn) under way.
+    fn targets(&self, t: i64) -> Baseline {
+        let mut b = self.patient.baseline;
+        scenarios::apply(&self.effects, t, &mut b);
+        b
     }
 
     /// Produces the events of one tick of `channel` at time `t`.
@@ -465,14 +677,35 @@ impl Bed {
             Channel::Monitor => {
                 let m = &mut self.monitor;
                 let hr_raw = target.hr + m.hr.step(&mut m.rng);
-                let hr = clamp_round(hr_raw, HR_RANGE, 0);
-                let pr = clamp_round(hr_raw + m.pr_offset.step(&mut m.rng), HR_RANGE, 0);
+                let pr_raw = hr_raw + m.pr_offset.step(&mut m.rng);
                 let rr = clamp_round(target.rr + m.rr.step(&mut m.rng), RR_RANGE, 0);
-                let spo2 = clamp_round(target.spo2 + m.spo2.step(&mut m.rng), SPO2_RANGE, 0);
-                out.push(self.numeric(MDC_ECG_HEART_RATE, hr, "/min", t));
-                out.push(self.numeric(MDC_PULS_OXIM_PULS_RATE, pr, "/min", t));
+                let spo2_raw = target.spo2 + m.spo2.step(&mut m.rng);
+                let mut hr = clamp_round(hr_raw, HR_RANGE, 0);
+                let mut pr = clamp_round(pr_raw, HR_RANGE, 0);
+                let mut spo2 = clamp_round(spo2_raw, SPO2_RANGE, 0);
+                // Signal disturbances replace values and add flags; they do not touch the noise streams.
+                let (mut ecg_flag, mut oximeter_flag) = (None, None);
+                if !self.effects.is_empty() {
+                    let d = scenarios::disturbance(&self.effects, t);
+                    if let Some(flagged) = d.artifact {
+                        hr = clamp_round(hr_raw + d.hr_add, ARTIFACT_HR_RANGE, 0);
+                        pr = clamp_round(pr_raw + d.pr_add, ARTIFACT_HR_RANGE, 0);
+                        spo2 = clamp_round(spo2_raw - d.spo2_sub, ARTIFACT_SPO2_RANGE, 0);
+                        if flagged {
+                            ecg_flag = Some(QualityFlag::Artifact);
+                            oximeter_flag = Some(QualityFlag::Artifact);
+                        }
+                    }
+                    if d.probe_off {
+                        pr = 0.0;
+                        spo2 = 0.0;
+                        oximeter_flag = Some(QualityFlag::SensorOff);
+                    }
+                }
+                out.push(self.flagged(MDC_ECG_HEART_RATE, hr, "/min", t, ecg_flag));
+                out.push(self.flagged(MDC_PULS_OXIM_PULS_RATE, pr, "/min", t, oximeter_flag));
                 out.push(self.numeric(MDC_RESP_RATE, rr, "/min", t));
-                out.push(self.numeric(MDC_PULS_OXIM_SAT_O2, spo2, "%", t));
+                out.push(self.flagged(MDC_PULS_OXIM_SAT_O2, spo2, "%", t, oximeter_flag));
             }
             Channel::Temperature => {
                 let s = &mut self.temperature;
@@ -511,6 +744,16 @@ impl Bed {
             Channel::Consciousness => {
                 let mut v = self.vital(WARDWATCH_ACVPU, t);
                 v.enumerated = target.acvpu.to_string();
+                out.push(self.wrap_vital(v));
+            }
+            Channel::Oxygen => {
+                let mut v = self.vital(WARDWATCH_SUPPLEMENTAL_O2, t);
+                v.enumerated = if self.patient.spo2_scale_2 {
+                    "O2"
+                } else {
+                    "AIR"
+                }
+                .to_string();
                 out.push(self.wrap_vital(v));
             }
             Channel::Infusion => {
@@ -558,10 +801,101 @@ impl Bed {
     }
 
     fn numeric(&self, metric_mdc: u32, value: f64, unit: &str, t: i64) -> SimEvent {
+        self.flagged(metric_mdc, value, unit, t, None)
+    }
+
+    /// A numeric sample, with `flag` added to its quality flags if given.
+    fn flagged(
+        &self,
+        metric_mdc: u32,
+        value: f64,
+        unit: &str,
+        t: i64,
+        flag: Option<QualityFlag>,
+    ) -> SimEvent {
         let mut v = self.vital(metric_mdc, t);
         v.value = value;
         v.unit_ucum = unit.to_string();
+        if let Some(f) = flag {
+            v.quality.push(f as i32);
+        }
         self.wrap_vital(v)
+    }
+
+    /// Labels this bed's infusion faults and the bag completions up to `horizon`, by replaying its drip monitor
+    /// from the start (the replay takes exactly the steps the simulation takes).
+    fn infusion_labels(&self, cfg: &WardSimConfig, horizon: i64, out: &mut Vec<GroundTruthLabel>) {
+        let Some(initial) = &self.infusion_initial else {
+            return;
+        };
+        let mut inf = initial.clone();
+        let label = self.index + 1;
+        let mrn = &self.patient.mrn;
+        let period = cfg.infusion_period_ms;
+        const SLACK_MS: i64 = 6 * 3_600_000;
+        let plans_end = inf
+            .plans
+            .iter()
+            .map(|p| p.start.saturating_add(p.duration))
+            .max()
+            .unwrap_or(i64::MIN);
+        let bound = horizon.max(plans_end).saturating_add(SLACK_MS);
+        // Near completion of the current order: (order, first report near completion).
+        let mut near: Option<(String, i64)> = None;
+        let mut last_completed: Option<String> = None;
+        let mut next = self.first_infusion_tick.filter(|_| period > 0);
+        while let Some(t) = next.filter(|t| *t <= bound) {
+            let r = inf.step(t);
+            if r.state == InfusionState::Running {
+                let minutes_left = if r.measured_ml_h > 0.0 {
+                    r.remaining_ml / r.measured_ml_h * 60.0
+                } else {
+                    f64::INFINITY
+                };
+                let is_near = r.remaining_ml <= scenarios::NEAR_COMPLETION_ML
+                    || minutes_left <= scenarios::NEAR_COMPLETION_MIN;
+                if is_near && near.as_ref().is_none_or(|(o, _)| *o != r.order_id) {
+                    near = Some((r.order_id.clone(), t));
+                }
+            } else if r.state == InfusionState::Completed
+                && last_completed.as_ref() != Some(&r.order_id)
+            {
+                let near_at = near
+                    .as_ref()
+                    .filter(|(o, _)| *o == r.order_id)
+                    .map(|(_, at)| *at);
+                if near_at.unwrap_or(t) <= horizon {
+                    out.push(scenarios::bag_label(
+                        &scenarios::BagCompletion {
+                            order_id: &r.order_id,
+                            medication: r.medication,
+                            bag_ml: inf.bag_ml,
+                            prescribed_ml_h: r.prescribed_ml_h,
+                            near_at,
+                            completed_at: t,
+                        },
+                        label,
+                        mrn,
+                    ));
+                }
+                last_completed = Some(r.order_id.clone());
+                near = None;
+            }
+            // Done once past the horizon with no label left open.
+            let open_bag = near.as_ref().is_some_and(|(_, at)| *at <= horizon);
+            let open_plan = inf.plans.iter().any(|p| {
+                p.ended.is_none()
+                    && (p.began.is_some()
+                        || t <= p.start.saturating_add(p.duration).saturating_add(SLACK_MS))
+            });
+            if t > horizon && !open_bag && !open_plan {
+                break;
+            }
+            next = t.checked_add(period);
+        }
+        for p in &inf.plans {
+            out.push(scenarios::infusion_plan_label(p, label, mrn));
+        }
     }
 
     fn wrap_vital(&self, v: VitalSign) -> SimEvent {
@@ -646,6 +980,8 @@ struct InfusionSim {
     completed_at: i64,
     restart_after_ms: i64,
     period_ms: i64,
+    /// Scenario faults (clamp opened, line occluded) on this infusion, with their course; empty by default.
+    plans: Vec<InfusionPlan>,
 }
 
 impl InfusionSim {
@@ -675,6 +1011,7 @@ impl InfusionSim {
             completed_at: 0,
             restart_after_ms: 0,
             period_ms,
+            plans: Vec::new(),
         };
         s.new_order();
         // The simulation starts with bags part-way through, so completions spread over time.
@@ -699,6 +1036,37 @@ impl InfusionSim {
         self.state = InfusionState::Running;
     }
 
+    /// Starts and ends the scenario faults at report time `t`: a fault begins at the first report at or after its
+    /// start at which a bag is on (not completed) and ends at the first report `duration` after it began. Returns
+    /// whether the line is occluded and the flow factor of an opened clamp.
+    fn update_plans(&mut self, t: i64) -> (bool, Option<f64>) {
+        if self.plans.is_empty() {
+            return (false, None);
+        }
+        let bag_on = self.state != InfusionState::Completed;
+        let order_id = format!("{}{}", self.order_prefix, self.order_seq);
+        let (mut occluded, mut speed_up) = (false, None::<f64>);
+        for p in &mut self.plans {
+            if p.began.is_none() && p.ended.is_none() && bag_on && t >= p.start {
+                p.began = Some(t);
+                p.order_id.clone_from(&order_id);
+                p.prescribed_ml_h = self.prescribed_ml_h;
+            }
+            let Some(began) = p.began else { continue };
+            if p.ended.is_some() {
+                continue;
+            }
+            if t >= began.saturating_add(p.duration) {
+                p.ended = Some(t);
+            } else if p.kind == ScenarioKind::LineOccluded {
+                occluded = true;
+            } else {
+                speed_up = Some(speed_up.map_or(p.factor, |f| f.max(p.factor)));
+            }
+        }
+        (occluded, speed_up)
+    }
+
     /// One report at time `t`, integrating the flow over the period since the previous one.
     fn step(&mut self, t: i64) -> InfusionReading {
         let deviation = self.flow.step(&mut self.rng).clamp(-0.15, 0.15);
@@ -706,9 +1074,23 @@ impl InfusionSim {
         {
             self.new_order();
         }
+        // Scenario faults: an occluded line stops the flow (drip monitors report Stopped), an opened clamp speeds
+        // it up with the order unchanged.
+        let (occluded, speed_up) = self.update_plans(t);
+        if self.state != InfusionState::Completed {
+            self.state = if occluded {
+                InfusionState::Stopped
+            } else {
+                InfusionState::Running
+            };
+        }
         let (mut dpm, mut measured) = (0.0, 0.0);
         if self.state == InfusionState::Running {
-            let exact = drops_per_min(self.prescribed_ml_h * (1.0 + deviation), self.drop_factor);
+            let mut flow = self.prescribed_ml_h * (1.0 + deviation);
+            if let Some(factor) = speed_up {
+                flow *= factor;
+            }
+            let exact = drops_per_min(flow, self.drop_factor);
             // A drip monitor shows drops per minute to 0.1 and derives the rate from them.
             dpm = if self.noisy {
                 round_to(exact, 1)
@@ -727,6 +1109,12 @@ impl InfusionSim {
                 self.restart_after_ms = (self.rng.uniform(5.0, 30.0) * MINUTE_MS) as i64;
                 dpm = 0.0;
                 measured = 0.0;
+                // The next bag is set up correctly: a fault under way ends with the bag.
+                for p in &mut self.plans {
+                    if p.began.is_some() && p.ended.is_none() {
+                        p.ended = Some(t);
+                    }
+                }
             }
         }
         let infused = round_to(self.infused_ml, 1);
