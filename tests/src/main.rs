@@ -103,6 +103,13 @@ struct DemoArgs {
     /// Nurse station listen address (served by the edge).
     #[arg(long, default_value = "127.0.0.1:8080")]
     station_listen: SocketAddr,
+    /// HL7 v2 / IHE PCD-01 over MLLP listen address (2575 is MLLP's registered port).
+    #[arg(long, default_value = "127.0.0.1:2575")]
+    hl7_listen: SocketAddr,
+    /// MQTT broker for device telemetry: `auto` uses 127.0.0.1:1883 if a broker answers there, `off` disables,
+    /// or `host:port`. The simulated ward itself is injected directly into the edge, not through MQTT.
+    #[arg(long, default_value = "auto")]
+    mqtt_broker: String,
 }
 
 const DEMO_EDGE: &str = "edge-7a";
@@ -153,6 +160,28 @@ async fn demo(args: DemoArgs) -> Result<()> {
         cloud.sync_addr,
     )?;
     edge_cfg.station = Some(wardwatch_edge::station::StationConfig { listen: args.station_listen });
+    edge_cfg.hl7_mllp = Some(wardwatch_edge::sources::hl7::Hl7MllpConfig {
+        listen: args.hl7_listen,
+        ..Default::default()
+    });
+    let mqtt_broker = match args.mqtt_broker.as_str() {
+        "off" => None,
+        "auto" => std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], 1883).into(), Duration::from_millis(300))
+            .ok()
+            .map(|_| ("127.0.0.1".to_string(), 1883u16)),
+        other => {
+            let (h, p) = other.rsplit_once(':').context("--mqtt-broker must be auto, off or host:port")?;
+            Some((h.to_string(), p.parse().context("--mqtt-broker port")?))
+        }
+    };
+    if let Some((host, port)) = &mqtt_broker {
+        edge_cfg.mqtt = Some(wardwatch_edge::sources::mqtt::config::MqttSourceConfig {
+            broker_host: host.clone(),
+            broker_port: *port,
+            client_id: format!("wardwatch-{DEMO_EDGE}"),
+            ..Default::default()
+        });
+    }
     let edge = EdgeHandle::start(edge_cfg)
         .await
         .context("starting the edge")?;
@@ -187,6 +216,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
             "ca_cert": ca,
             "sync": format!("localhost:{}", cloud.sync_addr.port()),
             "nurse_station": station,
+            "hl7_mllp": edge.node.hl7_addr().map(|a| a.to_string()),
+            "mqtt": mqtt_broker.as_ref().map(|(h, p)| format!("{h}:{p}")),
             "edge_id": DEMO_EDGE,
             "ward": DEMO_WARD,
         });
@@ -202,6 +233,13 @@ async fn demo(args: DemoArgs) -> Result<()> {
     println!("FHIR base: {fhir_base}");
     if let Some(s) = &station {
         println!("Nurse station: {s}");
+    }
+    if let Some(a) = edge.node.hl7_addr() {
+        println!("HL7 v2 (IHE PCD-01) over MLLP: {a}");
+    }
+    match &mqtt_broker {
+        Some((h, p)) => println!("MQTT: subscribed at {h}:{p} to wardwatch/v1/<ward>/<bed>/<device>/vitals|infusion"),
+        None => println!("MQTT: no broker (pass --mqtt-broker host:port); the simulated ward is injected directly"),
     }
     println!("Try:");
     println!(

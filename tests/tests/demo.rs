@@ -26,6 +26,10 @@ async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
             "127.0.0.1:0",
             "--station-listen",
             "127.0.0.1:0",
+            "--hl7-listen",
+            "127.0.0.1:0",
+            "--mqtt-broker",
+            "off",
         ])
         .arg("--data-dir")
         .arg(&data)
@@ -76,6 +80,8 @@ async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
         }
     })
     .await?;
+    assert!(doc["hl7_mllp"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{doc}");
+    assert!(doc["mqtt"].is_null(), "{doc}");
     let page = plain.get(&station).send().await?.text().await?;
     assert!(page.contains("Wardwatch · nurse station"));
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
