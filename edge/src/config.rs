@@ -153,12 +153,17 @@ impl EdgeConfig {
         if self.sync.max_in_flight == 0 || self.sync.max_in_flight > 64 {
             return bad("sync.max_in_flight must be 1..=64");
         }
-        self.engine.alarms.validate().map_err(ConfigError::Invalid)?;
+        self.engine
+            .alarms
+            .validate()
+            .map_err(ConfigError::Invalid)?;
         if let Some(h) = &self.hl7_mllp {
-            h.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            h.validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         if let Some(m) = &self.mqtt {
-            m.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            m.validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         if self.sync.backoff_initial_ms == 0
             || self.sync.backoff_max_ms < self.sync.backoff_initial_ms

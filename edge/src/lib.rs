@@ -13,8 +13,8 @@ pub mod node;
 pub mod normalize;
 pub mod outbox;
 pub mod simulator;
-pub mod station;
 pub mod sources;
+pub mod station;
 pub mod sync;
 
 pub use config::EdgeConfig;

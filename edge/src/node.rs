@@ -119,8 +119,10 @@ impl EdgeNode {
     /// Opens the outbox. Nothing is bound and no connection is made until [`EdgeNode::run`].
     pub async fn start(config: EdgeConfig) -> Result<Arc<Self>, StartError> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
         let outbox = Arc::new(
             Outbox::open(
                 &config.data_dir,
@@ -130,13 +132,22 @@ impl EdgeNode {
             .await?,
         );
         info!(edge = %config.edge_id, pending = outbox.pending().await?, "edge outbox open");
-        let engine = Arc::new(std::sync::Mutex::new(ClinicalEngine::new(config.engine.clone(), config.edge_id.as_str())));
+        let engine = Arc::new(std::sync::Mutex::new(ClinicalEngine::new(
+            config.engine.clone(),
+            config.edge_id.as_str(),
+        )));
         let (station_listener, station_addr) = match &config.station {
             Some(st) => {
                 let l = tokio::net::TcpListener::bind(st.listen)
                     .await
-                    .map_err(|source| StartError::Bind { addr: st.listen, source })?;
-                let addr = l.local_addr().map_err(|source| StartError::Bind { addr: st.listen, source })?;
+                    .map_err(|source| StartError::Bind {
+                        addr: st.listen,
+                        source,
+                    })?;
+                let addr = l.local_addr().map_err(|source| StartError::Bind {
+                    addr: st.listen,
+                    source,
+                })?;
                 (Some(l), Some(addr))
             }
             None => (None, None),
@@ -145,8 +156,14 @@ impl EdgeNode {
             Some(h) => {
                 let l = crate::sources::hl7::bind(h)
                     .await
-                    .map_err(|source| StartError::Bind { addr: h.listen, source })?;
-                let addr = l.local_addr().map_err(|source| StartError::Bind { addr: h.listen, source })?;
+                    .map_err(|source| StartError::Bind {
+                        addr: h.listen,
+                        source,
+                    })?;
+                let addr = l.local_addr().map_err(|source| StartError::Bind {
+                    addr: h.listen,
+                    source,
+                })?;
                 (Some(l), Some(addr))
             }
             None => (None, None),
@@ -176,18 +193,33 @@ impl EdgeNode {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let engine_rx = self.engine_rx.lock().ok().and_then(|mut r| r.take()).unwrap_or_else(|| self.subscribe());
+        let engine_rx = self
+            .engine_rx
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .unwrap_or_else(|| self.subscribe());
         let engine_task = tokio::spawn(crate::clinical::task::run(
             self.clone(),
             self.engine.clone(),
             engine_rx,
             stopped(stop_rx.clone()),
         ));
-        let hl7_task = self.hl7_listener.lock().ok().and_then(|mut l| l.take()).zip(self.config.hl7_mllp.clone()).map(
-            |(l, cfg)| {
-                tokio::spawn(crate::sources::hl7::run(cfg, self.clone(), l, self.hl7_stats.clone(), stopped(stop_rx.clone())))
-            },
-        );
+        let hl7_task = self
+            .hl7_listener
+            .lock()
+            .ok()
+            .and_then(|mut l| l.take())
+            .zip(self.config.hl7_mllp.clone())
+            .map(|(l, cfg)| {
+                tokio::spawn(crate::sources::hl7::run(
+                    cfg,
+                    self.clone(),
+                    l,
+                    self.hl7_stats.clone(),
+                    stopped(stop_rx.clone()),
+                ))
+            });
         let mqtt_task = self.config.mqtt.clone().map(|cfg| {
             let node = self.clone();
             let stop = stopped(stop_rx.clone());
@@ -201,9 +233,20 @@ impl EdgeNode {
         });
         let listener = self.station_listener.lock().ok().and_then(|mut l| l.take());
         let station_task = listener.map(|l| {
-            tokio::spawn(crate::station::run(l, self.clone(), self.engine.clone(), stopped(stop_rx.clone())))
+            tokio::spawn(crate::station::run(
+                l,
+                self.clone(),
+                self.engine.clone(),
+                stopped(stop_rx.clone()),
+            ))
         });
-        sync::run(self.config.clone(), self.outbox.clone(), self.sync_stats.clone(), shutdown).await;
+        sync::run(
+            self.config.clone(),
+            self.outbox.clone(),
+            self.sync_stats.clone(),
+            shutdown,
+        )
+        .await;
         let _ = stop_tx.send(true);
         let _ = engine_task.await;
         if let Some(t) = hl7_task {

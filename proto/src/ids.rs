@@ -119,7 +119,10 @@ mod tests {
     #[test]
     fn accepts_narrow_alphabet_and_rejects_the_rest() {
         assert!(EdgeId::new("ward-7a-edge1").is_ok());
-        assert!(EdgeId::new("ward_7a").is_err(), "not a valid FHIR id character");
+        assert!(
+            EdgeId::new("ward_7a").is_err(),
+            "not a valid FHIR id character"
+        );
         assert!(EdgeId::new("a".repeat(41)).is_err());
         assert!(EdgeId::new("").is_err());
         assert!(EdgeId::new("a".repeat(65)).is_err());

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use wardwatch_edge::clinical::engine::{ClinicalEngine, EngineConfig};
 use wardwatch_edge::clinical::thresholds::{ThresholdConfig, naive_out_of_range};
-use wardwatch_edge::simulator::{GroundTruthLabel, RandomScenarioMix, ScenarioKind, WardSimConfig, WardSimulator};
+use wardwatch_edge::simulator::{
+    GroundTruthLabel, RandomScenarioMix, ScenarioKind, WardSimConfig, WardSimulator,
+};
 use wardwatch_proto::v1::{AlarmKind, AlarmPriority, AlarmState, edge_event::Payload};
 
 /// What to simulate.
@@ -84,13 +86,20 @@ fn rank(p: AlarmPriority) -> u8 {
 
 fn matches_label(kind: ScenarioKind, alarm: AlarmKind) -> bool {
     match kind {
-        ScenarioKind::SepsisDeterioration | ScenarioKind::RespiratoryFailureOnOxygen | ScenarioKind::Hypovolaemia => {
+        ScenarioKind::SepsisDeterioration
+        | ScenarioKind::RespiratoryFailureOnOxygen
+        | ScenarioKind::Hypovolaemia => {
             matches!(alarm, AlarmKind::VitalThreshold | AlarmKind::News2Response)
         }
         ScenarioKind::DripSpedUp => alarm == AlarmKind::InfusionTooFast,
-        ScenarioKind::LineOccluded => matches!(alarm, AlarmKind::InfusionStopped | AlarmKind::InfusionTooSlow),
+        ScenarioKind::LineOccluded => matches!(
+            alarm,
+            AlarmKind::InfusionStopped | AlarmKind::InfusionTooSlow
+        ),
         ScenarioKind::BagRunsEmpty => matches!(alarm, AlarmKind::InfusionNearCompletion),
-        ScenarioKind::MotionArtifact | ScenarioKind::ProbeOff | ScenarioKind::TransientCoughOrTurn => {
+        ScenarioKind::MotionArtifact
+        | ScenarioKind::ProbeOff
+        | ScenarioKind::TransientCoughOrTurn => {
             matches!(alarm, AlarmKind::VitalThreshold | AlarmKind::News2Response)
         }
     }
@@ -100,7 +109,10 @@ fn matches_label(kind: ScenarioKind, alarm: AlarmKind) -> bool {
 pub fn run(cfg: &EvalConfig) -> EvalReport {
     let start = 1_800_000_000_000_i64;
     let horizon = i64::from(cfg.hours) * 3_600_000;
-    let mix = RandomScenarioMix { horizon_ms: horizon, ..cfg.mix.clone().unwrap_or_default() };
+    let mix = RandomScenarioMix {
+        horizon_ms: horizon,
+        ..cfg.mix.clone().unwrap_or_default()
+    };
     let mut sim = WardSimulator::new(WardSimConfig {
         ward: "7A".into(),
         beds: cfg.beds,
@@ -109,45 +121,58 @@ pub fn run(cfg: &EvalConfig) -> EvalReport {
         random_scenarios: Some(mix),
         ..WardSimConfig::default()
     });
-    let scale2: Vec<String> = sim.patients().into_iter().filter(|p| p.spo2_scale_2).map(|p| p.patient_id).collect();
+    let scale2: Vec<String> = sim
+        .patients()
+        .into_iter()
+        .filter(|p| p.spo2_scale_2)
+        .map(|p| p.patient_id)
+        .collect();
     let thresholds = ThresholdConfig::default();
-    let mut engine = ClinicalEngine::new(EngineConfig { spo2_scale_2_patients: scale2.clone(), ..EngineConfig::default() }, "eval");
+    let mut engine = ClinicalEngine::new(
+        EngineConfig {
+            spo2_scale_2_patients: scale2.clone(),
+            ..EngineConfig::default()
+        },
+        "eval",
+    );
     let mut order_patient: HashMap<String, String> = HashMap::new();
     let mut announced: Vec<Announced> = Vec::new();
     let mut seen_ids: HashMap<String, usize> = HashMap::new();
     let mut naive_state: HashMap<(String, String), bool> = HashMap::new();
     let mut naive_alarms = 0u64;
     let mut events = 0u64;
-    let record = |out: Vec<Payload>, announced: &mut Vec<Announced>, seen: &mut HashMap<String, usize>| {
-        for p in out {
-            if let Payload::Alarm(a) = p {
-                if a.state != AlarmState::Raised as i32 {
-                    continue;
-                }
-                let kind = AlarmKind::try_from(a.kind).unwrap_or(AlarmKind::Unspecified);
-                let priority = AlarmPriority::try_from(a.priority).unwrap_or(AlarmPriority::Unspecified);
-                match seen.get(&a.alarm_id) {
-                    Some(i) => {
-                        if let Some(x) = announced.get_mut(*i)
-                            && rank(priority) > rank(x.priority)
-                        {
-                            x.priority = priority;
-                        }
+    let record =
+        |out: Vec<Payload>, announced: &mut Vec<Announced>, seen: &mut HashMap<String, usize>| {
+            for p in out {
+                if let Payload::Alarm(a) = p {
+                    if a.state != AlarmState::Raised as i32 {
+                        continue;
                     }
-                    None => {
-                        seen.insert(a.alarm_id.clone(), announced.len());
-                        announced.push(Announced {
-                            patient_id: a.patient_id.clone(),
-                            kind,
-                            priority,
-                            at_unix_ms: a.changed_at_unix_ms,
-                            alarm_id: a.alarm_id,
-                        });
+                    let kind = AlarmKind::try_from(a.kind).unwrap_or(AlarmKind::Unspecified);
+                    let priority =
+                        AlarmPriority::try_from(a.priority).unwrap_or(AlarmPriority::Unspecified);
+                    match seen.get(&a.alarm_id) {
+                        Some(i) => {
+                            if let Some(x) = announced.get_mut(*i)
+                                && rank(priority) > rank(x.priority)
+                            {
+                                x.priority = priority;
+                            }
+                        }
+                        None => {
+                            seen.insert(a.alarm_id.clone(), announced.len());
+                            announced.push(Announced {
+                                patient_id: a.patient_id.clone(),
+                                kind,
+                                priority,
+                                at_unix_ms: a.changed_at_unix_ms,
+                                alarm_id: a.alarm_id,
+                            });
+                        }
                     }
                 }
             }
-        }
-    };
+        };
     let mut t = start;
     let end = start + horizon;
     let devices = sim.devices();
@@ -193,14 +218,19 @@ pub fn run(cfg: &EvalConfig) -> EvalReport {
                 .filter(|a| a.at_unix_ms >= label.began_at_unix_ms && a.at_unix_ms <= window_end)
                 .collect();
             LabelOutcome {
-                time_to_alarm_ms: matching.iter().map(|a| a.at_unix_ms - label.began_at_unix_ms).min(),
+                time_to_alarm_ms: matching
+                    .iter()
+                    .map(|a| a.at_unix_ms - label.began_at_unix_ms)
+                    .min(),
                 max_priority: matching.iter().map(|a| a.priority).max_by_key(|p| rank(*p)),
                 label,
             }
         })
         .collect();
-    let manager_physiological =
-        announced.iter().filter(|a| matches!(a.kind, AlarmKind::VitalThreshold | AlarmKind::News2Response)).count() as u64;
+    let manager_physiological = announced
+        .iter()
+        .filter(|a| matches!(a.kind, AlarmKind::VitalThreshold | AlarmKind::News2Response))
+        .count() as u64;
     EvalReport {
         config: cfg.clone(),
         manager_alarms: announced.len() as u64,
@@ -226,9 +256,15 @@ impl EvalReport {
     pub fn missed_high(&self) -> Vec<&LabelOutcome> {
         self.labels
             .iter()
-            .filter(|l| l.label.should_alarm && l.label.expected_priority == Some(AlarmPriority::High))
+            .filter(|l| {
+                l.label.should_alarm && l.label.expected_priority == Some(AlarmPriority::High)
+            })
             // The expected priority is due by the scenario's peak; a peak after the simulated period is not due.
-            .filter(|l| l.label.peak_at_unix_ms.is_none_or(|p| p <= self.end_unix_ms))
+            .filter(|l| {
+                l.label
+                    .peak_at_unix_ms
+                    .is_none_or(|p| p <= self.end_unix_ms)
+            })
             .filter(|l| l.max_priority != Some(AlarmPriority::High))
             .collect()
     }
@@ -279,7 +315,12 @@ impl EvalReport {
         for (name, ls) in by_kind {
             let should = ls.iter().filter(|l| l.label.should_alarm).count();
             let alarmed = ls.iter().filter(|l| l.time_to_alarm_ms.is_some()).count();
-            let tta = median(ls.iter().filter(|l| l.label.should_alarm).filter_map(|l| l.time_to_alarm_ms).collect());
+            let tta = median(
+                ls.iter()
+                    .filter(|l| l.label.should_alarm)
+                    .filter_map(|l| l.time_to_alarm_ms)
+                    .collect(),
+            );
             let reached = ls
                 .iter()
                 .filter(|l| l.label.should_alarm)
@@ -289,16 +330,27 @@ impl EvalReport {
                     _ => false,
                 })
                 .count();
-            let sens = if should > 0 { format!("{:.0}%", 100.0 * alarmed as f64 / should as f64) } else { "–".into() };
+            let sens = if should > 0 {
+                format!("{:.0}%", 100.0 * alarmed as f64 / should as f64)
+            } else {
+                "–".into()
+            };
             s.push_str(&format!(
                 "| {name} | {} | {should} | {alarmed} | {sens} | {} | {} |\n",
                 ls.len(),
                 tta.map_or("–".into(), |ms| format!("{:.0} s", ms as f64 / 1000.0)),
-                if should > 0 { format!("{reached}/{should}") } else { "–".into() }
+                if should > 0 {
+                    format!("{reached}/{should}")
+                } else {
+                    "–".into()
+                }
             ));
         }
         let missed = self.missed_high();
-        s.push_str(&format!("\nLabelled high-priority events missed: **{}**.\n", missed.len()));
+        s.push_str(&format!(
+            "\nLabelled high-priority events missed: **{}**.\n",
+            missed.len()
+        ));
         for m in missed {
             s.push_str(&format!("- missed: {}\n", m.label.description));
         }

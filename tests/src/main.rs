@@ -159,18 +159,25 @@ async fn demo(args: DemoArgs) -> Result<()> {
         &[DEMO_WARD],
         cloud.sync_addr,
     )?;
-    edge_cfg.station = Some(wardwatch_edge::station::StationConfig { listen: args.station_listen });
+    edge_cfg.station = Some(wardwatch_edge::station::StationConfig {
+        listen: args.station_listen,
+    });
     edge_cfg.hl7_mllp = Some(wardwatch_edge::sources::hl7::Hl7MllpConfig {
         listen: args.hl7_listen,
         ..Default::default()
     });
     let mqtt_broker = match args.mqtt_broker.as_str() {
         "off" => None,
-        "auto" => std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], 1883).into(), Duration::from_millis(300))
-            .ok()
-            .map(|_| ("127.0.0.1".to_string(), 1883u16)),
+        "auto" => std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], 1883).into(),
+            Duration::from_millis(300),
+        )
+        .ok()
+        .map(|_| ("127.0.0.1".to_string(), 1883u16)),
         other => {
-            let (h, p) = other.rsplit_once(':').context("--mqtt-broker must be auto, off or host:port")?;
+            let (h, p) = other
+                .rsplit_once(':')
+                .context("--mqtt-broker must be auto, off or host:port")?;
             Some((h.to_string(), p.parse().context("--mqtt-broker port")?))
         }
     };
@@ -238,8 +245,12 @@ async fn demo(args: DemoArgs) -> Result<()> {
         println!("HL7 v2 (IHE PCD-01) over MLLP: {a}");
     }
     match &mqtt_broker {
-        Some((h, p)) => println!("MQTT: subscribed at {h}:{p} to wardwatch/v1/<ward>/<bed>/<device>/vitals|infusion"),
-        None => println!("MQTT: no broker (pass --mqtt-broker host:port); the simulated ward is injected directly"),
+        Some((h, p)) => println!(
+            "MQTT: subscribed at {h}:{p} to wardwatch/v1/<ward>/<bed>/<device>/vitals|infusion"
+        ),
+        None => println!(
+            "MQTT: no broker (pass --mqtt-broker host:port); the simulated ward is injected directly"
+        ),
     }
     println!("Try:");
     println!(

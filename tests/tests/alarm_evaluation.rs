@@ -20,20 +20,57 @@ fn fewer_alarms_no_missed_high_priority_events_fast_over_rate_alarms() {
         transient_cough_or_turn: 120.0,
         ..RandomScenarioMix::default()
     };
-    let report = run(&EvalConfig { beds: 6, hours: 8, seed: 5, mix: Some(mix) });
-    for kind in [ScenarioKind::SepsisDeterioration, ScenarioKind::DripSpedUp, ScenarioKind::LineOccluded, ScenarioKind::MotionArtifact] {
-        assert!(report.labels.iter().any(|l| l.label.kind == kind), "no {kind:?} scenario was simulated");
+    let report = run(&EvalConfig {
+        beds: 6,
+        hours: 8,
+        seed: 5,
+        mix: Some(mix),
+    });
+    for kind in [
+        ScenarioKind::SepsisDeterioration,
+        ScenarioKind::DripSpedUp,
+        ScenarioKind::LineOccluded,
+        ScenarioKind::MotionArtifact,
+    ] {
+        assert!(
+            report.labels.iter().any(|l| l.label.kind == kind),
+            "no {kind:?} scenario was simulated"
+        );
     }
     // Every deterioration and infusion fault that should alarm did.
-    for l in report.labels.iter().filter(|l| l.label.should_alarm && l.label.kind != ScenarioKind::BagRunsEmpty) {
-        assert!(l.time_to_alarm_ms.is_some(), "no alarm for {}", l.label.description);
+    for l in report
+        .labels
+        .iter()
+        .filter(|l| l.label.should_alarm && l.label.kind != ScenarioKind::BagRunsEmpty)
+    {
+        assert!(
+            l.time_to_alarm_ms.is_some(),
+            "no alarm for {}",
+            l.label.description
+        );
     }
     eprintln!("{}", report.markdown());
     assert!(report.naive_alarms > 0);
-    assert!(report.reduction() >= 0.5, "only {:.0}% fewer alarms than naive thresholds", report.reduction() * 100.0);
-    assert!(report.missed_high().is_empty(), "missed high-priority events: {:?}", report.missed_high());
-    for l in report.labels.iter().filter(|l| l.label.kind == ScenarioKind::DripSpedUp) {
+    assert!(
+        report.reduction() >= 0.5,
+        "only {:.0}% fewer alarms than naive thresholds",
+        report.reduction() * 100.0
+    );
+    assert!(
+        report.missed_high().is_empty(),
+        "missed high-priority events: {:?}",
+        report.missed_high()
+    );
+    for l in report
+        .labels
+        .iter()
+        .filter(|l| l.label.kind == ScenarioKind::DripSpedUp)
+    {
         let t = l.time_to_alarm_ms.unwrap_or(i64::MAX);
-        assert!(t <= 90_000, "over-rate alarm after {t} ms: {}", l.label.description);
+        assert!(
+            t <= 90_000,
+            "over-rate alarm after {t} ms: {}",
+            l.label.description
+        );
     }
 }

@@ -20,12 +20,17 @@ fn browser_available() -> Result<bool> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let ok = Path::new(&chromium).exists()
         && Path::new(DIR).join("node_modules/playwright-core").exists()
-        && Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+        && Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
     if !ok {
         if std::env::var_os("CI").is_some() {
             bail!("chromium, node and playwright-core are required on CI (.ci/run installs them)");
         }
-        eprintln!("\n*** SKIPPED: nurse station browser test: needs {chromium}, node and `npm ci` in tests/browser ***\n");
+        eprintln!(
+            "\n*** SKIPPED: nurse station browser test: needs {chromium}, node and `npm ci` in tests/browser ***\n"
+        );
     }
     Ok(ok)
 }
@@ -39,18 +44,56 @@ async fn nurse_station_in_headless_chromium() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let setup = dev_setup(dir.path(), &["edge-7a"])?;
     let any = "127.0.0.1:0".parse()?;
-    let cloud = CloudHandle::start(cloud_config(&setup, &dir.path().join("cloud"), None, any, any, &[("edge-7a", &["7A"])])?).await?;
-    let mut cfg = edge_config(&setup, &dir.path().join("edge"), "edge-7a", &["7A"], cloud.sync_addr)?;
+    let cloud = CloudHandle::start(cloud_config(
+        &setup,
+        &dir.path().join("cloud"),
+        None,
+        any,
+        any,
+        &[("edge-7a", &["7A"])],
+    )?)
+    .await?;
+    let mut cfg = edge_config(
+        &setup,
+        &dir.path().join("edge"),
+        "edge-7a",
+        &["7A"],
+        cloud.sync_addr,
+    )?;
     cfg.station = Some(wardwatch_edge::station::StationConfig { listen: any });
     let edge = EdgeHandle::start(cfg).await?;
-    let station = edge.node.station_addr().map(|a| format!("http://{a}/")).unwrap_or_default();
+    let station = edge
+        .node
+        .station_addr()
+        .map(|a| format!("http://{a}/"))
+        .unwrap_or_default();
 
     // Ten minutes of a 12-bed ward up to now, then a desaturation at bed 1 (an immediate high-priority alarm).
     let now = wardwatch_proto::now_unix_ms();
-    let mut sim = WardSimulator::new(WardSimConfig { ward: "7A".into(), beds: 12, seed: 3, start_unix_ms: now - 600_000, ..WardSimConfig::default() });
-    let mut events: Vec<Incoming> = sim.devices().into_iter().map(|e| Incoming { idempotency_key: e.idempotency_key, payload: e.payload }).collect();
-    events.extend(sim.advance_to(now).into_iter().map(|e| Incoming { idempotency_key: e.idempotency_key, payload: e.payload }));
-    let patient = sim.patients().first().map(|p| p.patient_id.clone()).unwrap_or_default();
+    let mut sim = WardSimulator::new(WardSimConfig {
+        ward: "7A".into(),
+        beds: 12,
+        seed: 3,
+        start_unix_ms: now - 600_000,
+        ..WardSimConfig::default()
+    });
+    let mut events: Vec<Incoming> = sim
+        .devices()
+        .into_iter()
+        .map(|e| Incoming {
+            idempotency_key: e.idempotency_key,
+            payload: e.payload,
+        })
+        .collect();
+    events.extend(sim.advance_to(now).into_iter().map(|e| Incoming {
+        idempotency_key: e.idempotency_key,
+        payload: e.payload,
+    }));
+    let patient = sim
+        .patients()
+        .first()
+        .map(|p| p.patient_id.clone())
+        .unwrap_or_default();
     for chunk in events.chunks(2_000) {
         edge.node.accept(chunk.to_vec()).await?;
     }
@@ -59,7 +102,10 @@ async fn nurse_station_in_headless_chromium() -> Result<()> {
             idempotency_key: "test-desaturation".into(),
             payload: Payload::Vital(VitalSign {
                 patient_id: patient,
-                location: Some(BedLocation { ward: "7A".into(), bed: "1".into() }),
+                location: Some(BedLocation {
+                    ward: "7A".into(),
+                    bed: "1".into(),
+                }),
                 device_id: "mon-7A-1".into(),
                 metric_mdc: wardwatch_proto::metrics::MDC_PULS_OXIM_SAT_O2,
                 value: 82.0,
@@ -76,8 +122,18 @@ async fn nurse_station_in_headless_chromium() -> Result<()> {
     } else {
         dir.path().join("nurse-station.png")
     };
-    let out = tokio::process::Command::new("node").current_dir(DIR).arg("station.mjs").arg(&station).arg(&shot).output().await?;
-    eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = tokio::process::Command::new("node")
+        .current_dir(DIR)
+        .arg("station.mjs")
+        .arg(&station)
+        .arg(&shot)
+        .output()
+        .await?;
+    eprintln!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "browser test failed");
     assert!(shot.exists(), "no screenshot");
     // The acknowledgement reached the outbox and the cloud as an alarm event.

@@ -70,17 +70,34 @@ async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
     })
     .await?;
     // The nurse station (served by the edge) shows the simulated ward.
-    let station = doc["nurse_station"].as_str().context("nurse_station")?.to_string();
+    let station = doc["nurse_station"]
+        .as_str()
+        .context("nurse_station")?
+        .to_string();
     let plain = client.clone();
-    wardwatch::wait_until(Duration::from_secs(20), "the nurse station to show 40 beds", || {
-        let (plain, station) = (plain.clone(), station.clone());
-        async move {
-            let w: serde_json::Value = plain.get(format!("{station}api/ward")).send().await?.json().await?;
-            Ok(w["beds"].as_array().is_some_and(|b| b.len() == 40))
-        }
-    })
+    wardwatch::wait_until(
+        Duration::from_secs(20),
+        "the nurse station to show 40 beds",
+        || {
+            let (plain, station) = (plain.clone(), station.clone());
+            async move {
+                let w: serde_json::Value = plain
+                    .get(format!("{station}api/ward"))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                Ok(w["beds"].as_array().is_some_and(|b| b.len() == 40))
+            }
+        },
+    )
     .await?;
-    assert!(doc["hl7_mllp"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{doc}");
+    assert!(
+        doc["hl7_mllp"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{doc}"
+    );
     assert!(doc["mqtt"].is_null(), "{doc}");
     let page = plain.get(&station).send().await?.text().await?;
     assert!(page.contains("Wardwatch · nurse station"));

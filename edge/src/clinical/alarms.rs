@@ -320,6 +320,9 @@ impl AlarmManager {
                 if upgraded {
                     r.view.priority = c.priority;
                 }
+                // Not collapsed into a match guard: a pending alarm that is not yet due must not fall through to
+                // the upgrade arm.
+                #[allow(clippy::collapsible_match)]
                 match r.view.phase {
                     Phase::Pending { since } => {
                         if at - since >= self.policy.delay(r.view.priority) {

@@ -11,11 +11,16 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use wardwatch_proto::metrics;
 use wardwatch_proto::v1::{
-    AlarmKind, AlarmPriority, BedLocation, DeviceInfo, InfusionStatus, VitalSign, edge_event::Payload,
+    AlarmKind, AlarmPriority, BedLocation, DeviceInfo, InfusionStatus, VitalSign,
+    edge_event::Payload,
 };
 
-use super::alarms::{AlarmActionError, AlarmManager, AlarmPolicy, AlarmView, Condition, Phase, key};
-use super::infusion::{ConditionChange, InfusionCondition, InfusionMonitor, InfusionSafetyConfig, InfusionView};
+use super::alarms::{
+    AlarmActionError, AlarmManager, AlarmPolicy, AlarmView, Condition, Phase, key,
+};
+use super::infusion::{
+    ConditionChange, InfusionCondition, InfusionMonitor, InfusionSafetyConfig, InfusionView,
+};
 use super::news2::{ClinicalResponse, News2Config, PatientNews2, SpO2Scale, Trend};
 use super::thresholds::{PatientThresholds, ThresholdConfig};
 
@@ -193,7 +198,11 @@ fn response_name(r: ClinicalResponse) -> &'static str {
 fn quality_names(q: &[i32]) -> Vec<String> {
     q.iter()
         .filter_map(|f| wardwatch_proto::v1::QualityFlag::try_from(*f).ok())
-        .map(|f| f.as_str_name().trim_start_matches("QUALITY_FLAG_").to_ascii_lowercase())
+        .map(|f| {
+            f.as_str_name()
+                .trim_start_matches("QUALITY_FLAG_")
+                .to_ascii_lowercase()
+        })
         .collect()
 }
 
@@ -201,7 +210,11 @@ fn display_alarm(a: &AlarmView) -> AlarmDisplay {
     AlarmDisplay {
         alarm_id: a.alarm_id.clone(),
         kind: AlarmKind::try_from(a.key.kind)
-            .map(|k| k.as_str_name().trim_start_matches("ALARM_KIND_").to_ascii_lowercase())
+            .map(|k| {
+                k.as_str_name()
+                    .trim_start_matches("ALARM_KIND_")
+                    .to_ascii_lowercase()
+            })
             .unwrap_or_default(),
         priority: priority_name(a.priority),
         phase: match a.phase {
@@ -242,7 +255,11 @@ impl ClinicalEngine {
     }
 
     fn scale_of(&self, patient: &str) -> SpO2Scale {
-        if self.cfg.spo2_scale_2_patients.iter().any(|p| p == patient) { SpO2Scale::Scale2 } else { SpO2Scale::Scale1 }
+        if self.cfg.spo2_scale_2_patients.iter().any(|p| p == patient) {
+            SpO2Scale::Scale2
+        } else {
+            SpO2Scale::Scale1
+        }
     }
 
     /// Sets a patient's NEWS2 SpO2 scale (a clinical decision, e.g. from the nurse station).
@@ -252,18 +269,25 @@ impl ClinicalEngine {
             self.cfg.spo2_scale_2_patients.push(patient.to_string());
         }
         if let Some(p) = self.patients.get_mut(patient) {
-            p.news2.set_scale(if scale_2 { SpO2Scale::Scale2 } else { SpO2Scale::Scale1 });
+            p.news2.set_scale(if scale_2 {
+                SpO2Scale::Scale2
+            } else {
+                SpO2Scale::Scale1
+            });
         }
     }
 
     fn patient(&mut self, id: &str, location: &BedLocation) -> &mut PatientState {
         let scale = self.scale_of(id);
-        let p = self.patients.entry(id.to_string()).or_insert_with(|| PatientState {
-            location: location.clone(),
-            news2: PatientNews2::new(scale),
-            thresholds: PatientThresholds::default(),
-            latest: BTreeMap::new(),
-        });
+        let p = self
+            .patients
+            .entry(id.to_string())
+            .or_insert_with(|| PatientState {
+                location: location.clone(),
+                news2: PatientNews2::new(scale),
+                thresholds: PatientThresholds::default(),
+                latest: BTreeMap::new(),
+            });
         p.location = location.clone();
         p
     }
@@ -284,7 +308,9 @@ impl ClinicalEngine {
 
     fn on_vital(&mut self, source_key: &str, v: &VitalSign) -> Vec<Payload> {
         self.stats.vitals += 1;
-        let Some(location) = v.location.clone() else { return Vec::new() };
+        let Some(location) = v.location.clone() else {
+            return Vec::new();
+        };
         let scale_2 = self.scale_of(&v.patient_id) == SpO2Scale::Scale2;
         let news2_cfg = self.cfg.news2.clone();
         let thr_cfg = self.cfg.thresholds.clone();
@@ -296,8 +322,16 @@ impl ClinicalEngine {
             let display = if !v.enumerated.is_empty() {
                 v.enumerated.clone()
             } else if m.kind == metrics::ValueKind::Compound {
-                let get = |c: u32| v.components.iter().find(|x| x.metric_mdc == c).map(|x| x.value);
-                match (get(metrics::MDC_PRESS_BLD_NONINV_SYS), get(metrics::MDC_PRESS_BLD_NONINV_DIA)) {
+                let get = |c: u32| {
+                    v.components
+                        .iter()
+                        .find(|x| x.metric_mdc == c)
+                        .map(|x| x.value)
+                };
+                match (
+                    get(metrics::MDC_PRESS_BLD_NONINV_SYS),
+                    get(metrics::MDC_PRESS_BLD_NONINV_DIA),
+                ) {
                     (Some(s), Some(d)) => format!("{s:.0}/{d:.0}"),
                     _ => format!("{}", v.value),
                 }
@@ -308,21 +342,37 @@ impl ClinicalEngine {
             if p.latest.get(&slot).is_none_or(|l| l.at_unix_ms <= at) {
                 p.latest.insert(
                     slot,
-                    LatestValue { display, unit: m.unit_display.to_string(), at_unix_ms: at, quality: quality_names(&v.quality) },
+                    LatestValue {
+                        display,
+                        unit: m.unit_display.to_string(),
+                        at_unix_ms: at,
+                        quality: quality_names(&v.quality),
+                    },
                 );
             }
         }
         let mut out = Vec::new();
         let news2 = if v.metric_mdc == metrics::WARDWATCH_SUPPLEMENTAL_O2 {
-            p.news2.observe_oxygen(v.enumerated == "O2", at, source_key, &news2_cfg)
+            p.news2
+                .observe_oxygen(v.enumerated == "O2", at, source_key, &news2_cfg)
         } else {
             p.news2.observe_vital(v, source_key, &news2_cfg)
         };
         let thresholds = p.thresholds.observe(v, &patient_id, scale_2, &thr_cfg);
         if let Some(u) = news2 {
             self.stats.news2_updates += 1;
-            out.push(Payload::Risk(u.to_proto(&patient_id, Some(location.clone()))));
-            out.extend(self.news2_conditions(&patient_id, &location, &v.device_id, &u.score.response, u.score.total, u.trend, at));
+            out.push(Payload::Risk(
+                u.to_proto(&patient_id, Some(location.clone())),
+            ));
+            out.extend(self.news2_conditions(
+                &patient_id,
+                &location,
+                &v.device_id,
+                &u.score.response,
+                u.score.total,
+                u.trend,
+                at,
+            ));
         }
         for c in thresholds {
             let cond = Condition {
@@ -337,7 +387,10 @@ impl ClinicalEngine {
             };
             out.extend(self.alarms.update(cond).into_iter().map(Payload::Alarm));
         }
-        self.stats.alarm_events += out.iter().filter(|p| matches!(p, Payload::Alarm(_))).count() as u64;
+        self.stats.alarm_events += out
+            .iter()
+            .filter(|p| matches!(p, Payload::Alarm(_)))
+            .count() as u64;
         out
     }
 
@@ -355,7 +408,9 @@ impl ClinicalEngine {
         let (active, priority, what) = match response {
             ClinicalResponse::High => (true, AlarmPriority::High, "emergency response threshold"),
             ClinicalResponse::Medium => (true, AlarmPriority::Medium, "urgent response threshold"),
-            ClinicalResponse::LowMedium => (true, AlarmPriority::Low, "a single parameter scores 3"),
+            ClinicalResponse::LowMedium => {
+                (true, AlarmPriority::Low, "a single parameter scores 3")
+            }
             _ => (false, AlarmPriority::Low, "below response thresholds"),
         };
         let mut out = Vec::new();
@@ -376,7 +431,10 @@ impl ClinicalEngine {
             priority: AlarmPriority::Low,
             active: rising && total >= 3,
             message: match trend {
-                Trend::Rising { by, over_ms } => format!("NEWS2 rising: +{by} in {} min (now {total})", over_ms / 60_000),
+                Trend::Rising { by, over_ms } => format!(
+                    "NEWS2 rising: +{by} in {} min (now {total})",
+                    over_ms / 60_000
+                ),
                 _ => "NEWS2 no longer rising".into(),
             },
             patient_id: patient.to_string(),
@@ -388,31 +446,59 @@ impl ClinicalEngine {
         out
     }
 
-    fn infusion_changes(&mut self, changes: Vec<(String, ConditionChange)>, at: i64) -> Vec<Payload> {
+    fn infusion_changes(
+        &mut self,
+        changes: Vec<(String, ConditionChange)>,
+        at: i64,
+    ) -> Vec<Payload> {
         let mut out = Vec::new();
         for (order, change) in changes {
-            let Some((patient, location, device)) = self.infusion_orders.get(&order).cloned() else { continue };
+            let Some((patient, location, device)) = self.infusion_orders.get(&order).cloned()
+            else {
+                continue;
+            };
             let (active, cond) = match &change {
                 ConditionChange::Raised(c) | ConditionChange::Updated(c) => (true, Some(c.clone())),
                 ConditionChange::Cleared(_) => (false, None),
             };
             let ckey = change.key();
             let message = match &cond {
-                Some(InfusionCondition::TooFast { pct_over, possible_manual_change }) => format!(
+                Some(InfusionCondition::TooFast {
+                    pct_over,
+                    possible_manual_change,
+                }) => format!(
                     "Infusion {order} running {pct_over:.0}% over the prescribed rate{}",
-                    if *possible_manual_change { " (possible manual change of the roller clamp)" } else { "" }
+                    if *possible_manual_change {
+                        " (possible manual change of the roller clamp)"
+                    } else {
+                        ""
+                    }
                 ),
-                Some(InfusionCondition::TooSlow { pct_under }) => format!("Infusion {order} running {pct_under:.0}% under the prescribed rate"),
-                Some(InfusionCondition::Stopped) => format!("Infusion {order} stopped: check for occlusion or an empty bag"),
-                Some(InfusionCondition::NearCompletion { remaining_ml, eta_unix_ms }) => format!(
+                Some(InfusionCondition::TooSlow { pct_under }) => {
+                    format!("Infusion {order} running {pct_under:.0}% under the prescribed rate")
+                }
+                Some(InfusionCondition::Stopped) => {
+                    format!("Infusion {order} stopped: check for occlusion or an empty bag")
+                }
+                Some(InfusionCondition::NearCompletion {
+                    remaining_ml,
+                    eta_unix_ms,
+                }) => format!(
                     "Infusion {order} nearly complete: {remaining_ml:.0} mL left{}",
-                    eta_unix_ms.map_or(String::new(), |e| format!(", empty in {} min", ((e - at).max(0)) / 60_000))
+                    eta_unix_ms.map_or(String::new(), |e| format!(
+                        ", empty in {} min",
+                        ((e - at).max(0)) / 60_000
+                    ))
                 ),
                 Some(InfusionCondition::Completed) => format!("Infusion {order} completed"),
-                Some(InfusionCondition::DeviceLost) => format!("Drip monitor {device} not reporting"),
+                Some(InfusionCondition::DeviceLost) => {
+                    format!("Drip monitor {device} not reporting")
+                }
                 None => format!("Infusion {order}: condition cleared"),
             };
-            let priority = cond.as_ref().map_or(AlarmPriority::Low, InfusionCondition::default_priority);
+            let priority = cond
+                .as_ref()
+                .map_or(AlarmPriority::Low, InfusionCondition::default_priority);
             let c = Condition {
                 key: key(&order, ckey.kind(), &format!("{ckey:?}")),
                 priority,
@@ -432,7 +518,10 @@ impl ClinicalEngine {
     fn on_infusion(&mut self, i: &InfusionStatus) -> Vec<Payload> {
         self.stats.infusion_reports += 1;
         let location = i.location.clone().unwrap_or_default();
-        self.infusion_orders.insert(i.order_id.clone(), (i.patient_id.clone(), location, i.device_id.clone()));
+        self.infusion_orders.insert(
+            i.order_id.clone(),
+            (i.patient_id.clone(), location, i.device_id.clone()),
+        );
         let changes = self.infusion.observe(i);
         self.infusion_changes(changes, i.measured_at_unix_ms)
     }
@@ -450,24 +539,58 @@ impl ClinicalEngine {
         for (id, loc, u) in updates {
             self.stats.news2_updates += 1;
             out.push(Payload::Risk(u.to_proto(&id, Some(loc.clone()))));
-            out.extend(self.news2_conditions(&id, &loc, "", &u.score.response, u.score.total, u.trend, now));
+            out.extend(self.news2_conditions(
+                &id,
+                &loc,
+                "",
+                &u.score.response,
+                u.score.total,
+                u.trend,
+                now,
+            ));
         }
         let changes = self.infusion.tick(now);
         out.extend(self.infusion_changes(changes, now));
-        let alarms: Vec<Payload> = self.alarms.tick(now).into_iter().map(Payload::Alarm).collect();
+        let alarms: Vec<Payload> = self
+            .alarms
+            .tick(now)
+            .into_iter()
+            .map(Payload::Alarm)
+            .collect();
         self.stats.alarm_events += alarms.len() as u64;
         out.extend(alarms);
         out
     }
 
     /// A user acknowledges an alarm.
-    pub fn acknowledge(&mut self, alarm_id: &str, user: &str, now: i64) -> Result<Vec<Payload>, AlarmActionError> {
-        Ok(self.alarms.acknowledge(alarm_id, user, now)?.into_iter().map(Payload::Alarm).collect())
+    pub fn acknowledge(
+        &mut self,
+        alarm_id: &str,
+        user: &str,
+        now: i64,
+    ) -> Result<Vec<Payload>, AlarmActionError> {
+        Ok(self
+            .alarms
+            .acknowledge(alarm_id, user, now)?
+            .into_iter()
+            .map(Payload::Alarm)
+            .collect())
     }
 
     /// A user silences an alarm.
-    pub fn silence(&mut self, alarm_id: &str, user: &str, now: i64, duration_ms: i64) -> Result<Vec<Payload>, AlarmActionError> {
-        Ok(self.alarms.silence(alarm_id, user, now, duration_ms)?.into_iter().map(Payload::Alarm).collect())
+    pub fn silence(
+        &mut self,
+        alarm_id: &str,
+        user: &str,
+        now: i64,
+        duration_ms: i64,
+    ) -> Result<Vec<Payload>, AlarmActionError> {
+        Ok(self
+            .alarms
+            .silence(alarm_id, user, now, duration_ms)?
+            .into_iter()
+            .map(Payload::Alarm)
+            .collect())
     }
 
     /// Announced alarms.
@@ -494,7 +617,11 @@ impl ClinicalEngine {
                     Trend::Stable => "stable",
                     Trend::Unknown => "unknown",
                 },
-                spo2_scale: if u.score.scale == SpO2Scale::Scale2 { 2 } else { 1 },
+                spo2_scale: if u.score.scale == SpO2Scale::Scale2 {
+                    2
+                } else {
+                    1
+                },
                 at_unix_ms: u.at_unix_ms,
             });
             beds.insert(
@@ -532,12 +659,18 @@ impl ClinicalEngine {
         }
         let mut beds: Vec<BedView> = beds.into_values().collect();
         beds.sort_by(|a, b| {
-            a.ward.cmp(&b.ward).then_with(|| match (a.bed.parse::<u32>(), b.bed.parse::<u32>()) {
-                (Ok(x), Ok(y)) => x.cmp(&y),
-                _ => a.bed.cmp(&b.bed),
-            })
+            a.ward
+                .cmp(&b.ward)
+                .then_with(|| match (a.bed.parse::<u32>(), b.bed.parse::<u32>()) {
+                    (Ok(x), Ok(y)) => x.cmp(&y),
+                    _ => a.bed.cmp(&b.bed),
+                })
         });
-        WardSnapshot { at_unix_ms: now, beds, other_alarms }
+        WardSnapshot {
+            at_unix_ms: now,
+            beds,
+            other_alarms,
+        }
     }
 }
 
@@ -550,7 +683,10 @@ mod tests {
     fn vital(mdc: u32, value: f64, at: i64) -> Payload {
         Payload::Vital(VitalSign {
             patient_id: "P1".into(),
-            location: Some(BedLocation { ward: "7A".into(), bed: "3".into() }),
+            location: Some(BedLocation {
+                ward: "7A".into(),
+                bed: "3".into(),
+            }),
             device_id: "mon".into(),
             metric_mdc: mdc,
             value,
@@ -574,8 +710,16 @@ mod tests {
         let mut e = ClinicalEngine::new(EngineConfig::default(), "edge");
         let out = e.on_event("k1", &vital(MDC_PULS_OXIM_SAT_O2, 84.0, 1_000));
         let a = alarms(&out);
-        assert!(a.iter().any(|(p, s, m)| *p == AlarmPriority::High as i32 && *s == AlarmState::Raised as i32 && m.contains("SpO2")), "{a:?}");
-        assert!(out.iter().any(|p| matches!(p, Payload::Risk(_))), "a NEWS2 score was produced");
+        assert!(
+            a.iter().any(|(p, s, m)| *p == AlarmPriority::High as i32
+                && *s == AlarmState::Raised as i32
+                && m.contains("SpO2")),
+            "{a:?}"
+        );
+        assert!(
+            out.iter().any(|p| matches!(p, Payload::Risk(_))),
+            "a NEWS2 score was produced"
+        );
         let snap = e.snapshot(2_000);
         assert_eq!(snap.beds.len(), 1);
         assert_eq!(snap.beds[0].news2.as_ref().map(|n| n.total), Some(3));
@@ -587,19 +731,33 @@ mod tests {
     fn news2_emergency_level_raises_high_alarm() {
         let mut e = ClinicalEngine::new(EngineConfig::default(), "edge");
         let mut all = Vec::new();
-        for (i, (mdc, v)) in [(MDC_RESP_RATE, 26.0), (MDC_PULS_OXIM_SAT_O2, 91.0), (MDC_ECG_HEART_RATE, 118.0), (MDC_TEMP_BODY, 39.2)]
-            .into_iter()
-            .enumerate()
+        for (i, (mdc, v)) in [
+            (MDC_RESP_RATE, 26.0),
+            (MDC_PULS_OXIM_SAT_O2, 91.0),
+            (MDC_ECG_HEART_RATE, 118.0),
+            (MDC_TEMP_BODY, 39.2),
+        ]
+        .into_iter()
+        .enumerate()
         {
             all.extend(e.on_event(&format!("k{i}"), &vital(mdc, v, 1_000 + i as i64)));
         }
         // RR 26 → 3, SpO2 91 → 3 (NEWS2 6: medium, waits out its delay), HR 118 → 2 (NEWS2 8: high, at once),
         // temp 39.2 → 2 (NEWS2 10: the same alarm, not a second one).
         let a = alarms(&all);
-        let high: Vec<_> = a.iter().filter(|(p, _, m)| *p == AlarmPriority::High as i32 && m.starts_with("NEWS2")).collect();
+        let high: Vec<_> = a
+            .iter()
+            .filter(|(p, _, m)| *p == AlarmPriority::High as i32 && m.starts_with("NEWS2"))
+            .collect();
         assert_eq!(high.len(), 1, "{a:?}");
         assert!(high[0].2.starts_with("NEWS2 8: emergency"), "{a:?}");
-        assert_eq!(e.snapshot(2_000).beds[0].news2.as_ref().map(|n| (n.total, n.response)), Some((10, "high")));
+        assert_eq!(
+            e.snapshot(2_000).beds[0]
+                .news2
+                .as_ref()
+                .map(|n| (n.total, n.response)),
+            Some((10, "high"))
+        );
     }
 
     #[test]
@@ -607,9 +765,16 @@ mod tests {
         let mut e = ClinicalEngine::new(EngineConfig::default(), "edge");
         e.on_event("k1", &vital(MDC_ECG_HEART_RATE, 30.0, 1_000));
         e.on_event("k1b", &vital(MDC_PULS_OXIM_PULS_RATE, 31.0, 1_100));
-        let id = e.active_alarms().first().map(|a| a.alarm_id.clone()).unwrap_or_default();
+        let id = e
+            .active_alarms()
+            .first()
+            .map(|a| a.alarm_id.clone())
+            .unwrap_or_default();
         let out = e.acknowledge(&id, "nurse.b", 2_000).unwrap_or_default();
-        assert_eq!(alarms(&out).first().map(|a| a.1), Some(AlarmState::Acknowledged as i32));
+        assert_eq!(
+            alarms(&out).first().map(|a| a.1),
+            Some(AlarmState::Acknowledged as i32)
+        );
         assert!(e.acknowledge("nope", "n", 2_000).is_err());
     }
 }

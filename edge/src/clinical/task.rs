@@ -30,7 +30,13 @@ pub async fn emit(node: &EdgeNode, out: Vec<Payload>) {
     if out.is_empty() {
         return;
     }
-    let incoming: Vec<Incoming> = out.into_iter().map(|p| Incoming { idempotency_key: produced_key(&p), payload: p }).collect();
+    let incoming: Vec<Incoming> = out
+        .into_iter()
+        .map(|p| Incoming {
+            idempotency_key: produced_key(&p),
+            payload: p,
+        })
+        .collect();
     match node.accept(incoming).await {
         Ok(r) if !r.rejected.is_empty() => {
             for (i, why) in &r.rejected {

@@ -57,8 +57,13 @@ impl VitalParam {
         }
     }
 
-    const ALL: [VitalParam; 5] =
-        [Self::HeartRate, Self::RespiratoryRate, Self::SpO2, Self::SystolicBp, Self::Temperature];
+    const ALL: [VitalParam; 5] = [
+        Self::HeartRate,
+        Self::RespiratoryRate,
+        Self::SpO2,
+        Self::SystolicBp,
+        Self::Temperature,
+    ];
 }
 
 /// Limits of one parameter. `None` means no limit on that side.
@@ -105,7 +110,13 @@ pub struct ThresholdConfig {
 
 impl Default for ThresholdConfig {
     fn default() -> Self {
-        let l = |sl, sh, hl, hh, max_adapt| Limits { soft_low: sl, soft_high: sh, hard_low: hl, hard_high: hh, max_adapt };
+        let l = |sl, sh, hl, hh, max_adapt| Limits {
+            soft_low: sl,
+            soft_high: sh,
+            hard_low: hl,
+            hard_high: hh,
+            max_adapt,
+        };
         Self {
             heart_rate: l(Some(50.0), Some(120.0), Some(40.0), Some(140.0), 10.0),
             respiratory_rate: l(Some(10.0), Some(24.0), Some(8.0), Some(30.0), 3.0),
@@ -137,7 +148,9 @@ impl ThresholdConfig {
 /// The parameter and value a vital sign carries for threshold purposes.
 pub fn param_of(v: &VitalSign) -> Option<(VitalParam, f64)> {
     match v.metric_mdc {
-        MDC_ECG_HEART_RATE | MDC_PULS_OXIM_PULS_RATE | MDC_PULS_RATE_NON_INV => Some((VitalParam::HeartRate, v.value)),
+        MDC_ECG_HEART_RATE | MDC_PULS_OXIM_PULS_RATE | MDC_PULS_RATE_NON_INV => {
+            Some((VitalParam::HeartRate, v.value))
+        }
         MDC_RESP_RATE => Some((VitalParam::RespiratoryRate, v.value)),
         MDC_PULS_OXIM_SAT_O2 => Some((VitalParam::SpO2, v.value)),
         MDC_TEMP_BODY | MDC_TEMP => Some((VitalParam::Temperature, v.value)),
@@ -202,32 +215,56 @@ fn median(values: &mut [f64]) -> Option<f64> {
     }
     values.sort_by(|a, b| a.total_cmp(b));
     let n = values.len();
-    Some(if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
 }
 
 impl PatientThresholds {
     /// The soft limits in effect for `p` now (adapted to the baseline when enough data exists).
-    pub fn effective(&self, cfg: &ThresholdConfig, p: VitalParam, scale_2: bool, now: i64) -> Limits {
+    pub fn effective(
+        &self,
+        cfg: &ThresholdConfig,
+        p: VitalParam,
+        scale_2: bool,
+        now: i64,
+    ) -> Limits {
         let base = *cfg.limits(p, scale_2);
-        let Some(st) = self.params.get(&p) else { return base };
-        let Some(first) = st.history.front() else { return base };
+        let Some(st) = self.params.get(&p) else {
+            return base;
+        };
+        let Some(first) = st.history.front() else {
+            return base;
+        };
         if now - first.0 < cfg.adapt_after_ms {
             return base;
         }
         let mut values: Vec<f64> = st.history.iter().map(|(_, v)| *v).collect();
-        let Some(m) = median(&mut values) else { return base };
+        let Some(m) = median(&mut values) else {
+            return base;
+        };
         let mut out = base;
         // Widen only, by at most max_adapt, never past the hard limit: a baseline near the soft limit moves the
         // limit away by the distance the baseline sits inside the default band's margin.
         if let Some(sh) = base.soft_high {
             let margin = sh - m;
-            let widened = if margin < base.max_adapt { sh + (base.max_adapt - margin.max(0.0)) } else { sh };
+            let widened = if margin < base.max_adapt {
+                sh + (base.max_adapt - margin.max(0.0))
+            } else {
+                sh
+            };
             let capped = widened.min(sh + base.max_adapt);
             out.soft_high = Some(base.hard_high.map_or(capped, |h| capped.min(h)));
         }
         if let Some(sl) = base.soft_low {
             let margin = m - sl;
-            let widened = if margin < base.max_adapt { sl - (base.max_adapt - margin.max(0.0)) } else { sl };
+            let widened = if margin < base.max_adapt {
+                sl - (base.max_adapt - margin.max(0.0))
+            } else {
+                sl
+            };
             let capped = widened.max(sl - base.max_adapt);
             out.soft_low = Some(base.hard_low.map_or(capped, |h| capped.max(h)));
         }
@@ -235,21 +272,42 @@ impl PatientThresholds {
     }
 
     /// Feeds one normalized vital sign; returns the threshold conditions it changes.
-    pub fn observe(&mut self, v: &VitalSign, patient: &str, scale_2: bool, cfg: &ThresholdConfig) -> Vec<ThresholdCondition> {
+    pub fn observe(
+        &mut self,
+        v: &VitalSign,
+        patient: &str,
+        scale_2: bool,
+        cfg: &ThresholdConfig,
+    ) -> Vec<ThresholdCondition> {
         let mut out = Vec::new();
         let at = v.measured_at_unix_ms;
         let flagged = |f: QualityFlag| v.quality.contains(&(f as i32));
         // Sensor-off tracking per device (technical, low priority).
         if flagged(QualityFlag::SensorOff) {
-            let since = *self.sensor_off_since.entry(v.device_id.clone()).or_insert(at);
-            let active = self.sensor_off_active.get(&v.device_id).copied().unwrap_or(false);
+            let since = *self
+                .sensor_off_since
+                .entry(v.device_id.clone())
+                .or_insert(at);
+            let active = self
+                .sensor_off_active
+                .get(&v.device_id)
+                .copied()
+                .unwrap_or(false);
             if !active && at - since >= cfg.sensor_off_after_ms {
                 self.sensor_off_active.insert(v.device_id.clone(), true);
                 out.push(ThresholdCondition {
-                    key: key(patient, AlarmKind::SensorProblem, &format!("sensor-off:{}", v.device_id)),
+                    key: key(
+                        patient,
+                        AlarmKind::SensorProblem,
+                        &format!("sensor-off:{}", v.device_id),
+                    ),
                     active: true,
                     priority: AlarmPriority::Low,
-                    message: format!("Sensor off the patient on {} for over {} s", v.device_id, (at - since) / 1000),
+                    message: format!(
+                        "Sensor off the patient on {} for over {} s",
+                        v.device_id,
+                        (at - since) / 1000
+                    ),
                 });
             }
             return out;
@@ -258,7 +316,11 @@ impl PatientThresholds {
             && self.sensor_off_active.remove(&v.device_id).unwrap_or(false)
         {
             out.push(ThresholdCondition {
-                key: key(patient, AlarmKind::SensorProblem, &format!("sensor-off:{}", v.device_id)),
+                key: key(
+                    patient,
+                    AlarmKind::SensorProblem,
+                    &format!("sensor-off:{}", v.device_id),
+                ),
                 active: false,
                 priority: AlarmPriority::Low,
                 message: format!("Sensor on {} reporting again", v.device_id),
@@ -267,7 +329,9 @@ impl PatientThresholds {
         if flagged(QualityFlag::Artifact) {
             return out;
         }
-        let Some((p, value)) = param_of(v) else { return out };
+        let Some((p, value)) = param_of(v) else {
+            return out;
+        };
         if !value.is_finite() {
             return out;
         }
@@ -293,7 +357,11 @@ impl PatientThresholds {
         if st.history.back().is_none_or(|(t, _)| at - t >= 30_000) {
             st.history.push_back((at, value));
         }
-        while st.history.front().is_some_and(|(t, _)| at - t > cfg.baseline_window_ms) {
+        while st
+            .history
+            .front()
+            .is_some_and(|(t, _)| at - t > cfg.baseline_window_ms)
+        {
             st.history.pop_front();
         }
         let low = match (limits.hard_low, limits.soft_low) {
@@ -327,11 +395,20 @@ impl PatientThresholds {
                 _ => limits.soft_high,
             };
             out.push(ThresholdCondition {
-                key: key(patient, AlarmKind::VitalThreshold, &format!("{}-{side}", p.slug())),
+                key: key(
+                    patient,
+                    AlarmKind::VitalThreshold,
+                    &format!("{}-{side}", p.slug()),
+                ),
                 active,
                 priority,
                 message: if active {
-                    format!("{} {} {value} (limit {})", p.name(), side, limit.map_or("-".into(), |l| l.to_string()))
+                    format!(
+                        "{} {} {value} (limit {})",
+                        p.name(),
+                        side,
+                        limit.map_or("-".into(), |l| l.to_string())
+                    )
                 } else {
                     format!("{} back within limits ({value})", p.name())
                 },
@@ -342,13 +419,19 @@ impl PatientThresholds {
 
     /// Every parameter this tracker has seen.
     pub fn params(&self) -> impl Iterator<Item = VitalParam> + '_ {
-        VitalParam::ALL.into_iter().filter(|p| self.params.contains_key(p))
+        VitalParam::ALL
+            .into_iter()
+            .filter(|p| self.params.contains_key(p))
     }
 }
 
 /// The naive comparator used in evaluations: fixed default soft and hard limits, every sample judged alone,
 /// no quality flags, no delay. Returns whether `v` is outside the limits.
-pub fn naive_out_of_range(v: &VitalSign, scale_2: bool, cfg: &ThresholdConfig) -> Option<(VitalParam, bool)> {
+pub fn naive_out_of_range(
+    v: &VitalSign,
+    scale_2: bool,
+    cfg: &ThresholdConfig,
+) -> Option<(VitalParam, bool)> {
     let (p, value) = param_of(v)?;
     let l = cfg.limits(p, scale_2);
     let out = l.soft_low.is_some_and(|s| value < s) || l.soft_high.is_some_and(|s| value > s);
@@ -363,7 +446,10 @@ mod tests {
     fn v(mdc: u32, value: f64, at: i64) -> VitalSign {
         VitalSign {
             patient_id: "P".into(),
-            location: Some(BedLocation { ward: "7A".into(), bed: "1".into() }),
+            location: Some(BedLocation {
+                ward: "7A".into(),
+                bed: "1".into(),
+            }),
             device_id: "mon".into(),
             metric_mdc: mdc,
             value,
@@ -374,23 +460,50 @@ mod tests {
     }
 
     fn details(c: &[ThresholdCondition]) -> Vec<(String, bool, AlarmPriority)> {
-        c.iter().map(|c| (c.key.detail.clone(), c.active, c.priority)).collect()
+        c.iter()
+            .map(|c| (c.key.detail.clone(), c.active, c.priority))
+            .collect()
     }
 
     #[test]
     fn soft_and_hard_limits_at_their_boundaries() {
         let cfg = ThresholdConfig::default();
         let mut t = PatientThresholds::default();
-        assert!(t.observe(&v(MDC_ECG_HEART_RATE, 120.0, 1), "P", false, &cfg).is_empty(), "120 is within");
-        assert_eq!(details(&t.observe(&v(MDC_ECG_HEART_RATE, 121.0, 2), "P", false, &cfg)), vec![("hr-high".into(), true, AlarmPriority::Medium)]);
-        assert_eq!(details(&t.observe(&v(MDC_ECG_HEART_RATE, 140.0, 3), "P", false, &cfg)), vec![("hr-high".into(), true, AlarmPriority::High)]);
-        assert_eq!(details(&t.observe(&v(MDC_ECG_HEART_RATE, 100.0, 4), "P", false, &cfg)), vec![("hr-high".into(), false, AlarmPriority::Medium)]);
-        assert_eq!(details(&t.observe(&v(MDC_PULS_OXIM_SAT_O2, 89.0, 5), "P", false, &cfg)), vec![("spo2-low".into(), true, AlarmPriority::Medium)]);
-        assert_eq!(details(&t.observe(&v(MDC_PULS_OXIM_SAT_O2, 85.0, 6), "P", false, &cfg)), vec![("spo2-low".into(), true, AlarmPriority::High)]);
+        assert!(
+            t.observe(&v(MDC_ECG_HEART_RATE, 120.0, 1), "P", false, &cfg)
+                .is_empty(),
+            "120 is within"
+        );
+        assert_eq!(
+            details(&t.observe(&v(MDC_ECG_HEART_RATE, 121.0, 2), "P", false, &cfg)),
+            vec![("hr-high".into(), true, AlarmPriority::Medium)]
+        );
+        assert_eq!(
+            details(&t.observe(&v(MDC_ECG_HEART_RATE, 140.0, 3), "P", false, &cfg)),
+            vec![("hr-high".into(), true, AlarmPriority::High)]
+        );
+        assert_eq!(
+            details(&t.observe(&v(MDC_ECG_HEART_RATE, 100.0, 4), "P", false, &cfg)),
+            vec![("hr-high".into(), false, AlarmPriority::Medium)]
+        );
+        assert_eq!(
+            details(&t.observe(&v(MDC_PULS_OXIM_SAT_O2, 89.0, 5), "P", false, &cfg)),
+            vec![("spo2-low".into(), true, AlarmPriority::Medium)]
+        );
+        assert_eq!(
+            details(&t.observe(&v(MDC_PULS_OXIM_SAT_O2, 85.0, 6), "P", false, &cfg)),
+            vec![("spo2-low".into(), true, AlarmPriority::High)]
+        );
         // Scale 2: 87 % is within that patient's target range.
         let mut s2 = PatientThresholds::default();
-        assert!(s2.observe(&v(MDC_PULS_OXIM_SAT_O2, 87.0, 1), "P", true, &cfg).is_empty());
-        assert_eq!(details(&s2.observe(&v(MDC_PULS_OXIM_SAT_O2, 85.0, 2), "P", true, &cfg)), vec![("spo2-low".into(), true, AlarmPriority::Medium)]);
+        assert!(
+            s2.observe(&v(MDC_PULS_OXIM_SAT_O2, 87.0, 1), "P", true, &cfg)
+                .is_empty()
+        );
+        assert_eq!(
+            details(&s2.observe(&v(MDC_PULS_OXIM_SAT_O2, 85.0, 2), "P", true, &cfg)),
+            vec![("spo2-low".into(), true, AlarmPriority::Medium)]
+        );
     }
 
     #[test]
@@ -407,10 +520,16 @@ mod tests {
         assert!(t.observe(&off, "P", false, &cfg).is_empty());
         off.measured_at_unix_ms = 61_000;
         let c = t.observe(&off, "P", false, &cfg);
-        assert_eq!(details(&c), vec![("sensor-off:mon".into(), true, AlarmPriority::Low)]);
+        assert_eq!(
+            details(&c),
+            vec![("sensor-off:mon".into(), true, AlarmPriority::Low)]
+        );
         assert_eq!(c[0].key.kind, AlarmKind::SensorProblem as i32);
         let back = t.observe(&v(MDC_PULS_OXIM_SAT_O2, 97.0, 62_000), "P", false, &cfg);
-        assert_eq!(details(&back), vec![("sensor-off:mon".into(), false, AlarmPriority::Low)]);
+        assert_eq!(
+            details(&back),
+            vec![("sensor-off:mon".into(), false, AlarmPriority::Low)]
+        );
     }
 
     #[test]
@@ -418,14 +537,21 @@ mod tests {
         let cfg = ThresholdConfig::default();
         let mut t = PatientThresholds::default();
         t.observe(&v(MDC_PULS_OXIM_PULS_RATE, 80.0, 1_000), "P", false, &cfg);
-        assert!(t.observe(&v(MDC_ECG_HEART_RATE, 150.0, 2_000), "P", false, &cfg).is_empty(), "ECG jump alone");
+        assert!(
+            t.observe(&v(MDC_ECG_HEART_RATE, 150.0, 2_000), "P", false, &cfg)
+                .is_empty(),
+            "ECG jump alone"
+        );
         // Both sources agree: real tachycardia.
         assert_eq!(
             details(&t.observe(&v(MDC_PULS_OXIM_PULS_RATE, 148.0, 3_000), "P", false, &cfg)),
             vec![("hr-high".into(), true, AlarmPriority::High)]
         );
         // The ECG sample confirming it changes nothing (same condition, already active).
-        assert!(t.observe(&v(MDC_ECG_HEART_RATE, 150.0, 3_500), "P", false, &cfg).is_empty());
+        assert!(
+            t.observe(&v(MDC_ECG_HEART_RATE, 150.0, 3_500), "P", false, &cfg)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -438,13 +564,21 @@ mod tests {
         }
         let now = 120 * 30_000;
         let l = t.effective(&cfg, VitalParam::HeartRate, false, now);
-        assert!(l.soft_high.is_some_and(|s| s > 120.0 && s <= 130.0), "{l:?}");
+        assert!(
+            l.soft_high.is_some_and(|s| s > 120.0 && s <= 130.0),
+            "{l:?}"
+        );
         assert_eq!(l.hard_high, Some(140.0));
         assert_eq!(l.soft_low, Some(50.0), "the far side does not move");
         // Before enough data: defaults.
         let mut fresh = PatientThresholds::default();
         fresh.observe(&v(MDC_ECG_HEART_RATE, 116.0, 0), "P", false, &cfg);
-        assert_eq!(fresh.effective(&cfg, VitalParam::HeartRate, false, 60_000).soft_high, Some(120.0));
+        assert_eq!(
+            fresh
+                .effective(&cfg, VitalParam::HeartRate, false, 60_000)
+                .soft_high,
+            Some(120.0)
+        );
         // Even an extreme baseline cannot move the soft limit past its cap or the hard limit.
         let mut ext = PatientThresholds::default();
         for i in 0..120 {

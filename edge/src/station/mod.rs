@@ -70,7 +70,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     info!(addr = ?listener.local_addr().ok(), "nurse station serving");
-    if let Err(e) = axum::serve(listener, router(node, engine)).with_graceful_shutdown(shutdown).await {
+    if let Err(e) = axum::serve(listener, router(node, engine))
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         warn!(error = %e, "nurse station stopped with an error");
     }
 }
@@ -84,8 +87,12 @@ fn err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ApiError { error: msg.into() })).into_response()
 }
 
+// A ready HTTP response is the natural error of an axum handler helper; it is returned at once, never stored.
+#[allow(clippy::result_large_err)]
 fn snapshot_json(engine: &SharedEngine) -> Result<serde_json::Value, Response> {
-    let e = engine.lock().map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable"))?;
+    let e = engine
+        .lock()
+        .map_err(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable"))?;
     serde_json::to_value(e.snapshot(wardwatch_proto::now_unix_ms()))
         .map_err(|x| err(StatusCode::INTERNAL_SERVER_ERROR, x.to_string()))
 }
@@ -109,12 +116,20 @@ struct Health {
 
 async fn health_value(node: &EdgeNode) -> Health {
     Health {
-        cloud_connected: node.sync_stats().connected.load(std::sync::atomic::Ordering::Relaxed),
+        cloud_connected: node
+            .sync_stats()
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed),
         outbox_pending: node.outbox().pending().await.unwrap_or(0),
         outbox_used_bytes: node.outbox().used_bytes(),
         outbox_budget_bytes: node.outbox().budget_bytes(),
         outbox_near_full: node.outbox_near_full(),
-        last_sync_error: node.sync_stats().last_error.lock().ok().and_then(|l| l.clone()),
+        last_sync_error: node
+            .sync_stats()
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|l| l.clone()),
     }
 }
 
@@ -122,13 +137,16 @@ async fn health(State(s): State<AppState>) -> Response {
     Json(health_value(&s.node).await).into_response()
 }
 
-async fn stream(State(s): State<AppState>) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+async fn stream(
+    State(s): State<AppState>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let stream = futures_util::stream::unfold((s, true), |(s, first)| async move {
         if !first {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let ward = snapshot_json(&s.engine).unwrap_or(serde_json::Value::Null);
-        let health = serde_json::to_value(health_value(&s.node).await).unwrap_or(serde_json::Value::Null);
+        let health =
+            serde_json::to_value(health_value(&s.node).await).unwrap_or(serde_json::Value::Null);
         let body = serde_json::json!({"ward": ward, "health": health});
         let event = Event::default().event("ward").data(body.to_string());
         Some((Ok(event), (s, false)))
@@ -156,9 +174,13 @@ struct ScaleBody {
     scale: u8,
 }
 
+#[allow(clippy::result_large_err)] // see snapshot_json
 fn valid_user(u: &str) -> Result<(), Response> {
     if u.trim().is_empty() || u.len() > 64 || u.chars().any(char::is_control) {
-        return Err(err(StatusCode::BAD_REQUEST, "user must be 1-64 printable characters"));
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "user must be 1-64 printable characters",
+        ));
     }
     Ok(())
 }
@@ -171,12 +193,18 @@ fn action_error(e: AlarmActionError) -> Response {
     }
 }
 
-async fn acknowledge(State(s): State<AppState>, Path(id): Path<String>, Json(b): Json<AckBody>) -> Response {
+async fn acknowledge(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Json(b): Json<AckBody>,
+) -> Response {
     if let Err(r) = valid_user(&b.user) {
         return r;
     }
     let out = {
-        let Ok(mut e) = s.engine.lock() else { return err(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable") };
+        let Ok(mut e) = s.engine.lock() else {
+            return err(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable");
+        };
         e.acknowledge(&id, b.user.trim(), wardwatch_proto::now_unix_ms())
     };
     match out {
@@ -189,13 +217,24 @@ async fn acknowledge(State(s): State<AppState>, Path(id): Path<String>, Json(b):
     }
 }
 
-async fn silence(State(s): State<AppState>, Path(id): Path<String>, Json(b): Json<SilenceBody>) -> Response {
+async fn silence(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Json(b): Json<SilenceBody>,
+) -> Response {
     if let Err(r) = valid_user(&b.user) {
         return r;
     }
     let out = {
-        let Ok(mut e) = s.engine.lock() else { return err(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable") };
-        e.silence(&id, b.user.trim(), wardwatch_proto::now_unix_ms(), b.seconds.saturating_mul(1000))
+        let Ok(mut e) = s.engine.lock() else {
+            return err(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable");
+        };
+        e.silence(
+            &id,
+            b.user.trim(),
+            wardwatch_proto::now_unix_ms(),
+            b.seconds.saturating_mul(1000),
+        )
     };
     match out {
         Ok(events) => {
@@ -207,7 +246,11 @@ async fn silence(State(s): State<AppState>, Path(id): Path<String>, Json(b): Jso
     }
 }
 
-async fn spo2_scale(State(s): State<AppState>, Path(mrn): Path<String>, Json(b): Json<ScaleBody>) -> Response {
+async fn spo2_scale(
+    State(s): State<AppState>,
+    Path(mrn): Path<String>,
+    Json(b): Json<ScaleBody>,
+) -> Response {
     if let Err(r) = valid_user(&b.user) {
         return r;
     }

@@ -20,7 +20,12 @@ struct Args {
 fn main() {
     let a = Args::parse();
     let t = std::time::Instant::now();
-    let report = wardwatch::eval::run(&wardwatch::eval::EvalConfig { beds: a.beds, hours: a.hours, seed: a.seed, mix: None });
+    let report = wardwatch::eval::run(&wardwatch::eval::EvalConfig {
+        beds: a.beds,
+        hours: a.hours,
+        seed: a.seed,
+        mix: None,
+    });
     println!("{}", report.markdown());
     println!("(evaluated in {:.1} s)", t.elapsed().as_secs_f64());
 }
