@@ -246,35 +246,40 @@ impl SyncService {
             Status::from(CloudError::from(e))
         })?;
         let mut rejected = Vec::new();
-        let replayed: std::collections::HashSet<u64> = outcome.replayed.iter().copied().collect();
-        for it in &items {
-            if replayed.contains(&it.sequence) {
-                rejected.push(ItemRejection {
-                    sequence: it.sequence,
-                    reason: RejectReason::Replayed as i32,
-                    detail: "already stored; not stored again".into(),
-                });
-            } else if let Err(r) = &it.outcome {
-                if let Some(c) = self.stats.rejected.get(r.reason as usize) {
-                    c.fetch_add(1, Ordering::Relaxed);
+        let mut replayed = 0u64;
+        for (i, it) in items.iter().enumerate() {
+            let claimed = outcome.claimed.get(i).copied().unwrap_or(false);
+            match &it.outcome {
+                // An out-of-order item reports its own reason whether or not it collided in the ledger.
+                Err(r) if claimed || r.reason == RejectReason::OutOfOrder => {
+                    if let Some(c) = self.stats.rejected.get(r.reason as usize) {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                    warn!(edge = %edge.edge_id, sequence = it.sequence, reason = ?r.reason, detail = %r.detail, "event rejected");
+                    rejected.push(ItemRejection {
+                        sequence: it.sequence,
+                        reason: r.reason as i32,
+                        detail: r.detail.clone(),
+                    });
                 }
-                warn!(edge = %edge.edge_id, sequence = it.sequence, reason = ?r.reason, detail = %r.detail, "event rejected");
-                rejected.push(ItemRejection {
-                    sequence: it.sequence,
-                    reason: r.reason as i32,
-                    detail: r.detail.clone(),
-                });
+                Ok(_) if claimed => {}
+                _ => {
+                    replayed += 1;
+                    rejected.push(ItemRejection {
+                        sequence: it.sequence,
+                        reason: RejectReason::Replayed as i32,
+                        detail: "already processed; not stored again".into(),
+                    });
+                }
             }
         }
-        if !replayed.is_empty() {
-            info!(edge = %edge.edge_id, batch_id, replayed = replayed.len(), "replayed events acknowledged without storing");
+        if replayed > 0 {
+            info!(edge = %edge.edge_id, batch_id, replayed, "replayed events acknowledged without storing");
         }
         self.stats
             .stored
             .fetch_add(u64::from(outcome.stored), Ordering::Relaxed);
-        self.stats
-            .replayed
-            .fetch_add(replayed.len() as u64, Ordering::Relaxed);
+        self.stats.replayed.fetch_add(replayed, Ordering::Relaxed);
         Ok(SyncAck {
             batch_id,
             acked_through_sequence: through,

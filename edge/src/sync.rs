@@ -154,6 +154,27 @@ pub async fn run(
             }
         };
         stats.connected.store(false, Ordering::Relaxed);
+        let result = match result {
+            Err(SyncError::Connect { endpoint, detail }) => Err(SyncError::Connect {
+                endpoint,
+                detail: match diagnose_tls(&cfg).await {
+                    Some(d) => format!("{d} ({detail})"),
+                    None => detail,
+                },
+            }),
+            Err(SyncError::Refused { code, message })
+                if code == tonic::Code::Unknown || code == tonic::Code::Unavailable =>
+            {
+                Err(SyncError::Refused {
+                    code,
+                    message: match diagnose_tls(&cfg).await {
+                        Some(d) => format!("{d} ({message})"),
+                        None => message,
+                    },
+                })
+            }
+            other => other,
+        };
         if let Err(e) = result {
             warn!(error = %e, "sync session ended; will reconnect");
             if let Ok(mut last) = stats.last_error.lock() {
@@ -284,5 +305,66 @@ async fn session(
                 in_flight.push_back(InFlight { batch_id, last_seq, accepted_at });
             }
         }
+    }
+}
+
+/// Explains a failed connection in plain words by running one TLS handshake by hand: with TLS 1.3 the cloud
+/// judges the client certificate after the client considers the handshake done, so the HTTP/2 layer often
+/// sees only "broken pipe". Reading once after the handshake surfaces the cloud's alert (unknown CA, expired
+/// certificate, ...), which is what an operator needs to see.
+pub async fn diagnose_tls(cfg: &EdgeConfig) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt;
+
+    let ca = CertificateDer::pem_file_iter(&cfg.cloud.ca_cert)
+        .ok()?
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca {
+        roots.add(c).ok()?;
+    }
+    let chain = CertificateDer::pem_file_iter(&cfg.cloud.client_cert)
+        .ok()?
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.cloud.client_key).ok()?;
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .ok()?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let url = cfg.cloud.endpoint.strip_prefix("https://")?;
+    let authority = url.split('/').next()?;
+    let host = cfg.cloud.server_name.clone().unwrap_or_else(|| {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .to_string()
+    });
+    let name = ServerName::try_from(host).ok()?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(authority),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let mut stream =
+        match tokio::time::timeout(Duration::from_secs(3), connector.connect(name, tcp))
+            .await
+            .ok()?
+        {
+            Ok(s) => s,
+            Err(e) => return Some(format!("TLS handshake failed: {e}")),
+        };
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+        Ok(Err(e)) => Some(format!(
+            "the cloud refused this edge's TLS certificate: {e}"
+        )),
+        _ => None,
     }
 }

@@ -51,6 +51,9 @@ pub struct IngestOutcome {
     pub stored: u32,
     /// Sequences that were already in the ledger (replays): not stored again.
     pub replayed: Vec<u64>,
+    /// Per item (same order as the input): whether this item claimed its ledger entry now. An item that did
+    /// not is a replay, or (for an out-of-order duplicate sequence) a conflict with another item.
+    pub claimed: Vec<bool>,
 }
 
 /// A stored vital sign, as the search reads it.

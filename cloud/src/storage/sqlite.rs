@@ -148,13 +148,22 @@ pub(super) async fn ingest(
         }
     }
     tx.commit().await?;
+    let claimed_items: Vec<bool> = items
+        .iter()
+        .map(|it| claimed.contains(&(it.sequence, it.idempotency_key.clone())))
+        .collect();
     let replayed = items
         .iter()
-        .filter(|it| !claimed.contains(&(it.sequence, it.idempotency_key.clone())))
-        .map(|it| it.sequence)
+        .zip(&claimed_items)
+        .filter(|(_, c)| !**c)
+        .map(|(it, _)| it.sequence)
         .collect();
     let stored = u32::try_from(fresh.len()).unwrap_or(u32::MAX);
-    Ok(IngestOutcome { stored, replayed })
+    Ok(IngestOutcome {
+        stored,
+        replayed,
+        claimed: claimed_items,
+    })
 }
 
 pub(super) fn other_payload_bytes(p: &Payload) -> Vec<u8> {
