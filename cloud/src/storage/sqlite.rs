@@ -51,10 +51,16 @@ pub(super) async fn ingest(
             claimed.insert((u64::try_from(s).unwrap_or(0), k));
         }
     }
+    // Which items claimed their ledger entry now, computed once and used for both the data rows and the answer.
+    let claimed_items: Vec<bool> = items
+        .iter()
+        .map(|it| claimed.contains(&(it.sequence, it.idempotency_key.clone())))
+        .collect();
     let fresh: Vec<(&IngestItem, &Payload)> = items
         .iter()
-        .filter(|it| claimed.contains(&(it.sequence, it.idempotency_key.clone())))
-        .filter_map(|it| it.outcome.as_ref().ok().map(|p| (it, p)))
+        .zip(&claimed_items)
+        .filter(|(_, c)| **c)
+        .filter_map(|(it, _)| it.outcome.as_ref().ok().map(|p| (it, p)))
         .collect();
     let vitals: Vec<_> = fresh
         .iter()
@@ -148,10 +154,6 @@ pub(super) async fn ingest(
         }
     }
     tx.commit().await?;
-    let claimed_items: Vec<bool> = items
-        .iter()
-        .map(|it| claimed.contains(&(it.sequence, it.idempotency_key.clone())))
-        .collect();
     let replayed = items
         .iter()
         .zip(&claimed_items)

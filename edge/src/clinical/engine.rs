@@ -277,10 +277,15 @@ impl ClinicalEngine {
         }
     }
 
-    fn patient(&mut self, id: &str, location: &BedLocation) -> &mut PatientState {
-        let scale = self.scale_of(id);
-        let p = self
-            .patients
+    /// The state of patient `id`, created on first sight. An associated function over the map alone, so callers
+    /// can borrow the configuration beside it instead of cloning it per sample.
+    fn patient<'a>(
+        patients: &'a mut HashMap<String, PatientState>,
+        id: &str,
+        location: &BedLocation,
+        scale: SpO2Scale,
+    ) -> &'a mut PatientState {
+        let p = patients
             .entry(id.to_string())
             .or_insert_with(|| PatientState {
                 location: location.clone(),
@@ -311,12 +316,13 @@ impl ClinicalEngine {
         let Some(location) = v.location.clone() else {
             return Vec::new();
         };
-        let scale_2 = self.scale_of(&v.patient_id) == SpO2Scale::Scale2;
-        let news2_cfg = self.cfg.news2.clone();
-        let thr_cfg = self.cfg.thresholds.clone();
+        let scale = self.scale_of(&v.patient_id);
+        let scale_2 = scale == SpO2Scale::Scale2;
+        let news2_cfg = &self.cfg.news2;
+        let thr_cfg = &self.cfg.thresholds;
         let at = v.measured_at_unix_ms;
         let patient_id = v.patient_id.clone();
-        let p = self.patient(&patient_id, &location);
+        let p = Self::patient(&mut self.patients, &patient_id, &location, scale);
         // Display value.
         if let Some(m) = metrics::by_mdc(v.metric_mdc) {
             let display = if !v.enumerated.is_empty() {
@@ -354,11 +360,11 @@ impl ClinicalEngine {
         let mut out = Vec::new();
         let news2 = if v.metric_mdc == metrics::WARDWATCH_SUPPLEMENTAL_O2 {
             p.news2
-                .observe_oxygen(v.enumerated == "O2", at, source_key, &news2_cfg)
+                .observe_oxygen(v.enumerated == "O2", at, source_key, news2_cfg)
         } else {
-            p.news2.observe_vital(v, source_key, &news2_cfg)
+            p.news2.observe_vital(v, source_key, news2_cfg)
         };
-        let thresholds = p.thresholds.observe(v, &patient_id, scale_2, &thr_cfg);
+        let thresholds = p.thresholds.observe(v, &patient_id, scale_2, thr_cfg);
         if let Some(u) = news2 {
             self.stats.news2_updates += 1;
             out.push(Payload::Risk(

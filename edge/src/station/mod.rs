@@ -193,19 +193,26 @@ fn action_error(e: AlarmActionError) -> Response {
     }
 }
 
-async fn acknowledge(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-    Json(b): Json<AckBody>,
+/// The one path of every alarm action: check the user, apply the action to the engine under its lock, make the
+/// resulting alarm events durable (they sync to the cloud), answer.
+async fn alarm_action(
+    s: &AppState,
+    id: &str,
+    user: &str,
+    action: impl FnOnce(
+        &mut crate::clinical::engine::ClinicalEngine,
+        &str,
+        i64,
+    ) -> Result<Vec<wardwatch_proto::v1::edge_event::Payload>, AlarmActionError>,
 ) -> Response {
-    if let Err(r) = valid_user(&b.user) {
+    if let Err(r) = valid_user(user) {
         return r;
     }
     let out = {
         let Ok(mut e) = s.engine.lock() else {
             return err(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable");
         };
-        e.acknowledge(&id, b.user.trim(), wardwatch_proto::now_unix_ms())
+        action(&mut e, user.trim(), wardwatch_proto::now_unix_ms())
     };
     match out {
         Ok(events) => {
@@ -217,33 +224,27 @@ async fn acknowledge(
     }
 }
 
+async fn acknowledge(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Json(b): Json<AckBody>,
+) -> Response {
+    alarm_action(&s, &id, &b.user, |e, user, now| {
+        e.acknowledge(&id, user, now)
+    })
+    .await
+}
+
 async fn silence(
     State(s): State<AppState>,
     Path(id): Path<String>,
     Json(b): Json<SilenceBody>,
 ) -> Response {
-    if let Err(r) = valid_user(&b.user) {
-        return r;
-    }
-    let out = {
-        let Ok(mut e) = s.engine.lock() else {
-            return err(StatusCode::INTERNAL_SERVER_ERROR, "engine unavailable");
-        };
-        e.silence(
-            &id,
-            b.user.trim(),
-            wardwatch_proto::now_unix_ms(),
-            b.seconds.saturating_mul(1000),
-        )
-    };
-    match out {
-        Ok(events) => {
-            let n = events.len();
-            emit(&s.node, events).await;
-            Json(serde_json::json!({"alarm_id": id, "events": n})).into_response()
-        }
-        Err(e) => action_error(e),
-    }
+    let ms = b.seconds.saturating_mul(1000);
+    alarm_action(&s, &id, &b.user, |e, user, now| {
+        e.silence(&id, user, now, ms)
+    })
+    .await
 }
 
 async fn spo2_scale(
