@@ -1,0 +1,457 @@
+//! Benchmark (issue 5): tract vs onnxruntime on the same models and inputs at batch 1 and batch 256, and the CPU
+//! share of one core that scoring 2,000 beds once a minute takes.
+//!
+//! ```sh
+//! cargo run --release --target-dir target/bench -p wardwatch-inference --bin bench_inference
+//! ```
+//!
+//! Models: `--model DIR` (repeatable); by default models/deterioration and models/artifact when they exist, else
+//! the test model edge/inference/tests/data/mlp. onnxruntime runs from its Python package through
+//! edge/inference/bench/ort_bench.py, in the same run, on the same model file and the same input rows. Prints a
+//! Markdown table (for docs/benchmarks.md) and, with `--json`, writes the figures.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use wardwatch_inference::{
+    LoadOptions, ModelBundle, ModelFiles, ModelRunner, ModelSlot, Scorer, ScorerOptions,
+    SigningKey, TrustedKeys, sign_manifest,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "tract vs onnxruntime, and the CPU cost of scoring a ward every minute")]
+struct Args {
+    /// Model bundle directory (model.onnx + manifest.json [+ model.onnx.sig]); repeatable.
+    #[arg(long = "model")]
+    models: Vec<PathBuf>,
+    /// Trusted release public key file. Bundles that do not verify against it (or when none is given) are
+    /// re-signed with a throwaway key in memory: signatures are not what this measures.
+    #[arg(long)]
+    trust_key: Option<PathBuf>,
+    /// Python interpreter with onnxruntime installed.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// Timed rounds per case (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
+    /// Minimum seconds per timed round.
+    #[arg(long, default_value_t = 0.3)]
+    min_time: f64,
+    /// Beds scored once a minute for the CPU-share figure.
+    #[arg(long, default_value_t = 2000)]
+    beds: usize,
+    /// Simulated minutes (scoring cycles) measured for the CPU-share figure.
+    #[arg(long, default_value_t = 100)]
+    cycles: usize,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize, Debug)]
+struct ModelReport {
+    dir: String,
+    identity: String,
+    signature: String,
+    n_features: usize,
+    load_ms: f64,
+    tract_b1_us: f64,
+    tract_b256_us: f64,
+    ort_b1_us: f64,
+    ort_b256_us: f64,
+    ort_overhead_b1_us: f64,
+    ort_overhead_b256_us: f64,
+    max_abs_diff_vs_ort: f32,
+    onnxruntime: String,
+    cycle_per_bed_cpu_ms: f64,
+    cycle_per_bed_wall_ms: f64,
+    cycle_one_batch_cpu_ms: f64,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..")
+}
+
+fn default_models() -> Vec<PathBuf> {
+    let root = workspace_root();
+    let real: Vec<PathBuf> = ["deterioration", "artifact"]
+        .iter()
+        .map(|m| root.join("models").join(m))
+        .filter(|d| d.join("model.onnx").is_file() && d.join("manifest.json").is_file())
+        .collect();
+    if real.is_empty() {
+        vec![root.join("edge/inference/tests/data/mlp")]
+    } else {
+        real
+    }
+}
+
+/// Loads the bundle, verifying its signature when it can; otherwise re-signs in memory with a throwaway key.
+fn load(dir: &Path, trust: Option<&TrustedKeys>) -> Result<(ModelBundle, String, f64)> {
+    let model = std::fs::read(dir.join("model.onnx"))
+        .with_context(|| format!("{}/model.onnx", dir.display()))?;
+    let manifest = std::fs::read(dir.join("manifest.json"))
+        .with_context(|| format!("{}/manifest.json", dir.display()))?;
+    let signature = std::fs::read(dir.join("model.onnx.sig")).unwrap_or_default();
+    let options = LoadOptions::default();
+    if let Some(keys) = trust {
+        let files = ModelFiles {
+            model: model.clone(),
+            manifest: manifest.clone(),
+            signature,
+        };
+        let start = Instant::now();
+        match ModelBundle::from_files(&files, keys, &options) {
+            Ok(bundle) => {
+                return Ok((
+                    bundle,
+                    "verified".into(),
+                    start.elapsed().as_secs_f64() * 1e3,
+                ));
+            }
+            Err(e) => eprintln!(
+                "{}: does not verify against --trust-key ({e}); re-signing",
+                dir.display()
+            ),
+        }
+    }
+    let mut seed = [0u8; 32];
+    rand::rng().fill(&mut seed);
+    let key = SigningKey::from_bytes(&seed);
+    let keys = TrustedKeys::new(vec![key.verifying_key()])?;
+    let signature = sign_manifest(&key, &manifest);
+    let files = ModelFiles {
+        model,
+        manifest,
+        signature,
+    };
+    let start = Instant::now();
+    let bundle = ModelBundle::from_files(&files, &keys, &options)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    Ok((
+        bundle,
+        "re-signed with a throwaway key".into(),
+        start.elapsed().as_secs_f64() * 1e3,
+    ))
+}
+
+/// Standard-normal rows (Box-Muller), seeded: the same rows go to tract and onnxruntime.
+fn input_rows(n: usize, f: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n * f)
+        .map(|_| {
+            let u1: f64 = rng.random::<f64>().max(1e-12);
+            let u2: f64 = rng.random::<f64>();
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect()
+}
+
+/// Median over rounds of microseconds per call of `run` over `chunks`, each round lasting at least `min_time`.
+fn time_per_call(
+    chunks: &[&[f32]],
+    rounds: usize,
+    min_time: f64,
+    run: &mut dyn FnMut(&[f32]),
+) -> f64 {
+    for chunk in chunks.iter().take(10.max(chunks.len())) {
+        run(chunk);
+    }
+    let mut per_call = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let mut calls = 0usize;
+        loop {
+            for chunk in chunks {
+                run(chunk);
+            }
+            calls += chunks.len();
+            if start.elapsed().as_secs_f64() >= min_time {
+                break;
+            }
+        }
+        per_call.push(start.elapsed().as_secs_f64() * 1e6 / calls as f64);
+    }
+    per_call.sort_by(f64::total_cmp);
+    per_call[per_call.len() / 2]
+}
+
+/// CPU time of this process so far, summed over its threads (nanosecond resolution from schedstat).
+fn process_cpu() -> Result<Duration> {
+    let mut total = 0u64;
+    for task in
+        std::fs::read_dir("/proc/self/task").context("reading /proc/self/task (Linux only)")?
+    {
+        let path = task?.path().join("schedstat");
+        // A thread may have exited since the directory was listed.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let ns: u64 = text
+            .split_whitespace()
+            .next()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        total += ns;
+    }
+    Ok(Duration::from_nanos(total))
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct OrtResult {
+    onnxruntime: String,
+    batches: std::collections::HashMap<String, OrtBatchIn>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct OrtBatchIn {
+    us_per_inference: f64,
+    overhead_us: f64,
+}
+
+fn run_ort(
+    args: &Args,
+    dir: &Path,
+    bundle: &ModelBundle,
+    x: &[f32],
+) -> Result<(OrtResult, Vec<f32>)> {
+    let tmp = std::env::temp_dir().join(format!("wardwatch-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let inputs = tmp.join("inputs.f32");
+    let outputs = tmp.join("outputs.f32");
+    std::fs::write(
+        &inputs,
+        x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    )?;
+    let script = workspace_root().join("edge/inference/bench/ort_bench.py");
+    let manifest = bundle.manifest();
+    let out = Command::new(&args.python)
+        .arg(&script)
+        .arg("--model")
+        .arg(dir.join("model.onnx"))
+        .arg("--inputs")
+        .arg(&inputs)
+        .args(["--features", &bundle.n_features().to_string()])
+        .args([
+            "--input-name",
+            &manifest.input.name,
+            "--output-name",
+            &manifest.output.name,
+        ])
+        .args(["--batch", "1", "--batch", "256"])
+        .args([
+            "--rounds",
+            &args.rounds.to_string(),
+            "--min-time",
+            &args.min_time.to_string(),
+        ])
+        .arg("--outputs")
+        .arg(&outputs)
+        .output()
+        .with_context(|| format!("running {} {}", args.python, script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "ort_bench.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let result: OrtResult = serde_json::from_slice(&out.stdout).context("ort_bench.py output")?;
+    let raw = std::fs::read(&outputs)?;
+    let probs = raw
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok((result, probs))
+}
+
+/// One simulated minute per cycle: every bed's row scored through the real Scorer (its thread, its channel),
+/// first as one request per bed (coalesced by the scorer), then as one request with every bed.
+fn cpu_cycles(bundle: ModelBundle, beds: usize, cycles: usize) -> Result<(f64, f64, f64)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let f = bundle.n_features();
+    let x = input_rows(beds, f, 99);
+    let keys = TrustedKeys::new(vec![SigningKey::from_bytes(&[7; 32]).verifying_key()])?;
+    let slot = Arc::new(ModelSlot::new("bench", keys, LoadOptions::default()));
+    slot.install(bundle)?;
+    let scorer = Scorer::spawn(slot, ScorerOptions::default())?;
+    runtime.block_on(async {
+        // Warm-up cycle.
+        scorer.score(x.clone(), f).await?;
+        let cpu0 = process_cpu()?;
+        let wall0 = Instant::now();
+        for _ in 0..cycles {
+            let mut tasks = Vec::with_capacity(beds);
+            for row in x.chunks(f) {
+                let scorer = scorer.clone();
+                let row = row.to_vec();
+                tasks.push(tokio::spawn(async move { scorer.score(row, f).await }));
+            }
+            for task in tasks {
+                task.await??;
+            }
+        }
+        let per_bed_cpu = (process_cpu()? - cpu0).as_secs_f64() * 1e3 / cycles as f64;
+        let per_bed_wall = wall0.elapsed().as_secs_f64() * 1e3 / cycles as f64;
+        let cpu1 = process_cpu()?;
+        for _ in 0..cycles {
+            scorer.score(x.clone(), f).await?;
+        }
+        let one_batch_cpu = (process_cpu()? - cpu1).as_secs_f64() * 1e3 / cycles as f64;
+        Ok((per_bed_cpu, per_bed_wall, one_batch_cpu))
+    })
+}
+
+fn bench_model(args: &Args, dir: &Path, trust: Option<&TrustedKeys>) -> Result<ModelReport> {
+    let (bundle, signature, load_ms) = load(dir, trust)?;
+    let bundle = Arc::new(bundle);
+    let f = bundle.n_features();
+    eprintln!(
+        "{}: {} ({f} features), loaded in {load_ms:.1} ms",
+        dir.display(),
+        bundle.identity()
+    );
+    let n = 256 * 16;
+    let x = input_rows(n, f, 20261123);
+
+    let mut runner = ModelRunner::new(Arc::clone(&bundle));
+    let mut sink = 0f32;
+    let b1: Vec<&[f32]> = x.chunks(f).take(1024).collect();
+    let tract_b1 = time_per_call(&b1, args.rounds, args.min_time, &mut |rows| {
+        sink += runner.score(rows).map(|p| p[0]).unwrap_or(f32::NAN);
+    });
+    let b256: Vec<&[f32]> = x.chunks(256 * f).collect();
+    let tract_b256 = time_per_call(&b256, args.rounds, args.min_time, &mut |rows| {
+        sink += runner.score(rows).map(|p| p[0]).unwrap_or(f32::NAN);
+    });
+    if !sink.is_finite() {
+        bail!("tract produced a non-finite output or failed during the benchmark");
+    }
+    let (ort, ort_out) = run_ort(args, dir, &bundle, &x)?;
+    let tract_out = runner.score(&x)?;
+    let max_abs_diff = tract_out
+        .iter()
+        .zip(&ort_out)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    if tract_out.len() != ort_out.len() {
+        bail!(
+            "onnxruntime returned {} outputs for {} rows",
+            ort_out.len(),
+            tract_out.len()
+        );
+    }
+    let ort_b = |b: &str| {
+        ort.batches
+            .get(b)
+            .map(|r| (r.us_per_inference, r.overhead_us))
+            .unwrap_or((f64::NAN, f64::NAN))
+    };
+    let (ort_b1, ort_oh1) = ort_b("1");
+    let (ort_b256, ort_oh256) = ort_b("256");
+
+    // The CPU cycles need their own bundle (a slot owns it); load again.
+    let (cycle_bundle, _, _) = load(dir, trust)?;
+    let (per_bed_cpu, per_bed_wall, one_batch_cpu) =
+        cpu_cycles(cycle_bundle, args.beds, args.cycles)?;
+
+    Ok(ModelReport {
+        dir: dir.display().to_string(),
+        identity: bundle.identity().to_string(),
+        signature,
+        n_features: f,
+        load_ms,
+        tract_b1_us: tract_b1,
+        tract_b256_us: tract_b256,
+        ort_b1_us: ort_b1,
+        ort_b256_us: ort_b256,
+        ort_overhead_b1_us: ort_oh1,
+        ort_overhead_b256_us: ort_oh256,
+        max_abs_diff_vs_ort: max_abs_diff,
+        onnxruntime: ort.onnxruntime,
+        cycle_per_bed_cpu_ms: per_bed_cpu,
+        cycle_per_bed_wall_ms: per_bed_wall,
+        cycle_one_batch_cpu_ms: one_batch_cpu,
+    })
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let trust = match &args.trust_key {
+        Some(path) => Some(TrustedKeys::load(path)?),
+        None => None,
+    };
+    let models = if args.models.is_empty() {
+        default_models()
+    } else {
+        args.models.clone()
+    };
+    let mut reports = Vec::new();
+    for dir in &models {
+        reports.push(bench_model(&args, dir, trust.as_ref())?);
+    }
+
+    println!(
+        "| model | tract b1 (µs) | onnxruntime b1 (µs) | tract b256 (µs) | onnxruntime b256 (µs) | tract / ort b1 | \
+         tract / ort b256 | max abs diff |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &reports {
+        println!(
+            "| {} | {:.1} | {:.1} (binding ≈ {:.1}) | {:.1} | {:.1} (binding ≈ {:.1}) | {:.2} | {:.2} | {:.1e} |",
+            r.identity,
+            r.tract_b1_us,
+            r.ort_b1_us,
+            r.ort_overhead_b1_us,
+            r.tract_b256_us,
+            r.ort_b256_us,
+            r.ort_overhead_b256_us,
+            r.tract_b1_us / r.ort_b1_us,
+            r.tract_b256_us / r.ort_b256_us,
+            r.max_abs_diff_vs_ort
+        );
+    }
+    println!();
+    println!(
+        "| model | CPU per minute, {} beds one request each (ms) | wall (ms) | CPU per minute, one {}-row request (ms) | \
+         share of one core (per-bed requests) |",
+        args.beds, args.beds
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let mut total = 0.0;
+    for r in &reports {
+        total += r.cycle_per_bed_cpu_ms;
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.3} % |",
+            r.identity,
+            r.cycle_per_bed_cpu_ms,
+            r.cycle_per_bed_wall_ms,
+            r.cycle_one_batch_cpu_ms,
+            r.cycle_per_bed_cpu_ms / 60_000.0 * 100.0
+        );
+    }
+    println!(
+        "\nAll models together: {:.3} % of one core (target: under 1 %).",
+        total / 60_000.0 * 100.0
+    );
+    for r in &reports {
+        println!(
+            "{}: load (verify + compile) {:.1} ms; signature {}; onnxruntime {}.",
+            r.identity, r.load_ms, r.signature, r.onnxruntime
+        );
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&reports)?)?;
+    }
+    Ok(())
+}
