@@ -27,7 +27,27 @@ pub struct Manifest {
     /// The output used: `{"name": "probability", "shape": [batch, 1]}`.
     pub output: OutputSpec,
     /// Names of the F input columns, in order. The edge's feature extraction must produce exactly this layout.
+    /// Each entry is a name, or an object with a `name` (and any other fields, e.g. `unit`, `description`).
+    #[serde(deserialize_with = "feature_names")]
     pub feature_names: Vec<String>,
+}
+
+/// A `feature_names` entry: `"hr_last"` or `{"name": "hr_last", "unit": "/min", ...}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FeatureName {
+    Plain(String),
+    Described { name: String },
+}
+
+fn feature_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let names = Vec::<FeatureName>::deserialize(d)?;
+    Ok(names
+        .into_iter()
+        .map(|n| match n {
+            FeatureName::Plain(name) | FeatureName::Described { name } => name,
+        })
+        .collect())
 }
 
 /// The model input as the manifest declares it.
@@ -207,6 +227,19 @@ mod tests {
         assert_eq!(m.input.shape[0], Some(Dim::Symbol("batch".into())));
         let m = Manifest::parse(manifest_json("[1, 2]", r#"["a","b"]"#).as_bytes()).expect("valid");
         assert_eq!(m.fixed_batch(), Some(1));
+    }
+
+    #[test]
+    fn feature_names_may_be_described_objects() {
+        let json = manifest_json(
+            "[null, 2]",
+            r#"[{"name":"hr_last","unit":"/min","description":"newest"},"rr_last"]"#,
+        );
+        let m = Manifest::parse(json.as_bytes()).expect("valid");
+        assert_eq!(
+            m.feature_names,
+            vec!["hr_last".to_string(), "rr_last".to_string()]
+        );
     }
 
     #[test]
