@@ -17,7 +17,9 @@
 //!
 //! Steps 6 and 7 run inside `catch_unwind`: tract returns errors for almost every bad graph, but on some malformed
 //! ones it panics (an `unwrap` deep in shape inference, e.g. RNNs with a symbolic batch). A model file arrives from
-//! the network, so a bad one must be refused, not take the edge down. Models are parsed from memory, never from a
+//! the network, so a bad one must be refused, not take the edge down (tests/data/panics is such a file: a Slice
+//! with step 0 makes tract 0.23 divide by zero). This relies on `panic = "unwind"`, Rust's default: a binary
+//! embedding this crate must not set `panic = "abort"`. Models are parsed from memory, never from a
 //! path, so ONNX "external data" (weights in side files that the hash would not cover) is refused by tract.
 
 use std::fmt;

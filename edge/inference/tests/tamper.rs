@@ -215,6 +215,20 @@ fn corrupt_and_truncated_models_are_refused() {
     }
 }
 
+/// tract 0.23 panics (divide by zero) compiling a Slice with step 0 instead of returning an error. Signed and
+/// with the right hash, such a file must still be refused, and the edge must not go down with it.
+#[test]
+fn a_model_that_makes_tract_panic_is_refused() {
+    let model =
+        std::fs::read(data_dir().join("panics").join("model.onnx")).expect("committed model");
+    let files = signed_model(model, manifest_json(&good_files()));
+    let err = load(&files).unwrap_err();
+    assert!(matches!(err, LoadError::Panicked { .. }), "{err:?}");
+    refused_by_slot(&files, "panicked", |e| {
+        matches!(e, LoadError::Panicked { .. })
+    });
+}
+
 #[test]
 fn feature_count_mismatch_is_refused_at_load() {
     // The narrow model takes 6 features; its manifest (validly signed, right hash) promises the 8 of v1.

@@ -16,6 +16,8 @@ Writes, next to this script:
 - mlp/: model.onnx (8 features -> 16 -> 1, sigmoid), manifest.json, model.onnx.sig signed by the test release key.
 - narrow/: model.onnx taking 6 features, for the feature-count mismatch test (manifest and signature are made by
   the test itself, so that they are valid and only the shape is wrong).
+- panics/: model.onnx, a valid-looking graph with a Slice of step 0 on which tract 0.23 panics (divide by zero)
+  while compiling instead of returning an error: the loader must catch it and refuse the model.
 - golden.json: inputs and onnxruntime's outputs for mlp/model.onnx.
 
 Signature format (see src/signature.rs): model.onnx.sig is JSON {"algorithm": "ed25519", "public_key": hex,
@@ -125,6 +127,22 @@ def write_bundle(directory: str, model: onnx.ModelProto, name: str, version: str
         f.write(json.dumps(envelope, indent=2) + "\n")
 
 
+def slice_step_zero() -> onnx.ModelProto:
+    def ints(name, values):
+        return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["features", "starts", "ends", "axes", "steps"], ["probability"])],
+        "wardwatch_test_panics",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", len(FEATURE_NAMES)])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[ints("starts", [0]), ints("ends", [1]), ints("axes", [1]), ints("steps", [0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="wardwatch-test")
+    model.ir_version = IR_VERSION
+    return model
+
+
 def golden(model: onnx.ModelProto) -> None:
     rng = np.random.default_rng(20261123)
     n_features = len(FEATURE_NAMES)
@@ -160,6 +178,9 @@ def main() -> None:
     os.makedirs(os.path.join(HERE, "narrow"), exist_ok=True)
     with open(os.path.join(HERE, "narrow", "model.onnx"), "wb") as f:
         f.write(narrow.SerializeToString())
+    os.makedirs(os.path.join(HERE, "panics"), exist_ok=True)
+    with open(os.path.join(HERE, "panics", "model.onnx"), "wb") as f:
+        f.write(slice_step_zero().SerializeToString())
     golden(model)
 
 
