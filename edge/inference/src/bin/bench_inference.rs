@@ -6,9 +6,10 @@
 //! ```
 //!
 //! Models: `--model DIR` (repeatable); by default models/deterioration and models/artifact when they exist, else
-//! the test model edge/inference/tests/data/mlp. onnxruntime runs from its Python package through
-//! edge/inference/bench/ort_bench.py, in the same run, on the same model file and the same input rows. Prints a
-//! Markdown table (for docs/benchmarks.md) and, with `--json`, writes the figures.
+//! the test models edge/inference/tests/data/mlp and mlp-wide (52 features, the size of a realistic model).
+//! onnxruntime runs from its Python package through edge/inference/bench/ort_bench.py, in the same run, on the
+//! same model file and the same input rows. Prints a Markdown table (for docs/benchmarks.md) and, with `--json`,
+//! writes the figures.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,7 +31,7 @@ struct Args {
     /// Model bundle directory (model.onnx + manifest.json [+ model.onnx.sig]); repeatable.
     #[arg(long = "model")]
     models: Vec<PathBuf>,
-    /// Trusted release public key file. Bundles that do not verify against it (or when none is given) are
+    /// Trusted release public key file (default: the test release key). Bundles that do not verify against it are
     /// re-signed with a throwaway key in memory: signatures are not what this measures.
     #[arg(long)]
     trust_key: Option<PathBuf>,
@@ -75,7 +76,12 @@ struct ModelReport {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+fn test_data() -> PathBuf {
+    workspace_root().join("edge/inference/tests/data")
 }
 
 fn default_models() -> Vec<PathBuf> {
@@ -86,7 +92,7 @@ fn default_models() -> Vec<PathBuf> {
         .filter(|d| d.join("model.onnx").is_file() && d.join("manifest.json").is_file())
         .collect();
     if real.is_empty() {
-        vec![root.join("edge/inference/tests/data/mlp")]
+        vec![test_data().join("mlp"), test_data().join("mlp-wide")]
     } else {
         real
     }
@@ -387,10 +393,12 @@ fn bench_model(args: &Args, dir: &Path, trust: Option<&TrustedKeys>) -> Result<M
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let trust = match &args.trust_key {
-        Some(path) => Some(TrustedKeys::load(path)?),
-        None => None,
-    };
+    // Without --trust-key, the test release key: the test bundles verify, anything else is re-signed.
+    let trust_file = args
+        .trust_key
+        .clone()
+        .unwrap_or_else(|| test_data().join("test-release.pub"));
+    let trust = Some(TrustedKeys::load(&trust_file)?);
     let models = if args.models.is_empty() {
         default_models()
     } else {

@@ -18,6 +18,7 @@ Writes, next to this script:
   the test itself, so that they are valid and only the shape is wrong).
 - panics/: model.onnx, a valid-looking graph with a Slice of step 0 on which tract 0.23 panics (divide by zero)
   while compiling instead of returning an error: the loader must catch it and refuse the model.
+- mlp-wide/: a signed 52-feature MLP (52 -> 64 -> 32 -> 1), the size of a realistic edge model, for the benchmark.
 - golden.json: inputs and onnxruntime's outputs for mlp/model.onnx.
 
 Signature format (see src/signature.rs): model.onnx.sig is JSON {"algorithm": "ed25519", "public_key": hex,
@@ -57,28 +58,26 @@ TEST_RELEASE_SEED = bytes(range(1, 33))
 OTHER_RELEASE_SEED = bytes(range(101, 133))
 
 
-def mlp(n_features: int, hidden: int, seed: int) -> onnx.ModelProto:
+def mlp(n_features: int, hidden, seed: int) -> onnx.ModelProto:
+    """Gemm+Relu layers of the given widths, then Gemm to one logit and Sigmoid."""
     rng = np.random.default_rng(seed)
-    w1 = (rng.standard_normal((n_features, hidden)) * 0.5).astype(np.float32)
-    b1 = (rng.standard_normal(hidden) * 0.1).astype(np.float32)
-    w2 = (rng.standard_normal((hidden, 1)) * 0.5).astype(np.float32)
-    b2 = np.array([-0.2], dtype=np.float32)
+    widths = [n_features] + (list(hidden) if isinstance(hidden, (list, tuple)) else [hidden])
+    nodes, initializers, x = [], [], "features"
+    for i, (w_in, w_out) in enumerate(zip(widths, widths[1:])):
+        w = (rng.standard_normal((w_in, w_out)) * (1.0 / np.sqrt(w_in))).astype(np.float32)
+        b = (rng.standard_normal(w_out) * 0.1).astype(np.float32)
+        initializers += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [f"h{i}"]), helper.make_node("Relu", [f"h{i}"], [f"a{i}"])]
+        x = f"a{i}"
+    w = (rng.standard_normal((widths[-1], 1)) * 0.5).astype(np.float32)
+    initializers += [numpy_helper.from_array(w, "w_out"), numpy_helper.from_array(np.array([-0.2], np.float32), "b_out")]
+    nodes += [helper.make_node("Gemm", [x, "w_out", "b_out"], ["logit"]), helper.make_node("Sigmoid", ["logit"], ["probability"])]
     graph = helper.make_graph(
-        [
-            helper.make_node("Gemm", ["features", "w1", "b1"], ["h1"]),
-            helper.make_node("Relu", ["h1"], ["a1"]),
-            helper.make_node("Gemm", ["a1", "w2", "b2"], ["logit"]),
-            helper.make_node("Sigmoid", ["logit"], ["probability"]),
-        ],
+        nodes,
         "wardwatch_test_mlp",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n_features])],
         [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 1])],
-        initializer=[
-            numpy_helper.from_array(w1, "w1"),
-            numpy_helper.from_array(b1, "b1"),
-            numpy_helper.from_array(w2, "w2"),
-            numpy_helper.from_array(b2, "b2"),
-        ],
+        initializer=initializers,
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="wardwatch-test"
@@ -98,7 +97,9 @@ def write_key(name: str, seed: bytes) -> Ed25519PrivateKey:
     return key
 
 
-def write_bundle(directory: str, model: onnx.ModelProto, name: str, version: str, key: Ed25519PrivateKey) -> None:
+def write_bundle(
+    directory: str, model: onnx.ModelProto, name: str, version: str, key: Ed25519PrivateKey, features=None
+) -> None:
     os.makedirs(directory, exist_ok=True)
     model_bytes = model.SerializeToString()
     with open(os.path.join(directory, "model.onnx"), "wb") as f:
@@ -111,7 +112,7 @@ def write_bundle(directory: str, model: onnx.ModelProto, name: str, version: str
         "opset": OPSET,
         "input": {"name": "features", "shape": [None, n_features], "dtype": "float32"},
         "output": {"name": "probability", "shape": ["batch", 1]},
-        "feature_names": FEATURE_NAMES[:n_features],
+        "feature_names": features or FEATURE_NAMES[:n_features],
         "description": "Test model for wardwatch-inference; random weights, predicts nothing.",
     }
     manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
@@ -174,6 +175,12 @@ def main() -> None:
     write_bundle(os.path.join(HERE, "mlp"), model, "wardwatch-test-mlp", "1.0.0", release)
     # A second, different but valid version of the same model, for hot-swap tests.
     write_bundle(os.path.join(HERE, "mlp-v2"), mlp(len(FEATURE_NAMES), 16, seed=8), "wardwatch-test-mlp", "2.0.0", release)
+    # The size of a realistic edge model (52 features, as the deterioration features; two hidden layers), for the
+    # benchmark when the trained models are not there.
+    wide_features = [f"feature_{i:02}" for i in range(52)]
+    write_bundle(
+        os.path.join(HERE, "mlp-wide"), mlp(52, [64, 32], seed=10), "wardwatch-test-mlp-wide", "1.0.0", release, wide_features
+    )
     narrow = mlp(6, 16, seed=9)
     os.makedirs(os.path.join(HERE, "narrow"), exist_ok=True)
     with open(os.path.join(HERE, "narrow", "model.onnx"), "wb") as f:
