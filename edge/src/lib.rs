@@ -9,6 +9,7 @@
 
 pub mod clinical;
 pub mod config;
+pub mod ml;
 pub mod node;
 pub mod normalize;
 pub mod outbox;
