@@ -69,10 +69,18 @@ pub struct SyncListenerConfig {
     /// Largest batch accepted; edges are told at registration.
     #[serde(default = "default_max_batch")]
     pub max_batch_events: u32,
+    /// Batches of one sync stream stored concurrently (each in its own transaction, acknowledged in order). More
+    /// than one overlaps a batch's commit with the next batch's work; 1 stores strictly one after another.
+    #[serde(default = "default_pipeline_depth")]
+    pub pipeline_depth: u32,
 }
 
 fn default_max_batch() -> u32 {
     5_000
+}
+
+fn default_pipeline_depth() -> u32 {
+    4
 }
 
 /// FHIR API listener.
@@ -166,6 +174,9 @@ impl CloudConfig {
         }
         if self.sync.max_batch_events == 0 || self.sync.max_batch_events > 50_000 {
             return bad("sync.max_batch_events must be 1..=50000".into());
+        }
+        if self.sync.pipeline_depth == 0 || self.sync.pipeline_depth > 64 {
+            return bad("sync.pipeline_depth must be 1..=64".into());
         }
         let mut seen = std::collections::HashSet::new();
         for e in &self.edges {

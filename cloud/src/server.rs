@@ -110,6 +110,7 @@ impl CloudServer {
             store.clone(),
             registry,
             config.sync.max_batch_events,
+            config.sync.pipeline_depth,
             sync_stats.clone(),
         );
         let api_state = Arc::new(ApiState {

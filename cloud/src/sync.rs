@@ -3,6 +3,12 @@
 //! Every call is authenticated by the client certificate (see [`crate::registry`]). Each batch is validated item
 //! by item (a bad item is rejected with its reason; the rest is stored), stored exactly once in one transaction,
 //! and acknowledged only after commit, in batch order.
+//!
+//! Up to `pipeline_depth` batches of one stream are stored concurrently, each in its own transaction, so that one
+//! batch's commit overlaps the next batch's work. Acknowledgements still leave in batch order, and the edge's
+//! acknowledged watermark ([`Store::advance_acked`]) moves only in that order: if batch k fails after batch k+1
+//! committed, the stream ends before k+1 is acknowledged, the watermark stays below k, and the edge's resend of
+//! k+1 is answered as a replay. Exactly-once never depends on the order of commits, only on the ledger.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +58,8 @@ pub struct SyncService {
     registry: Arc<EdgeRegistry>,
     /// Largest batch accepted.
     max_batch_events: u32,
+    /// Batches of one stream stored concurrently (at least 1).
+    pipeline_depth: usize,
     /// Counters.
     stats: Arc<SyncServiceStats>,
 }
@@ -62,12 +70,14 @@ impl SyncService {
         store: Store,
         registry: Arc<EdgeRegistry>,
         max_batch_events: u32,
+        pipeline_depth: u32,
         stats: Arc<SyncServiceStats>,
     ) -> Self {
         Self {
             store,
             registry,
             max_batch_events,
+            pipeline_depth: usize::try_from(pipeline_depth).unwrap_or(1).max(1),
             stats,
         }
     }
@@ -206,23 +216,56 @@ impl EdgeSync for SyncService {
         let edge = self.authenticate(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let this = self.clone();
-        tokio::spawn(async move {
+        // Batches being stored, in arrival order; the bound is the pipeline depth (backpressure on the stream).
+        let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::channel::<
+            tokio::task::JoinHandle<Result<SyncAck, Status>>,
+        >(self.pipeline_depth);
+        let reader_service = self.clone();
+        let reader_edge = edge.clone();
+        let reader = tokio::spawn(async move {
             loop {
                 let batch = match inbound.message().await {
                     Ok(Some(b)) => b,
                     Ok(None) => break,
                     Err(s) => {
-                        info!(edge = %edge.edge_id, status = %s, "sync stream ended by edge");
+                        info!(edge = %reader_edge.edge_id, status = %s, "sync stream ended by edge");
                         break;
                     }
                 };
-                let result = this.process(&edge, batch).await;
+                let service = reader_service.clone();
+                let edge = reader_edge.clone();
+                let job = tokio::spawn(async move { service.process(&edge, batch).await });
+                if jobs_tx.send(job).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(job) = jobs_rx.recv().await {
+                let mut result = job.await.unwrap_or_else(|e| {
+                    Err(Status::from(CloudError::Unavailable(format!(
+                        "batch task failed: {e}"
+                    ))))
+                });
+                if let Ok(ack) = &result {
+                    // In batch order: every batch up to this one is stored.
+                    if let Err(e) = this
+                        .store
+                        .advance_acked(edge.edge_id.as_str(), ack.acked_through_sequence)
+                        .await
+                    {
+                        warn!(edge = %edge.edge_id, error = %e, "acknowledged watermark not advanced; edge will resend");
+                        result = Err(Status::from(CloudError::from(e)));
+                    }
+                }
                 let failed = result.is_err();
                 if tx.send(result).await.is_err() || failed {
                     break;
                 }
             }
+            // Stop reading: nothing more is acknowledged on this stream.
+            reader.abort();
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -64,6 +64,15 @@ pub struct OutboxConfig {
     pub max_bytes: u64,
     /// Share of the budget at which a technical alarm is raised (0 < r < 1).
     pub near_full_ratio: f64,
+    /// Seconds an acknowledged event is kept after the cloud acknowledged it, so that a device re-sending the
+    /// same message (it missed our acknowledgement) is recognised by its idempotency key and not synced twice.
+    /// The cloud deduplicates by sequence only. Retained rows are given up first when the budget needs space.
+    #[serde(default = "default_key_retention_secs")]
+    pub key_retention_secs: u64,
+}
+
+fn default_key_retention_secs() -> u64 {
+    crate::outbox::DEFAULT_KEY_RETENTION.as_secs()
 }
 
 impl Default for OutboxConfig {
@@ -71,6 +80,7 @@ impl Default for OutboxConfig {
         Self {
             max_bytes: 2 << 30,
             near_full_ratio: 0.8,
+            key_retention_secs: default_key_retention_secs(),
         }
     }
 }
@@ -140,6 +150,9 @@ impl EdgeConfig {
         }
         if !(self.outbox.near_full_ratio > 0.0 && self.outbox.near_full_ratio < 1.0) {
             return bad("outbox.near_full_ratio must be between 0 and 1");
+        }
+        if self.outbox.key_retention_secs > 7 * 24 * 3600 {
+            return bad("outbox.key_retention_secs must be at most a week (604800)");
         }
         if self.outbox.max_bytes < 1 << 20 {
             return bad("outbox.max_bytes must be at least 1 MiB");

@@ -129,7 +129,10 @@ impl EdgeNode {
                 config.outbox.max_bytes,
                 config.outbox.near_full_ratio,
             )
-            .await?,
+            .await?
+            .with_key_retention(std::time::Duration::from_secs(
+                config.outbox.key_retention_secs,
+            )),
         );
         info!(edge = %config.edge_id, pending = outbox.pending().await?, "edge outbox open");
         let engine = Arc::new(std::sync::Mutex::new(ClinicalEngine::new(

@@ -8,14 +8,22 @@
 //! - `seq` is SQLite's `AUTOINCREMENT` rowid: strictly increasing and never reused, even after rows are deleted
 //!   or the process restarts. It is the per-edge sync sequence the cloud deduplicates on.
 //! - `idempotency_key` is unique: a source re-sending the same message is accepted again without a second row.
+//!   This is the only place where re-sends are collapsed (the cloud deduplicates by sequence), so an acknowledged
+//!   row is kept for the key-retention window (default [`DEFAULT_KEY_RETENTION`]) after its acknowledgement: a
+//!   device that re-sends because it missed our acknowledgement (MQTT redelivery, an HL7 sender retrying) is
+//!   still recognised after the cloud already has the event.
 //! - A row is deleted only after the cloud acknowledged its sequence (stored, or rejected with a reason; rejected
-//!   rows other than replays move to `dead_letter` first). `sync_state.acked_through` only grows.
+//!   rows other than replays move to `dead_letter` first) and its retention window passed, or earlier when the
+//!   disk budget needs the space (acknowledged rows are always given up before a new event is refused).
+//!   `sync_state.acked_through` only grows; rows at or below it are never sent again.
 //! - The bytes in use (`(page_count - freelist_count) * page_size`) stay under the configured budget: above the
 //!   near-full ratio a technical alarm is raised; at the budget, appends fail with [`OutboxError::Full`] so the
 //!   source is told (negative acknowledgement) rather than the data being dropped silently.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -91,7 +99,15 @@ pub struct Outbox {
     used_bytes: AtomicU64,
     /// Wakes the sync task when new events arrive.
     new_events: Notify,
+    /// How long an acknowledged row (and so its idempotency key) is kept after its acknowledgement.
+    key_retention_ms: i64,
+    /// Acknowledgements not yet pruned, oldest first: (acknowledged through this sequence, at this Unix ms). Rows
+    /// up to a mark older than the retention are deleted in one range delete on the next acknowledgement.
+    ack_marks: Mutex<VecDeque<(i64, i64)>>,
 }
+
+/// How long acknowledged rows are kept by default so that re-sent source messages are still recognised.
+pub const DEFAULT_KEY_RETENTION: Duration = Duration::from_secs(600);
 
 /// Rows per multi-row INSERT (3 bound parameters each; SQLite allows 32,766 per statement).
 const INSERT_CHUNK: usize = 2_000;
@@ -137,9 +153,61 @@ impl Outbox {
             near_full_ratio,
             used_bytes: AtomicU64::new(0),
             new_events: Notify::new(),
+            key_retention_ms: duration_ms(DEFAULT_KEY_RETENTION),
+            ack_marks: Mutex::new(VecDeque::new()),
         };
+        // Rows acknowledged before a restart get a fresh retention window from now.
+        let acked = outbox.acked_through().await?;
+        if acked > 0 {
+            outbox.push_mark(
+                i64::try_from(acked).unwrap_or(i64::MAX),
+                wardwatch_proto::now_unix_ms(),
+            );
+        }
         outbox.refresh_usage().await?;
         Ok(outbox)
+    }
+
+    /// Keeps acknowledged rows (and so their idempotency keys) for `retention` after acknowledgement instead of
+    /// the default [`DEFAULT_KEY_RETENTION`]. Zero deletes them at acknowledgement.
+    pub fn with_key_retention(mut self, retention: Duration) -> Self {
+        self.key_retention_ms = duration_ms(retention);
+        self
+    }
+
+    fn push_mark(&self, through: i64, at_ms: i64) {
+        if let Ok(mut marks) = self.ack_marks.lock() {
+            marks.push_back((through, at_ms));
+        }
+    }
+
+    /// The highest sequence whose retention has passed at `now_ms` (its marks are consumed), if any.
+    fn expired_through(&self, now_ms: i64) -> Option<i64> {
+        let mut marks = self.ack_marks.lock().ok()?;
+        let mut through = None;
+        while let Some(&(seq, at)) = marks.front() {
+            if at.saturating_add(self.key_retention_ms) > now_ms {
+                break;
+            }
+            through = Some(seq);
+            marks.pop_front();
+        }
+        through
+    }
+
+    /// Deletes every acknowledged row now, retention or not: the disk budget needs the space.
+    async fn prune_all_acknowledged(&self) -> Result<u64, OutboxError> {
+        let acked = i64::try_from(self.acked_through().await?).unwrap_or(i64::MAX);
+        let deleted = sqlx::query("DELETE FROM outbox WHERE seq <= ?")
+            .bind(acked)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if let Ok(mut marks) = self.ack_marks.lock() {
+            marks.retain(|&(seq, _)| seq > acked);
+        }
+        self.refresh_usage().await?;
+        Ok(deleted)
     }
 
     async fn refresh_usage(&self) -> Result<u64, OutboxError> {
@@ -187,7 +255,11 @@ impl Outbox {
         if events.is_empty() {
             return Ok(AppendOutcome::default());
         }
-        let used = self.used_bytes();
+        let mut used = self.used_bytes();
+        if !bypass_budget && used >= self.budget_bytes && self.prune_all_acknowledged().await? > 0 {
+            // Retained acknowledged rows are given up before a new event is refused.
+            used = self.used_bytes();
+        }
         if !bypass_budget && used >= self.budget_bytes {
             return Err(OutboxError::Full {
                 used,
@@ -261,7 +333,8 @@ impl Outbox {
     }
 
     /// Records that the cloud processed every event up to and including `through`: rejected ones (other than
-    /// replays, which were stored before) move to the dead-letter table, then all are deleted.
+    /// replays, which were stored before) move to the dead-letter table. The acknowledged rows stay for the
+    /// key-retention window; rows whose window has passed are deleted now. Returns the rows deleted.
     pub async fn acknowledge(
         &self,
         through: u64,
@@ -282,10 +355,15 @@ impl Outbox {
             .execute(&mut *tx)
             .await?;
         }
-        let deleted = sqlx::query("DELETE FROM outbox WHERE seq <= ?")
-            .bind(through_i)
-            .execute(&mut *tx)
-            .await?;
+        self.push_mark(through_i, now);
+        let deleted = match self.expired_through(now) {
+            Some(expired) => sqlx::query("DELETE FROM outbox WHERE seq <= ?")
+                .bind(expired.min(through_i))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            None => 0,
+        };
         sqlx::query(
             "INSERT INTO sync_state (k, v) VALUES ('acked_through', ?)
              ON CONFLICT(k) DO UPDATE SET v = max(v, excluded.v)",
@@ -294,8 +372,12 @@ impl Outbox {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        if self.budget_state() == BudgetState::NearFull {
+            // Near the budget, retained rows are not worth a technical alarm: give them up first.
+            return Ok(deleted + self.prune_all_acknowledged().await?);
+        }
         self.refresh_usage().await?;
-        Ok(deleted.rows_affected())
+        Ok(deleted)
     }
 
     /// Highest sequence the cloud acknowledged so far (0 if none).
@@ -307,11 +389,14 @@ impl Outbox {
         Ok(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
     }
 
-    /// Events waiting for the cloud.
+    /// Events waiting for the cloud (acknowledged rows kept for their idempotency keys do not count).
     pub async fn pending(&self) -> Result<u64, OutboxError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox
+             WHERE seq > coalesce((SELECT v FROM sync_state WHERE k = 'acked_through'), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -327,6 +412,10 @@ impl Outbox {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -391,6 +480,58 @@ mod tests {
         let rest = ob.read_after(through, 100).await.unwrap();
         assert_eq!(rest.len(), 6);
         assert!(rest.last().unwrap().sequence > got.last().unwrap().sequence);
+    }
+
+    /// A source re-sending a message after the cloud acknowledged it is still recognised while the key is retained,
+    /// and the rows go once the retention passed; with no retention they go at acknowledgement.
+    #[tokio::test]
+    async fn acknowledged_keys_are_retained_then_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), 100 << 20, 0.9)
+            .await
+            .unwrap()
+            .with_key_retention(Duration::from_millis(300));
+        let events: Vec<_> = (0..5).map(vital).collect();
+        ob.append(&events, false).await.unwrap();
+        let through = ob.read_after(0, 10).await.unwrap()[4].sequence;
+        assert_eq!(
+            ob.acknowledge(through, &[]).await.unwrap(),
+            0,
+            "kept for retention"
+        );
+        assert_eq!(
+            ob.pending().await.unwrap(),
+            0,
+            "acknowledged rows are not pending"
+        );
+        assert!(ob.read_after(through, 10).await.unwrap().is_empty());
+        let again = ob.append(&events[1..3], false).await.unwrap();
+        assert_eq!(
+            again.duplicates, 2,
+            "re-send after acknowledgement collapses"
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        ob.append(&[vital(50)], false).await.unwrap();
+        let next = ob.read_after(through, 10).await.unwrap()[0].sequence;
+        assert_eq!(
+            ob.acknowledge(next, &[]).await.unwrap(),
+            5,
+            "expired rows pruned"
+        );
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&ob.pool)
+            .await
+            .unwrap();
+        assert_eq!(count, 1, "only the fresh acknowledgement is retained");
+
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), 100 << 20, 0.9)
+            .await
+            .unwrap()
+            .with_key_retention(Duration::ZERO);
+        ob.append(&events, false).await.unwrap();
+        let through = ob.read_after(0, 10).await.unwrap()[4].sequence;
+        assert_eq!(ob.acknowledge(through, &[]).await.unwrap(), 5);
     }
 
     #[tokio::test]

@@ -33,6 +33,7 @@ fn config(dir: &std::path::Path, outbox_bytes: u64) -> EdgeConfig {
         outbox: OutboxConfig {
             max_bytes: outbox_bytes,
             near_full_ratio: 0.8,
+            ..OutboxConfig::default()
         },
         cloud: CloudLinkConfig {
             endpoint: "https://localhost:1".into(),

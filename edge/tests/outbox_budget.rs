@@ -16,6 +16,7 @@ fn config(dir: &std::path::Path) -> EdgeConfig {
         outbox: OutboxConfig {
             max_bytes: 1 << 20,
             near_full_ratio: 0.5,
+            ..OutboxConfig::default()
         },
         cloud: CloudLinkConfig {
             endpoint: "https://localhost:1".into(),

@@ -127,6 +127,7 @@ pub fn cloud_config(
         sync: SyncListenerConfig {
             listen: sync_listen,
             max_batch_events: 5_000,
+            pipeline_depth: 4,
         },
         api: ApiConfig {
             listen: api_listen,

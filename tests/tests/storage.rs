@@ -86,6 +86,20 @@ fn rejected(seq: u64, key: impl Into<String>) -> IngestItem {
     }
 }
 
+/// Stores a batch and then advances the edge's acknowledged watermark through its highest sequence, as the sync
+/// service does once the batch's acknowledgement is next in order.
+async fn ingest(
+    store: &Store,
+    edge_id: &str,
+    items: &[IngestItem],
+) -> Result<wardwatch_cloud::storage::IngestOutcome, wardwatch_cloud::storage::StorageError> {
+    let out = store.ingest(edge_id, items).await?;
+    if let Some(through) = items.iter().map(|it| it.sequence).max() {
+        store.advance_acked(edge_id, through).await?;
+    }
+    Ok(out)
+}
+
 /// Heart-rate items for `seqs`, keyed `k-<seq>`.
 fn hr_batch(seqs: impl IntoIterator<Item = u64>) -> Vec<IngestItem> {
     seqs.into_iter()
@@ -199,8 +213,7 @@ async fn exactly_once(store: Store) {
         "empty ledger acks nothing"
     );
 
-    let first = store
-        .ingest(EDGE, &hr_batch(1..=N))
+    let first = ingest(&store, EDGE, &hr_batch(1..=N))
         .await
         .expect("first ingest");
     assert_eq!(u64::from(first.stored), N);
@@ -210,8 +223,7 @@ async fn exactly_once(store: Store) {
         &first.replayed[..first.replayed.len().min(10)]
     );
 
-    let again = store
-        .ingest(EDGE, &hr_batch(1..=N))
+    let again = ingest(&store, EDGE, &hr_batch(1..=N))
         .await
         .expect("second ingest");
     assert_eq!(again.stored, 0, "a resend stores nothing");
@@ -257,50 +269,39 @@ async fn exactly_once(store: Store) {
     }
 }
 
-/// Scenario 2: An idempotency key already claimed is a replay even under a new sequence (across and within batches),
-/// and a claimed sequence is a replay even under a new key.
+/// Scenario 2: The sequence is the event's identity in the cloud: a processed sequence is a replay even under a new
+/// key (across and within batches). Keys are not a uniqueness constraint in the cloud (migration 0002): collapsing
+/// a source's re-sends by key happens in the edge outbox before a sequence is assigned (edge/src/outbox.rs tests).
 async fn key_reuse_is_replay(store: Store) {
-    let first = store.ingest(EDGE, &hr_batch(1..=3)).await.unwrap();
+    let first = ingest(&store, EDGE, &hr_batch(1..=3)).await.unwrap();
     assert_eq!(first.stored, 3);
 
-    // Sequence 4 re-uses the key of sequence 2: the source re-sent the same sample.
-    let reused = store
-        .ingest(EDGE, &[item(4, key(2), Payload::Vital(hr(4)))])
-        .await
-        .unwrap();
-    assert_eq!(
-        reused.stored, 0,
-        "same idempotency key under a new sequence must not be stored again"
-    );
-    assert_eq!(reused.replayed, vec![4]);
-    assert_eq!(store.count_vitals().await.unwrap(), 3);
-
-    // Within one batch: sequences 5 and 6 share a key; only the first is stored.
-    let within = store
-        .ingest(
-            EDGE,
-            &[
-                item(5, "dup", Payload::Vital(hr(5))),
-                item(6, "dup", Payload::Vital(hr(6))),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(within.stored, 1);
-    assert_eq!(within.replayed, vec![6]);
-
-    // An already-processed sequence under a fresh key is a replay too.
-    let seq_reused = store
-        .ingest(EDGE, &[item(1, "fresh-key", Payload::Vital(hr(1)))])
+    // An already-processed sequence under a fresh key is a replay.
+    let seq_reused = ingest(&store, EDGE, &[item(1, "fresh-key", Payload::Vital(hr(1)))])
         .await
         .unwrap();
     assert_eq!(seq_reused.stored, 0);
     assert_eq!(seq_reused.replayed, vec![1]);
 
+    // Within one batch, a processed sequence next to a new one: only the new one is stored.
+    let mixed = ingest(
+        &store,
+        EDGE,
+        &[
+            item(3, "other-key", Payload::Vital(hr(3))),
+            item(4, key(4), Payload::Vital(hr(4))),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(mixed.stored, 1);
+    assert_eq!(mixed.replayed, vec![3]);
+    assert_eq!(mixed.claimed, vec![false, true]);
+
     assert_eq!(store.count_vitals().await.unwrap(), 4);
     assert_eq!(store.count_duplicate_vitals().await.unwrap(), 0);
-    assert_eq!(seqs_of(&all_vitals(&store).await), vec![5, 3, 2, 1]);
-    assert_eq!(store.acked_through(EDGE).await.unwrap(), 5);
+    assert_eq!(seqs_of(&all_vitals(&store).await), vec![4, 3, 2, 1]);
+    assert_eq!(store.acked_through(EDGE).await.unwrap(), 4);
 }
 
 /// Scenario 3: Rejected items are claimed in the ledger (with their reason) but never stored as vitals; a resend of them,
@@ -315,7 +316,7 @@ async fn rejected_items_claimed(store: Store) {
             rejected(5, key(5)),
         ]
     };
-    let first = store.ingest(EDGE, &batch()).await.unwrap();
+    let first = ingest(&store, EDGE, &batch()).await.unwrap();
     assert_eq!(first.stored, 2, "only the valid items are stored");
     assert!(
         first.replayed.is_empty(),
@@ -336,12 +337,12 @@ async fn rejected_items_claimed(store: Store) {
         "each rejection is recorded with its reason"
     );
 
-    let again = store.ingest(EDGE, &batch()).await.unwrap();
+    let again = ingest(&store, EDGE, &batch()).await.unwrap();
     assert_eq!(again.stored, 0);
     assert_eq!(again.replayed, vec![1, 2, 3, 4, 5]);
 
     // The edge re-sends the refused events with valid payloads under the same sequences and keys: same answer.
-    let fixed = store.ingest(EDGE, &hr_batch([2, 4, 5])).await.unwrap();
+    let fixed = ingest(&store, EDGE, &hr_batch([2, 4, 5])).await.unwrap();
     assert_eq!(
         fixed.stored, 0,
         "a claimed (rejected) event is never stored later"
@@ -353,10 +354,10 @@ async fn rejected_items_claimed(store: Store) {
 
 /// Scenario 4: An overlapping resend stores only the new tail and reports exactly the overlap as replayed.
 async fn overlapping_resend(store: Store) {
-    let a = store.ingest(EDGE, &hr_batch(1..=100)).await.unwrap();
+    let a = ingest(&store, EDGE, &hr_batch(1..=100)).await.unwrap();
     assert_eq!(a.stored, 100);
     assert!(a.replayed.is_empty());
-    let b = store.ingest(EDGE, &hr_batch(50..=150)).await.unwrap();
+    let b = ingest(&store, EDGE, &hr_batch(50..=150)).await.unwrap();
     assert_eq!(b.stored, 50);
     assert_eq!(b.replayed, (50..=100).collect::<Vec<_>>());
     assert_eq!(store.count_vitals().await.unwrap(), 150);
@@ -424,7 +425,7 @@ async fn search_filters_and_pages(store: Store) {
                 )
             })
             .collect();
-        assert_eq!(store.ingest(EDGE, &items).await.unwrap().stored, 10);
+        assert_eq!(ingest(&store, EDGE, &items).await.unwrap().stored, 10);
     }
 
     let search = |q: VitalQuery| {
@@ -601,8 +602,7 @@ async fn device_upsert_newest_wins(store: Store) {
 
     let d1 = device("mon-12", "X1", "12", OperationalState::On, T0 + 1_000);
     assert_eq!(
-        store
-            .ingest(EDGE, &[item(1, "dev-1", Payload::Device(d1))])
+        ingest(&store, EDGE, &[item(1, "dev-1", Payload::Device(d1))])
             .await
             .unwrap()
             .stored,
@@ -631,8 +631,7 @@ async fn device_upsert_newest_wins(store: Store) {
     // Newer: moved to bed 14, on standby, new model.
     let d2 = device("mon-12", "X2", "14", OperationalState::Standby, T0 + 2_000);
     assert_eq!(
-        store
-            .ingest(EDGE, &[item(2, "dev-2", Payload::Device(d2))])
+        ingest(&store, EDGE, &[item(2, "dev-2", Payload::Device(d2))])
             .await
             .unwrap()
             .stored,
@@ -645,8 +644,7 @@ async fn device_upsert_newest_wins(store: Store) {
 
     // Older (delayed) report: accepted into the ledger but must not overwrite the newer row.
     let d0 = device("mon-12", "X0", "10", OperationalState::Off, T0 + 1_500);
-    let late = store
-        .ingest(EDGE, &[item(3, "dev-3", Payload::Device(d0))])
+    let late = ingest(&store, EDGE, &[item(3, "dev-3", Payload::Device(d0))])
         .await
         .unwrap();
     assert!(late.replayed.is_empty());
@@ -661,8 +659,7 @@ async fn device_upsert_newest_wins(store: Store) {
 
     // Another device is independent; still-unknown ids stay None.
     let other = device("wear-3", "W", "3", OperationalState::On, T0);
-    store
-        .ingest(EDGE, &[item(4, "dev-4", Payload::Device(other))])
+    ingest(&store, EDGE, &[item(4, "dev-4", Payload::Device(other))])
         .await
         .unwrap();
     assert_eq!(store.device("wear-3").await.unwrap().unwrap().model, "W");
@@ -698,16 +695,16 @@ async fn compound_and_enumerated(store: Store) {
     let mut acvpu = vital("MRN-1", WARDWATCH_ACVPU, 0.0, T0 + 1);
     acvpu.enumerated = "V".into();
     acvpu.value = 3.0; // ignored for enumerated metrics
-    let out = store
-        .ingest(
-            EDGE,
-            &[
-                item(1, "bp", Payload::Vital(bp)),
-                item(2, "acvpu", Payload::Vital(acvpu)),
-            ],
-        )
-        .await
-        .unwrap();
+    let out = ingest(
+        &store,
+        EDGE,
+        &[
+            item(1, "bp", Payload::Vital(bp)),
+            item(2, "acvpu", Payload::Vital(acvpu)),
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(out.stored, 2);
 
     let rows = all_vitals(&store).await;
@@ -834,7 +831,7 @@ async fn mixed_batch(store: Store) {
             ),
         ]
     };
-    let out = store.ingest(EDGE, &batch()).await.expect("mixed batch");
+    let out = ingest(&store, EDGE, &batch()).await.expect("mixed batch");
     assert_eq!(
         out.stored, 6,
         "every non-rejected new item counts as stored"
@@ -876,7 +873,7 @@ async fn mixed_batch(store: Store) {
     assert_eq!(scalar(&store, "SELECT COUNT(*) FROM sync_ledger").await, 7);
     assert_eq!(store.acked_through(EDGE).await.unwrap(), 7);
 
-    let again = store.ingest(EDGE, &batch()).await.expect("mixed resend");
+    let again = ingest(&store, EDGE, &batch()).await.expect("mixed resend");
     assert_eq!(again.stored, 0);
     assert_eq!(again.replayed, (1..=7).collect::<Vec<_>>());
     assert_eq!(store.count_vitals().await.unwrap(), 3);
@@ -909,8 +906,8 @@ async fn edges_isolated(store: Store) {
         "re-registration updates, not inserts"
     );
 
-    let a = store.ingest("edge-a", &hr_batch(1..=20)).await.unwrap();
-    let b = store.ingest("edge-b", &hr_batch(1..=12)).await.unwrap();
+    let a = ingest(&store, "edge-a", &hr_batch(1..=20)).await.unwrap();
+    let b = ingest(&store, "edge-b", &hr_batch(1..=12)).await.unwrap();
     assert_eq!(
         (a.stored, b.stored),
         (20, 12),
@@ -928,10 +925,10 @@ async fn edges_isolated(store: Store) {
     assert_eq!(rows.iter().filter(|r| r.edge_id == "edge-b").count(), 12);
 
     // A replay on one edge is judged against that edge's ledger only.
-    let ra = store.ingest("edge-a", &hr_batch(11..=25)).await.unwrap();
+    let ra = ingest(&store, "edge-a", &hr_batch(11..=25)).await.unwrap();
     assert_eq!(ra.stored, 5);
     assert_eq!(ra.replayed, (11..=20).collect::<Vec<_>>());
-    let rb = store.ingest("edge-b", &hr_batch(11..=25)).await.unwrap();
+    let rb = ingest(&store, "edge-b", &hr_batch(11..=25)).await.unwrap();
     assert_eq!(rb.stored, 13);
     assert_eq!(rb.replayed, vec![11, 12]);
     assert_eq!(store.count_vitals().await.unwrap(), 50);
@@ -940,39 +937,66 @@ async fn edges_isolated(store: Store) {
 }
 
 /// Scenario 11 (beyond the list): a batch that carries one sequence twice. `sync::check_batch` passes the second
-/// occurrence on as an `OutOfOrder` rejection with its own key. When the first occurrence re-sends a sample whose
-/// idempotency key is already stored, only the rejected duplicate can claim the sequence in the ledger, and the
-/// re-sent sample must still not be stored a second time.
+/// occurrence on as an `OutOfOrder` rejection. The first occurrence is stored once; the duplicate is not stored and
+/// does not displace it; a resend of both is a replay.
 async fn dup_sequence_key_replay(store: Store) {
     assert_eq!(
-        store.ingest(EDGE, &hr_batch(1..=3)).await.unwrap().stored,
+        ingest(&store, EDGE, &hr_batch(1..=3)).await.unwrap().stored,
         3
     );
-    let out = store
-        .ingest(
-            EDGE,
-            &[
-                // The source re-sent sample k-2; the edge gave it sequence 4 ...
-                item(4, key(2), Payload::Vital(hr(2))),
-                // ... and the batch repeats sequence 4 (check_batch: "sequence 4 does not follow 4").
-                IngestItem {
-                    sequence: 4,
-                    idempotency_key: key(4),
-                    outcome: Err(Rejection::new(
-                        RejectReason::OutOfOrder,
-                        "sequence 4 does not follow 4 in the batch",
-                    )),
-                },
-            ],
-        )
-        .await
-        .unwrap();
+    let batch = [
+        item(4, key(4), Payload::Vital(hr(4))),
+        // The batch repeats sequence 4 (check_batch: "sequence 4 does not follow 4").
+        IngestItem {
+            sequence: 4,
+            idempotency_key: key(5),
+            outcome: Err(Rejection::new(
+                RejectReason::OutOfOrder,
+                "sequence 4 does not follow 4 in the batch",
+            )),
+        },
+    ];
+    let out = ingest(&store, EDGE, &batch).await.unwrap();
+    assert_eq!(out.stored, 1);
+    assert_eq!(store.count_vitals().await.unwrap(), 4);
+    assert_eq!(seqs_of(&all_vitals(&store).await), vec![4, 3, 2, 1]);
+    let again = ingest(&store, EDGE, &batch).await.unwrap();
+    assert_eq!(again.stored, 0);
+    assert_eq!(again.claimed, vec![false, false]);
+    assert_eq!(store.count_duplicate_vitals().await.unwrap(), 0);
+}
+
+/// Scenario 12: the acknowledged watermark (what Register returns) only moves up, is per edge, and is not the
+/// ledger's highest sequence: batches stored concurrently may commit out of order, so only the in-order
+/// acknowledgement advances it.
+async fn watermark_in_order(store: Store) {
+    assert_eq!(store.acked_through(EDGE).await.unwrap(), 0);
+    // Batch 2 (sequences 11..=20) committed before batch 1 (1..=10) and batch 1 then failed: nothing was
+    // acknowledged, so the watermark stays where it was although sequences 11..=20 are in the ledger.
     assert_eq!(
-        store.count_vitals().await.unwrap(),
-        3,
-        "sample k-2 was stored a second time (as sequence 4)"
+        store.ingest(EDGE, &hr_batch(11..=20)).await.unwrap().stored,
+        10
     );
-    assert_eq!(out.stored, 0);
+    assert_eq!(store.acked_through(EDGE).await.unwrap(), 0);
+    // The edge resends both: batch 1 is stored, batch 2 is a replay, and the watermark follows the acks.
+    assert_eq!(
+        ingest(&store, EDGE, &hr_batch(1..=10))
+            .await
+            .unwrap()
+            .stored,
+        10
+    );
+    let again = ingest(&store, EDGE, &hr_batch(11..=20)).await.unwrap();
+    assert_eq!((again.stored, again.replayed.len()), (0, 10));
+    assert_eq!(store.acked_through(EDGE).await.unwrap(), 20);
+    store.advance_acked(EDGE, 5).await.unwrap();
+    assert_eq!(
+        store.acked_through(EDGE).await.unwrap(),
+        20,
+        "never moves down"
+    );
+    assert_eq!(store.acked_through("edge-other").await.unwrap(), 0);
+    assert_eq!(store.count_vitals().await.unwrap(), 20);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1034,4 +1058,5 @@ both_backends!(
     mixed_batch,
     edges_isolated,
     dup_sequence_key_replay,
+    watermark_in_order,
 );

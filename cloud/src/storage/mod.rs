@@ -1,10 +1,13 @@
 //! Cloud storage on sqlx: SQLite (embedded default, one file) or PostgreSQL (production), same schema and the
 //! same behaviour, each with its own migrations (`cloud/migrations/{sqlite,postgres}`).
 //!
-//! Exactly-once: every synced event first claims its `(edge_id, sequence)` and `(edge_id, idempotency_key)` in
-//! `sync_ledger` (INSERT .. ON CONFLICT DO NOTHING RETURNING). Only events whose claim succeeded are written to
-//! the data tables, in the same transaction; a resend claims nothing and is reported as replayed. Rejected events
-//! are claimed too (with their reason), so a resend of a bad event gets the same answer.
+//! Exactly-once: every synced event first claims its `(edge_id, sequence)` in `sync_ledger` (INSERT .. ON CONFLICT
+//! DO NOTHING RETURNING sequence). Only events whose claim succeeded are written to the data tables, in the same
+//! transaction; a resend claims nothing and is reported as replayed. Rejected events are claimed too (with their
+//! reason), so a resend of a bad event is not stored either. The idempotency key is recorded on the ledger row but
+//! is not a uniqueness constraint here: a source re-sending one message is collapsed to one sequence by the edge
+//! outbox, and the ledger's sequence keys arrive in ascending order, which keeps the claim cheap (migration 0002,
+//! docs/benchmarks.md).
 
 mod postgres;
 mod sqlite;
@@ -201,6 +204,12 @@ pub(crate) fn loinc_of(mdc: u32) -> &'static str {
     wardwatch_proto::metrics::by_mdc(mdc).map_or("", |m| m.loinc)
 }
 
+/// The LOINC code of an MDC code given as a search value ("" if none): searches by MDC code go through the
+/// `(patient_id, loinc, id)` index with `metric_mdc` as a filter.
+pub(crate) fn loinc_of_mdc(mdc: i64) -> &'static str {
+    u32::try_from(mdc).map_or("", loinc_of)
+}
+
 pub(crate) fn ward_bed(d: &DeviceInfo) -> (String, String) {
     d.location
         .as_ref()
@@ -296,14 +305,62 @@ impl Store {
         Ok(())
     }
 
-    /// Highest sequence processed for `edge_id` (0 if none).
+    /// The edge's acknowledged watermark (0 if none): every sequence up to it was processed (stored or rejected)
+    /// and acknowledged in order. Sequences above it may be in the ledger too (a later batch committed before an
+    /// earlier one failed); their resend is answered as a replay.
     pub async fn acked_through(&self, edge_id: &str) -> Result<u64, StorageError> {
-        let sql = "SELECT MAX(sequence) FROM sync_ledger WHERE edge_id = $1";
+        let sql = "SELECT acked_through FROM sync_watermarks WHERE edge_id = $1";
         let v: Option<i64> = match self {
-            Self::Sqlite(p) => sqlx::query_scalar(sql).bind(edge_id).fetch_one(p).await?,
-            Self::Postgres(p) => sqlx::query_scalar(sql).bind(edge_id).fetch_one(p).await?,
+            Self::Sqlite(p) => {
+                sqlx::query_scalar(sql)
+                    .bind(edge_id)
+                    .fetch_optional(p)
+                    .await?
+            }
+            Self::Postgres(p) => {
+                sqlx::query_scalar(sql)
+                    .bind(edge_id)
+                    .fetch_optional(p)
+                    .await?
+            }
         };
         Ok(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
+    }
+
+    /// Moves the edge's acknowledged watermark up to `through` (never down). Called in batch order, after each
+    /// batch committed. Not durable at once on PostgreSQL (`synchronous_commit = off` for this one statement): a
+    /// watermark lost in a crash only makes the edge resend batches the ledger answers as replays.
+    pub async fn advance_acked(&self, edge_id: &str, through: u64) -> Result<(), StorageError> {
+        let through = i64::try_from(through).unwrap_or(i64::MAX);
+        match self {
+            Self::Sqlite(p) => {
+                sqlx::query(
+                    "INSERT INTO sync_watermarks (edge_id, acked_through) VALUES ($1, $2)
+                     ON CONFLICT (edge_id) DO UPDATE SET acked_through = max(acked_through, excluded.acked_through)",
+                )
+                .bind(edge_id)
+                .bind(through)
+                .execute(p)
+                .await?;
+            }
+            Self::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO sync_watermarks (edge_id, acked_through) VALUES ($1, $2)
+                     ON CONFLICT (edge_id) DO UPDATE
+                     SET acked_through = GREATEST(sync_watermarks.acked_through, excluded.acked_through)",
+                )
+                .bind(edge_id)
+                .bind(through)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
     }
 
     /// Stores a batch exactly once, in one transaction.

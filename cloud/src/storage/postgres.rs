@@ -51,7 +51,7 @@ pub(super) async fn ingest(
     let claimed_rows = sqlx::query(
         "INSERT INTO sync_ledger (edge_id, sequence, idempotency_key, kind, outcome, reason, received_at_ms)
          SELECT $1, s, k, kd, o, r, $7 FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::int2[], $6::text[]) AS t(s, k, kd, o, r)
-         ON CONFLICT DO NOTHING RETURNING sequence, idempotency_key",
+         ON CONFLICT DO NOTHING RETURNING sequence",
     )
     .bind(edge_id)
     .bind(&seqs)
@@ -62,16 +62,15 @@ pub(super) async fn ingest(
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
-    let mut claimed: HashSet<(u64, String)> = HashSet::with_capacity(claimed_rows.len());
+    let mut claimed: HashSet<u64> = HashSet::with_capacity(claimed_rows.len());
     for row in &claimed_rows {
         let s: i64 = row.try_get(0)?;
-        let k: String = row.try_get(1)?;
-        claimed.insert((u64::try_from(s).unwrap_or(0), k));
+        claimed.insert(u64::try_from(s).unwrap_or(0));
     }
     // Which items claimed their ledger entry now, computed once and used for both the data rows and the answer.
     let claimed_items: Vec<bool> = items
         .iter()
-        .map(|it| claimed.contains(&(it.sequence, it.idempotency_key.clone())))
+        .map(|it| claimed.contains(&it.sequence))
         .collect();
     let fresh: Vec<(&IngestItem, &Payload)> = items
         .iter()
@@ -149,7 +148,19 @@ pub(super) async fn ingest(
         .await?;
     }
 
-    for (it, p) in &fresh {
+    // Devices in device-id order: batches of one stream are stored concurrently (cloud/src/sync.rs), and two
+    // transactions upserting the same devices in different orders could deadlock.
+    let mut others: Vec<&(&IngestItem, &Payload)> = fresh
+        .iter()
+        .filter(|(_, p)| !matches!(p, Payload::Vital(_)))
+        .collect();
+    others.sort_by(|a, b| match (a.1, b.1) {
+        (Payload::Device(x), Payload::Device(y)) => x.device_id.cmp(&y.device_id),
+        (Payload::Device(_), _) => std::cmp::Ordering::Less,
+        (_, Payload::Device(_)) => std::cmp::Ordering::Greater,
+        _ => a.0.sequence.cmp(&b.0.sequence),
+    });
+    for (it, p) in others {
         match p {
             Payload::Vital(_) => {}
             Payload::Device(d) => {
@@ -226,7 +237,12 @@ pub(super) async fn search_vitals(
             }
             match c {
                 CodeFilter::Loinc(l) => qb.push("loinc = ").push_bind(l.clone()),
-                CodeFilter::Mdc(m) => qb.push("metric_mdc = ").push_bind(*m),
+                CodeFilter::Mdc(m) => qb
+                    .push("(loinc = ")
+                    .push_bind(super::loinc_of_mdc(*m))
+                    .push(" AND metric_mdc = ")
+                    .push_bind(*m)
+                    .push(")"),
             };
         }
         qb.push(")");

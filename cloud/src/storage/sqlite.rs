@@ -22,7 +22,7 @@ pub(super) async fn ingest(
 ) -> Result<IngestOutcome, StorageError> {
     let now = wardwatch_proto::now_unix_ms();
     let mut tx = pool.begin().await?;
-    let mut claimed: HashSet<(u64, String)> = HashSet::with_capacity(items.len());
+    let mut claimed: HashSet<u64> = HashSet::with_capacity(items.len());
     for chunk in items.chunks(CHUNK) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO sync_ledger (edge_id, sequence, idempotency_key, kind, outcome, reason, received_at_ms) ",
@@ -44,17 +44,16 @@ pub(super) async fn ingest(
                 .push_bind(reason)
                 .push_bind(now);
         });
-        qb.push(" ON CONFLICT DO NOTHING RETURNING sequence, idempotency_key");
+        qb.push(" ON CONFLICT DO NOTHING RETURNING sequence");
         for row in qb.build().fetch_all(&mut *tx).await? {
             let s: i64 = row.try_get(0)?;
-            let k: String = row.try_get(1)?;
-            claimed.insert((u64::try_from(s).unwrap_or(0), k));
+            claimed.insert(u64::try_from(s).unwrap_or(0));
         }
     }
     // Which items claimed their ledger entry now, computed once and used for both the data rows and the answer.
     let claimed_items: Vec<bool> = items
         .iter()
-        .map(|it| claimed.contains(&(it.sequence, it.idempotency_key.clone())))
+        .map(|it| claimed.contains(&it.sequence))
         .collect();
     let fresh: Vec<(&IngestItem, &Payload)> = items
         .iter()
@@ -193,7 +192,12 @@ pub(super) async fn search_vitals(
             }
             match c {
                 CodeFilter::Loinc(l) => qb.push("loinc = ").push_bind(l.clone()),
-                CodeFilter::Mdc(m) => qb.push("metric_mdc = ").push_bind(*m),
+                CodeFilter::Mdc(m) => qb
+                    .push("(loinc = ")
+                    .push_bind(super::loinc_of_mdc(*m))
+                    .push(" AND metric_mdc = ")
+                    .push_bind(*m)
+                    .push(")"),
             };
         }
         qb.push(")");

@@ -1,0 +1,604 @@
+"""Held-out evaluation, golden vectors, manifests, model cards and docs/models-evaluation.md.
+
+Simulated data only: every number written here comes from simulated cohorts and says nothing about clinical
+performance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+import features as F
+
+N_BOOT = 1000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deterioration
+
+
+def _cluster_bootstrap(groups, fn, seed, n=N_BOOT):
+    """Percentile 95 % CI of fn(idx) over patients resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    uniq = np.unique(groups)
+    by = {g: np.flatnonzero(groups == g) for g in uniq}
+    vals = []
+    for _ in range(n):
+        pick = rng.choice(uniq, size=len(uniq), replace=True)
+        idx = np.concatenate([by[g] for g in pick])
+        try:
+            vals.append(fn(idx))
+        except ValueError:
+            continue
+    vals = np.array(vals)
+    return float(np.percentile(vals, 2.5, axis=0)), float(np.percentile(vals, 97.5, axis=0))
+
+
+def _lead_times(events, groups, times, alerts):
+    """Per event: hours from the first alert in [onset, peak) to the peak, or None if no alert before the peak."""
+    out = []
+    for g, began, peak, kind in events:
+        m = (groups == g) & (times >= began) & (times < peak) & alerts
+        out.append((kind, (peak - times[m].min()) / 3_600_000 if m.any() else None))
+    return out
+
+
+def _lead_summary(leads):
+    got = [v for _, v in leads if v is not None]
+    return {
+        "events": len(leads),
+        "detected": len(got),
+        "median_lead_h_detected": float(np.median(got)) if got else None,
+        # Missed events count as 0 h of lead time.
+        "median_lead_h_all": float(np.median([v if v is not None else 0.0 for _, v in leads])) if leads else None,
+    }
+
+
+def evaluate_deterioration(datasets, predict, news_idx, threshold, horizon_h, seed):
+    X = np.concatenate([d.X for d in datasets])
+    y = np.concatenate([d.y for d in datasets])
+    main = np.concatenate([d.in_main for d in datasets])
+    groups = np.concatenate([d.group for d in datasets])
+    times = np.concatenate([d.t for d in datasets])
+    events = [e for d in datasets for e in d.events]
+    p = predict(X)
+    news = X[:, news_idx].astype(np.float64)
+    pm, nm, ym, gm = p[main], news[main], y[main], groups[main]
+
+    res = {"points": int(main.sum()), "positives": int(ym.sum()), "patients": int(len(np.unique(gm))),
+           "events": len(events), "event_kinds": {}}
+    for _, _, _, k in events:
+        res["event_kinds"][k] = res["event_kinds"].get(k, 0) + 1
+    res["auroc_model"] = float(roc_auc_score(ym, pm))
+    res["auroc_news2"] = float(roc_auc_score(ym, nm))
+    res["auprc_model"] = float(average_precision_score(ym, pm))
+    res["auprc_news2"] = float(average_precision_score(ym, nm))
+    res["auroc_model_ci"] = _cluster_bootstrap(gm, lambda i: roc_auc_score(ym[i], pm[i]), seed)
+    res["auroc_news2_ci"] = _cluster_bootstrap(gm, lambda i: roc_auc_score(ym[i], nm[i]), seed)
+    res["auprc_model_ci"] = _cluster_bootstrap(gm, lambda i: average_precision_score(ym[i], pm[i]), seed)
+    res["auprc_news2_ci"] = _cluster_bootstrap(gm, lambda i: average_precision_score(ym[i], nm[i]), seed)
+    res["auroc_delta_ci"] = _cluster_bootstrap(
+        gm, lambda i: roc_auc_score(ym[i], pm[i]) - roc_auc_score(ym[i], nm[i]), seed)
+
+    rows = []
+
+    def op(name, alert_main, alert_all):
+        a = alert_main
+        leads = _lead_times(events, groups, times, alert_all)
+        rows.append({
+            "rule": name,
+            "alert_rate": float(a.mean()),
+            "sensitivity": float(a[ym].mean()) if ym.any() else None,
+            "ppv": float(ym[a].mean()) if a.any() else None,
+            **_lead_summary(leads),
+            "leads": leads,
+        })
+
+    for k in (5, 7):
+        op(f"NEWS2 >= {k}", nm >= k, news >= k)
+        rate = float(np.mean(nm >= k))
+        thr = float(np.quantile(pm, 1.0 - rate)) if rate > 0 else 1.0
+        op(f"model at the NEWS2 >= {k} alert rate (p >= {thr:.3f})", pm >= thr, p >= thr)
+    op(f"model at its manifest threshold (p >= {threshold:.3f})", pm >= threshold, p >= threshold)
+    for rate in (0.10,):
+        tn = float(np.quantile(nm, 1.0 - rate))
+        tm = float(np.quantile(pm, 1.0 - rate))
+        op(f"NEWS2 >= {tn:g} (nearest to a {rate:.0%} alert rate)", nm >= tn, news >= tn)
+        op(f"model at a {rate:.0%} alert rate (p >= {tm:.3f})", pm >= tm, p >= tm)
+    res["operating_points"] = rows
+    res["horizon_h"] = horizon_h
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Artifact
+
+
+def alarm_categories(c, d):
+    """Per query of an ArtData: 'artefact', 'cough_turn', 'true_event', 'other' (probes: 'probe')."""
+    cats = []
+    for bed, t, code, src, y in zip(d.bed, d.t, d.code, d.source, d.y):
+        if src != 0:
+            cats.append("probe")
+            continue
+        if y:
+            cats.append("artefact")
+            continue
+        cat = "other"
+        for l in c.labels:
+            if l["bed"] != bed:
+                continue
+            ended = l["ended"] if l["ended"] is not None else c.end
+            if l["is_deterioration"] and l["began"] <= t <= ended:
+                cat = "true_event"
+                break
+            if l["kind"] == "transient_cough_or_turn" and l["began"] <= t < ended + F.RECENT_MS:
+                cat = "cough_turn"
+            if l["kind"] in ("motion_artifact", "probe_off") and l["began"] <= t < ended + F.RECENT_MS \
+                    and cat == "other":
+                cat = "artefact_other_signal"
+        cats.append(cat)
+    return np.array(cats)
+
+
+def evaluate_artifact(pairs, predict, threshold):
+    cats_all, held_all, flags_all, hard_all = [], [], [], []
+    events = []
+    for c, d in pairs:
+        m = d.source == 0
+        p = predict(d.X[m])
+        held = p >= threshold
+        cats = alarm_categories(c, d)[m]
+        idx = d.alarm_index[m]
+        flags = np.array([c.alarms[i]["flags"] for i in idx])
+        hard = np.array([c.alarms[i]["hard"] for i in idx])
+        cats_all.append(cats)
+        held_all.append(held)
+        flags_all.append(flags)
+        hard_all.append(hard)
+        held_by_alarm = {int(i): bool(h) for i, h in zip(idx, held)}
+        for l in c.labels:
+            if not l["is_deterioration"]:
+                continue
+            ended = l["ended"] if l["ended"] is not None else c.end
+            alarms = [i for i, a in enumerate(c.alarms) if a["bed"] == l["bed"] and l["began"] <= a["at"] <= ended]
+            if not alarms:
+                continue
+            # Alarms on non-continuous parameters (blood pressure, temperature) are never judged, never held back.
+            held_n = sum(held_by_alarm.get(i, False) for i in alarms)
+            hard_alarms = [i for i in alarms if c.alarms[i]["hard"]]
+            events.append({
+                "cohort": c.name, "bed": l["bed"], "kind": l["kind"], "priority": l["expected_priority"],
+                "alarms": len(alarms), "held": int(held_n),
+                "hard_alarms": len(hard_alarms), "hard_held": int(sum(held_by_alarm.get(i, False) for i in hard_alarms)),
+                "hidden": held_n == len(alarms),
+            })
+    cats = np.concatenate(cats_all)
+    held = np.concatenate(held_all)
+    flags = np.concatenate(flags_all)
+    hard = np.concatenate(hard_all)
+    out = {"threshold": threshold, "categories": {}}
+    for cat in ["artefact", "artefact_other_signal", "cough_turn", "true_event", "other"]:
+        m = cats == cat
+        out["categories"][cat] = {"alarms": int(m.sum()), "held": int((held & m).sum())}
+    art = cats == "artefact"
+    unflagged = art & (flags == 0)
+    out["artefact_unflagged"] = {"alarms": int(unflagged.sum()), "held": int((held & unflagged).sum())}
+    out["hard_held_true_event"] = int((held & hard & (cats == "true_event")).sum())
+    out["hard_true_event"] = int((hard & (cats == "true_event")).sum())
+    out["events"] = events
+    out["events_hidden"] = int(sum(e["hidden"] for e in events))
+    out["high_events_hidden"] = int(sum(e["hidden"] and e["priority"] == "ALARM_PRIORITY_HIGH" for e in events))
+    n = out["categories"]["artefact"]["alarms"]
+    out["artefact_removed_share"] = out["categories"]["artefact"]["held"] / n if n else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Golden vectors
+
+
+def _det_samples_from_minutes(c, bed, now):
+    """Raw samples that bin exactly to the cohort's minute rows of one bed over the window: the valid value at its
+    time, plus one flagged sample per flagged one counted (value 0 for sensor-off, else the valid value + 40)."""
+    m0 = now // F.MINUTE_MS
+    rows = c.minutes[(c.minutes[:, 0] == bed) & (c.minutes[:, 2] >= m0 - F.W - 2) & (c.minutes[:, 2] < m0)]
+    samples = []
+    for r in rows:
+        code, minute, value, at = int(r[1]), int(r[2]), r[3], int(r[4])
+        n_flag = int(r[5] - r[6])
+        n_off = int(r[8])
+        for j in range(min(n_flag, 5)):
+            t = minute * F.MINUTE_MS + 1_000 * j + 500
+            if j < n_off:
+                samples.append([code, t, 0.0, F.FLAG_SENSOR_OFF])
+            else:
+                samples.append([code, t, (0.0 if np.isnan(value) else float(value)) + 40.0, F.FLAG_ARTIFACT])
+        if not np.isnan(value):
+            samples.append([code, at, float(value), 0])
+    samples.sort(key=lambda s: (s[1], F.SIGNAL_INDEX[s[0]]))
+    return samples
+
+
+def _synthetic_det_samples(rng, now, scale2):
+    """An hour of 1 Hz monitor data with noise, flags, a gap, out-of-order and duplicate-time samples, over sparse
+    older data: exercises every binning rule."""
+    s = []
+    t0 = now - 4 * 3_600_000
+    for i in range(0, 4 * 60, 5):  # sparse older data, every 5 min
+        t = t0 + i * 60_000 + 7_000
+        s += [[F.HR, t, 88.0 + i / 10, 0], [F.RR, t, 18.0, 0], [F.SPO2, t, 95.0, 0], [F.SBP, t, 118.0 - i / 8, 0],
+              [F.TEMP, t, 37.4 + i / 400, 0]]
+    for i in range(3600):
+        t = now - 3_600_000 + i * 1_000 - 250
+        if 1200 <= i < 1500:
+            continue  # a 5-minute gap
+        hr = 110.0 + 10 * np.sin(i / 300) + float(rng.normal(0, 2))
+        flag = F.FLAG_ARTIFACT if i % 97 == 0 else 0
+        s.append([F.HR, t, round(hr), flag])
+        s.append([F.PR, t, round(hr + float(rng.normal(0, 1))), 0])
+        s.append([F.RR, t, round(22 + float(rng.normal(0, 1.5))), 0])
+        off = 2000 <= i < 2060
+        s.append([F.SPO2, t, 0.0 if off else round(91 + float(rng.normal(0, 1))), F.FLAG_SENSOR_OFF if off else 0])
+    s.append([F.HR, now - 90_000, 150.0, 0])  # late (out of order) sample
+    s.append([F.RR, now - 30_250, 30.0, 0])  # same time as an existing sample, pushed later
+    s += [[F.ACVPU, now - 20 * 60_000, 1.0, 0], [F.O2, now - 100 * 60_000, 1.0 if scale2 else 0.0, 0]]
+    return s
+
+
+def write_golden(out, c, det, art, paths, predict_path, seed):
+    rng = np.random.default_rng(seed)
+    gdir = os.path.join(out, "golden")
+    os.makedirs(gdir, exist_ok=True)
+    summary = {}
+
+    # Deterioration: windows from the first held-out cohort, plus synthetic ones.
+    picks = []
+    p_all = predict_path(paths["deterioration"][0], det.X)
+    pos = np.flatnonzero(det.y)
+    if len(pos):
+        picks.append(("held-out patient before a labelled deterioration (highest risk)", int(pos[np.argmax(p_all[pos])])))
+    neg = np.flatnonzero(~det.y)
+    picks.append(("held-out stable patient", int(neg[len(neg) // 2])))
+    s2 = np.flatnonzero(c.scale2[det.bed - 1])
+    if len(s2):
+        picks.append(("held-out patient on SpO2 scale 2", int(s2[len(s2) // 3])))
+    vectors = []
+    for desc, i in picks:
+        bed, now = int(det.bed[i]), int(det.t[i])
+        samples = _det_samples_from_minutes(c, bed, now)
+        vectors.append({"name": f"{c.name}-bed{bed}-{now}", "description": desc, "spo2_scale_2": bool(c.scale2[bed - 1]),
+                        "now_unix_ms": now, "samples": samples})
+    for k, scale2 in enumerate([False, True]):
+        now = 1_800_000_000_000 + 7 * 3_600_000 + 60_000 * (k + 1) + 123
+        vectors.append({"name": f"synthetic-{k}", "description": "synthetic: 1 Hz hour with flags, a gap, late samples",
+                        "spo2_scale_2": scale2, "now_unix_ms": now, "samples": _synthetic_det_samples(rng, now, scale2)})
+    vectors.append({"name": "empty", "description": "no samples at all", "spo2_scale_2": False,
+                    "now_unix_ms": 1_800_000_000_000, "samples": []})
+    feats = np.array([F.deterioration_from_samples(v["samples"], v["now_unix_ms"], v["spo2_scale_2"]) for v in vectors])
+    probs = predict_path(paths["deterioration"][0], feats)
+    for v, f, p in zip(vectors, feats, probs):
+        v["features"] = [float(x) for x in f]
+        v["probability"] = float(p)
+    _write_golden_file(gdir, "deterioration", paths["deterioration"], vectors)
+    summary["deterioration"] = len(vectors)
+
+    # Artifact: alarm windows of the held-out cohort by category, each asked about its own signal and one other.
+    cats = alarm_categories(c, art)
+    vectors = []
+    for cat in ["artefact", "artefact", "true_event", "cough_turn", "other"]:
+        idx = np.flatnonzero((cats == cat) & (art.source == 0))
+        used = {v["alarm"] for v in vectors}
+        idx = [i for i in idx if int(i) not in used]
+        if not idx:
+            continue
+        i = int(idx[len(vectors) % len(idx)] if cat != "artefact" else idx[0 if not used else len(idx) // 2])
+        bed, t, code = int(art.bed[i]), int(art.t[i]), int(art.code[i])
+        samples = []
+        for sc in F.CONTINUOUS:
+            r = c.raw.get((bed, sc))
+            if r is None:
+                continue
+            for at, v, ok in zip(*r):
+                if t - F.ARTIFACT_WINDOW_MS - 5_000 < at <= t + 2_000:
+                    samples.append([sc, at, v, 0 if ok else _flag_of(c, bed, sc, at)])
+        samples.sort(key=lambda s: (s[1], F.CONTINUOUS.index(s[0])))
+        for q in [F.QUERY_NAMES[F.CONTINUOUS.index(code)], "rr"]:
+            vectors.append({"name": f"{c.name}-bed{bed}-{t}-{q}", "description": f"held-out naive alarm ({cat})",
+                            "now_unix_ms": t, "query": q, "samples": samples, "alarm": i})
+    now = 1_800_000_000_000
+    syn = []
+    for i in range(150):
+        at = now - 149_000 + i * 1_000
+        jump = 60.0 if i >= 145 else 0.0
+        syn += [[F.HR, at, 80.0 + (i % 3) + jump, F.FLAG_ARTIFACT if i == 147 else 0], [F.PR, at, 81.0, 0],
+                [F.SPO2, at, 0.0 if i >= 146 else 97.0, F.FLAG_SENSOR_OFF if i >= 146 else 0], [F.RR, at, 16.0, 0]]
+    vectors.append({"name": "synthetic-jump", "description": "synthetic: HR jump, probe off, flatline RR",
+                    "now_unix_ms": now, "query": "hr", "samples": syn, "alarm": -1})
+    vectors.append({"name": "empty", "description": "no samples", "now_unix_ms": now, "query": "spo2",
+                    "samples": [], "alarm": -1})
+    feats = np.array([F.artifact_from_samples(v["samples"], v["now_unix_ms"], v["query"]) for v in vectors])
+    probs = predict_path(paths["artifact"][0], feats)
+    for v, f, p in zip(vectors, feats, probs):
+        v.pop("alarm")
+        v["features"] = [float(x) for x in f]
+        v["probability"] = float(p)
+    _write_golden_file(gdir, "artifact", paths["artifact"], vectors)
+    summary["artifact"] = len(vectors)
+    return summary
+
+
+def _flag_of(c, bed, code, at):
+    # raw.csv keeps only valid/invalid per sample after loading; recover which flag from the labels' kinds.
+    for l in c.labels:
+        if l["bed"] == bed and l["kind"] == "probe_off" and l["began"] <= at < (l["ended"] or c.end):
+            return F.FLAG_SENSOR_OFF
+    return F.FLAG_ARTIFACT
+
+
+def _write_golden_file(gdir, kind, path_info, vectors):
+    names = F.DETERIORATION_FEATURES if kind == "deterioration" else F.ARTIFACT_FEATURES
+    doc = {
+        "model": kind,
+        "model_file": f"{kind}/model.onnx",
+        "model_sha256": path_info[1],
+        "tolerance": "features: |rust - python| <= 1e-5 * max(1, |python|); probability: |tract - onnxruntime| <= 1e-5",
+        "sample_format": "[signal code (MDC), measured_at_unix_ms, value, flags (1 artifact, 2 sensor-off)], in push order",
+        "feature_names": [n for n, _ in names],
+        "simulated": True,
+        "vectors": vectors,
+    }
+    with open(os.path.join(gdir, f"{kind}.json"), "w") as fh:
+        json.dump(doc, fh, indent=1)
+        fh.write("\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Manifests, model cards, docs
+
+
+def _fmt(x, d=3):
+    return "–" if x is None else f"{x:.{d}f}"
+
+
+def _ci(ci, d=3):
+    return f"[{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
+
+
+def det_tables(e):
+    s = []
+    s.append("| score | AUROC (95 % CI) | AUPRC (95 % CI) |\n|---|---|---|\n")
+    s.append(f"| deterioration model | {_fmt(e['auroc_model'])} {_ci(e['auroc_model_ci'])} | "
+             f"{_fmt(e['auprc_model'])} {_ci(e['auprc_model_ci'])} |\n")
+    s.append(f"| NEWS2 (continuous total) | {_fmt(e['auroc_news2'])} {_ci(e['auroc_news2_ci'])} | "
+             f"{_fmt(e['auprc_news2'])} {_ci(e['auprc_news2_ci'])} |\n")
+    s.append(f"\nAUROC difference, model − NEWS2: {e['auroc_model'] - e['auroc_news2']:+.3f}, 95 % CI "
+             f"{_ci(e['auroc_delta_ci'])} (patient-level bootstrap, {N_BOOT} resamples).\n\n")
+    s.append("| alert rule | alert rate | sensitivity | PPV | events alerted before the peak | median lead time, alerted events | median lead time, all events (missed = 0) |\n")
+    s.append("|---|---:|---:|---:|---:|---:|---:|\n")
+    for r in e["operating_points"]:
+        s.append(f"| {r['rule']} | {r['alert_rate']:.1%} | {_fmt(r['sensitivity'], 3)} | {_fmt(r['ppv'], 3)} | "
+                 f"{r['detected']}/{r['events']} | {_fmt(r['median_lead_h_detected'], 2)} h | "
+                 f"{_fmt(r['median_lead_h_all'], 2)} h |\n")
+    return "".join(s)
+
+
+def art_tables(e):
+    c = e["categories"]
+    s = ["| naive threshold alarms (held-out) | alarms | held back by the model | share |\n|---|---:|---:|---:|\n"]
+    names = {
+        "artefact": "during a labelled motion artefact or probe-off, on a signal it disturbs (false alarms)",
+        "artefact_other_signal": "during an artefact, on a signal it does not disturb",
+        "cough_turn": "during a labelled cough or turn (real, transient physiology)",
+        "true_event": "during a labelled deterioration (true events)",
+        "other": "everything else (stable patients' own excursions)",
+    }
+    for k, label in names.items():
+        v = c[k]
+        share = v["held"] / v["alarms"] if v["alarms"] else None
+        s.append(f"| {label} | {v['alarms']} | {v['held']} | {_fmt(share and share * 100, 1)} % |\n")
+    u = e["artefact_unflagged"]
+    s.append(f"| of the false alarms: samples the monitor did **not** flag (the engine's flag rule cannot drop them) | "
+             f"{u['alarms']} | {u['held']} | {_fmt(u['held'] / u['alarms'] * 100 if u['alarms'] else None, 1)} % |\n")
+    ev = e["events"]
+    s.append(f"\nLabelled deteriorations with naive alarms: {len(ev)}; hidden (every alarm held back): "
+             f"**{e['events_hidden']}**, of which high-priority: **{e['high_events_hidden']}**. "
+             f"Alarms at or beyond a hard (high-priority) limit during deteriorations: {e['hard_true_event']}, "
+             f"held back: **{e['hard_held_true_event']}**.\n")
+    return "".join(s)
+
+
+def write_outputs(out, docs, common, models, golden):
+    for kind, m in models.items():
+        path, sha, ops = m["path"]
+        names = F.DETERIORATION_FEATURES if kind == "deterioration" else F.ARTIFACT_FEATURES
+        manifest = {
+            "name": f"wardwatch-{kind}",
+            "version": common["version"],
+            "file": "model.onnx",
+            "sha256": sha,
+            "opset": 17,
+            "onnx_ops": ops,
+            "input": {"name": "features", "shape": ["batch", len(names)], "dtype": "float32"},
+            "output": {"name": "probability", "shape": ["batch", 1], "dtype": "float32"},
+            "features": [{"name": n, "unit": u} for n, u in names],
+            "feature_extraction": "edge/src/ml/" + ("deterioration.rs" if kind == "deterioration" else "artifact.rs"),
+            "decision_threshold": m["threshold"],
+            "architecture": m["choice"] + " " + " -> ".join(f"{a}x{b}" for a, b in m["layers"]),
+            "training_seeds": [s for s, _ in common["train"]],
+            "training_mix": common["train"][0][1],
+            "heldout_seeds": [s for s, _ in common["heldout"]],
+            "heldout_mix": common["heldout"][0][1],
+            "cohort": {"beds": common["beds"], "hours": common["hours"]},
+            "simulated_data_only": True,
+            "clinically_validated": False,
+            "created": common["created"],
+        }
+        if kind == "deterioration":
+            manifest.update({
+                "outcome": f"labelled deterioration (sepsis, respiratory failure on oxygen, hypovolaemia) reaching its peak within {m['horizon_h']:g} h",
+                "window": {"length_min": F.W, "resolution": "1 min bins (newest valid sample per minute)"},
+                "prediction_horizon_h": m["horizon_h"],
+                "decision_threshold_rule": "model alert rate on the training cohorts equal to that of NEWS2 >= 5",
+            })
+        else:
+            manifest.update({
+                "outcome": "the queried signal's newest sample is implausible as physiology (motion artefact, probe off)",
+                "window": {"length_ms": F.ARTIFACT_WINDOW_MS, "recent_ms": F.RECENT_MS, "resolution": "raw samples"},
+                "query": "one-hot features query_hr/query_pr/query_spo2/query_rr name the signal whose alarm is judged",
+                "decision_threshold_rule": "max(0.5, highest training-cohort probability of an alarm during a labelled deterioration + 0.01)",
+            })
+        with open(os.path.join(out, kind, "manifest.json"), "w") as fh:
+            json.dump(manifest, fh, indent=2)
+            fh.write("\n")
+        with open(os.path.join(out, kind, "MODEL_CARD.md"), "w") as fh:
+            fh.write(model_card(kind, m, manifest, common))
+    os.makedirs(docs, exist_ok=True)
+    with open(os.path.join(docs, "models-evaluation.md"), "w") as fh:
+        fh.write(evaluation_doc(models, common, golden))
+    with open(os.path.join(out, "metrics.json"), "w") as fh:
+        slim = {k: {kk: vv for kk, vv in m.items() if kk not in ("path",)} for k, m in models.items()}
+        json.dump({"common": {k: v for k, v in common.items() if not k.endswith("_meta")}, "models": slim},
+                  fh, indent=1, default=lambda o: o if not isinstance(o, tuple) else list(o))
+        fh.write("\n")
+
+
+SIM_WARNING = ("**Trained on simulated data. Not clinically validated.** Every patient, vital sign and outcome this "
+               "model has seen comes from the Wardwatch ward simulator. It must not be used for patient care or to "
+               "make clinical decisions; it is there to build and test the edge's model plumbing.\n")
+
+
+def _targets_det(e):
+    d = e["auroc_model"] - e["auroc_news2"]
+    ops = {r["rule"].split(" (")[0]: r for r in e["operating_points"]}
+    n5 = ops["NEWS2 >= 5"]
+    m5 = next(r for r in e["operating_points"] if r["rule"].startswith("model at the NEWS2 >= 5"))
+    lead_ok = (m5["median_lead_h_all"] or 0) > (n5["median_lead_h_all"] or 0)
+    return (f"- AUROC at least NEWS2 + 0.05: model {e['auroc_model']:.3f} vs NEWS2 {e['auroc_news2']:.3f} "
+            f"(difference {d:+.3f}): **{'met' if d >= 0.05 else 'missed'}**.\n"
+            f"- Longer median lead time at the same alert rate (NEWS2 ≥ 5's, {n5['alert_rate']:.1%}): model "
+            f"{_fmt(m5['median_lead_h_all'], 2)} h vs NEWS2 {_fmt(n5['median_lead_h_all'], 2)} h over all events "
+            f"(missed = 0 h); alerted before the peak {m5['detected']}/{m5['events']} vs {n5['detected']}/{n5['events']}: "
+            f"**{'met' if lead_ok else 'missed'}**.\n")
+
+
+def _targets_art(e):
+    share = e["artefact_removed_share"] or 0
+    return (f"- At least half of artefact alarms removed: {share:.1%}: **{'met' if share >= 0.5 else 'missed'}**.\n"
+            f"- Zero true high-priority events hidden: {e['high_events_hidden']} hidden (all deteriorations: "
+            f"{e['events_hidden']}; hard-limit alarms held back during deteriorations: {e['hard_held_true_event']}): "
+            f"**{'met' if e['high_events_hidden'] == 0 and e['hard_held_true_event'] == 0 else 'missed'}**.\n")
+
+
+def _data_section(common):
+    tr = ", ".join(str(s) for s, _ in common["train"])
+    ho = ", ".join(str(s) for s, _ in common["heldout"])
+    mt = common["train_meta"][0]["mix"]
+    mh = common["heldout_meta"][0]["mix"]
+    keys = ["sepsis", "respiratory_failure", "hypovolaemia", "motion_artifact", "artifact_flagged_share", "probe_off",
+            "transient_cough_or_turn", "stable_scale2_patients", "drip_sped_up", "line_occluded"]
+    rows = "".join(f"| {k} | {mt[k]:g} | {mh[k]:g} |\n" for k in keys)
+    return (f"Cohorts come from the ward simulator (`edge/src/simulator/`) through `export_cohort` "
+            f"(`tests/src/bin/export_cohort.rs`): {common['beds']} beds × {common['hours']} simulated hours each, "
+            f"vital signs at the simulator's native periods (monitor 1 s, temperature 1 min, NIBP 5 min, ACVPU and "
+            f"air/oxygen 15 min). Training seeds {tr} (mix `train`); held-out seeds {ho} (mix `heldout`): held-out "
+            f"cohorts differ in seed **and** scenario mix. Rates per 40 beds per 24 h:\n\n"
+            f"| scenario | train | held-out |\n|---|---:|---:|\n{rows}\n")
+
+
+def model_card(kind, m, manifest, common):
+    e = m["eval"]
+    names = manifest["features"]
+    feat_rows = "".join(f"| {i} | `{f['name']}` | {f['unit']} |\n" for i, f in enumerate(names))
+    sel = "".join(f"| {n} | {a:.3f} | {p:.3f} |\n" for n, a, p in m["selection"])
+    s = [f"# Model card: {manifest['name']} {manifest['version']}\n\n", SIM_WARNING, "\n"]
+    if kind == "deterioration":
+        s.append(
+            "## Intended use\n\nOn the edge, once a minute per monitored bed: the probability that the patient's "
+            f"labelled deterioration (sepsis, respiratory failure on oxygen, hypovolaemia) reaches its peak within "
+            f"the next **{m['horizon_h']:g} h**, from the last 4 h of vital signs. Above the decision threshold "
+            f"({m['threshold']:.4f}) the edge may raise a medium-priority alarm with reasons. It complements NEWS2; "
+            "it never replaces NEWS2 or clinical judgement.\n\n")
+        s.append("## Outcome and time points\n\nEvent time = the label's `peak_at` (full effect first reached). Every "
+                 f"{m['step_min']} min per bed from 2 h after the cohort start, a time point is positive when a peak "
+                 f"follows within {m['horizon_h']:g} h. Time points from a peak to the end of the episode's recovery "
+                 f"are not scored (the event is under way); points whose {m['horizon_h']:g}-h outcome window runs past "
+                 "the end of the cohort are not used for AUROC/AUPRC (they count for lead times only).\n\n")
+    else:
+        s.append(
+            "## Intended use\n\nOn the edge, when a threshold condition on ECG heart rate, oximeter pulse rate, SpO2 "
+            "or respiratory rate is about to be announced: the probability that the queried signal's newest samples "
+            f"are implausible as physiology (motion artefact, probe off). Above the decision threshold "
+            f"({m['threshold']:.3f}) the alarm manager may hold the threshold alarm back — never a high-priority alarm "
+            "from an independent parameter (that rule belongs to the alarm manager). Blood pressure and temperature "
+            "alarms are not judged.\n\n")
+        s.append("## Labels\n\nA query (bed, time, signal) is positive when the time lies within a labelled motion "
+                 "artefact (signals HR, pulse rate, SpO2) or probe-off (pulse rate, SpO2). Queries in the 10 s after "
+                 "an artefact ends are left out of training (the recent window still holds disturbed samples). "
+                 "Training queries: every naive threshold alarm, a probe every 5 min per bed and every 5 s within "
+                 "labelled disturbances, each asked about all four signals.\n\n")
+    s.append("## Data\n\n" + _data_section(common))
+    s.append(f"Training rows: {m['n_train']} ({m['pos_train']} positive).\n\n")
+    s.append("## Inputs\n\n`features`: float32 [batch, " + str(len(names)) + "] in this order (definitions in `"
+             + manifest["feature_extraction"] + "`, mirrored by `models/features.py`); output `probability`: float32 "
+             "[batch, 1].\n\n| # | name | unit |\n|---:|---|---|\n" + feat_rows + "\n")
+    s.append(f"## Model\n\n{manifest['architecture']} on standardised features (the standardisation is inside the "
+             f"ONNX graph), opset 17, ops {', '.join(manifest['onnx_ops'])}; sha256 `{manifest['sha256']}`. Chosen "
+             "on the validation cohort (seed 103; then refitted on all training cohorts):\n\n"
+             "| candidate | validation AUROC | validation AUPRC |\n|---|---:|---:|\n" + sel + "\n")
+    s.append("## Held-out evaluation\n\n")
+    if kind == "deterioration":
+        s.append(f"{e['patients']} patients, {e['points']} time points ({e['positives']} positive), {e['events']} "
+                 f"deteriorations ({', '.join(f'{k} {v}' for k, v in sorted(e['event_kinds'].items()))}). NEWS2 is "
+                 "computed from the same minute bins at the same time points (feature `news2_total`).\n\n")
+        s.append(det_tables(e) + "\nTargets (issue 5):\n\n" + _targets_det(e) + "\n")
+    else:
+        s.append(art_tables(e) + "\nTargets (issue 5):\n\n" + _targets_art(e) + "\n")
+    s.append("## Limits\n\n"
+             "- Simulated patients follow a handful of textbook scenario shapes; real deteriorations, artefacts and "
+             "wards are far more varied. Numbers here say the pipeline works, not that the model helps patients.\n"
+             "- The cohorts are small (tens of labelled events); confidence intervals are wide.\n"
+             "- The simulator has no flatlines, drifting sensors, arrhythmias, medication effects or missing "
+             "devices beyond probe-off: the model has not learnt them.\n")
+    if kind == "deterioration":
+        s.append("- NEWS2 here is computed from minute bins with the engine's freshness rules; it can differ from the "
+                 "engine's per-sample NEWS2 by a minute's worth of data.\n")
+    else:
+        s.append("- Naive alarms (every threshold entry, flags ignored) are the denominator; the engine already drops "
+                 "flagged samples, so the unflagged row is the part the model adds.\n")
+    return "".join(s)
+
+
+def evaluation_doc(models, common, golden):
+    d, a = models["deterioration"], models["artifact"]
+    s = ["# Model evaluation on held-out simulated cohorts (issue 5)\n\n", SIM_WARNING.replace("this model has", "these models have"), "\n",
+         "Command (CPU only; the first run also builds `export_cohort` in release, which can take ~10 min on 2 cores):\n\n"
+         "```sh\npip install -r models/requirements.txt\npython models/train.py --out models/\n```\n\n",
+         f"Run {common['created']}: {common['elapsed_s']:.0f} s in all, of which {common['export_s']:.0f} s exporting "
+         "cohorts. The pipeline is deterministic given the seeds (simulator, training and bootstrap seeds are fixed).\n\n",
+         "## Data\n\n", _data_section(common),
+         "## Deterioration model\n\n",
+         f"Predicts a labelled deterioration peak within **{d['horizon_h']:g} h** from the last 4 h of vital signs "
+         f"({d['choice']}; see `models/deterioration/MODEL_CARD.md`). Held-out: {d['eval']['patients']} patients, "
+         f"{d['eval']['points']} time points every {d['step_min']} min, {d['eval']['events']} deteriorations. NEWS2 "
+         "is computed on the same patients and time points.\n\n",
+         det_tables(d["eval"]), "\nTargets:\n\n", _targets_det(d["eval"]), "\n",
+         "How to read it: sensitivity is the share of positive time points (a peak within the horizon) that alert; "
+         "lead time is from the first alert after the deterioration's onset to its peak, on the 10-min grid. The model "
+         "threshold in the \"same alert rate\" rows is set on the held-out points to match the NEWS2 rule's alert rate "
+         "(a matched comparison); the manifest's threshold was fixed on the training cohorts.\n\n",
+         "## Artifact model\n\n",
+         f"Judges the two minutes before every naive threshold alarm on HR, pulse rate, SpO2 and RR ({a['choice']}; "
+         f"threshold {a['threshold']:.3f}; see `models/artifact/MODEL_CARD.md`).\n\n",
+         art_tables(a["eval"]), "\nTargets:\n\n", _targets_art(a["eval"]), "\n",
+         "## Parity\n\n",
+         f"`models/golden/deterioration.json` ({golden['deterioration']} vectors) and `models/golden/artifact.json` "
+         f"({golden['artifact']} vectors) hold raw sample windows, the features Python computed from them and the "
+         "onnxruntime probability. `edge/tests/ml_golden.rs` feeds the same samples through `BedBuffer` and checks "
+         "every feature within 1e-5 (relative above 1). The probabilities are there for the tract inference crate's "
+         "model-output parity test.\n"]
+    return "".join(s)
