@@ -11,8 +11,9 @@ the same input rows, so both sides are measured on the same machine under the sa
 - onnxruntime runs with one intra-op and one inter-op thread, sequential execution: tract runs on one thread, and
   the edge gives inference one thread;
 - for each batch size: the rows are split into consecutive batches; after a warm-up, `rounds` timed rounds each
-  run batches until `min_time` seconds have passed; the median round gives microseconds per inference (one
-  `session.run` call on one batch);
+  run batches until `min_time` seconds have passed, giving microseconds per inference (one `session.run` call on
+  one batch) for that round; the median and every round are printed (the caller alternates calls to this script
+  with tract's rounds and compares the fastest rounds, which is what a shared, busy machine measures best);
 - `overhead_us`: the same measurement on an Identity model of the same input shape: what the Python binding and
   session bookkeeping cost per call, which tract called from Rust does not pay;
 - outputs: onnxruntime's probabilities for every row (batch 256 path), raw float32, for the parity check.
@@ -101,8 +102,13 @@ def main() -> int:
         n = (x.shape[0] // batch) * batch
         chunks = [np.ascontiguousarray(x[i : i + batch]) for i in range(0, n, batch)]
         median, rounds = time_per_call(sess, args.input_name, args.output_name, chunks, args.rounds, args.min_time)
-        overhead, _ = time_per_call(ident, args.input_name, "out", chunks, args.rounds, args.min_time / 2)
-        result["batches"][str(batch)] = {"us_per_inference": median, "rounds_us": rounds, "overhead_us": overhead}
+        _, overhead = time_per_call(ident, args.input_name, "out", chunks, args.rounds, args.min_time / 2)
+        result["batches"][str(batch)] = {
+            "us_per_inference": median,
+            "rounds_us": rounds,
+            "overhead_us": statistics.median(overhead),
+            "overhead_rounds_us": overhead,
+        }
 
     if args.outputs:
         out = []

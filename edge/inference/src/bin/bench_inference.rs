@@ -38,9 +38,12 @@ struct Args {
     /// Python interpreter with onnxruntime installed.
     #[arg(long, default_value = "python3")]
     python: String,
-    /// Timed rounds per case (the median is reported).
-    #[arg(long, default_value_t = 7)]
+    /// Timed rounds per case in each alternation.
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Alternations of tract and onnxruntime measurements (the fastest round of all is reported).
+    #[arg(long, default_value_t = 4)]
+    alternations: usize,
     /// Minimum seconds per timed round.
     #[arg(long, default_value_t = 0.3)]
     min_time: f64,
@@ -62,12 +65,12 @@ struct ModelReport {
     signature: String,
     n_features: usize,
     load_ms: f64,
-    tract_b1_us: f64,
-    tract_b256_us: f64,
-    ort_b1_us: f64,
-    ort_b256_us: f64,
-    ort_overhead_b1_us: f64,
-    ort_overhead_b256_us: f64,
+    tract_b1_us: Timing,
+    tract_b256_us: Timing,
+    ort_b1_us: Timing,
+    ort_b256_us: Timing,
+    ort_overhead_b1_us: Timing,
+    ort_overhead_b256_us: Timing,
     max_abs_diff_vs_ort: f32,
     onnxruntime: String,
     cycle_per_bed_cpu_ms: f64,
@@ -159,14 +162,14 @@ fn input_rows(n: usize, f: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Median over rounds of microseconds per call of `run` over `chunks`, each round lasting at least `min_time`.
+/// Microseconds per call of `run` over `chunks`, one figure per round, each round lasting at least `min_time`.
 fn time_per_call(
     chunks: &[&[f32]],
     rounds: usize,
     min_time: f64,
     run: &mut dyn FnMut(&[f32]),
-) -> f64 {
-    for chunk in chunks.iter().take(10.max(chunks.len())) {
+) -> Vec<f64> {
+    for chunk in chunks {
         run(chunk);
     }
     let mut per_call = Vec::with_capacity(rounds);
@@ -184,8 +187,28 @@ fn time_per_call(
         }
         per_call.push(start.elapsed().as_secs_f64() * 1e6 / calls as f64);
     }
-    per_call.sort_by(f64::total_cmp);
-    per_call[per_call.len() / 2]
+    per_call
+}
+
+/// Microseconds per inference over the timed rounds of one case.
+#[derive(Serialize, Debug, Clone, Copy)]
+struct Timing {
+    fastest: f64,
+    median: f64,
+}
+
+fn min_median(mut rounds: Vec<f64>) -> Timing {
+    rounds.sort_by(f64::total_cmp);
+    match rounds.as_slice() {
+        [] => Timing {
+            fastest: f64::NAN,
+            median: f64::NAN,
+        },
+        r => Timing {
+            fastest: r[0],
+            median: r[r.len() / 2],
+        },
+    }
 }
 
 /// CPU time of this process so far, summed over its threads (nanosecond resolution from schedstat).
@@ -218,8 +241,8 @@ struct OrtResult {
 
 #[derive(serde::Deserialize, Debug)]
 struct OrtBatchIn {
-    us_per_inference: f64,
-    overhead_us: f64,
+    rounds_us: Vec<f64>,
+    overhead_rounds_us: Vec<f64>,
 }
 
 fn run_ort(
@@ -227,6 +250,7 @@ fn run_ort(
     dir: &Path,
     bundle: &ModelBundle,
     x: &[f32],
+    want_outputs: bool,
 ) -> Result<(OrtResult, Vec<f32>)> {
     let tmp = std::env::temp_dir().join(format!("wardwatch-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
@@ -258,8 +282,14 @@ fn run_ort(
             "--min-time",
             &args.min_time.to_string(),
         ])
-        .arg("--outputs")
-        .arg(&outputs)
+        .args(if want_outputs {
+            vec![
+                std::ffi::OsString::from("--outputs"),
+                outputs.clone().into(),
+            ]
+        } else {
+            vec![]
+        })
         .output()
         .with_context(|| format!("running {} {}", args.python, script.display()))?;
     if !out.status.success() {
@@ -269,7 +299,11 @@ fn run_ort(
         );
     }
     let result: OrtResult = serde_json::from_slice(&out.stdout).context("ort_bench.py output")?;
-    let raw = std::fs::read(&outputs)?;
+    let raw = if want_outputs {
+        std::fs::read(&outputs)?
+    } else {
+        Vec::new()
+    };
     let probs = raw
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -333,23 +367,47 @@ fn bench_model(args: &Args, dir: &Path, trust: Option<&TrustedKeys>) -> Result<M
     let mut runner = ModelRunner::new(Arc::clone(&bundle));
     let mut sink = 0f32;
     let b1: Vec<&[f32]> = x.chunks(f).take(1024).collect();
-    let tract_b1 = time_per_call(&b1, args.rounds, args.min_time, &mut |rows| {
-        sink += runner.score(rows).map(|p| p[0]).unwrap_or(f32::NAN);
-    });
     let b256: Vec<&[f32]> = x.chunks(256 * f).collect();
-    let tract_b256 = time_per_call(&b256, args.rounds, args.min_time, &mut |rows| {
-        sink += runner.score(rows).map(|p| p[0]).unwrap_or(f32::NAN);
-    });
+    // The machine is shared: alternate tract and onnxruntime so both see the same background load, and compare
+    // the fastest rounds (the least disturbed ones); medians are kept in the JSON.
+    let mut rounds: [Vec<f64>; 6] = Default::default();
+    let mut ort_version = String::new();
+    let mut ort_out = Vec::new();
+    for alternation in 0..args.alternations {
+        rounds[0].extend(time_per_call(
+            &b1,
+            args.rounds,
+            args.min_time,
+            &mut |rows| {
+                sink += runner.score(rows).map(|p| p[0]).unwrap_or(f32::NAN);
+            },
+        ));
+        rounds[1].extend(time_per_call(
+            &b256,
+            args.rounds,
+            args.min_time,
+            &mut |rows| {
+                sink += runner.score(rows).map(|p| p[0]).unwrap_or(f32::NAN);
+            },
+        ));
+        let (ort, out) = run_ort(args, dir, &bundle, &x, alternation == 0)?;
+        for (ix, batch) in [(2, "1"), (3, "256")] {
+            let r = ort
+                .batches
+                .get(batch)
+                .context("onnxruntime result for a batch size")?;
+            rounds[ix].extend(&r.rounds_us);
+            rounds[ix + 2].extend(&r.overhead_rounds_us);
+        }
+        ort_version = ort.onnxruntime;
+        if alternation == 0 {
+            ort_out = out;
+        }
+    }
     if !sink.is_finite() {
         bail!("tract produced a non-finite output or failed during the benchmark");
     }
-    let (ort, ort_out) = run_ort(args, dir, &bundle, &x)?;
     let tract_out = runner.score(&x)?;
-    let max_abs_diff = tract_out
-        .iter()
-        .zip(&ort_out)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
     if tract_out.len() != ort_out.len() {
         bail!(
             "onnxruntime returned {} outputs for {} rows",
@@ -357,14 +415,12 @@ fn bench_model(args: &Args, dir: &Path, trust: Option<&TrustedKeys>) -> Result<M
             tract_out.len()
         );
     }
-    let ort_b = |b: &str| {
-        ort.batches
-            .get(b)
-            .map(|r| (r.us_per_inference, r.overhead_us))
-            .unwrap_or((f64::NAN, f64::NAN))
-    };
-    let (ort_b1, ort_oh1) = ort_b("1");
-    let (ort_b256, ort_oh256) = ort_b("256");
+    let max_abs_diff = tract_out
+        .iter()
+        .zip(&ort_out)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let [tract_b1, tract_b256, ort_b1, ort_b256, ort_oh1, ort_oh256] = rounds.map(min_median);
 
     // The CPU cycles need their own bundle (a slot owns it); load again.
     let (cycle_bundle, _, _) = load(dir, trust)?;
@@ -384,7 +440,7 @@ fn bench_model(args: &Args, dir: &Path, trust: Option<&TrustedKeys>) -> Result<M
         ort_overhead_b1_us: ort_oh1,
         ort_overhead_b256_us: ort_oh256,
         max_abs_diff_vs_ort: max_abs_diff,
-        onnxruntime: ort.onnxruntime,
+        onnxruntime: ort_version,
         cycle_per_bed_cpu_ms: per_bed_cpu,
         cycle_per_bed_wall_ms: per_bed_wall,
         cycle_one_batch_cpu_ms: one_batch_cpu,
@@ -418,18 +474,22 @@ fn main() -> Result<()> {
         println!(
             "| {} | {:.1} | {:.1} (binding ≈ {:.1}) | {:.1} | {:.1} (binding ≈ {:.1}) | {:.2} | {:.2} | {:.1e} |",
             r.identity,
-            r.tract_b1_us,
-            r.ort_b1_us,
-            r.ort_overhead_b1_us,
-            r.tract_b256_us,
-            r.ort_b256_us,
-            r.ort_overhead_b256_us,
-            r.tract_b1_us / r.ort_b1_us,
-            r.tract_b256_us / r.ort_b256_us,
+            r.tract_b1_us.fastest,
+            r.ort_b1_us.fastest,
+            r.ort_overhead_b1_us.fastest,
+            r.tract_b256_us.fastest,
+            r.ort_b256_us.fastest,
+            r.ort_overhead_b256_us.fastest,
+            r.tract_b1_us.fastest / r.ort_b1_us.fastest,
+            r.tract_b256_us.fastest / r.ort_b256_us.fastest,
             r.max_abs_diff_vs_ort
         );
     }
-    println!();
+    println!(
+        "\nFastest of {} rounds per case (at least {} s each), tract and onnxruntime alternating; medians in --json.\n",
+        args.rounds * args.alternations,
+        args.min_time
+    );
     println!(
         "| model | CPU per minute, {} beds one request each (ms) | wall (ms) | CPU per minute, one {}-row request (ms) | \
          share of one core (per-bed requests) |",
