@@ -28,7 +28,8 @@ pub struct Manifest {
     pub output: OutputSpec,
     /// Names of the F input columns, in order. The edge's feature extraction must produce exactly this layout.
     /// Each entry is a name, or an object with a `name` (and any other fields, e.g. `unit`, `description`).
-    #[serde(deserialize_with = "feature_names")]
+    /// Also read from `features` (the training pipeline writes `"features": [{"name", "unit"}, ...]`).
+    #[serde(alias = "features", deserialize_with = "feature_names")]
     pub feature_names: Vec<String>,
 }
 
@@ -240,6 +241,25 @@ mod tests {
             m.feature_names,
             vec!["hr_last".to_string(), "rr_last".to_string()]
         );
+    }
+
+    #[test]
+    fn the_training_pipeline_layout_is_read() {
+        // As models/report.py writes it: `features` objects, a `batch` symbol, an output dtype, extra fields.
+        let json = format!(
+            r#"{{"name":"wardwatch-deterioration","version":"1.0.0","file":"model.onnx","sha256":"{}",
+            "opset":17,"onnx_ops":["Gemm"],"input":{{"name":"features","shape":["batch",2],"dtype":"float32"}},
+            "output":{{"name":"probability","shape":["batch",1],"dtype":"float32"}},
+            "features":[{{"name":"hr_last","unit":"/min"}},{{"name":"rr_last","unit":"/min"}}],
+            "simulated_data_only":true}}"#,
+            "0f".repeat(32)
+        );
+        let m = Manifest::parse(json.as_bytes()).expect("valid");
+        assert_eq!(
+            m.feature_names,
+            vec!["hr_last".to_string(), "rr_last".to_string()]
+        );
+        assert_eq!(m.opset, Some(17));
     }
 
     #[test]
