@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sha2::{Digest, Sha256};
 use wardwatch_fhir::{Coding, DeviceRecord, ObservationComponent, SearchPage, VitalSignRecord};
-use wardwatch_proto::ids::{DeviceId, PatientId};
+use wardwatch_proto::ids::{DeviceId, EdgeId, PatientId};
 use wardwatch_proto::metrics;
 use wardwatch_proto::v1::{DeviceKind, OperationalState, QualityFlag};
 
@@ -55,6 +55,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let base = state.config.base_path.clone();
     let fhir = Router::new()
         .route("/Observation", get(search_observations))
+        .route("/Observation/{id}", get(read_observation))
         .route("/Device/{id}", get(read_device))
         .fallback(unknown_route);
     Router::new()
@@ -486,6 +487,47 @@ async fn search_observations(
     Ok(fhir_json(StatusCode::OK, &bundle))
 }
 
+/// Splits an Observation id `<edge>.<sequence>` (see [`observation_id`]); `None` if it is not one of ours.
+fn parse_observation_id(id: &str) -> Option<(EdgeId, u64)> {
+    let (edge, seq) = id.rsplit_once('.')?;
+    let seq: u64 = seq.parse().ok().filter(|s| *s > 0)?;
+    Some((EdgeId::new(edge).ok()?, seq))
+}
+
+async fn read_observation(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    remote: Option<axum::Extension<RemoteAddr>>,
+    Path(id): Path<String>,
+) -> Result<Response, CloudError> {
+    let caller = authorize(&state, &headers, remote.as_deref(), "Observation")?;
+    let row = match parse_observation_id(&id) {
+        Some((edge, seq)) => state.store.vital_by_lineage(edge.as_str(), seq).await?,
+        None => None,
+    };
+    let (status, patients) = match &row {
+        Some(r) => (StatusCode::OK, r.patient_id.clone()),
+        None => (StatusCode::NOT_FOUND, String::new()),
+    };
+    let shown: String = id.chars().take(200).collect();
+    audit(
+        &state,
+        &caller,
+        "read",
+        "Observation",
+        &shown,
+        patients,
+        status,
+    )
+    .await;
+    let row =
+        row.ok_or_else(|| CloudError::NotFound(format!("Observation/{shown} is not known")))?;
+    Ok(fhir_json(
+        StatusCode::OK,
+        &vital_to_observation(&row, &state.config.mrn_system)?,
+    ))
+}
+
 async fn read_device(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -520,6 +562,23 @@ async fn read_device(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observation_ids_round_trip_and_junk_is_refused() {
+        let (edge, seq) = parse_observation_id("edge-7a.42").expect("valid id");
+        assert_eq!((edge.as_str(), seq), ("edge-7a", 42));
+        for bad in [
+            "edge-7a",
+            "edge-7a.",
+            "edge-7a.0",
+            "edge-7a.-1",
+            ".5",
+            "edge 7a.5",
+            "e.18446744073709551616",
+        ] {
+            assert!(parse_observation_id(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn scopes_cover_only_what_they_name() {

@@ -105,6 +105,19 @@ async fn ten_thousand_samples(database_url: Option<String>) -> Result<()> {
     assert_eq!(page.len(), expected);
     assert!(expected > 7, "the search spans several pages");
 
+    // Each Observation is readable at its id (what a searchset entry's fullUrl points to), unchanged.
+    for o in [&all[0], &all[4_999], &all[9_999]] {
+        let id = o["id"].as_str().context("Observation id")?;
+        let resp = client
+            .get(format!("{}/Observation/{id}", cloud.fhir_base))
+            .bearer_auth(&setup.token)
+            .send()
+            .await?;
+        assert_eq!(resp.status(), 200, "Observation/{id}");
+        let read: serde_json::Value = resp.json().await?;
+        assert_eq!(&read, o, "Observation/{id} reads as it was found");
+    }
+
     // The device that measured it is readable.
     let device = one["device"]["reference"]
         .as_str()
@@ -159,7 +172,7 @@ async fn api_refuses_bad_requests_with_operation_outcomes() -> Result<()> {
     .await?;
     let client = https_client(&setup.pki.ca_cert)?;
     let base = &cloud.fhir_base;
-    let cases: [(&str, Option<&str>, u16); 8] = [
+    let cases: [(&str, Option<&str>, u16); 11] = [
         ("/Observation", None, 401),
         ("/Observation", Some("not-the-token"), 401),
         ("/Observation?_count=-1", Some(&setup.token), 400),
@@ -167,6 +180,9 @@ async fn api_refuses_bad_requests_with_operation_outcomes() -> Result<()> {
         ("/Observation?frobnicate=1", Some(&setup.token), 400),
         ("/Observation?patient=a%20b", Some(&setup.token), 400),
         ("/Device/unknown-device", Some(&setup.token), 404),
+        ("/Observation/edge-x.999999", Some(&setup.token), 404),
+        ("/Observation/not-an-id", Some(&setup.token), 404),
+        ("/Observation/edge-x.1", None, 401),
         ("/Patientx/1", Some(&setup.token), 404),
     ];
     for (path, token, status) in cases {

@@ -383,6 +383,38 @@ impl Store {
         }
     }
 
+    /// Reads the vital sign an edge synced under `sequence` (the FHIR Observation `<edge>.<sequence>`).
+    pub async fn vital_by_lineage(
+        &self,
+        edge_id: &str,
+        sequence: u64,
+    ) -> Result<Option<VitalRow>, StorageError> {
+        let Ok(sequence) = i64::try_from(sequence) else {
+            return Ok(None);
+        };
+        const SQL: &str = "SELECT id, edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, loinc, value, \
+            enumerated, unit, components, quality, measured_at_ms, received_at_ms FROM vital_signs \
+            WHERE edge_id = $1 AND sequence = $2";
+        Ok(match self {
+            Self::Sqlite(p) => {
+                let row = sqlx::query(SQL)
+                    .bind(edge_id)
+                    .bind(sequence)
+                    .fetch_optional(p)
+                    .await?;
+                row.as_ref().map(vital_from_sqlite).transpose()?
+            }
+            Self::Postgres(p) => {
+                let row = sqlx::query(SQL)
+                    .bind(edge_id)
+                    .bind(sequence)
+                    .fetch_optional(p)
+                    .await?;
+                row.as_ref().map(vital_from_pg).transpose()?
+            }
+        })
+    }
+
     /// Reads one device.
     pub async fn device(&self, device_id: &str) -> Result<Option<DeviceRow>, StorageError> {
         match self {
@@ -466,6 +498,7 @@ pub(crate) fn patient_ward(p: &Payload) -> (Option<String>, Option<String>) {
     }
 }
 
+/// Keep in step with the column list of `Store::vital_by_lineage`.
 pub(crate) const VITAL_COLUMNS: &str = "SELECT id, edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, \
     loinc, value, enumerated, unit, components, quality, measured_at_ms, received_at_ms";
 
