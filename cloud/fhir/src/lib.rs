@@ -16,6 +16,7 @@
 //! * [`device`]: a `Device`.
 //! * [`searchset_bundle`]: a `Bundle` of type `searchset`.
 //! * [`operation_outcome`]: an `OperationOutcome` (infallible).
+//! * [`audit_event`]: an `AuditEvent` (who read or searched which patients' data, or asked for a token).
 //!
 //! Date-times are rendered by `fhir-sdk` as RFC 3339 in UTC with a `Z` suffix
 //! and the fractional seconds trimmed of trailing zeros, e.g.
@@ -25,12 +26,14 @@
 
 #![warn(missing_docs)]
 
+mod audit;
 mod bundle;
 mod device;
 mod observation;
 mod outcome;
 mod util;
 
+pub use audit::{AuditAction, AuditEventRecord, audit_event};
 pub use bundle::{SearchPage, searchset_bundle};
 pub use device::{DeviceRecord, device};
 pub use observation::{ObservationComponent, VitalSignRecord, vital_sign_observation};
