@@ -18,26 +18,51 @@ import numpy as np
 import features as F
 
 
-def export(repo: str, target_dir: str, out: str, beds: int, hours: int, seed: int, mix: str, log) -> dict:
-    """Runs the Rust exporter (release build in target/bench) unless `out` already holds this exact cohort."""
+def _matches(out: str, beds: int, hours: int, seed: int, mix: str):
     meta_path = os.path.join(out, "meta.json")
-    if os.path.exists(meta_path):
-        with open(meta_path) as fh:
-            meta = json.load(fh)
-        if (meta.get("beds"), meta.get("hours"), meta.get("seed"), meta.get("mix_name")) == (beds, hours, seed, mix):
-            log(f"  cohort {out}: reusing existing export")
-            return meta
-    cmd = [
-        "cargo", "run", "--quiet", "--release", "--target-dir", target_dir, "-p", "wardwatch",
-        "--bin", "export_cohort", "--",
-        "--beds", str(beds), "--hours", str(hours), "--seed", str(seed), "--mix", mix, "--out", os.path.abspath(out),
-    ]
-    t = time.time()
-    subprocess.run(cmd, cwd=repo, check=True)
+    if not os.path.exists(meta_path):
+        return None
     with open(meta_path) as fh:
         meta = json.load(fh)
-    log(f"  cohort {out}: exported in {time.time() - t:.0f} s")
-    return meta
+    if (meta.get("beds"), meta.get("hours"), meta.get("seed"), meta.get("mix_name")) == (beds, hours, seed, mix):
+        return meta
+    return None
+
+
+def export_all(repo: str, target_dir: str, jobs: list[tuple[str, int, int, int, str]], log, parallel: int = 2) -> None:
+    """Builds the Rust exporter (`cargo build --release --target-dir <target_dir> -p wardwatch --bin export_cohort`)
+    and runs it for every (out, beds, hours, seed, mix) not already exported, `parallel` at a time."""
+    todo = [j for j in jobs if _matches(*j) is None]
+    for j in jobs:
+        if j not in todo:
+            log(f"  {j[0]}: reusing existing export")
+    running = []
+    t = time.time()
+    if todo:
+        # Build once up front, then run the binary itself: parallel `cargo run`s would race to build it.
+        subprocess.run(["cargo", "build", "--quiet", "--release", "--target-dir", target_dir, "-p", "wardwatch",
+                        "--bin", "export_cohort"], cwd=repo, check=True)
+        log(f"  export_cohort built ({time.time() - t:.0f} s)")
+    while todo or running:
+        while todo and len(running) < parallel:
+            out, beds, hours, seed, mix = todo.pop(0)
+            cmd = [
+                os.path.join(target_dir, "release", "export_cohort"),
+                "--beds", str(beds), "--hours", str(hours), "--seed", str(seed), "--mix", mix,
+                "--out", os.path.abspath(out),
+            ]
+            running.append((out, subprocess.Popen(cmd, cwd=repo)))
+        still = []
+        for out, p in running:
+            rc = p.poll()
+            if rc is None:
+                still.append((out, p))
+            elif rc != 0:
+                raise SystemExit(f"export_cohort failed for {out} (exit {rc})")
+            else:
+                log(f"  {out}: exported ({time.time() - t:.0f} s since start)")
+        running = still
+        time.sleep(0.5)
 
 
 @dataclass

@@ -539,7 +539,7 @@ def model_card(kind, m, manifest, common):
         s.append("## Labels\n\nA query (bed, time, signal) is positive when the time lies within a labelled motion "
                  "artefact (signals HR, pulse rate, SpO2) or probe-off (pulse rate, SpO2). Queries in the 10 s after "
                  "an artefact ends are left out of training (the recent window still holds disturbed samples). "
-                 "Training queries: every naive threshold alarm, a probe every 5 min per bed and every 5 s within "
+                 "Training queries: every naive threshold alarm, a probe every 30 min per bed and every 5 s within "
                  "labelled disturbances, each asked about all four signals.\n\n")
     s.append("## Data\n\n" + _data_section(common))
     s.append(f"Training rows: {m['n_train']} ({m['pos_train']} positive).\n\n")

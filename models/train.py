@@ -119,11 +119,9 @@ def main() -> int:
     np.random.seed(RNG_SEED)
 
     log("1/6 exporting cohorts with the ward simulator (cargo run --release ... export_cohort)")
-    cohorts = {}
-    for seed, mix in TRAIN + HELDOUT:
-        path = os.path.join(work, f"{mix}-{seed}")
-        C.export(args.repo, target_dir, path, BEDS, HOURS, seed, mix, log)
-        cohorts[seed] = C.load(f"{mix}-{seed}", path)
+    jobs = [(os.path.join(work, f"{mix}-{seed}"), BEDS, HOURS, seed, mix) for seed, mix in TRAIN + HELDOUT]
+    C.export_all(args.repo, target_dir, jobs, log)
+    cohorts = {seed: C.load(f"{mix}-{seed}", os.path.join(work, f"{mix}-{seed}")) for seed, mix in TRAIN + HELDOUT}
     t_export = time.time() - t_start
 
     log("2/6 deterioration features (numpy, as edge/src/ml/deterioration.rs)")

@@ -74,7 +74,7 @@ struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Seconds between grid probes per bed (0: none).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 1800)]
     probe_every_s: i64,
 }
 
