@@ -11,15 +11,16 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use sha2::{Digest, Sha256};
 use wardwatch_fhir::{Coding, DeviceRecord, ObservationComponent, SearchPage, VitalSignRecord};
 use wardwatch_proto::ids::{DeviceId, EdgeId, PatientId};
 use wardwatch_proto::metrics;
 use wardwatch_proto::v1::{DeviceKind, OperationalState, QualityFlag};
 
-use crate::config::{ApiClient, ApiConfig};
+use crate::config::ApiConfig;
 use crate::error::CloudError;
-use crate::storage::{AuditRecord, CodeFilter, DeviceRow, Store, VitalQuery, VitalRow};
+use crate::storage::{
+    AuditRecord, CodeFilter, DeviceRow, Store, TimeRange, VitalQuery, VitalRow, VitalSort,
+};
 
 /// Largest page a search returns.
 pub const MAX_COUNT: u32 = 1000;
@@ -39,27 +40,46 @@ pub struct ApiState {
     pub config: ApiConfig,
     /// The FHIR base URL clients use, for Bundle links.
     pub base_url: String,
-    /// Registered clients.
-    pub clients: Vec<ApiClient>,
+    /// SMART Backend Services: registered clients and the access tokens issued to them.
+    pub auth: crate::auth::SmartService,
 }
 
 /// An authenticated client.
 #[derive(Debug, Clone)]
-struct Caller {
-    client_id: String,
-    remote: String,
+pub(crate) struct Caller {
+    /// Its client id.
+    pub(crate) client_id: String,
+    /// Its address and port, for the audit trail.
+    pub(crate) remote: String,
 }
 
-/// Builds the router, rooted at the configured base path.
+/// Builds the router, rooted at the configured base path: the FHIR routes (each authorizes its caller, and a
+/// refusal with 401/403 is audited by `auth::audit_api::audit_refusals`) plus the public SMART routes (token
+/// endpoint and discovery).
 pub fn router(state: Arc<ApiState>) -> Router {
     let base = state.config.base_path.clone();
+    let smart = Router::new()
+        .route(
+            crate::auth::TOKEN_PATH,
+            axum::routing::post(crate::auth::token::token_endpoint),
+        )
+        .route(
+            "/.well-known/smart-configuration",
+            get(crate::auth::token::smart_configuration),
+        );
     let fhir = Router::new()
+        .route("/AuditEvent", get(crate::auth::audit_api::search_audit_events))
+        .route("/AuditEvent/{id}", get(crate::auth::audit_api::read_audit_event))
         .route("/Observation", get(search_observations))
         .route("/Observation/{id}", get(read_observation))
         .route("/Device/{id}", get(read_device))
-        .fallback(unknown_route);
+        .fallback(unknown_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::audit_api::audit_refusals,
+        ));
     Router::new()
-        .nest(&base, fhir)
+        .nest(&base, smart.merge(fhir))
         .fallback(unknown_route)
         .with_state(state)
 }
@@ -68,48 +88,33 @@ async fn unknown_route() -> CloudError {
     CloudError::NotFound("no such resource type or interaction on this server".into())
 }
 
+/// Whether the scopes allow reading and searching `resource` (SMART `system/` scopes; see `auth::scope`).
 fn scope_allows(scopes: &[String], resource: &str) -> bool {
-    scopes.iter().any(|s| {
-        let Some(rest) = s.strip_prefix("system/") else {
-            return false;
-        };
-        let Some((res, perms)) = rest.split_once('.') else {
-            return false;
-        };
-        let res_ok = res == "*" || res == resource;
-        // SMART v2 ("rs", "cruds") or v1 ("read", "*").
-        let perms_ok =
-            perms == "read" || perms == "*" || (perms.contains('r') && perms.contains('s'));
-        res_ok && perms_ok
-    })
+    crate::auth::scope::any_allows(scopes, resource)
 }
 
-fn authorize(
+/// Authenticates the bearer token (an access token from the token endpoint, refused once expired; or a static
+/// development token where enabled) and checks that its scopes allow reading and searching `resource`.
+pub(crate) fn authorize(
     state: &ApiState,
     headers: &HeaderMap,
     remote: Option<&RemoteAddr>,
     resource: &str,
 ) -> Result<Caller, CloudError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    let token = crate::auth::bearer_token(headers)
         .ok_or_else(|| CloudError::Unauthenticated("a Bearer token is required".into()))?;
-    let digest = hex::encode(Sha256::digest(token.as_bytes()));
-    let client = state
-        .clients
-        .iter()
-        .find(|c| c.token_sha256.eq_ignore_ascii_case(&digest))
-        .ok_or_else(|| CloudError::Unauthenticated("the Bearer token is not valid".into()))?;
-    if !scope_allows(&client.scopes, resource) {
+    let principal = state
+        .auth
+        .authenticate(token, wardwatch_proto::now_unix_ms())?;
+    if !scope_allows(&principal.scopes, resource) {
         return Err(CloudError::PermissionDenied(format!(
-            "client {} has no scope allowing read/search of {resource}",
-            client.client_id
+            "client {} has no granted scope allowing read and search of {resource} (granted: {})",
+            principal.client_id,
+            principal.scopes.join(" ")
         )));
     }
     Ok(Caller {
-        client_id: client.client_id.clone(),
+        client_id: principal.client_id,
         remote: remote.map_or_else(String::new, |r| r.0.to_string()),
     })
 }
@@ -128,10 +133,155 @@ fn fhir_json(status: StatusCode, body: &serde_json::Value) -> Response {
 struct ObservationSearch {
     patient: Option<String>,
     codes: Vec<CodeFilter>,
+    device: Option<String>,
+    /// `date` bounds on effectiveDateTime, all of them combined.
+    measured: TimeRange,
+    /// `_lastUpdated` bounds.
+    received: TimeRange,
+    sort: VitalSort,
+    /// `category` named something other than vital-signs: nothing can match.
+    no_match: bool,
+    /// `_summary=count`: the total only.
+    count_only: bool,
     count: u32,
-    cursor: Option<i64>,
+    cursor: Option<Cursor>,
     /// The parameters to repeat in the `next` link (everything but `_cursor`).
     echo: Vec<(String, String)>,
+}
+
+/// A page token: the last row of the previous page, in the search's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    /// Storage id (insertion order).
+    Id(i64),
+    /// Measurement time and storage id (date orders).
+    Date(i64, i64),
+}
+
+impl Cursor {
+    fn parse(v: &str) -> Option<Self> {
+        match v.split_once('_') {
+            None => v.parse().ok().filter(|c| *c > 0).map(Self::Id),
+            Some((ms, id)) => Some(Self::Date(
+                ms.parse().ok()?,
+                id.parse().ok().filter(|c: &i64| *c > 0)?,
+            )),
+        }
+    }
+
+    fn encode(self) -> String {
+        match self {
+            Self::Id(id) => id.to_string(),
+            Self::Date(ms, id) => format!("{ms}_{id}"),
+        }
+    }
+}
+
+/// The instants a FHIR date or dateTime search value covers, as `[start, end)` in Unix ms: a whole year, month or
+/// day for partial dates (read as UTC), a minute, second or millisecond for a dateTime, which must carry a time
+/// zone. `None` for anything else, including impossible dates such as `2024-13-45`.
+fn fhir_date_range(v: &str) -> Option<(i64, i64)> {
+    use time::{Date, Month, OffsetDateTime, format_description::well_known::Rfc3339};
+    let num = |r: std::ops::Range<usize>| -> Option<i32> {
+        let t = v.get(r)?;
+        t.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let at = |d: Date| d.midnight().assume_utc().unix_timestamp() * 1000;
+    match v.len() {
+        4 => {
+            let y = num(0..4)?;
+            let start = Date::from_calendar_date(y, Month::January, 1).ok()?;
+            let end = Date::from_calendar_date(y + 1, Month::January, 1).ok()?;
+            Some((at(start), at(end)))
+        }
+        7 if v.as_bytes().get(4) == Some(&b'-') => {
+            let (y, m) = (num(0..4)?, num(5..7)?);
+            let month = Month::try_from(u8::try_from(m).ok()?).ok()?;
+            let start = Date::from_calendar_date(y, month, 1).ok()?;
+            let (ny, nm) = if month == Month::December {
+                (y + 1, Month::January)
+            } else {
+                (y, month.next())
+            };
+            let end = Date::from_calendar_date(ny, nm, 1).ok()?;
+            Some((at(start), at(end)))
+        }
+        10 if v.as_bytes().get(4) == Some(&b'-') && v.as_bytes().get(7) == Some(&b'-') => {
+            let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+            let month = Month::try_from(u8::try_from(m).ok()?).ok()?;
+            let start = Date::from_calendar_date(y, month, u8::try_from(d).ok()?).ok()?;
+            let end = start.next_day()?;
+            Some((at(start), at(end)))
+        }
+        _ => {
+            // hh:mm without seconds is a minute's precision.
+            let minute_precision = v
+                .get(16..17)
+                .is_some_and(|c| c == "Z" || c == "+" || c == "-");
+            let full = if minute_precision {
+                format!("{}:00{}", v.get(..16)?, v.get(16..)?)
+            } else {
+                v.to_string()
+            };
+            let t = OffsetDateTime::parse(&full, &Rfc3339).ok()?;
+            let start = i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()?;
+            let width = if minute_precision {
+                60_000
+            } else if full.get(19..20) == Some(".") {
+                1
+            } else {
+                1_000
+            };
+            Some((start, start.checked_add(width)?))
+        }
+    }
+}
+
+/// A FHIR date search parameter (`[prefix]value`) as a time range on a point in time.
+fn parse_date_param(name: &str, v: &str) -> Result<TimeRange, CloudError> {
+    let (prefix, value) = match v.get(..2) {
+        Some(p) if p.bytes().all(|b| b.is_ascii_lowercase()) => (p, &v[2..]),
+        _ => ("eq", v),
+    };
+    let (start, end) = fhir_date_range(value).ok_or_else(|| {
+        CloudError::InvalidArgument(format!(
+            "{name}: {value:?} is not a valid FHIR date or dateTime (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss[.sss]] with a time zone)"
+        ))
+    })?;
+    Ok(match prefix {
+        "eq" => TimeRange {
+            from_ms: Some(start),
+            before_ms: Some(end),
+        },
+        "ge" => TimeRange {
+            from_ms: Some(start),
+            before_ms: None,
+        },
+        "gt" => TimeRange {
+            from_ms: Some(end),
+            before_ms: None,
+        },
+        "le" => TimeRange {
+            from_ms: None,
+            before_ms: Some(end),
+        },
+        "lt" => TimeRange {
+            from_ms: None,
+            before_ms: Some(start),
+        },
+        "ne" | "sa" | "eb" | "ap" => {
+            return Err(CloudError::NotSupported(format!(
+                "{name}: the prefix {prefix:?} is not supported (supported: eq, ge, gt, le, lt)"
+            )));
+        }
+        other => {
+            return Err(CloudError::InvalidArgument(format!(
+                "{name}: {other:?} is not a FHIR search prefix"
+            )));
+        }
+    })
 }
 
 fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, CloudError> {
@@ -172,7 +322,7 @@ fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, Clou
                 s.count = n;
             }
             "_cursor" => {
-                let c: i64 = v.parse().ok().filter(|c| *c > 0).ok_or_else(|| {
+                let c = Cursor::parse(&v).ok_or_else(|| {
                     CloudError::InvalidArgument(format!(
                         "_cursor {v:?} is not a page token of this server"
                     ))
@@ -180,9 +330,55 @@ fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, Clou
                 s.cursor = Some(c);
                 continue;
             }
+            "date" => s.measured.intersect(parse_date_param("date", &v)?),
+            "_lastUpdated" => s.received.intersect(parse_date_param("_lastUpdated", &v)?),
+            "device" => {
+                let id = v.strip_prefix("Device/").unwrap_or(&v);
+                let id = DeviceId::new(id)
+                    .map_err(|e| CloudError::InvalidArgument(format!("device: {e}")))?;
+                if s.device.replace(id.to_string()).is_some() {
+                    return Err(CloudError::InvalidArgument(
+                        "device given more than once".into(),
+                    ));
+                }
+            }
+            "category" => {
+                let any_vital = v.split(',').any(|t| {
+                    let code = t.rsplit_once('|').map_or(t, |(sys, c)| {
+                        if sys.is_empty() || sys == wardwatch_fhir::OBSERVATION_CATEGORY {
+                            c
+                        } else {
+                            ""
+                        }
+                    });
+                    code == "vital-signs"
+                });
+                // Every Observation served today is a vital sign.
+                s.no_match |= !any_vital;
+            }
+            "_sort" => {
+                s.sort = match v.as_str() {
+                    "-date" => VitalSort::DateDesc,
+                    "date" => VitalSort::DateAsc,
+                    other => {
+                        return Err(CloudError::NotSupported(format!(
+                            "_sort {other:?} is not supported on Observation (supported: date, -date)"
+                        )));
+                    }
+                };
+            }
+            "_summary" => {
+                if v != "count" {
+                    return Err(CloudError::NotSupported(format!(
+                        "_summary={v} is not supported (supported: count)"
+                    )));
+                }
+                s.count_only = true;
+            }
             other => {
                 return Err(CloudError::NotSupported(format!(
-                    "search parameter {other:?} is not supported on Observation (supported: patient, subject, code, _count)"
+                    "search parameter {other:?} is not supported on Observation (supported: patient, subject, code, \
+                     date, device, category, _lastUpdated, _sort, _summary=count, _count)"
                 )));
             }
         }
@@ -434,13 +630,67 @@ async fn search_observations(
             return Err(e);
         }
     };
-    let q = VitalQuery {
+    let mut q = VitalQuery {
         patient: search.patient.clone(),
         codes: search.codes.clone(),
-        before_id: search.cursor,
+        device: search.device.clone(),
+        measured: search.measured,
+        received: search.received,
+        sort: search.sort,
         limit: search.count + 1,
+        ..Default::default()
     };
-    let mut rows = state.store.search_vitals(&q).await?;
+    match (search.sort, search.cursor) {
+        (_, None) => {}
+        (VitalSort::Newest, Some(Cursor::Id(id))) => q.before_id = Some(id),
+        (VitalSort::DateDesc | VitalSort::DateAsc, Some(Cursor::Date(ms, id))) => {
+            q.after_date = Some((ms, id));
+        }
+        _ => {
+            return Err(CloudError::InvalidArgument(
+                "_cursor does not belong to this search's _sort".into(),
+            ));
+        }
+    }
+    let empty = search.no_match
+        || matches!((q.measured.from_ms, q.measured.before_ms), (Some(f), Some(b)) if f >= b)
+        || matches!((q.received.from_ms, q.received.before_ms), (Some(f), Some(b)) if f >= b);
+    if search.count_only {
+        let total = if empty {
+            0
+        } else {
+            state.store.count_vitals_matching(&q).await?
+        };
+        let page = SearchPage {
+            self_url: format!(
+                "{}/Observation?{}",
+                state.base_url,
+                serde_urlencoded::to_string(&search.echo).unwrap_or_default()
+            ),
+            next_url: None,
+            total: Some(u64::try_from(total).unwrap_or(0)),
+            entries: Vec::new(),
+            timestamp_unix_ms: wardwatch_proto::now_unix_ms(),
+        };
+        let bundle = wardwatch_fhir::searchset_bundle(page)
+            .map_err(|e| CloudError::Unavailable(e.to_string()))?;
+        audit(
+            &state,
+            &caller,
+            "search",
+            "Observation",
+            &query_text,
+            search.patient.clone().unwrap_or_default(),
+            StatusCode::OK,
+        )
+        .await;
+        return Ok(fhir_json(StatusCode::OK, &bundle));
+    }
+    let mut rows = if empty {
+        Vec::new()
+    } else {
+        state.store.search_vitals(&q).await?
+    };
     let more = rows.len() > search.count as usize;
     rows.truncate(search.count as usize);
     let mut entries = Vec::with_capacity(rows.len());
@@ -453,10 +703,10 @@ async fn search_observations(
             res,
         ));
     }
-    let link = |extra: Option<i64>| {
+    let link = |extra: Option<Cursor>| {
         let mut params = search.echo.clone();
         if let Some(c) = extra {
-            params.push(("_cursor".into(), c.to_string()));
+            params.push(("_cursor".into(), c.encode()));
         }
         let qs = serde_urlencoded::to_string(&params).unwrap_or_default();
         format!("{}/Observation?{qs}", state.base_url)
@@ -464,7 +714,14 @@ async fn search_observations(
     let page = SearchPage {
         self_url: link(search.cursor),
         next_url: if more {
-            rows.last().map(|r| link(Some(r.id)))
+            rows.last().map(|r| {
+                link(Some(match search.sort {
+                    VitalSort::Newest => Cursor::Id(r.id),
+                    VitalSort::DateDesc | VitalSort::DateAsc => {
+                        Cursor::Date(r.measured_at_ms, r.id)
+                    }
+                }))
+            })
         } else {
             None
         },
@@ -562,6 +819,124 @@ async fn read_device(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fhir_dates_cover_their_precision_and_impossible_dates_are_refused() {
+        let day = 86_400_000;
+        let d = fhir_date_range("2024-02-28").expect("day");
+        assert_eq!(d, (1_709_078_400_000, 1_709_078_400_000 + day));
+        assert_eq!(
+            fhir_date_range("2024-02").map(|(a, b)| b - a),
+            Some(29 * day),
+            "leap February"
+        );
+        assert_eq!(fhir_date_range("2023").map(|(a, b)| b - a), Some(365 * day));
+        assert_eq!(
+            fhir_date_range("2024-12").map(|(a, b)| b - a),
+            Some(31 * day),
+            "December rolls the year"
+        );
+        let s = fhir_date_range("2024-02-28T10:15:30Z").expect("second");
+        assert_eq!(s, (1_709_115_330_000, 1_709_115_331_000));
+        assert_eq!(
+            fhir_date_range("2024-02-28T12:15:30+02:00"),
+            Some(s),
+            "offsets are honoured"
+        );
+        assert_eq!(
+            fhir_date_range("2024-02-28T10:15Z"),
+            Some((1_709_115_300_000, 1_709_115_360_000))
+        );
+        assert_eq!(
+            fhir_date_range("2024-02-28T10:15:30.250Z"),
+            Some((1_709_115_330_250, 1_709_115_330_251))
+        );
+        for bad in [
+            "2024-13-45",
+            "2024-02-30",
+            "2024-00",
+            "24-01-01",
+            "2024-1-1",
+            "2024-02-28T10:15:30",
+            "abcd",
+            "2024-02-28T25:00:00Z",
+            "",
+            "2024-02-28T10:15:30Zjunk",
+            "+2024",
+        ] {
+            assert!(fhir_date_range(bad).is_none(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn date_prefixes_bound_a_point_in_time() {
+        let (start, end) = fhir_date_range("2024-02-28").expect("day");
+        let r = |v: &str| parse_date_param("date", v).expect(v);
+        assert_eq!(
+            r("2024-02-28"),
+            TimeRange {
+                from_ms: Some(start),
+                before_ms: Some(end)
+            }
+        );
+        assert_eq!(r("eq2024-02-28"), r("2024-02-28"));
+        assert_eq!(
+            r("ge2024-02-28"),
+            TimeRange {
+                from_ms: Some(start),
+                before_ms: None
+            }
+        );
+        assert_eq!(
+            r("gt2024-02-28"),
+            TimeRange {
+                from_ms: Some(end),
+                before_ms: None
+            }
+        );
+        assert_eq!(
+            r("le2024-02-28"),
+            TimeRange {
+                from_ms: None,
+                before_ms: Some(end)
+            }
+        );
+        assert_eq!(
+            r("lt2024-02-28"),
+            TimeRange {
+                from_ms: None,
+                before_ms: Some(start)
+            }
+        );
+        assert!(matches!(
+            parse_date_param("date", "ne2024"),
+            Err(CloudError::NotSupported(_))
+        ));
+        assert!(matches!(
+            parse_date_param("date", "xx2024"),
+            Err(CloudError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            parse_date_param("date", "ge2024-13-45"),
+            Err(CloudError::InvalidArgument(_))
+        ));
+        let mut both = r("ge2024-02-28");
+        both.intersect(r("lt2024-03-01"));
+        assert_eq!(both.from_ms, Some(start));
+        assert_eq!(
+            both.before_ms,
+            fhir_date_range("2024-03-01").map(|(a, _)| a)
+        );
+        assert_eq!(Cursor::parse("17_4"), Some(Cursor::Date(17, 4)));
+        assert_eq!(
+            Cursor::parse(&Cursor::Date(-5, 9).encode()),
+            Some(Cursor::Date(-5, 9))
+        );
+        assert_eq!(Cursor::parse("12"), Some(Cursor::Id(12)));
+        for bad in ["0", "x", "1_0", "_3", "1_", "-4"] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn observation_ids_round_trip_and_junk_is_refused() {

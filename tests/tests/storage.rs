@@ -444,6 +444,7 @@ async fn search_filters_and_pages(store: Store) {
         codes,
         before_id: None,
         limit,
+        ..Default::default()
     };
 
     // No filter: everything, newest first.

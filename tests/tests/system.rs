@@ -105,6 +105,82 @@ async fn ten_thousand_samples(database_url: Option<String>) -> Result<()> {
     assert_eq!(page.len(), expected);
     assert!(expected > 7, "the search spans several pages");
 
+    // Date-ordered paging, counts and date ranges agree with what the full search returned.
+    let of_patient: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|o| o["subject"]["identifier"]["value"] == mrn)
+        .collect();
+    let by_date = fhir_search_all(
+        &client,
+        &setup.token,
+        &format!(
+            "{}/Observation?patient={mrn}&_sort=-date&_count=9",
+            cloud.fhir_base
+        ),
+    )
+    .await?;
+    assert_eq!(
+        by_date.len(),
+        of_patient.len(),
+        "date-sorted paging visits every row once"
+    );
+    let times: Vec<&str> = by_date
+        .iter()
+        .filter_map(|o| o["effectiveDateTime"].as_str())
+        .collect();
+    assert_eq!(times.len(), by_date.len());
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{t}: {e}"))
+    };
+    assert!(
+        times.windows(2).all(|w| parse(w[0]) >= parse(w[1])),
+        "_sort=-date is newest measurement first"
+    );
+    let count_of = |q: String| {
+        let client = client.clone();
+        let token = setup.token.clone();
+        let base = cloud.fhir_base.clone();
+        async move {
+            let resp = client
+                .get(format!("{base}/Observation?{q}&_summary=count"))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            anyhow::ensure!(resp.status() == 200, "count {q}: {}", resp.status());
+            let b: serde_json::Value = resp.json().await?;
+            anyhow::ensure!(
+                b["entry"].as_array().is_none_or(Vec::is_empty),
+                "count has no entries"
+            );
+            b["total"].as_u64().context("Bundle.total")
+        }
+    };
+    assert_eq!(
+        count_of(format!("patient={mrn}")).await?,
+        of_patient.len() as u64
+    );
+    // Split the patient's samples at the median measurement time: ge + lt partition them exactly.
+    let mid = times[times.len() / 2];
+    let mid_enc = format!("date=ge{}", mid.replace('+', "%2B"));
+    let before_enc = format!("date=lt{}", mid.replace('+', "%2B"));
+    let ge = count_of(format!("patient={mrn}&{mid_enc}")).await?;
+    let lt = count_of(format!("patient={mrn}&{before_enc}")).await?;
+    assert_eq!(
+        ge + lt,
+        of_patient.len() as u64,
+        "ge and lt split the samples"
+    );
+    assert!(ge > 0 && lt > 0, "the split is not trivial");
+    assert_eq!(
+        count_of(format!("patient={mrn}&category=laboratory")).await?,
+        0
+    );
+    assert_eq!(
+        count_of(format!("patient={mrn}&category=vital-signs")).await?,
+        of_patient.len() as u64
+    );
+
     // Each Observation is readable at its id (what a searchset entry's fullUrl points to), unchanged.
     for o in [&all[0], &all[4_999], &all[9_999]] {
         let id = o["id"].as_str().context("Observation id")?;
@@ -172,7 +248,7 @@ async fn api_refuses_bad_requests_with_operation_outcomes() -> Result<()> {
     .await?;
     let client = https_client(&setup.pki.ca_cert)?;
     let base = &cloud.fhir_base;
-    let cases: [(&str, Option<&str>, u16); 11] = [
+    let cases: [(&str, Option<&str>, u16); 16] = [
         ("/Observation", None, 401),
         ("/Observation", Some("not-the-token"), 401),
         ("/Observation?_count=-1", Some(&setup.token), 400),
@@ -183,6 +259,15 @@ async fn api_refuses_bad_requests_with_operation_outcomes() -> Result<()> {
         ("/Observation/edge-x.999999", Some(&setup.token), 404),
         ("/Observation/not-an-id", Some(&setup.token), 404),
         ("/Observation/edge-x.1", None, 401),
+        ("/Observation?date=2024-13-45", Some(&setup.token), 400),
+        ("/Observation?date=ne2024", Some(&setup.token), 400),
+        ("/Observation?_sort=value", Some(&setup.token), 400),
+        (
+            "/Observation?_sort=-date&_cursor=12",
+            Some(&setup.token),
+            400,
+        ),
+        ("/Observation?_summary=true", Some(&setup.token), 400),
         ("/Patientx/1", Some(&setup.token), 404),
     ];
     for (path, token, status) in cases {

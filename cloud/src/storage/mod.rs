@@ -132,18 +132,151 @@ pub enum CodeFilter {
     Mdc(i64),
 }
 
-/// A vital-sign search. Results are newest first (by storage id), `limit` at most, before `before_id` if set.
+/// A vital-sign search. Results are `limit` at most, in `sort` order, after the cursor if set.
 #[derive(Debug, Clone, Default)]
 pub struct VitalQuery {
     /// Only this patient.
     pub patient: Option<String>,
     /// Any of these codes (empty: all).
     pub codes: Vec<CodeFilter>,
-    /// Keyset cursor: only ids below it.
+    /// Only samples from this device.
+    pub device: Option<String>,
+    /// Only samples measured in this range (FHIR `date` on `effectiveDateTime`).
+    pub measured: TimeRange,
+    /// Only samples stored in this range (FHIR `_lastUpdated`).
+    pub received: TimeRange,
+    /// Result order.
+    pub sort: VitalSort,
+    /// Keyset cursor for [`VitalSort::Newest`]: only ids below it.
     pub before_id: Option<i64>,
+    /// Keyset cursor for the date orders: only rows after `(measured_at_ms, id)` in that order.
+    pub after_date: Option<(i64, i64)>,
     /// Page size.
     pub limit: u32,
 }
+
+/// A half-open time range in Unix ms; `None` bounds are open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    /// Inclusive lower bound.
+    pub from_ms: Option<i64>,
+    /// Exclusive upper bound.
+    pub before_ms: Option<i64>,
+}
+
+impl TimeRange {
+    /// Narrows the range to also satisfy `other`.
+    pub fn intersect(&mut self, other: TimeRange) {
+        if let Some(f) = other.from_ms {
+            self.from_ms = Some(self.from_ms.map_or(f, |x| x.max(f)));
+        }
+        if let Some(b) = other.before_ms {
+            self.before_ms = Some(self.before_ms.map_or(b, |x| x.min(b)));
+        }
+    }
+}
+
+/// The order of a vital-sign search.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VitalSort {
+    /// Most recently stored first (storage id descending); stable while new data arrives.
+    #[default]
+    Newest,
+    /// Latest measurement first (`_sort=-date`), ties by id.
+    DateDesc,
+    /// Earliest measurement first (`_sort=date`), ties by id.
+    DateAsc,
+}
+
+/// Appends the WHERE clause of a vital-sign search (without cursor, order or limit) to a query builder of
+/// either backend. A macro because sqlx's bind bounds differ per database.
+macro_rules! push_vital_filters {
+    ($qb:expr, $q:expr) => {{
+        let qb = $qb;
+        let q: &$crate::storage::VitalQuery = $q;
+        qb.push(" FROM vital_signs WHERE 1=1");
+        if let Some(p) = &q.patient {
+            qb.push(" AND patient_id = ").push_bind(p.clone());
+        }
+        if let Some(d) = &q.device {
+            qb.push(" AND device_id = ").push_bind(d.clone());
+        }
+        if !q.codes.is_empty() {
+            qb.push(" AND (");
+            for (i, c) in q.codes.iter().enumerate() {
+                if i > 0 {
+                    qb.push(" OR ");
+                }
+                match c {
+                    $crate::storage::CodeFilter::Loinc(l) => {
+                        qb.push("loinc = ").push_bind(l.clone())
+                    }
+                    $crate::storage::CodeFilter::Mdc(m) => qb
+                        .push("(loinc = ")
+                        .push_bind($crate::storage::loinc_of_mdc(*m))
+                        .push(" AND metric_mdc = ")
+                        .push_bind(*m)
+                        .push(")"),
+                };
+            }
+            qb.push(")");
+        }
+        for (col, r) in [
+            ("measured_at_ms", q.measured),
+            ("received_at_ms", q.received),
+        ] {
+            if let Some(f) = r.from_ms {
+                qb.push(format_args!(" AND {col} >= ")).push_bind(f);
+            }
+            if let Some(b) = r.before_ms {
+                qb.push(format_args!(" AND {col} < ")).push_bind(b);
+            }
+        }
+    }};
+}
+pub(crate) use push_vital_filters;
+
+/// Appends cursor, order and limit of a vital-sign search.
+macro_rules! push_vital_page {
+    ($qb:expr, $q:expr) => {{
+        let qb = $qb;
+        let q: &$crate::storage::VitalQuery = $q;
+        match q.sort {
+            $crate::storage::VitalSort::Newest => {
+                if let Some(b) = q.before_id {
+                    qb.push(" AND id < ").push_bind(b);
+                }
+                qb.push(" ORDER BY id DESC");
+            }
+            $crate::storage::VitalSort::DateDesc => {
+                if let Some((ms, id)) = q.after_date {
+                    qb.push(" AND (measured_at_ms < ")
+                        .push_bind(ms)
+                        .push(" OR (measured_at_ms = ")
+                        .push_bind(ms)
+                        .push(" AND id < ")
+                        .push_bind(id)
+                        .push("))");
+                }
+                qb.push(" ORDER BY measured_at_ms DESC, id DESC");
+            }
+            $crate::storage::VitalSort::DateAsc => {
+                if let Some((ms, id)) = q.after_date {
+                    qb.push(" AND (measured_at_ms > ")
+                        .push_bind(ms)
+                        .push(" OR (measured_at_ms = ")
+                        .push_bind(ms)
+                        .push(" AND id > ")
+                        .push_bind(id)
+                        .push("))");
+                }
+                qb.push(" ORDER BY measured_at_ms ASC, id ASC");
+            }
+        }
+        qb.push(" LIMIT ").push_bind(i64::from(q.limit));
+    }};
+}
+pub(crate) use push_vital_page;
 
 /// An audit record: who read which patient's data.
 #[derive(Debug, Clone)]
@@ -415,6 +548,24 @@ impl Store {
         })
     }
 
+    /// How many vital signs match `q` (its cursor, order and limit are ignored): `_summary=count`.
+    pub async fn count_vitals_matching(&self, q: &VitalQuery) -> Result<i64, StorageError> {
+        match self {
+            Self::Sqlite(p) => {
+                let mut qb: sqlx::QueryBuilder<sqlx::Sqlite> =
+                    sqlx::QueryBuilder::new("SELECT COUNT(*)");
+                push_vital_filters!(&mut qb, q);
+                Ok(qb.build_query_scalar().fetch_one(p).await?)
+            }
+            Self::Postgres(p) => {
+                let mut qb: sqlx::QueryBuilder<sqlx::Postgres> =
+                    sqlx::QueryBuilder::new("SELECT COUNT(*)");
+                push_vital_filters!(&mut qb, q);
+                Ok(qb.build_query_scalar().fetch_one(p).await?)
+            }
+        }
+    }
+
     /// Reads one device.
     pub async fn device(&self, device_id: &str) -> Result<Option<DeviceRow>, StorageError> {
         match self {
@@ -552,3 +703,287 @@ row_mappers!(
     sqlx::sqlite::SqliteRow
 );
 row_mappers!(vital_from_pg, device_from_pg, sqlx::postgres::PgRow);
+
+// ---- SMART Backend Services and the AuditEvent API (cloud/src/auth): access tokens, the assertion replay
+// cache and audit queries. Both backends run the same SQL (migration 0004).
+
+/// An access token issued by the token endpoint, as stored: only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessTokenRow {
+    /// Hex SHA-256 of the token.
+    pub token_sha256: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// Granted scopes, space-separated.
+    pub scopes: String,
+    /// When issued, Unix ms.
+    pub issued_at_ms: i64,
+    /// When it expires, Unix ms.
+    pub expires_at_ms: i64,
+}
+
+/// A stored audit record, as the AuditEvent API reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Storage id (the AuditEvent id, and the paging key).
+    pub id: i64,
+    /// The record itself.
+    pub at_ms: i64,
+    /// Client id ("" when the client was not identified).
+    pub client_id: String,
+    /// "search", "read" or "token".
+    pub action: String,
+    /// Resource type ("" for token requests).
+    pub resource_type: String,
+    /// Query, id, or requested scopes.
+    pub query: String,
+    /// Comma-separated MRNs.
+    pub patients: String,
+    /// HTTP status.
+    pub status: i32,
+    /// Remote address and port.
+    pub remote: String,
+    /// Why it was refused ("" if not).
+    pub detail: String,
+}
+
+/// An audit-trail query: newest first, `limit` at most.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only records at or after this time (Unix ms).
+    pub from_ms: Option<i64>,
+    /// Only records before this time (Unix ms).
+    pub before_ms: Option<i64>,
+    /// Only records of this client.
+    pub client_id: Option<String>,
+    /// Only records that returned this patient's data (MRN).
+    pub patient: Option<String>,
+    /// Keyset cursor: only ids below it.
+    pub before_id: Option<i64>,
+    /// Page size.
+    pub limit: u32,
+}
+
+
+macro_rules! audit_row {
+    ($r:expr) => {{
+        use sqlx::Row;
+        let r = $r;
+        AuditRow {
+            id: r.try_get(0)?,
+            at_ms: r.try_get(1)?,
+            client_id: r.try_get(2)?,
+            action: r.try_get(3)?,
+            resource_type: r.try_get(4)?,
+            query: r.try_get(5)?,
+            patients: r.try_get(6)?,
+            status: r.try_get(7)?,
+            remote: r.try_get(8)?,
+            detail: r.try_get(9)?,
+        }
+    }};
+}
+
+impl Store {
+    /// Records an issued access token (its hash).
+    pub async fn insert_access_token(&self, t: &AccessTokenRow) -> Result<(), StorageError> {
+        let sql = "INSERT INTO access_tokens (token_sha256, client_id, scopes, issued_at_ms, expires_at_ms)
+                   VALUES ($1, $2, $3, $4, $5)";
+        macro_rules! run {
+            ($p:expr) => {
+                sqlx::query(sql)
+                    .bind(&t.token_sha256)
+                    .bind(&t.client_id)
+                    .bind(&t.scopes)
+                    .bind(t.issued_at_ms)
+                    .bind(t.expires_at_ms)
+                    .execute($p)
+                    .await
+                    .map(|_| ())?
+            };
+        }
+        match self {
+            Self::Sqlite(p) => run!(p),
+            Self::Postgres(p) => run!(p),
+        }
+        Ok(())
+    }
+
+    /// Access tokens that expired at or after `since_ms` (so still-valid ones and recently expired ones), for
+    /// the in-memory token table at start-up.
+    pub async fn access_tokens_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<AccessTokenRow>, StorageError> {
+        let sql = "SELECT token_sha256, client_id, scopes, issued_at_ms, expires_at_ms FROM access_tokens
+                   WHERE expires_at_ms >= $1";
+        macro_rules! run {
+            ($p:expr) => {{
+                let rows = sqlx::query(sql).bind(since_ms).fetch_all($p).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    use sqlx::Row;
+                    out.push(AccessTokenRow {
+                        token_sha256: r.try_get(0)?,
+                        client_id: r.try_get(1)?,
+                        scopes: r.try_get(2)?,
+                        issued_at_ms: r.try_get(3)?,
+                        expires_at_ms: r.try_get(4)?,
+                    });
+                }
+                out
+            }};
+        }
+        Ok(match self {
+            Self::Sqlite(p) => run!(p),
+            Self::Postgres(p) => run!(p),
+        })
+    }
+
+    /// Claims a client assertion's `jti` until `expires_at_ms`. Returns `false` if the same client already used
+    /// it and that claim has not expired yet (a replay); an expired claim is taken over.
+    pub async fn claim_assertion_jti(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let sql = "INSERT INTO assertion_jtis (client_id, jti, expires_at_ms) VALUES ($1, $2, $3)
+                   ON CONFLICT (client_id, jti) DO UPDATE SET expires_at_ms = excluded.expires_at_ms
+                   WHERE assertion_jtis.expires_at_ms < $4";
+        macro_rules! run {
+            ($p:expr) => {
+                sqlx::query(sql)
+                    .bind(client_id)
+                    .bind(jti)
+                    .bind(expires_at_ms)
+                    .bind(now_ms)
+                    .execute($p)
+                    .await?
+                    .rows_affected()
+            };
+        }
+        let n = match self {
+            Self::Sqlite(p) => run!(p),
+            Self::Postgres(p) => run!(p),
+        };
+        Ok(n == 1)
+    }
+
+    /// Deletes assertion claims that expired before `jti_before_ms` and access tokens that expired before
+    /// `token_before_ms`.
+    pub async fn prune_auth(
+        &self,
+        jti_before_ms: i64,
+        token_before_ms: i64,
+    ) -> Result<(), StorageError> {
+        let jtis = "DELETE FROM assertion_jtis WHERE expires_at_ms < $1";
+        let tokens = "DELETE FROM access_tokens WHERE expires_at_ms < $1";
+        match self {
+            Self::Sqlite(p) => {
+                sqlx::query(jtis).bind(jti_before_ms).execute(p).await?;
+                sqlx::query(tokens).bind(token_before_ms).execute(p).await?;
+            }
+            Self::Postgres(p) => {
+                sqlx::query(jtis).bind(jti_before_ms).execute(p).await?;
+                sqlx::query(tokens).bind(token_before_ms).execute(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends an audit record with the reason it was refused (`detail`, may be empty).
+    pub async fn audit_with_detail(
+        &self,
+        r: &AuditRecord,
+        detail: &str,
+    ) -> Result<(), StorageError> {
+        let sql = "INSERT INTO audit_events (at_ms, client_id, action, resource_type, query, patients, status, remote, detail)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        macro_rules! run {
+            ($p:expr) => {
+                sqlx::query(sql)
+                    .bind(r.at_ms)
+                    .bind(&r.client_id)
+                    .bind(&r.action)
+                    .bind(&r.resource_type)
+                    .bind(&r.query)
+                    .bind(&r.patients)
+                    .bind(r.status)
+                    .bind(&r.remote)
+                    .bind(detail)
+                    .execute($p)
+                    .await
+                    .map(|_| ())?
+            };
+        }
+        match self {
+            Self::Sqlite(p) => run!(p),
+            Self::Postgres(p) => run!(p),
+        }
+        Ok(())
+    }
+
+    /// Searches the audit trail, newest first.
+    pub async fn search_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>, StorageError> {
+        // Each filter is `(bound IS NULL OR condition)`, so one statement serves every combination and binds
+        // stay positional on both backends. The patient filter matches one MRN of the comma-separated list.
+        let sql = "SELECT id, at_ms, client_id, action, resource_type, query, patients, status, remote, detail
+             FROM audit_events WHERE ($1 IS NULL OR at_ms >= $1) AND ($2 IS NULL OR at_ms < $2)
+             AND ($3 IS NULL OR client_id = $3)
+             AND ($4 IS NULL OR (',' || patients || ',') LIKE ('%,' || $4 || ',%') ESCAPE '\\')
+             AND ($5 IS NULL OR id < $5)
+             ORDER BY id DESC LIMIT $6";
+        let limit = i64::from(q.limit);
+        let patient = q.patient.as_deref().map(|p| {
+            p.replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        });
+        macro_rules! run {
+            ($p:expr) => {{
+                let rows = sqlx::query(sql)
+                    .bind(q.from_ms)
+                    .bind(q.before_ms)
+                    .bind(q.client_id.as_deref())
+                    .bind(patient.as_deref())
+                    .bind(q.before_id)
+                    .bind(limit)
+                    .fetch_all($p)
+                    .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    out.push(audit_row!(r));
+                }
+                out
+            }};
+        }
+        Ok(match self {
+            Self::Sqlite(p) => run!(p),
+            Self::Postgres(p) => run!(p),
+        })
+    }
+
+    /// Reads one audit record.
+    pub async fn audit_by_id(&self, id: i64) -> Result<Option<AuditRow>, StorageError> {
+        let sql = "SELECT id, at_ms, client_id, action, resource_type, query, patients, status, remote, detail
+             FROM audit_events WHERE id = $1";
+        macro_rules! run {
+            ($p:expr) => {{
+                let row = sqlx::query(sql)
+                    .bind(id)
+                    .fetch_optional($p)
+                    .await?;
+                match row {
+                    Some(r) => Some(audit_row!(&r)),
+                    None => None,
+                }
+            }};
+        }
+        Ok(match self {
+            Self::Sqlite(p) => run!(p),
+            Self::Postgres(p) => run!(p),
+        })
+    }
+}

@@ -7,9 +7,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use wardwatch_proto::v1::edge_event::Payload;
 
 use super::{
-    CodeFilter, DeviceRow, IngestItem, IngestOutcome, OUTCOME_REJECTED, OUTCOME_STORED,
-    StorageError, VitalQuery, VitalRow, components_json, event_kind, loinc_of, quality_mask,
-    ward_bed,
+    DeviceRow, IngestItem, IngestOutcome, OUTCOME_REJECTED, OUTCOME_STORED, StorageError,
+    VitalQuery, VitalRow, components_json, event_kind, loinc_of, quality_mask, ward_bed,
 };
 
 /// Rows per statement: SQLite allows 32,766 bound parameters; the widest insert binds 15 per row.
@@ -180,33 +179,8 @@ pub(super) async fn search_vitals(
     q: &VitalQuery,
 ) -> Result<Vec<VitalRow>, StorageError> {
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(super::VITAL_COLUMNS);
-    qb.push(" FROM vital_signs WHERE 1=1");
-    if let Some(p) = &q.patient {
-        qb.push(" AND patient_id = ").push_bind(p.clone());
-    }
-    if !q.codes.is_empty() {
-        qb.push(" AND (");
-        for (i, c) in q.codes.iter().enumerate() {
-            if i > 0 {
-                qb.push(" OR ");
-            }
-            match c {
-                CodeFilter::Loinc(l) => qb.push("loinc = ").push_bind(l.clone()),
-                CodeFilter::Mdc(m) => qb
-                    .push("(loinc = ")
-                    .push_bind(super::loinc_of_mdc(*m))
-                    .push(" AND metric_mdc = ")
-                    .push_bind(*m)
-                    .push(")"),
-            };
-        }
-        qb.push(")");
-    }
-    if let Some(b) = q.before_id {
-        qb.push(" AND id < ").push_bind(b);
-    }
-    qb.push(" ORDER BY id DESC LIMIT ")
-        .push_bind(i64::from(q.limit));
+    super::push_vital_filters!(&mut qb, q);
+    super::push_vital_page!(&mut qb, q);
     let rows = qb.build().fetch_all(pool).await?;
     rows.iter().map(super::vital_from_sqlite).collect()
 }
