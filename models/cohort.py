@@ -29,10 +29,11 @@ def _matches(out: str, beds: int, hours: int, seed: int, mix: str):
     return None
 
 
-def export_all(repo: str, target_dir: str, jobs: list[tuple[str, int, int, int, str]], log, parallel: int = 2) -> None:
+def export_all(repo: str, target_dir: str, jobs: list[tuple[str, int, int, int, str]], log, parallel: int = 2,
+               reuse: bool = False) -> None:
     """Builds the Rust exporter (`cargo build --release --target-dir <target_dir> -p wardwatch --bin export_cohort`)
     and runs it for every (out, beds, hours, seed, mix) not already exported, `parallel` at a time."""
-    todo = [j for j in jobs if _matches(*j) is None]
+    todo = [j for j in jobs if not reuse or _matches(*j) is None]
     for j in jobs:
         if j not in todo:
             log(f"  {j[0]}: reusing existing export")

@@ -108,6 +108,8 @@ def main() -> int:
     ap.add_argument("--work", default=None, help="cohort directory (default: <repo>/target/models-work)")
     ap.add_argument("--repo", default=os.path.dirname(HERE), help="repository root (where cargo runs)")
     ap.add_argument("--target-dir", default=None, help="cargo target dir (default: <repo>/target/bench)")
+    ap.add_argument("--reuse-cohorts", action="store_true",
+                    help="reuse cohorts already exported to --work with the same parameters (development only)")
     ap.add_argument("--docs", default=None, help="docs/ directory for models-evaluation.md (default: <repo>/docs)")
     args = ap.parse_args()
     t_start = time.time()
@@ -120,7 +122,7 @@ def main() -> int:
 
     log("1/6 exporting cohorts with the ward simulator (cargo run --release ... export_cohort)")
     jobs = [(os.path.join(work, f"{mix}-{seed}"), BEDS, HOURS, seed, mix) for seed, mix in TRAIN + HELDOUT]
-    C.export_all(args.repo, target_dir, jobs, log)
+    C.export_all(args.repo, target_dir, jobs, log, reuse=args.reuse_cohorts)
     cohorts = {seed: C.load(f"{mix}-{seed}", os.path.join(work, f"{mix}-{seed}")) for seed, mix in TRAIN + HELDOUT}
     t_export = time.time() - t_start
 

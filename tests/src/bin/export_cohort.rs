@@ -26,8 +26,8 @@
 //!   probe in `probes.csv`); overlapping windows are written once.
 //! - `alarms.csv`: every alarm naive fixed thresholds would sound (`naive_out_of_range` with the default
 //!   limits, each entry of a parameter into out-of-range, ignoring quality flags, as in
-//!   `docs/alarm-evaluation.md`): `bed,at_unix_ms,param,code,value,flags,hard` (`hard`: the value is at or
-//!   beyond a hard limit, a high-priority crossing).
+//!   `docs/alarm-evaluation.md`), plus every entry beyond a hard limit (the engine raises those at once, at high
+//!   priority): `bed,at_unix_ms,param,code,value,flags,hard` (`hard`: the value is at or beyond a hard limit).
 //! - `probes.csv`: further artifact query times, `bed,at_unix_ms,reason`: a grid every `--probe-every-s`
 //!   seconds per bed (`grid`), and every 5 s within each labelled motion artefact, probe-off and cough or turn
 //!   (`label`), so that training sees both ordinary windows and disturbed ones.
@@ -354,6 +354,8 @@ fn main() -> anyhow::Result<()> {
     )?;
     let thresholds = ThresholdConfig::default();
     let mut naive_state: HashMap<(u32, VitalParam), bool> = HashMap::new();
+    // Whether each (bed, parameter) is beyond a hard limit: entering it is a high-priority alarm of its own.
+    let mut hard_state: HashMap<(u32, VitalParam), bool> = HashMap::new();
     let (mut n_alarms, mut n_events, mut n_unused) = (0u64, 0u64, 0u64);
 
     let mut t = START_UNIX_MS;
@@ -402,12 +404,13 @@ fn main() -> anyhow::Result<()> {
             }
 
             if let Some((param, out)) = naive_out_of_range(v, st.scale_2, &thresholds) {
+                let value = param_of(v).map_or(s.value, |(_, x)| x);
+                let l = limits(&thresholds, param, st.scale_2);
+                let hard = l.hard_low.is_some_and(|h| value <= h)
+                    || l.hard_high.is_some_and(|h| value >= h);
                 let was = naive_state.insert((bed, param), out).unwrap_or(false);
-                if out && !was {
-                    let value = param_of(v).map_or(s.value, |(_, x)| x);
-                    let l = limits(&thresholds, param, st.scale_2);
-                    let hard = l.hard_low.is_some_and(|h| value <= h)
-                        || l.hard_high.is_some_and(|h| value >= h);
+                let was_hard = hard_state.insert((bed, param), hard).unwrap_or(false);
+                if (out && !was) || (hard && !was_hard) {
                     writeln!(
                         aw,
                         "{bed},{at},{},{},{value},{},{}",
