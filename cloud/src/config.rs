@@ -101,6 +101,16 @@ pub struct ApiConfig {
     /// Identifier system of device ids.
     #[serde(default = "default_device_system")]
     pub device_id_system: String,
+    /// Identifier system of API client ids (the agents of AuditEvents).
+    #[serde(default = "default_client_system")]
+    pub client_id_system: String,
+    /// Lifetime of access tokens issued by the token endpoint, seconds (1..=3600; SMART suggests at most 300).
+    #[serde(default = "default_token_ttl")]
+    pub access_token_ttl_secs: u64,
+    /// Development only: also accept each client's static `token_sha256` bearer token, which never expires.
+    /// Off by default; with it off, a client with `token_sha256` is a configuration error.
+    #[serde(default)]
+    pub dev_static_tokens: bool,
 }
 
 fn default_base_path() -> String {
@@ -111,6 +121,12 @@ fn default_mrn_system() -> String {
 }
 fn default_device_system() -> String {
     "urn:wardwatch:device".into()
+}
+fn default_client_system() -> String {
+    "urn:wardwatch:api-client".into()
+}
+fn default_token_ttl() -> u64 {
+    300
 }
 
 /// One registered edge.
@@ -123,16 +139,29 @@ pub struct EdgeRegistration {
     pub wards: Vec<WardId>,
 }
 
-/// One API client.
+/// One API client (a backend system such as an EHR interface engine).
+///
+/// It authenticates with SMART Backend Services: it signs a JWT with its private key and exchanges it at the
+/// token endpoint for a short-lived access token. Its public keys are registered here as a JWKS, inline
+/// (`jwks`) or as a file (`jwks_path`). A static `token_sha256` is a development option only (see
+/// [`ApiConfig::dev_static_tokens`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiClient {
-    /// Who the client is (recorded in the audit trail).
+    /// Who the client is: `iss` and `sub` of its assertions, and the agent in the audit trail.
     pub client_id: String,
-    /// Hex sha256 of the bearer token (the token itself is never stored).
-    pub token_sha256: String,
-    /// SMART v2 style scopes, e.g. `system/Observation.rs`, `system/Device.rs`, `system/*.rs`.
+    /// Scopes it may be granted: SMART `system/` scopes, e.g. `system/Observation.rs`, `system/*.rs`, or
+    /// `system/AuditEvent.rs` for the audit trail (which `system/*` does not reach).
     pub scopes: Vec<String>,
+    /// Its public keys as a JWKS JSON document (RSA of at least 2048 bits for RS384, or EC P-384 for ES384).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
+    /// A file holding its JWKS (instead of `jwks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_path: Option<PathBuf>,
+    /// Development only: hex sha256 of a static bearer token, accepted only with `[api] dev_static_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
 }
 
 impl CloudConfig {
@@ -187,12 +216,49 @@ impl CloudConfig {
                 return bad(format!("edge {} has no wards", e.edge_id));
             }
         }
+        if self.api.access_token_ttl_secs == 0 || self.api.access_token_ttl_secs > 3600 {
+            return bad("api.access_token_ttl_secs must be 1..=3600".into());
+        }
+        let mut ids = std::collections::HashSet::new();
         for c in &self.api_clients {
-            if c.token_sha256.len() != 64 || !c.token_sha256.chars().all(|c| c.is_ascii_hexdigit())
+            let id = &c.client_id;
+            if id.is_empty()
+                || id.len() > 128
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             {
                 return bad(format!(
-                    "api client {}: token_sha256 must be 64 hex digits",
-                    c.client_id
+                    "api client id {id:?} must be 1..=128 of [A-Za-z0-9._-]"
+                ));
+            }
+            if !ids.insert(id.clone()) {
+                return bad(format!("api client {id} is registered twice"));
+            }
+            for s in &c.scopes {
+                crate::auth::Scope::parse(s)
+                    .map_err(|e| ConfigError::Invalid(format!("api client {id}: {e}")))?;
+            }
+            if c.jwks.is_some() && c.jwks_path.is_some() {
+                return bad(format!(
+                    "api client {id}: give jwks or jwks_path, not both"
+                ));
+            }
+            if let Some(h) = &c.token_sha256 {
+                if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return bad(format!(
+                        "api client {id}: token_sha256 must be 64 hex digits"
+                    ));
+                }
+                if !self.api.dev_static_tokens {
+                    return bad(format!(
+                        "api client {id}: token_sha256 is a static development token; set [api] dev_static_tokens = true to allow it, or register the client's public keys (jwks) for SMART Backend Services"
+                    ));
+                }
+            }
+            if c.jwks.is_none() && c.jwks_path.is_none() && c.token_sha256.is_none() {
+                return bad(format!(
+                    "api client {id} has no credential: register its public keys (jwks or jwks_path)"
                 ));
             }
         }

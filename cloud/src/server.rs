@@ -34,6 +34,9 @@ pub enum StartError {
     /// The edge registry is invalid.
     #[error("edge registry: {0}")]
     Registry(#[from] crate::pki::PkiError),
+    /// The API clients' keys could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
     /// A listener could not be bound.
     #[error("cannot bind {addr}: {source}")]
     Bind {
@@ -77,7 +80,9 @@ impl CloudServer {
             tls::sync_server_config(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
         let api_tls = tls::api_server_config(&config.tls.cert, &config.tls.key)?;
         let registry = Arc::new(EdgeRegistry::from_config(&config.edges)?);
+        let clients = crate::auth::ClientRegistry::load(&config)?;
         let store = Store::connect(&config.database_url()).await?;
+        let grants = crate::auth::SmartService::stored_grants(&store).await?;
         let sync_listener = TcpListener::bind(config.sync.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -113,11 +118,21 @@ impl CloudServer {
             config.sync.pipeline_depth,
             sync_stats.clone(),
         );
+        let auth = crate::auth::SmartService::new(
+            clients,
+            grants,
+            format!("{base_url}{}", crate::auth::TOKEN_PATH),
+            config.api.access_token_ttl_secs,
+            config.api.client_id_system.clone(),
+        );
+        if config.api.dev_static_tokens {
+            warn!("[api] dev_static_tokens is on: static development bearer tokens are accepted and never expire");
+        }
         let api_state = Arc::new(ApiState {
             store: store.clone(),
             config: config.api.clone(),
             base_url,
-            clients: config.api_clients.clone(),
+            auth,
         });
         info!(backend = store.backend(), sync = ?sync_listener.local_addr().ok(), api = %api_addr, "cloud started");
         Ok(Self {
@@ -146,6 +161,11 @@ impl CloudServer {
     /// The FHIR base URL clients use.
     pub fn fhir_base_url(&self) -> &str {
         &self.api_state.base_url
+    }
+
+    /// The SMART token endpoint URL (`<FHIR base>/auth/token`), also the `aud` of client assertions.
+    pub fn token_endpoint(&self) -> &str {
+        self.api_state.auth.token_endpoint()
     }
 
     /// The storage (for tests and operators).

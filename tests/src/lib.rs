@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use rand::RngCore;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use wardwatch_cloud::auth::client::{ClientSigner, dev_client_key, token_request_form};
 use wardwatch_cloud::config::{
     ApiClient, ApiConfig, EdgeRegistration, SyncListenerConfig, TlsConfig,
 };
@@ -42,21 +43,34 @@ pub fn init_logging(default: &str) {
         .try_init();
 }
 
-/// Development credentials: PKI and an API bearer token, kept under a data directory and reused across runs.
+/// Development credentials: PKI and the development API client `dev-ehr`, kept under a data directory and reused
+/// across runs.
 #[derive(Debug, Clone)]
 pub struct DevSetup {
     /// Certificates and keys.
     pub pki: DevPkiPaths,
-    /// Bearer token for the development API client.
+    /// A static bearer token of `dev-ehr`, made afresh for each setup and never written to disk. Accepted only
+    /// where [`cloud_config`] turns on `[api] dev_static_tokens` (the whole-system tests, not the demo), so tests
+    /// that are not about authentication need not run the token flow.
     pub token: String,
-    /// Hex sha256 of the token (what the cloud stores).
+    /// Hex sha256 of [`DevSetup::token`] (what the cloud configuration holds).
     pub token_sha256: String,
+    /// The signing key of `dev-ehr` for SMART Backend Services (ES384, private key under `pki/`).
+    pub smart_client: ClientSigner,
+    /// Where that private key is (PKCS#8 PEM, mode 0600).
+    pub smart_key_path: PathBuf,
+    /// Where its public JWKS is (registered with the cloud as `jwks_path`).
+    pub smart_jwks_path: PathBuf,
 }
 
 /// Client id of the development API client.
 pub const DEV_CLIENT_ID: &str = "dev-ehr";
+/// Key id of the development client's key.
+pub const DEV_CLIENT_KID: &str = "dev-ehr-1";
+/// Scopes of the development client.
+pub const DEV_CLIENT_SCOPES: &str = "system/Observation.rs system/Device.rs";
 
-/// Creates (or reuses) the development PKI for `edge_ids` and the development API token under `dir`.
+/// Creates (or reuses) the development PKI for `edge_ids` and the development API client's key under `dir`.
 pub fn dev_setup(dir: &Path, edge_ids: &[&str]) -> Result<DevSetup> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let pki = pki::generate_dev_pki(
@@ -66,23 +80,27 @@ pub fn dev_setup(dir: &Path, edge_ids: &[&str]) -> Result<DevSetup> {
             edge_ids: edge_ids.iter().map(ToString::to_string).collect(),
         },
     )?;
-    let token_path = dir.join("dev-api-token");
-    let token = match std::fs::read_to_string(&token_path) {
-        Ok(t) if t.trim().len() >= 32 => t.trim().to_string(),
-        _ => {
-            let mut bytes = [0u8; 32];
-            rand::rng().fill_bytes(&mut bytes);
-            let t = hex_encode(&bytes);
-            std::fs::write(&token_path, &t)
-                .with_context(|| format!("writing {}", token_path.display()))?;
-            t
-        }
-    };
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = hex_encode(&bytes);
     let token_sha256 = sha256_hex(token.as_bytes());
+    let smart_key_path = dir.join("pki").join(format!("smart-{DEV_CLIENT_ID}.key"));
+    let smart_client = dev_client_key(DEV_CLIENT_ID, DEV_CLIENT_KID, &smart_key_path)?;
+    let smart_jwks_path = dir
+        .join("pki")
+        .join(format!("smart-{DEV_CLIENT_ID}.jwks.json"));
+    std::fs::write(
+        &smart_jwks_path,
+        serde_json::to_vec_pretty(&smart_client.public_jwks())?,
+    )
+    .with_context(|| format!("writing {}", smart_jwks_path.display()))?;
     Ok(DevSetup {
         pki,
         token,
         token_sha256,
+        smart_client,
+        smart_key_path,
+        smart_jwks_path,
     })
 }
 
@@ -95,7 +113,9 @@ fn sha256_hex(b: &[u8]) -> String {
     hex_encode(&sha2::Sha256::digest(b))
 }
 
-/// A cloud configuration for the development setup.
+/// A cloud configuration for the development setup. `dev-ehr` is registered with its public JWKS (SMART Backend
+/// Services) and, for the whole-system tests, also with the static development token ([`DevSetup::token`],
+/// `dev_static_tokens` on). The demo turns that off with [`smart_only`].
 pub fn cloud_config(
     setup: &DevSetup,
     data_dir: &Path,
@@ -135,14 +155,64 @@ pub fn cloud_config(
             public_base_url: None,
             mrn_system: "urn:wardwatch:mrn".into(),
             device_id_system: "urn:wardwatch:device".into(),
+            client_id_system: "urn:wardwatch:api-client".into(),
+            access_token_ttl_secs: 300,
+            dev_static_tokens: true,
         },
         edges,
         api_clients: vec![ApiClient {
             client_id: DEV_CLIENT_ID.into(),
-            token_sha256: setup.token_sha256.clone(),
-            scopes: vec!["system/Observation.rs".into(), "system/Device.rs".into()],
+            scopes: DEV_CLIENT_SCOPES
+                .split(' ')
+                .map(ToString::to_string)
+                .collect(),
+            jwks: None,
+            jwks_path: Some(setup.smart_jwks_path.clone()),
+            token_sha256: Some(setup.token_sha256.clone()),
         }],
     })
+}
+
+/// Turns static development tokens off: every client must then use SMART Backend Services (the demo).
+pub fn smart_only(config: &mut CloudConfig) {
+    config.api.dev_static_tokens = false;
+    for c in &mut config.api_clients {
+        c.token_sha256 = None;
+    }
+}
+
+/// An access token from the token endpoint.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AccessToken {
+    /// The bearer token.
+    pub access_token: String,
+    /// Its lifetime, seconds.
+    pub expires_in: u64,
+    /// Granted scopes.
+    pub scope: String,
+}
+
+/// Gets an access token the way an EHR does: a fresh client assertion signed by `signer`, posted to
+/// `token_endpoint` with the client-credentials grant. Fails with the server's OAuth error otherwise.
+pub async fn smart_token(
+    client: &reqwest::Client,
+    token_endpoint: &str,
+    signer: &ClientSigner,
+    scope: &str,
+) -> Result<AccessToken> {
+    let assertion = signer.assertion(token_endpoint, 60)?;
+    let resp = client
+        .post(token_endpoint)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(token_request_form(&assertion, scope))
+        .send()
+        .await?;
+    let status = resp.status();
+    let body = resp.text().await?;
+    if !status.is_success() {
+        bail!("token request to {token_endpoint} → {status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("token response {body}"))
 }
 
 /// The certificate and key of `edge_id` in the development PKI.
@@ -197,6 +267,8 @@ pub fn edge_config(
 pub struct CloudHandle {
     /// FHIR base URL.
     pub fhir_base: String,
+    /// SMART token endpoint URL.
+    pub token_endpoint: String,
     /// Sync listener address.
     pub sync_addr: SocketAddr,
     /// API listener address.
@@ -218,6 +290,7 @@ impl CloudHandle {
         let (stop, rx) = oneshot::channel::<()>();
         let handle = Self {
             fhir_base: server.fhir_base_url().to_string(),
+            token_endpoint: server.token_endpoint().to_string(),
             sync_addr: server.sync_addr()?,
             api_addr: server.api_addr()?,
             store: server.store().clone(),

@@ -141,7 +141,7 @@ async fn shutdown_signal() {
 async fn demo(args: DemoArgs) -> Result<()> {
     let data = args.data_dir;
     let setup = wardwatch::dev_setup(&data, &[DEMO_EDGE])?;
-    let cloud_cfg = wardwatch::cloud_config(
+    let mut cloud_cfg = wardwatch::cloud_config(
         &setup,
         &data.join("cloud"),
         args.database_url,
@@ -149,6 +149,10 @@ async fn demo(args: DemoArgs) -> Result<()> {
         args.api_listen,
         &[(DEMO_EDGE, &[DEMO_WARD])],
     )?;
+    // The demo serves the API the way a hospital would: SMART Backend Services only, no static tokens. Its
+    // tokens live an hour (the longest allowed) so that the printed curl line keeps working for a while.
+    wardwatch::smart_only(&mut cloud_cfg);
+    cloud_cfg.api.access_token_ttl_secs = 3600;
     let cloud = CloudHandle::start(cloud_cfg)
         .await
         .context("starting the cloud")?;
@@ -216,10 +220,30 @@ async fn demo(args: DemoArgs) -> Result<()> {
         .unwrap_or(setup.pki.ca_cert.clone());
     let fhir_base = cloud.fhir_base.clone();
     let station = edge.node.station_addr().map(|a| format!("http://{a}/"));
+    // The development client gets its first access token through the real token flow.
+    let http = wardwatch::https_client(&setup.pki.ca_cert)?;
+    let token = wardwatch::smart_token(
+        &http,
+        &cloud.token_endpoint,
+        &setup.smart_client,
+        wardwatch::DEV_CLIENT_SCOPES,
+    )
+    .await
+    .context("getting the development client's access token")?;
+    let key_path = setup
+        .smart_key_path
+        .canonicalize()
+        .unwrap_or(setup.smart_key_path.clone());
+    let mut refresher = None;
     if let Some(info) = &args.info {
         let doc = serde_json::json!({
             "fhir_base": fhir_base,
-            "token": setup.token,
+            "token": token.access_token,
+            "token_endpoint": cloud.token_endpoint,
+            "smart_client_id": wardwatch::DEV_CLIENT_ID,
+            "smart_private_key": key_path,
+            "smart_alg": "ES384",
+            "smart_kid": wardwatch::DEV_CLIENT_KID,
             "ca_cert": ca,
             "sync": format!("localhost:{}", cloud.sync_addr.port()),
             "nurse_station": station,
@@ -228,10 +252,38 @@ async fn demo(args: DemoArgs) -> Result<()> {
             "edge_id": DEMO_EDGE,
             "ward": DEMO_WARD,
         });
-        let tmp = info.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, info).with_context(|| format!("writing {}", info.display()))?;
+        write_info(info, &doc)?;
+        // Keep the info file's token valid: a new one through the token flow at half its lifetime.
+        let (info, endpoint, signer) = (
+            info.clone(),
+            cloud.token_endpoint.clone(),
+            setup.smart_client.clone(),
+        );
+        let every = Duration::from_secs(token.expires_in.max(2) / 2);
+        refresher = Some(tokio::spawn(async move {
+            let mut doc = doc;
+            loop {
+                tokio::time::sleep(every).await;
+                match wardwatch::smart_token(
+                    &http,
+                    &endpoint,
+                    &signer,
+                    wardwatch::DEV_CLIENT_SCOPES,
+                )
+                .await
+                {
+                    Ok(t) => {
+                        doc["token"] = serde_json::Value::String(t.access_token);
+                        if let Err(e) = write_info(&info, &doc) {
+                            tracing::warn!(error = %e, "could not refresh the token in the info file");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not refresh the development access token")
+                    }
+                }
+            }
+        }));
     }
     println!(
         "Wardwatch demo running: cloud, edge {DEMO_EDGE} and a simulated {}-bed ward {DEMO_WARD}.",
@@ -252,11 +304,20 @@ async fn demo(args: DemoArgs) -> Result<()> {
             "MQTT: no broker (pass --mqtt-broker host:port); the simulated ward is injected directly"
         ),
     }
-    println!("Try:");
+    println!(
+        "SMART token endpoint: {} (client {}, ES384 key {})",
+        cloud.token_endpoint,
+        wardwatch::DEV_CLIENT_ID,
+        key_path.display()
+    );
+    println!(
+        "Try (this access token is valid for {} s):",
+        token.expires_in
+    );
     println!(
         "  curl --cacert {} -H 'Authorization: Bearer {}' '{fhir_base}/Observation?code=http://loinc.org|8867-4&_count=5'",
         ca.display(),
-        setup.token
+        token.access_token
     );
     println!("Stop with Ctrl-C.");
 
@@ -269,6 +330,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
         }
         None => shutdown_signal().await,
     }
+    if let Some(r) = refresher {
+        r.abort();
+    }
     let _ = sim_stop.send(());
     let _ = sim.await;
     // Give the edge a moment to hand over what the simulator produced last.
@@ -276,6 +340,15 @@ async fn demo(args: DemoArgs) -> Result<()> {
     edge.stop().await;
     cloud.stop().await;
     println!("Wardwatch demo stopped.");
+    Ok(())
+}
+
+/// Writes the `--info` file atomically (write a temporary file, then rename), so a reader never sees half of it.
+fn write_info(info: &std::path::Path, doc: &serde_json::Value) -> Result<()> {
+    let tmp = info.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(doc)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, info).with_context(|| format!("writing {}", info.display()))?;
     Ok(())
 }
 
