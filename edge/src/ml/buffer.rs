@@ -3,7 +3,9 @@
 
 use super::artifact;
 use super::deterioration;
-use super::sample::{ContinuousSignal, Sample, Signal};
+use wardwatch_proto::v1::VitalSign;
+
+use super::sample::{ContinuousSignal, Sample, SampleError, Signal};
 use super::{ArtifactFeatures, DeteriorationFeatures};
 
 /// One minute, in ms.
@@ -158,6 +160,17 @@ pub enum PushError {
     },
 }
 
+/// Why a vital sign did not enter a [`BedBuffer`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum VitalError {
+    /// Not a sample the models use, or not a usable one.
+    #[error(transparent)]
+    Sample(#[from] SampleError),
+    /// Too old, or out of order for the artifact window.
+    #[error(transparent)]
+    Push(#[from] PushError),
+}
+
 /// Everything the feature builders need about one bed, fed one sample at a time.
 ///
 /// See the module documentation of [`crate::ml`] for what it holds. It is a plain value: the edge keeps one
@@ -224,6 +237,14 @@ impl BedBuffer {
                 valid: s.quality.is_valid(),
             });
         }
+        Ok(())
+    }
+
+    /// Takes a normalized vital sign as the engine sees it: [`Sample::from_vital`], then [`BedBuffer::push`].
+    /// Metrics the models do not use are refused with [`VitalError::Sample`]; callers usually ignore that.
+    pub fn push_vital(&mut self, v: &VitalSign) -> Result<(), VitalError> {
+        let s = Sample::from_vital(v)?;
+        self.push(&s)?;
         Ok(())
     }
 
@@ -323,6 +344,33 @@ mod tests {
                 at_unix_ms: T0 + 59 * MINUTE_MS
             })
         );
+    }
+
+    #[test]
+    fn vitals_go_in_unused_metrics_are_refused() {
+        let mut b = BedBuffer::new(false);
+        let v = VitalSign {
+            metric_mdc: wardwatch_proto::metrics::MDC_RESP_RATE,
+            value: 18.0,
+            unit_ucum: "/min".into(),
+            measured_at_unix_ms: T0 + 1,
+            ..Default::default()
+        };
+        b.push_vital(&v).unwrap();
+        assert_eq!(
+            b.bin(Signal::RespRate, MinuteBin::minute_of(T0))
+                .unwrap()
+                .value,
+            Some(18.0)
+        );
+        let dia = VitalSign {
+            metric_mdc: wardwatch_proto::metrics::MDC_PRESS_BLD_NONINV_DIA,
+            ..v
+        };
+        assert!(matches!(
+            b.push_vital(&dia),
+            Err(VitalError::Sample(SampleError::UnusedMetric(_)))
+        ));
     }
 
     #[test]

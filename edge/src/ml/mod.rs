@@ -17,7 +17,8 @@
 //!
 //! - [`Sample`]: one normalized measurement of a [`Signal`], built from a `VitalSign` with
 //!   [`Sample::from_vital`]; carries the two quality flags that matter here (artifact, sensor off).
-//! - [`BedBuffer`]: the per-bed state the edge keeps, fed incrementally with every sample. It holds
+//! - [`BedBuffer`]: the per-bed state the edge keeps, fed incrementally with every sample
+//!   ([`BedBuffer::push_vital`] takes the engine's `VitalSign`s as they are). It holds
 //!   - per signal, a ring of one-minute bins over the last [`DETERIORATION_WINDOW_MIN`] minutes (the newest
 //!     valid value of each minute plus counts of all and of flagged samples), and
 //!   - for the four continuous signals (ECG heart rate, oximeter pulse rate, SpO2, respiratory rate), a ring of
@@ -38,6 +39,7 @@ mod sample;
 pub use artifact::{ARTIFACT_FEATURES, ARTIFACT_WINDOW_MS, N_ARTIFACT_FEATURES, RECENT_MS};
 pub use buffer::{
     BedBuffer, DETERIORATION_WINDOW_MIN, MINUTE_MS, MinuteBin, PushError, RAW_CAPACITY, RawSample,
+    VitalError,
 };
 pub use deterioration::{DETERIORATION_FEATURES, N_DETERIORATION_FEATURES};
 pub use sample::{ContinuousSignal, Quality, Sample, SampleError, Signal};
