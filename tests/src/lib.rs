@@ -635,6 +635,30 @@ pub async fn fhir_search_all(
     Ok(out)
 }
 
+/// Whether `python3` can import every module in `modules` (a test that drives a third-party Python package
+/// asks first). Missing ones skip the test loudly on stderr, except on CI (`CI` set), where they are an error.
+pub fn python_modules_available(modules: &[&str], what: &str) -> Result<bool> {
+    let ok = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!("import {}", modules.join(", ")))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        let hint = "pip install -r tests/python/requirements.txt";
+        if std::env::var_os("CI").is_some() {
+            bail!("{what}: python3 with {} is required on CI ({hint})", modules.join(", "));
+        }
+        eprintln!(
+            "\n*** SKIPPED: {what}: python3 with {} not found ({hint}) ***\n",
+            modules.join(", ")
+        );
+    }
+    Ok(ok)
+}
+
 /// Polls `f` until it returns true or `timeout` passes.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<()>
 where
