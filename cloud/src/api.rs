@@ -68,8 +68,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(crate::auth::token::smart_configuration),
         );
     let fhir = Router::new()
-        .route("/AuditEvent", get(crate::auth::audit_api::search_audit_events))
-        .route("/AuditEvent/{id}", get(crate::auth::audit_api::read_audit_event))
+        .route(
+            "/AuditEvent",
+            get(crate::auth::audit_api::search_audit_events),
+        )
+        .route(
+            "/AuditEvent/{id}",
+            get(crate::auth::audit_api::read_audit_event),
+        )
         .route("/Observation", get(search_observations))
         .route("/Observation/{id}", get(read_observation))
         .route("/Device/{id}", get(read_device))

@@ -764,7 +764,6 @@ pub struct AuditQuery {
     pub limit: u32,
 }
 
-
 macro_rules! audit_row {
     ($r:expr) => {{
         use sqlx::Row;
@@ -815,7 +814,8 @@ impl Store {
         &self,
         since_ms: i64,
     ) -> Result<Vec<AccessTokenRow>, StorageError> {
-        let sql = "SELECT token_sha256, client_id, scopes, issued_at_ms, expires_at_ms FROM access_tokens
+        let sql =
+            "SELECT token_sha256, client_id, scopes, issued_at_ms, expires_at_ms FROM access_tokens
                    WHERE expires_at_ms >= $1";
         macro_rules! run {
             ($p:expr) => {{
@@ -971,10 +971,7 @@ impl Store {
              FROM audit_events WHERE id = $1";
         macro_rules! run {
             ($p:expr) => {{
-                let row = sqlx::query(sql)
-                    .bind(id)
-                    .fetch_optional($p)
-                    .await?;
+                let row = sqlx::query(sql).bind(id).fetch_optional($p).await?;
                 match row {
                     Some(r) => Some(audit_row!(&r)),
                     None => None,
