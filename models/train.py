@@ -120,7 +120,7 @@ def main() -> int:
     os.makedirs(work, exist_ok=True)
     np.random.seed(RNG_SEED)
 
-    log("1/6 exporting cohorts with the ward simulator (cargo run --release ... export_cohort)")
+    log("1/6 exporting cohorts with the ward simulator (cargo build --release ... export_cohort, then run it)")
     jobs = [(os.path.join(work, f"{mix}-{seed}"), BEDS, HOURS, seed, mix) for seed, mix in TRAIN + HELDOUT]
     C.export_all(args.repo, target_dir, jobs, log, reuse=args.reuse_cohorts)
     cohorts = {seed: C.load(f"{mix}-{seed}", os.path.join(work, f"{mix}-{seed}")) for seed, mix in TRAIN + HELDOUT}
@@ -223,7 +223,7 @@ def main() -> int:
         "train": TRAIN, "heldout": HELDOUT, "beds": BEDS, "hours": HOURS,
         "train_meta": [cohorts[s].meta for s, _ in TRAIN],
         "heldout_meta": [cohorts[s].meta for s, _ in HELDOUT],
-        "elapsed_s": elapsed, "export_s": t_export,
+        "elapsed_s": elapsed, "export_s": t_export, "reused_cohorts": bool(args.reuse_cohorts),
     }
     report.write_outputs(out, docs, common, {
         "deterioration": {"choice": det_choice, "selection": det_sel, "threshold": det_threshold,
