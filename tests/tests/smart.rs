@@ -524,7 +524,8 @@ async fn bad_assertions_and_requests_get_the_right_oauth_error() -> Result<()> {
     Ok(())
 }
 
-/// A restart neither re-opens the replay window nor forgets issued tokens (both are in the database).
+/// A restart neither re-opens the replay window nor forgets issued tokens (both are in the database); a
+/// restart without a client revokes that client's tokens.
 async fn replay_cache_and_tokens_survive_a_restart(database_url: Option<String>) -> Result<()> {
     // The same port after the restart: the token endpoint URL, and so the assertion's aud, stays the same.
     let api = wardwatch::free_port()?;
@@ -537,6 +538,7 @@ async fn replay_cache_and_tokens_survive_a_restart(database_url: Option<String>)
     let (status, body, _) = f.post_token(form.clone()).await?;
     assert_eq!(status, StatusCode::OK, "{body}");
     let token = body["access_token"].as_str().context("token")?.to_string();
+    let rsa_token = f.token(&f.rsa, "system/Observation.rs").await?;
 
     let Fixture {
         config,
@@ -546,7 +548,7 @@ async fn replay_cache_and_tokens_survive_a_restart(database_url: Option<String>)
         ..
     } = f;
     cloud.stop().await;
-    let cloud = CloudHandle::start(config).await?;
+    let cloud = CloudHandle::start(config.clone()).await?;
     let r = http
         .get(format!(
             "{}/Observation?patient={patient}&_count=1",
@@ -575,6 +577,19 @@ async fn replay_cache_and_tokens_survive_a_restart(database_url: Option<String>)
             .is_some_and(|d| d.contains("jti")),
         "replay after restart: {body}"
     );
+    cloud.stop().await;
+
+    // Removing a client and restarting revokes the tokens it already holds.
+    let mut config = config;
+    config.api_clients.retain(|c| c.client_id != "ehr-rsa");
+    let cloud = CloudHandle::start(config).await?;
+    let search = format!("{}/Observation?_count=1", cloud.fhir_base);
+    let status = |t: String| {
+        let (http, search) = (http.clone(), search.clone());
+        async move { Ok::<_, anyhow::Error>(http.get(search).bearer_auth(t).send().await?.status()) }
+    };
+    assert_eq!(status(rsa_token).await?, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(token).await?, StatusCode::OK);
     cloud.stop().await;
     Ok(())
 }

@@ -276,7 +276,7 @@ pub struct SmartService {
 
 impl SmartService {
     /// Builds the service from the client registry and the tokens stored before a restart
-    /// ([`SmartService::stored_grants`]). `token_endpoint` is the absolute URL clients post to, and the only
+    /// ([`SmartService::stored_grants`]; those of clients no longer registered are left out). `token_endpoint` is the absolute URL clients post to, and the only
     /// `aud` accepted in their assertions.
     pub fn new(
         registry: ClientRegistry,
@@ -285,8 +285,10 @@ impl SmartService {
         token_ttl_secs: u64,
         client_id_system: String,
     ) -> Self {
+        // Tokens of clients no longer registered are dropped: removing a client and restarting revokes them.
         let tokens = grants
             .into_iter()
+            .filter(|t| registry.clients.contains_key(&t.client_id))
             .map(|t| {
                 (
                     t.token_sha256,
