@@ -81,6 +81,9 @@ pub struct AcceptStats {
     pub rejected: AtomicU64,
     /// Events refused because the outbox was full.
     pub refused_full: AtomicU64,
+    /// Outbox transactions committed (one per successful `accept` call with valid events), so callers can see how
+    /// well events are batched: each is one commit, one fsync.
+    pub transactions: AtomicU64,
 }
 
 /// A running edge node.
@@ -111,6 +114,18 @@ pub struct EdgeNode {
     hl7_addr: Option<std::net::SocketAddr>,
     /// HL7 source counters.
     hl7_stats: Arc<crate::sources::hl7::Hl7Stats>,
+    /// MQTT source counters (zero when no MQTT source is configured); the source itself lives in `run`'s task,
+    /// so the node keeps the counters for the nurse station, tests and benchmarks.
+    mqtt_stats: Arc<crate::sources::mqtt::MqttStats>,
+    /// Alarm state changes as the clinical engine makes them, before they are committed (their durable record
+    /// follows through `accept`): for live consumers that should not wait for the commit, such as a display or a
+    /// latency measurement. Nothing is sent while nobody subscribes.
+    alarm_changes: tokio::sync::broadcast::Sender<Alarm>,
+    /// Makes `accept` calls write to the outbox one at a time, in arrival order (tokio's mutex is FIFO). SQLite
+    /// has one writer; without this, a second writer (the clinical engine's output beside an MQTT batch) waits in
+    /// SQLite's busy handler, which sleeps in growing steps (1, 2, 5, 10, 15, 20, 25, … ms) and can lose the race
+    /// to the next batch again and again: that was the tail of the sample-to-alarm latency under load.
+    append_lock: tokio::sync::Mutex<()>,
     /// The engine's subscription, made at start so no event accepted before `run` is missed; taken by `run`.
     engine_rx: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<Arc<Vec<NewEvent>>>>>,
 }
@@ -185,6 +200,9 @@ impl EdgeNode {
             hl7_listener: std::sync::Mutex::new(hl7_listener),
             hl7_addr,
             hl7_stats: Arc::new(crate::sources::hl7::Hl7Stats::default()),
+            mqtt_stats: Arc::default(),
+            append_lock: tokio::sync::Mutex::new(()),
+            alarm_changes: tokio::sync::broadcast::channel(1024).0,
             accepted_tx,
         }))
     }
@@ -228,7 +246,10 @@ impl EdgeNode {
             let stop = stopped(stop_rx.clone());
             tokio::spawn(async move {
                 let dir = node.config.data_dir.clone();
-                match crate::sources::mqtt::MqttSource::open(cfg, node, &dir).await {
+                let stats = node.mqtt_stats.clone();
+                match crate::sources::mqtt::MqttSource::open_with_stats(cfg, node, &dir, stats)
+                    .await
+                {
                     Ok(src) => src.run(stop).await,
                     Err(e) => error!(error = %e, "MQTT source not started"),
                 }
@@ -277,6 +298,11 @@ impl EdgeNode {
     /// HL7 source counters.
     pub fn hl7_stats(&self) -> &Arc<crate::sources::hl7::Hl7Stats> {
         &self.hl7_stats
+    }
+
+    /// MQTT source counters (all zero when no MQTT source is configured).
+    pub fn mqtt_stats(&self) -> &Arc<crate::sources::mqtt::MqttStats> {
+        &self.mqtt_stats
     }
 
     /// Where the nurse station listens, if served.
@@ -344,8 +370,16 @@ impl EdgeNode {
         self.accept_stats
             .rejected
             .fetch_add(report.rejected.len() as u64, Ordering::Relaxed);
-        match self.outbox.append(&good, false).await {
+        // Held through the broadcast, so consumers see batches in commit order.
+        let writing = self.append_lock.lock().await;
+        let appended = self.outbox.append(&good, false).await;
+        match appended {
             Ok(outcome) => {
+                if !good.is_empty() {
+                    self.accept_stats
+                        .transactions
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 report.accepted = outcome.accepted;
                 report.duplicates = outcome.duplicates;
                 self.accept_stats
@@ -356,8 +390,10 @@ impl EdgeNode {
                     // told by the channel; storage is unaffected.
                     let _ = self.accepted_tx.send(Arc::new(good));
                 }
+                drop(writing);
             }
             Err(e) => {
+                drop(writing);
                 if matches!(e, OutboxError::Full { .. }) {
                     self.accept_stats
                         .refused_full
@@ -441,6 +477,25 @@ impl EdgeNode {
     /// Subscribes to batches of newly durable events.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<NewEvent>>> {
         self.accepted_tx.subscribe()
+    }
+
+    /// Subscribes to alarm state changes as the engine makes them, before they are durable (see
+    /// [`EdgeNode::subscribe`] for durable events). A receiver more than 1,024 changes behind is told it lagged.
+    pub fn subscribe_alarm_changes(&self) -> tokio::sync::broadcast::Receiver<Alarm> {
+        self.alarm_changes.subscribe()
+    }
+
+    /// Hands the alarm state changes among `produced` to live subscribers; the engine's output path calls this
+    /// just before it makes them durable.
+    pub(crate) fn announce_alarm_changes(&self, produced: &[Payload]) {
+        if self.alarm_changes.receiver_count() == 0 {
+            return;
+        }
+        for p in produced {
+            if let Payload::Alarm(a) = p {
+                let _ = self.alarm_changes.send(a.clone());
+            }
+        }
     }
 
     /// Whether the outbox-near-full technical alarm is raised.

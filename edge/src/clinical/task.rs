@@ -6,12 +6,16 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::{error, warn};
 use wardwatch_proto::v1::edge_event::Payload;
 
 use super::engine::ClinicalEngine;
 use crate::node::{EdgeNode, Incoming};
+
+/// Most queued batches of durable events the engine scores before it commits what they produced. Their output is
+/// made durable in one transaction instead of one per batch; the cap bounds the size of that transaction.
+const MAX_COALESCED_BATCHES: usize = 64;
 
 /// The engine shared between its task and the nurse station.
 pub type SharedEngine = Arc<Mutex<ClinicalEngine>>;
@@ -25,11 +29,13 @@ pub fn produced_key(p: &Payload) -> String {
     }
 }
 
-/// Makes engine output durable (and thus synced). Logged, never fatal: the engine keeps running.
+/// Makes engine output durable (and thus synced), after handing its alarm state changes to live subscribers
+/// ([`EdgeNode::subscribe_alarm_changes`]). Logged, never fatal: the engine keeps running.
 pub async fn emit(node: &EdgeNode, out: Vec<Payload>) {
     if out.is_empty() {
         return;
     }
+    node.announce_alarm_changes(&out);
     let incoming: Vec<Incoming> = out
         .into_iter()
         .map(|p| Incoming {
@@ -66,6 +72,23 @@ pub async fn run(
                     let mut out = Vec::new();
                     for ev in batch.iter() {
                         out.extend(e.on_event(&ev.idempotency_key, &ev.payload));
+                    }
+                    // Batches that arrived meanwhile (e.g. while the last output was being committed) are scored
+                    // now too, so their output shares one commit; never waits for more.
+                    let mut lagged = 0;
+                    for _ in 0..MAX_COALESCED_BATCHES {
+                        match rx.try_recv() {
+                            Ok(more) => {
+                                for ev in more.iter() {
+                                    out.extend(e.on_event(&ev.idempotency_key, &ev.payload));
+                                }
+                            }
+                            Err(TryRecvError::Lagged(n)) => lagged += n,
+                            Err(_) => break,
+                        }
+                    }
+                    if lagged > 0 {
+                        warn!(batches = lagged, "clinical engine fell behind; skipped batches are stored but were not scored");
                     }
                     out
                 }

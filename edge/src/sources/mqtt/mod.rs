@@ -15,7 +15,7 @@
 //! - A malformed message (bad topic, oversized, not JSON, schema violation, location mismatch) is dead-lettered
 //!   whole and then acknowledged: a poison message must not block the session.
 //! - If `accept` fails (outbox full, database error) or the dead-letter write fails, the message is NOT
-//!   acknowledged. The source waits (backoff), then drops and re-opens the connection: with `clean_session =
+//!   acknowledged, nor is any other message of its batch (they share the transaction). The source waits (backoff), then drops and re-opens the connection: with `clean_session =
 //!   false` the broker redelivers every unacknowledged message of the session, and the idempotency key
 //!   (`mqtt:<device>:<metric|infusion>:<measured ms>`) collapses redeliveries in the outbox.
 //! - A message delivered on a connection that has since been lost is processed but not acknowledged on the new
@@ -23,8 +23,10 @@
 //!
 //! # Tasks
 //! [`MqttSource::run`] polls the rumqttc event loop itself (so PUBACKs, pings and reconnects keep flowing) and
-//! forwards publishes, in order, to one worker task that decodes, accepts, dead-letters and acknowledges them
-//! one message at a time (MQTT requires PUBACKs in delivery order).
+//! forwards publishes, in order, to one worker task that decodes, accepts, dead-letters and acknowledges them in
+//! batches: every message already waiting (never waiting for more) is made durable in one outbox transaction,
+//! then the batch is acknowledged in delivery order (MQTT requires PUBACKs in delivery order). One commit (one
+//! fsync) per batch instead of per message is what lets the edge keep up with a ward's message rate.
 
 pub mod config;
 pub mod dead_letter;
@@ -44,7 +46,6 @@ use rumqttc::{
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
-use wardwatch_proto::validate::Rejection;
 
 pub use config::MqttSourceConfig;
 pub use dead_letter::{DeadLetter, DeadLetterStore};
@@ -59,6 +60,12 @@ const REQUEST_CHANNEL: usize = 256;
 
 /// First reconnect / redelivery delay.
 const BACKOFF_INITIAL_MS: u64 = 100;
+
+/// Most messages made durable in one outbox transaction. A batch is whatever has already arrived (the worker never
+/// waits to fill one), so under light load it is one message; under load the broker's in-flight window for the
+/// edge (Mosquitto `max_inflight_messages`, default 20) usually bounds it first. This caps it when a large backlog
+/// arrives at once, e.g. a resumed session.
+const MAX_BATCH: usize = 512;
 
 /// How long shutdown waits for the last PUBACKs and the DISCONNECT to go out.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
@@ -108,6 +115,9 @@ pub struct MqttStats {
     pub connects: AtomicU64,
     /// Subscription requests the broker granted (SUBACK without failure).
     pub subscriptions: AtomicU64,
+    /// Batches handled (each one outbox transaction for all its messages); `received / batches` is the mean
+    /// batch size, which shows whether the broker's in-flight window or the commit time bounds throughput.
+    pub batches: AtomicU64,
 }
 
 /// A plain copy of [`MqttStats`] at one moment.
@@ -137,6 +147,8 @@ pub struct MqttStatsSnapshot {
     pub connects: u64,
     /// See [`MqttStats::subscriptions`].
     pub subscriptions: u64,
+    /// See [`MqttStats::batches`].
+    pub batches: u64,
 }
 
 impl MqttStats {
@@ -156,6 +168,7 @@ impl MqttStats {
             reconnects: g(&self.reconnects),
             connects: g(&self.connects),
             subscriptions: g(&self.subscriptions),
+            batches: g(&self.batches),
         }
     }
 }
@@ -238,6 +251,17 @@ impl MqttSource {
         node: Arc<EdgeNode>,
         data_dir: &Path,
     ) -> Result<Self, MqttSourceError> {
+        Self::open_with_stats(config, node, data_dir, Arc::default()).await
+    }
+
+    /// Like [`MqttSource::open`], but counts into `stats`, so a caller that hands the source to a task (as
+    /// [`EdgeNode::run`] does) can still read its counters.
+    pub async fn open_with_stats(
+        config: MqttSourceConfig,
+        node: Arc<EdgeNode>,
+        data_dir: &Path,
+        stats: Arc<MqttStats>,
+    ) -> Result<Self, MqttSourceError> {
         config.validate()?;
         let dead_letters = DeadLetterStore::open(data_dir, config.dead_letter_max_rows)
             .await
@@ -249,7 +273,7 @@ impl MqttSource {
             config,
             node,
             dead_letters,
-            stats: Arc::new(MqttStats::default()),
+            stats,
         })
     }
 
@@ -264,7 +288,7 @@ impl MqttSource {
     }
 
     /// Connects, subscribes and processes messages until `shutdown` resolves, reconnecting with backoff whenever
-    /// the connection fails. On shutdown the message in hand is finished and acknowledged, then the client
+    /// the connection fails. On shutdown the batch in hand is finished and acknowledged, then the client
     /// disconnects cleanly (the broker keeps the session when `clean_session = false`).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let cfg = &self.config;
@@ -430,7 +454,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Processes deliveries one at a time, in order, until told to stop.
+/// Processes deliveries in order, in batches, until told to stop: each batch is every delivery already waiting
+/// (at most [`MAX_BATCH`]), made durable in one outbox transaction and then acknowledged in delivery order.
 async fn worker(
     shared: Arc<Shared>,
     client: AsyncClient,
@@ -442,6 +467,7 @@ async fn worker(
     // Messages that arrived on this connection generation (or an older one) after one was held are left
     // unacknowledged: the reconnect we asked for makes the broker send them again.
     let mut held_generation: Option<u64> = None;
+    let mut batch: Vec<Delivery> = Vec::new();
     loop {
         let d = tokio::select! {
             biased;
@@ -451,61 +477,86 @@ async fn worker(
                 None => break,
             },
         };
-        if held_generation.is_some_and(|g| d.generation <= g) {
+        batch.clear();
+        batch.push(d);
+        // Take what is already waiting; never wait for more (batching must not add latency).
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        batch.retain(|d| held_generation.is_none_or(|g| d.generation > g));
+        if batch.is_empty() {
             continue;
         }
-        match shared.handle(&d).await {
+        add(&shared.stats.batches, 1);
+        match shared.handle(&batch).await {
             Outcome::Ack => {
                 hold_backoff.reset();
-                if d.generation != shared.generation.load(Ordering::SeqCst) {
-                    debug!(topic = ?d.publish.topic, "connection changed since delivery; the broker redelivers, not acknowledging");
-                } else if let Err(e) = client.ack(&d.publish).await {
-                    warn!(error = %e, "could not queue a PUBACK; the broker will redeliver");
-                } else if d.publish.qos != QoS::AtMostOnce {
-                    add(&shared.stats.acked, 1);
+                let current = shared.generation.load(Ordering::SeqCst);
+                for d in &batch {
+                    if d.generation != current {
+                        debug!(topic = ?d.publish.topic, "connection changed since delivery; the broker redelivers, not acknowledging");
+                    } else if let Err(e) = client.ack(&d.publish).await {
+                        warn!(error = %e, "could not queue a PUBACK; the broker will redeliver");
+                    } else if d.publish.qos != QoS::AtMostOnce {
+                        add(&shared.stats.acked, 1);
+                    }
                 }
             }
             Outcome::Hold => {
-                held_generation = Some(d.generation);
+                let generation = batch.iter().map(|d| d.generation).max().unwrap_or(0);
+                held_generation = Some(generation);
                 let delay = hold_backoff.next();
                 warn!(
                     delay_ms = delay.as_millis() as u64,
-                    "MQTT message not acknowledged; reconnecting after a delay so the broker redelivers it"
+                    messages = batch.len(),
+                    "MQTT messages not acknowledged; reconnecting after a delay so the broker redelivers them"
                 );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     _ = stop.changed() => break,
                 }
-                let _ = redeliver.try_send(d.generation);
+                let _ = redeliver.try_send(generation);
             }
         }
     }
 }
 
+/// A dead-letter row in the making: which delivery of the batch, which sample (`None`: the whole message), the
+/// reason code and the detail.
+type Refusal = (usize, Option<usize>, &'static str, String);
+
 impl Shared {
-    /// Decodes, accepts and dead-letters one message; says whether it may be acknowledged.
-    async fn handle(&self, d: &Delivery) -> Outcome {
-        let topic = d.publish.topic.as_str();
-        let payload = &d.publish.payload[..];
-        let items = match decode(topic, payload, &self.config) {
-            Ok(items) => items,
-            Err(e) => {
-                add(&self.stats.malformed, 1);
-                warn!(topic = ?clip(topic), bytes = payload.len(), reason = e.code(), error = %e, "MQTT message refused; dead-lettering it");
-                let detail = e.to_string();
-                return self.dead_letter(d, &[(None, e.code(), detail)]).await;
-            }
-        };
-        let mut offered = Vec::with_capacity(items.len());
-        let mut offered_index = Vec::with_capacity(items.len());
-        let mut refused: Vec<(usize, Rejection)> = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            match item {
-                Ok(incoming) => {
-                    offered_index.push(i);
-                    offered.push(incoming);
+    /// Decodes a batch of messages, accepts all their good samples in one outbox transaction and dead-letters the
+    /// refused ones (one more transaction, only if there are any); says whether the whole batch may be
+    /// acknowledged. The batch is acknowledged or held as a whole, so PUBACKs stay in delivery order.
+    async fn handle(&self, batch: &[Delivery]) -> Outcome {
+        let mut offered = Vec::with_capacity(batch.len());
+        // (delivery, sample index) of each offered event.
+        let mut origin: Vec<(usize, usize)> = Vec::with_capacity(batch.len());
+        let mut refused: Vec<Refusal> = Vec::new();
+        for (m, d) in batch.iter().enumerate() {
+            let topic = d.publish.topic.as_str();
+            let payload = &d.publish.payload[..];
+            match decode(topic, payload, &self.config) {
+                Ok(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        match item {
+                            Ok(incoming) => {
+                                origin.push((m, i));
+                                offered.push(incoming);
+                            }
+                            Err(r) => refused.push((m, Some(i), r.reason.as_str_name(), r.detail)),
+                        }
+                    }
                 }
-                Err(r) => refused.push((i, r)),
+                Err(e) => {
+                    add(&self.stats.malformed, 1);
+                    warn!(topic = ?clip(topic), bytes = payload.len(), reason = e.code(), error = %e, "MQTT message refused; dead-lettering it");
+                    refused.push((m, None, e.code(), e.to_string()));
+                }
             }
         }
         if !offered.is_empty() {
@@ -514,19 +565,26 @@ impl Shared {
                     add(&self.stats.accepted, report.accepted);
                     add(&self.stats.duplicates, report.duplicates);
                     if report.duplicates > 0 {
-                        debug!(topic = ?clip(topic), duplicates = report.duplicates, dup_flag = d.publish.dup, "already accepted (redelivery or re-publish)");
+                        debug!(
+                            messages = batch.len(),
+                            duplicates = report.duplicates,
+                            "already accepted (redelivery or re-publish)"
+                        );
                     }
                     for (j, r) in report.rejected {
-                        refused.push((offered_index.get(j).copied().unwrap_or(j), r));
+                        if let Some(&(m, i)) = origin.get(j) {
+                            refused.push((m, Some(i), r.reason.as_str_name(), r.detail));
+                        }
                     }
                 }
                 Err(e) => {
+                    let n = batch.len() as u64;
                     if matches!(e, AcceptError::Outbox(OutboxError::Full { .. })) {
-                        add(&self.stats.not_acked_outbox_full, 1);
+                        add(&self.stats.not_acked_outbox_full, n);
                     } else {
-                        add(&self.stats.not_acked_errors, 1);
+                        add(&self.stats.not_acked_errors, n);
                     }
-                    error!(topic = ?clip(topic), error = %e, "MQTT message not accepted; leaving it unacknowledged for redelivery");
+                    error!(messages = n, error = %e, "MQTT messages not accepted; leaving them unacknowledged for redelivery");
                     return Outcome::Hold;
                 }
             }
@@ -534,43 +592,32 @@ impl Shared {
         if refused.is_empty() {
             return Outcome::Ack;
         }
-        refused.sort_by_key(|(i, _)| *i);
-        add(&self.stats.rejected, refused.len() as u64);
-        let rows: Vec<(Option<usize>, &'static str, String)> = refused
-            .into_iter()
-            .map(|(i, r)| {
-                warn!(topic = ?clip(topic), sample = i, reason = r.reason.as_str_name(), detail = %r.detail, "MQTT sample refused; dead-lettering it");
-                (Some(i), r.reason.as_str_name(), r.detail)
-            })
-            .collect();
-        self.dead_letter(d, &rows).await
-    }
-
-    /// Stores dead-letter rows for `d`; [`Outcome::Ack`] once they are durable.
-    async fn dead_letter(
-        &self,
-        d: &Delivery,
-        rows: &[(Option<usize>, &'static str, String)],
-    ) -> Outcome {
-        let new: Vec<dead_letter::NewDeadLetter<'_>> = rows
-            .iter()
-            .map(|(i, reason, detail)| dead_letter::NewDeadLetter {
+        refused.sort_by_key(|(m, i, _, _)| (*m, *i));
+        let samples = refused.iter().filter(|(_, i, _, _)| i.is_some()).count();
+        add(&self.stats.rejected, samples as u64);
+        let mut rows = Vec::with_capacity(refused.len());
+        for (m, i, reason, detail) in &refused {
+            let Some(d) = batch.get(*m) else { continue };
+            if let Some(i) = i {
+                warn!(topic = ?clip(&d.publish.topic), sample = i, reason, detail = %detail, "MQTT sample refused; dead-lettering it");
+            }
+            rows.push(dead_letter::NewDeadLetter {
                 topic: &d.publish.topic,
                 payload: &d.publish.payload,
                 sample_index: *i,
                 reason,
                 detail,
                 received_at_unix_ms: d.received_at,
-            })
-            .collect();
-        match self.dead_letters.record(&new).await {
+            });
+        }
+        match self.dead_letters.record(&rows).await {
             Ok(n) => {
                 add(&self.stats.dead_lettered, n);
                 Outcome::Ack
             }
             Err(e) => {
-                add(&self.stats.not_acked_errors, 1);
-                error!(error = %e, "cannot write the MQTT dead-letter table; leaving the message unacknowledged");
+                add(&self.stats.not_acked_errors, batch.len() as u64);
+                error!(error = %e, "cannot write the MQTT dead-letter table; leaving the messages unacknowledged");
                 Outcome::Hold
             }
         }
