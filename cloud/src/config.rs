@@ -240,9 +240,7 @@ impl CloudConfig {
                     .map_err(|e| ConfigError::Invalid(format!("api client {id}: {e}")))?;
             }
             if c.jwks.is_some() && c.jwks_path.is_some() {
-                return bad(format!(
-                    "api client {id}: give jwks or jwks_path, not both"
-                ));
+                return bad(format!("api client {id}: give jwks or jwks_path, not both"));
             }
             if let Some(h) = &c.token_sha256 {
                 if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {

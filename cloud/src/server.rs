@@ -126,7 +126,9 @@ impl CloudServer {
             config.api.client_id_system.clone(),
         );
         if config.api.dev_static_tokens {
-            warn!("[api] dev_static_tokens is on: static development bearer tokens are accepted and never expire");
+            warn!(
+                "[api] dev_static_tokens is on: static development bearer tokens are accepted and never expire"
+            );
         }
         let api_state = Arc::new(ApiState {
             store: store.clone(),

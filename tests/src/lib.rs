@@ -649,7 +649,10 @@ pub fn python_modules_available(modules: &[&str], what: &str) -> Result<bool> {
     if !ok {
         let hint = "pip install -r tests/python/requirements.txt";
         if std::env::var_os("CI").is_some() {
-            bail!("{what}: python3 with {} is required on CI ({hint})", modules.join(", "));
+            bail!(
+                "{what}: python3 with {} is required on CI ({hint})",
+                modules.join(", ")
+            );
         }
         eprintln!(
             "\n*** SKIPPED: {what}: python3 with {} not found ({hint}) ***\n",
