@@ -24,8 +24,8 @@
 //!   - for the four continuous signals (ECG heart rate, oximeter pulse rate, SpO2, respiratory rate), a ring of
 //!     the last [`RAW_CAPACITY`] raw samples for the short artifact window.
 //!
-//!   Memory is fixed at construction (about 85 KB per bed); pushing a sample and computing features allocate
-//!   nothing.
+//!   Memory is fixed at construction (about 120 KB per bed, 240 MB for 2,000 beds); pushing a sample and
+//!   computing features allocate nothing.
 //! - [`BedBuffer::features_at`] (deterioration, [`DETERIORATION_FEATURES`]) and
 //!   [`BedBuffer::artifact_features_at`] (artifact, [`ARTIFACT_FEATURES`]) produce fixed-length `f32` vectors in
 //!   the order the models' `features` input expects. Every name and unit is in those tables and in each model's
