@@ -3,7 +3,7 @@
 //! alarm manager → alarm events made durable) handles them on one core.
 //!
 //! # What runs where
-//! - **The edge** runs in a child process (this binary with `--edge-child`), started as `taskset -c <edge-core>`,
+//! - **The edge** runs in a child process (this binary with `--edge-child`), started as `nice -n <edge-nice> taskset -c <edge-core>`,
 //!   so every thread it has (tokio worker, SQLite workers, blocking pool) shares one core. It runs
 //!   [`EdgeNode::start`] + [`EdgeNode::run`] exactly as the `wardwatch-edge` binary does, from a TOML config with
 //!   the MQTT source, the real durable outbox (WAL, `synchronous=FULL`) and a cloud endpoint nobody listens on (the
@@ -97,6 +97,11 @@ struct Args {
     /// Core the edge is pinned to.
     #[arg(long, default_value_t = 1)]
     edge_core: usize,
+    /// Nice value for the edge child (0: as started). A negative value gives the edge priority over whatever else
+    /// runs on its core (e.g. other people's compiles on a shared machine), which approximates a dedicated core;
+    /// the figures are then labelled so.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    edge_nice: i32,
     /// Core the publisher (this process) is pinned to.
     #[arg(long, default_value_t = 0)]
     publisher_core: usize,
@@ -330,6 +335,31 @@ fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
     out
 }
 
+/// (on-CPU ns, waiting-for-a-CPU ns) summed over the threads of process `pid`, from each thread's `schedstat`.
+/// The wait is time a thread was runnable but another task had its core: contention, not work.
+fn sched_ns(pid: u32) -> (u64, u64) {
+    let mut out = (0, 0);
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            let mut f = s.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+            out.0 += f.next().unwrap_or(0);
+            out.1 += f.next().unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// The 1-minute load average.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// A `kB` field of `/proc/<pid>/status`, in bytes.
 fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -414,6 +444,8 @@ struct Mark {
     stats: serde_json::Value,
     cpu_ticks: u64,
     threads: BTreeMap<String, u64>,
+    sched: (u64, u64),
+    load: f64,
     edge_core: (u64, u64),
     broker_ticks: Option<u64>,
 }
@@ -731,6 +763,8 @@ impl Child {
             stats,
             cpu_ticks: proc_ticks(Path::new(&format!("/proc/{}/stat", self.pid))).unwrap_or(0),
             threads: thread_ticks(self.pid),
+            sched: sched_ns(self.pid),
+            load: load_average(),
             edge_core: core_ticks(core).unwrap_or((0, 0)),
             broker_ticks: broker.and_then(|p| proc_ticks(Path::new(&format!("/proc/{p}/stat")))),
         })
@@ -801,7 +835,7 @@ async fn orchestrate(mut args: Args) -> Result<()> {
     let groups = PARAMS.div_ceil(per_message);
     let msgs_per_s = u64::from(args.beds) * groups as u64;
     println!(
-        "# bench_pipeline: {} beds x {PARAMS} parameters at 1 Hz = {} samples/s in {msgs_per_s} messages/s (QoS 1) via {} ({}); warm-up {} s, window {} s; edge on core {}, publisher on core {}",
+        "# bench_pipeline: {} beds x {PARAMS} parameters at 1 Hz = {} samples/s in {msgs_per_s} messages/s (QoS 1) via {} ({}); warm-up {} s, window {} s; edge on core {} (nice {}), publisher on core {}",
         args.beds,
         u64::from(args.beds) * PARAMS as u64,
         args.broker,
@@ -813,12 +847,16 @@ async fn orchestrate(mut args: Args) -> Result<()> {
         args.warmup,
         args.duration,
         args.edge_core,
+        args.edge_nice,
         args.publisher_core
     );
 
     // The edge child, pinned to its core.
     let exe = std::env::current_exe()?;
-    let mut proc = tokio::process::Command::new("taskset")
+    let mut proc = tokio::process::Command::new("nice")
+        .arg("-n")
+        .arg(args.edge_nice.to_string())
+        .arg("taskset")
         .arg("-c")
         .arg(args.edge_core.to_string())
         .arg(&exe)
@@ -829,7 +867,7 @@ async fn orchestrate(mut args: Args) -> Result<()> {
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .context("starting the edge child under taskset")?;
+        .context("starting the edge child under nice and taskset")?;
     let pid = proc.id().context("edge child pid")?;
     let stdin = proc.stdin.take().context("child stdin")?;
     let stdout = proc.stdout.take().context("child stdout")?;
@@ -1057,6 +1095,12 @@ async fn orchestrate(mut args: Args) -> Result<()> {
             100.0 * c / wall
         ))
     );
+    let on_cpu = m1.sched.0.saturating_sub(m0.sched.0) as f64 / 1e9;
+    let waited = m1.sched.1.saturating_sub(m0.sched.1) as f64 / 1e9;
+    println!(
+        "contention: edge threads waited {waited:.1} s for their core while runnable (on it {on_cpu:.1} s); load average {:.1} at window start, {:.1} at end (2 cores)",
+        m0.load, m1.load
+    );
     let thread_line: Vec<String> = threads
         .iter()
         .map(|(n, s)| format!("{n} {s:.2} s ({:.0} %)", 100.0 * s / cpu.max(1e-9)))
@@ -1133,9 +1177,11 @@ async fn orchestrate(mut args: Args) -> Result<()> {
     if let Some(path) = &args.json {
         let doc = serde_json::json!({
             "beds": args.beds, "samples_per_message": per_message, "duration_s": args.duration,
+            "edge_nice": args.edge_nice, "broker": args.broker, "private_broker": args.spawn_broker,
             "messages": messages, "samples": samples, "publish_secs": publish_secs,
             "window_s": wall, "window_samples": window_samples, "edge_cpu_s": cpu,
             "samples_per_core_s": per_core, "edge_core_busy": core_busy, "broker_cpu_s": broker_cpu,
+            "runqueue_wait_s": waited, "on_cpu_s": on_cpu, "load_average": [m0.load, m1.load],
             "threads": threads,
             "raised_ms": {"n": raised_ms.len(), "missing": missing_raised, "p50": pct(&raised_ms, 0.5),
                 "p90": pct(&raised_ms, 0.9), "p99": p99, "max": raised_ms.last()},
