@@ -125,7 +125,7 @@ pub(crate) fn authorize(
     })
 }
 
-fn fhir_json(status: StatusCode, body: &serde_json::Value) -> Response {
+pub(crate) fn fhir_json(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut resp = (status, body.to_string()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -186,7 +186,7 @@ impl Cursor {
 /// The instants a FHIR date or dateTime search value covers, as `[start, end)` in Unix ms: a whole year, month or
 /// day for partial dates (read as UTC), a minute, second or millisecond for a dateTime, which must carry a time
 /// zone. `None` for anything else, including impossible dates such as `2024-13-45`.
-fn fhir_date_range(v: &str) -> Option<(i64, i64)> {
+pub(crate) fn fhir_date_range(v: &str) -> Option<(i64, i64)> {
     use time::{Date, Month, OffsetDateTime, format_description::well_known::Rfc3339};
     let num = |r: std::ops::Range<usize>| -> Option<i32> {
         let t = v.get(r)?;

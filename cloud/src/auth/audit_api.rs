@@ -11,15 +11,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use time::format_description::well_known::Rfc3339;
-use time::{Date, Month, OffsetDateTime};
+use axum::response::Response;
 use wardwatch_fhir::{AuditAction, AuditEventRecord, SearchPage};
 use wardwatch_proto::ids::PatientId;
 
-use crate::api::{ApiState, RemoteAddr, authorize};
+use crate::api::{ApiState, RemoteAddr, authorize, fhir_date_range, fhir_json};
 use crate::error::CloudError;
 use crate::storage::{AuditQuery, AuditRecord, AuditRow};
 
@@ -30,66 +28,12 @@ pub const DEFAULT_COUNT: u32 = 50;
 /// `source.observer` of every AuditEvent.
 pub const OBSERVER: &str = "Wardwatch cloud";
 
-fn fhir_json(status: StatusCode, body: &serde_json::Value) -> Response {
-    let mut resp = (status, body.to_string()).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/fhir+json"),
-    );
-    resp
-}
-
 /// Parsed AuditEvent search.
 #[derive(Debug, Default, PartialEq)]
 struct AuditSearch {
     query: AuditQuery,
     /// Parameters to repeat in the `next` link.
     echo: Vec<(String, String)>,
-}
-
-/// The instants a FHIR `date` search value covers, `[start, end)` in Unix ms: a whole year, month or day for a
-/// date (read as UTC), or one millisecond for a dateTime, which must carry a time zone.
-fn date_range(v: &str) -> Option<(i64, i64)> {
-    let ymd = |y: &str, m: &str, d: &str| -> Option<Date> {
-        let num = |s: &str| {
-            s.bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| s.parse::<u16>().ok())
-                .flatten()
-        };
-        let month = Month::try_from(u8::try_from(num(m)?).ok()?).ok()?;
-        Date::from_calendar_date(i32::from(num(y)?), month, u8::try_from(num(d)?).ok()?).ok()
-    };
-    let ms = |d: Date| d.midnight().assume_utc().unix_timestamp() * 1000;
-    match v.len() {
-        4 => {
-            let start = ymd(v, "1", "1")?;
-            let end = ymd(
-                &(i32::from(v.parse::<u16>().ok()?) + 1).to_string(),
-                "1",
-                "1",
-            )?;
-            Some((ms(start), ms(end)))
-        }
-        7 if v.as_bytes()[4] == b'-' => {
-            let start = ymd(&v[0..4], &v[5..7], "1")?;
-            let next = if start.month() == Month::December {
-                Date::from_calendar_date(start.year() + 1, Month::January, 1).ok()?
-            } else {
-                Date::from_calendar_date(start.year(), start.month().next(), 1).ok()?
-            };
-            Some((ms(start), ms(next)))
-        }
-        10 if v.as_bytes()[4] == b'-' && v.as_bytes()[7] == b'-' => {
-            let start = ymd(&v[0..4], &v[5..7], &v[8..10])?;
-            Some((ms(start), ms(start.next_day()?)))
-        }
-        _ => {
-            let t = OffsetDateTime::parse(v, &Rfc3339).ok()?;
-            let at = i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()?;
-            Some((at, at + 1))
-        }
-    }
 }
 
 fn parse_search(
@@ -117,7 +61,7 @@ fn parse_search(
                     Some(p @ ("eq" | "ge" | "gt" | "le" | "lt")) => (p, &v[2..]),
                     _ => ("eq", v.as_str()),
                 };
-                let (start, end) = date_range(value).ok_or_else(|| {
+                let (start, end) = fhir_date_range(value).ok_or_else(|| {
                     CloudError::InvalidArgument(format!(
                         "date {v:?} is not [eq|ge|gt|le|lt] followed by a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD) or a dateTime with time zone"
                     ))
@@ -454,16 +398,16 @@ mod tests {
 
     #[test]
     fn fhir_dates_cover_their_precision() {
-        let day = date_range("2026-11-23").unwrap();
+        let day = fhir_date_range("2026-11-23").unwrap();
         assert_eq!(day.1 - day.0, 86_400_000);
         assert_eq!(day.0, 1_795_392_000_000);
-        let month = date_range("2026-12").unwrap();
-        assert_eq!(month.1, date_range("2027").unwrap().0);
-        let year = date_range("2026").unwrap();
-        assert_eq!(year.1, date_range("2027-01-01").unwrap().0);
-        let t = date_range("2026-11-23T19:00:00.123Z").unwrap();
+        let month = fhir_date_range("2026-12").unwrap();
+        assert_eq!(month.1, fhir_date_range("2027").unwrap().0);
+        let year = fhir_date_range("2026").unwrap();
+        assert_eq!(year.1, fhir_date_range("2027-01-01").unwrap().0);
+        let t = fhir_date_range("2026-11-23T19:00:00.123Z").unwrap();
         assert_eq!(t, (1_795_460_400_123, 1_795_460_400_124));
-        assert_eq!(date_range("2026-11-23T20:00:00.123+01:00"), Some(t));
+        assert_eq!(fhir_date_range("2026-11-23T20:00:00.123+01:00"), Some(t));
         for bad in [
             "2024-13-45",
             "2024-02-30",
@@ -473,7 +417,7 @@ mod tests {
             "",
             "2026-1",
         ] {
-            assert!(date_range(bad).is_none(), "{bad}");
+            assert!(fhir_date_range(bad).is_none(), "{bad}");
         }
     }
 
