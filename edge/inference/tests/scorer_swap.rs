@@ -59,7 +59,7 @@ async fn per_bed_requests_are_batched_and_answered_in_order() {
     for task in tasks {
         let (bed, result) = task.await.expect("task");
         let scores = result.expect("scored");
-        assert_eq!(scores.probabilities, vec![expected[bed]], "bed {bed}");
+        assert_close(&scores.probabilities, &[expected[bed]], &format!("bed {bed}"));
         assert_eq!(scores.model.version, "1.0.0");
     }
 }
@@ -75,7 +75,12 @@ async fn hot_swap_never_fails_in_flight_scoring() {
     let x = rows(300, 8, 11);
     let expect_v1 = v1.score_blocking(&x).expect("v1 reference");
     let expect_v2 = v2.score_blocking(&x).expect("v2 reference");
-    assert_ne!(expect_v1, expect_v2);
+    let widest = expect_v1
+        .iter()
+        .zip(&expect_v2)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(widest > 1e-3, "v1 and v2 must be told apart: {widest}");
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -106,10 +111,10 @@ async fn hot_swap_never_fails_in_flight_scoring() {
                     }
                     other => panic!("unexpected model {other}"),
                 };
-                assert_eq!(
-                    scores.probabilities.as_slice(),
+                assert_close(
+                    &scores.probabilities,
                     &expected[..n],
-                    "results match the model they name"
+                    "results match the model they name",
                 );
             }
             seen
@@ -152,4 +157,14 @@ async fn hot_swap_never_fails_in_flight_scoring() {
         status.last_failure.map(|f| f.kind),
         Some("hash_mismatch".to_string())
     );
+}
+
+/// Equal up to float rounding. Which fixed plan (batch 1, 16 or 256) scores a request depends on what else is
+/// waiting at that moment, and plans of different batch sizes may round the last bit differently; two different
+/// models (v1 and v2) differ by far more than this.
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= 1e-6, "{what}: row {i}: {g} vs {w}");
+    }
 }
