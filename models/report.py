@@ -581,8 +581,8 @@ def model_card(kind, m, manifest, common):
     s.append("## Inputs\n\n`features`: float32 [batch, " + str(len(names)) + "] in this order (definitions in `"
              + manifest["feature_extraction"] + "`, mirrored by `models/features.py`); output `probability`: float32 "
              "[batch, 1].\n\n| # | name | unit |\n|---:|---|---|\n" + feat_rows + "\n")
-    s.append(f"## Model\n\n{manifest['architecture']} on standardised features (the standardisation is inside the "
-             f"ONNX graph), opset 17, ops {', '.join(manifest['onnx_ops'])}; sha256 `{manifest['sha256']}`. Chosen "
+    s.append(f"## Model\n\n{manifest['architecture']} on standardised features (the standardisation is folded into "
+             f"the first layer's weights, so the ONNX graph takes raw features), opset 17, ops {', '.join(manifest['onnx_ops'])}; sha256 `{manifest['sha256']}`. Chosen "
              "on the validation cohort (seed 103; then refitted on all training cohorts):\n\n"
              "| candidate | validation AUROC | validation AUPRC |\n|---|---:|---:|\n" + sel + "\n")
     s.append("## Held-out evaluation\n\n")
