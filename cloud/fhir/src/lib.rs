@@ -17,6 +17,8 @@
 //! * [`searchset_bundle`]: a `Bundle` of type `searchset`.
 //! * [`operation_outcome`]: an `OperationOutcome` (infallible).
 //! * [`audit_event`]: an `AuditEvent` (who read or searched which patients' data, or asked for a token).
+//! * Topic-based subscriptions (R4 Subscriptions Backport): [`parse_subscription`], [`subscription`],
+//!   [`subscription_status`] (`Parameters`), [`notification_bundle`], [`subscription_topic`].
 //!
 //! Date-times are rendered by `fhir-sdk` as RFC 3339 in UTC with a `Z` suffix
 //! and the fractional seconds trimmed of trailing zeros, e.g.
@@ -31,6 +33,7 @@ mod bundle;
 mod device;
 mod observation;
 mod outcome;
+mod subscription;
 mod util;
 
 pub use audit::{AuditAction, AuditEventRecord, audit_event};
@@ -38,6 +41,11 @@ pub use bundle::{SearchPage, searchset_bundle};
 pub use device::{DeviceRecord, device};
 pub use observation::{ObservationComponent, VitalSignRecord, vital_sign_observation};
 pub use outcome::{IssueCode, IssueSeverity, operation_outcome};
+pub use subscription::{
+    NotificationBundle, NotificationEntry, NotificationEventRecord, SubscriptionRecord,
+    SubscriptionRequest, SubscriptionStatusRecord, TopicFilter, TopicRecord, notification_bundle,
+    parse_subscription, subscription, subscription_status, subscription_topic,
+};
 
 /// LOINC code system URI.
 pub const LOINC: &str = "http://loinc.org";
