@@ -56,6 +56,72 @@ pub struct EdgeConfig {
     pub mqtt: Option<crate::sources::mqtt::config::MqttSourceConfig>,
 }
 
+/// The edge models (issue 5), `[engine.models]`; absent = NEWS2 and threshold alarms only. They are loaded at start from `dir` and run only if each bundle's signature
+/// verifies against one of the keys in `trusted_keys` (and its sha256 and interface match its manifest). A model
+/// that fails to load is reported (log, nurse station) and the edge runs without it: NEWS2 and the threshold
+/// alarms never depend on the models. Trained on simulated data only; not clinically validated.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Directory holding one bundle directory per model: `deterioration/` and `artifact/`, each with
+    /// `model.onnx`, `manifest.json` and `model.onnx.sig`. A missing bundle means that model does not run.
+    pub dir: PathBuf,
+    /// File of trusted release public keys (hex ed25519, one per line, `#` comments).
+    pub trusted_keys: PathBuf,
+    /// Seconds between deterioration rounds (every monitored bed in one batch); 10..=3600, default 60.
+    #[serde(default = "default_score_interval_secs")]
+    pub score_interval_secs: u64,
+    /// Alarm threshold of the deterioration model, a probability in (0, 1). Default: the signed manifest's
+    /// `decision_threshold` (the operating point in `models/deterioration/MODEL_CARD.md`).
+    #[serde(default)]
+    pub deterioration_threshold: Option<f64>,
+    /// Seconds an artifact verdict holds a medium/low threshold alarm back; 1..=300, default 30. A condition that
+    /// still holds when the hold ends is announced.
+    #[serde(default = "default_artifact_hold_secs")]
+    pub artifact_hold_secs: u64,
+}
+
+fn default_score_interval_secs() -> u64 {
+    60
+}
+
+fn default_artifact_hold_secs() -> u64 {
+    30
+}
+
+impl ModelsConfig {
+    /// The development default: `dir` with the given key file, every other setting at its default.
+    pub fn new(dir: PathBuf, trusted_keys: PathBuf) -> Self {
+        Self {
+            dir,
+            trusted_keys,
+            score_interval_secs: default_score_interval_secs(),
+            deterioration_threshold: None,
+            artifact_hold_secs: default_artifact_hold_secs(),
+        }
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |s: &str| Err(ConfigError::Invalid(s.to_string()));
+        if !(10..=3600).contains(&self.score_interval_secs) {
+            return bad("models.score_interval_secs must be 10..=3600");
+        }
+        if !(1..=300).contains(&self.artifact_hold_secs) {
+            return bad("models.artifact_hold_secs must be 1..=300");
+        }
+        if let Some(t) = self.deterioration_threshold
+            && !(t.is_finite() && t > 0.0 && t < 1.0)
+        {
+            return bad("models.deterioration_threshold must be a probability in (0, 1)");
+        }
+        if self.dir.as_os_str().is_empty() || self.trusted_keys.as_os_str().is_empty() {
+            return bad("models.dir and models.trusted_keys must be set");
+        }
+        Ok(())
+    }
+}
+
 /// Outbox limits.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -177,6 +243,9 @@ impl EdgeConfig {
         if let Some(m) = &self.mqtt {
             m.validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        if let Some(m) = &self.engine.models {
+            m.validate()?;
         }
         if self.sync.backoff_initial_ms == 0
             || self.sync.backoff_max_ms < self.sync.backoff_initial_ms

@@ -128,6 +128,8 @@ pub struct EdgeNode {
     append_lock: tokio::sync::Mutex<()>,
     /// The engine's subscription, made at start so no event accepted before `run` is missed; taken by `run`.
     engine_rx: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<Arc<Vec<NewEvent>>>>>,
+    /// The edge models as loaded at start (none if not configured or refused; see `ml::runtime`).
+    models: Arc<crate::ml::runtime::EdgeModels>,
 }
 
 impl EdgeNode {
@@ -150,10 +152,22 @@ impl EdgeNode {
             )),
         );
         info!(edge = %config.edge_id, pending = outbox.pending().await?, "edge outbox open");
-        let engine = Arc::new(std::sync::Mutex::new(ClinicalEngine::new(
-            config.engine.clone(),
-            config.edge_id.as_str(),
-        )));
+        let mut engine = ClinicalEngine::new(config.engine.clone(), config.edge_id.as_str());
+        // The models load (read, verify, compile) on a blocking thread; a refused model leaves the edge running
+        // without it (NEWS2 and threshold alarms do not depend on it), and says so.
+        let models = match config.engine.models.clone() {
+            Some(cfg) => tokio::task::spawn_blocking(move || {
+                crate::ml::runtime::EdgeModels::load(&cfg)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                error!(error = %e, "loading the edge models panicked; running without them");
+                crate::ml::runtime::EdgeModels::default()
+            }),
+            None => crate::ml::runtime::EdgeModels::default(),
+        };
+        engine.set_models(models.settings(), models.status().to_vec());
+        let engine = Arc::new(std::sync::Mutex::new(engine));
         let (station_listener, station_addr) = match &config.station {
             Some(st) => {
                 let l = tokio::net::TcpListener::bind(st.listen)
@@ -204,6 +218,7 @@ impl EdgeNode {
             append_lock: tokio::sync::Mutex::new(()),
             alarm_changes: tokio::sync::broadcast::channel(1024).0,
             accepted_tx,
+            models: Arc::new(models),
         }))
     }
 
@@ -288,6 +303,11 @@ impl EdgeNode {
     /// The clinical engine.
     pub fn engine(&self) -> &SharedEngine {
         &self.engine
+    }
+
+    /// The edge models (what runs, and why a model does not).
+    pub fn models(&self) -> &Arc<crate::ml::runtime::EdgeModels> {
+        &self.models
     }
 
     /// Where the HL7 MLLP listener listens, if served.

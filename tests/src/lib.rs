@@ -113,6 +113,85 @@ fn sha256_hex(b: &[u8]) -> String {
     hex_encode(&sha2::Sha256::digest(b))
 }
 
+/// The committed edge models (`models/` in the repository).
+pub fn repo_models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("models")
+}
+
+/// Bundle directories of the edge models, under `models/` and under the edge's model directory.
+pub const MODEL_KINDS: [&str; 2] = ["deterioration", "artifact"];
+
+/// The edge models for development: a development release key (created once under `pki_dir` as
+/// `model-release-dev.key`, mode 0600, and `model-release-dev.pub`, like the development certificates), and
+/// each committed model in `source` (`deterioration/`, `artifact/`: `model.onnx` + `manifest.json`) copied into
+/// `models_dir` and signed with that key. Returns the `[engine.models]` configuration that trusts exactly that
+/// key. The development key stands in for a hospital's release key; it is not a release signature.
+pub fn dev_models(
+    pki_dir: &Path,
+    source: &Path,
+    models_dir: &Path,
+) -> Result<wardwatch_edge::config::ModelsConfig> {
+    use wardwatch_edge::ml::inference::{SigningKey, sign_manifest, signature};
+    std::fs::create_dir_all(pki_dir).with_context(|| format!("creating {}", pki_dir.display()))?;
+    let key_path = pki_dir.join("model-release-dev.key");
+    let pub_path = pki_dir.join("model-release-dev.pub");
+    let key = if key_path.is_file() {
+        let text = std::fs::read_to_string(&key_path)
+            .with_context(|| format!("reading {}", key_path.display()))?;
+        signature::parse_signing_key(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", key_path.display()))?
+    } else {
+        let mut seed = [0u8; 32];
+        rand::rng().fill_bytes(&mut seed);
+        write_private(&key_path, format!("{}\n", hex_encode(&seed)).as_bytes())?;
+        SigningKey::from_bytes(&seed)
+    };
+    std::fs::write(
+        &pub_path,
+        format!(
+            "# Wardwatch development model release key (made by the demo; not a hospital release key)\n{}\n",
+            hex_encode(key.verifying_key().as_bytes())
+        ),
+    )
+    .with_context(|| format!("writing {}", pub_path.display()))?;
+    for kind in MODEL_KINDS {
+        let (from, to) = (source.join(kind), models_dir.join(kind));
+        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+        let model = std::fs::read(from.join("model.onnx"))
+            .with_context(|| format!("reading {}", from.join("model.onnx").display()))?;
+        let manifest = std::fs::read(from.join("manifest.json"))
+            .with_context(|| format!("reading {}", from.join("manifest.json").display()))?;
+        std::fs::write(to.join("model.onnx"), &model)?;
+        std::fs::write(to.join("manifest.json"), &manifest)?;
+        std::fs::write(to.join("model.onnx.sig"), sign_manifest(&key, &manifest))?;
+    }
+    Ok(wardwatch_edge::config::ModelsConfig::new(
+        models_dir.to_path_buf(),
+        pub_path,
+    ))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
 /// A cloud configuration for the development setup. `dev-ehr` is registered with its public JWKS (SMART Backend
 /// Services) and, for the whole-system tests, also with the static development token ([`DevSetup::token`],
 /// `dev_static_tokens` on). The demo turns that off with [`smart_only`].
@@ -170,6 +249,7 @@ pub fn cloud_config(
             jwks_path: Some(setup.smart_jwks_path.clone()),
             token_sha256: Some(setup.token_sha256.clone()),
         }],
+        subscriptions: Default::default(),
     })
 }
 

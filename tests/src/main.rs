@@ -110,6 +110,11 @@ struct DemoArgs {
     /// or `host:port`. The simulated ward itself is injected directly into the edge, not through MQTT.
     #[arg(long, default_value = "auto")]
     mqtt_broker: String,
+    /// The edge models to run (`deterioration/`, `artifact/` bundles): signed at start with the development
+    /// release key under `<data-dir>/pki/` and copied to `<data-dir>/edge/models/`. Default: the repository's
+    /// `models/`.
+    #[arg(long)]
+    models: Option<PathBuf>,
 }
 
 const DEMO_EDGE: &str = "edge-7a";
@@ -166,6 +171,23 @@ async fn demo(args: DemoArgs) -> Result<()> {
     edge_cfg.station = Some(wardwatch_edge::station::StationConfig {
         listen: args.station_listen,
     });
+    // The edge models: the committed ones, signed now with the development release key the edge trusts. If that
+    // fails the edge still starts (NEWS2 and threshold alarms) and says why the models do not run.
+    let models_src = args
+        .models
+        .clone()
+        .unwrap_or_else(wardwatch::repo_models_dir);
+    let models_dir = data.join("edge").join("models");
+    match wardwatch::dev_models(&data.join("pki"), &models_src, &models_dir) {
+        Ok(m) => edge_cfg.engine.models = Some(m),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "edge models not signed; the edge runs without them");
+            edge_cfg.engine.models = Some(wardwatch_edge::config::ModelsConfig::new(
+                models_dir,
+                data.join("pki").join("model-release-dev.pub"),
+            ));
+        }
+    }
     edge_cfg.hl7_mllp = Some(wardwatch_edge::sources::hl7::Hl7MllpConfig {
         listen: args.hl7_listen,
         ..Default::default()
@@ -292,6 +314,14 @@ async fn demo(args: DemoArgs) -> Result<()> {
     println!("FHIR base: {fhir_base}");
     if let Some(s) = &station {
         println!("Nurse station: {s}");
+    }
+    for m in edge.node.models().status() {
+        println!(
+            "Edge model {}: {} (simulated training data, not clinically validated)",
+            m.model,
+            if m.running { "running" } else { "NOT running" }
+        );
+        println!("  {}", m.detail);
     }
     if let Some(a) = edge.node.hl7_addr() {
         println!("HL7 v2 (IHE PCD-01) over MLLP: {a}");

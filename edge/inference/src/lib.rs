@@ -31,6 +31,6 @@ pub use bundle::{
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{KeyError, LoadError, ScoreError};
 pub use manifest::Manifest;
-pub use scorer::{Prediction, Scorer, ScorerOptions, Scores};
+pub use scorer::{Prediction, Scorer, ScorerOptions, ScorerStats, Scores};
 pub use signature::{SIGNATURE_CONTEXT, SignatureEnvelope, TrustedKeys, sign_manifest};
 pub use slot::{ModelSlot, SlotStatus, SwapFailure};

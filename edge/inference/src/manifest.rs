@@ -31,6 +31,13 @@ pub struct Manifest {
     /// Also read from `features` (the training pipeline writes `"features": [{"name", "unit"}, ...]`).
     #[serde(alias = "features", deserialize_with = "feature_names")]
     pub feature_names: Vec<String>,
+    /// The operating point the pipeline chose (`decision_threshold`, a probability in 0..1), if any. Signed with
+    /// the rest of the manifest, so the edge may act on it.
+    #[serde(default)]
+    pub decision_threshold: Option<f64>,
+    /// What the model predicts, in words (`outcome`), if given; carried on every prediction.
+    #[serde(default)]
+    pub outcome: Option<String>,
 }
 
 /// A `feature_names` entry: `"hr_last"` or `{"name": "hr_last", "unit": "/min", ...}`.
@@ -121,6 +128,16 @@ impl Manifest {
 
     fn validate(&self) -> Result<(), LoadError> {
         let bad = |m: String| Err(LoadError::BadManifest(m));
+        if let Some(t) = self.decision_threshold
+            && !(t.is_finite() && t > 0.0 && t < 1.0)
+        {
+            return bad(format!(
+                "decision_threshold {t} must be a probability in (0, 1)"
+            ));
+        }
+        if self.outcome.as_ref().is_some_and(|o| o.len() > 512) {
+            return bad("outcome must be at most 512 bytes".into());
+        }
         if self.name.trim().is_empty()
             || self.name.len() > 128
             || self.name.chars().any(char::is_control)

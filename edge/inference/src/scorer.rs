@@ -11,6 +11,7 @@
 //! and a swap during a run only affects the next run.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,6 +63,18 @@ impl Scores {
     }
 }
 
+/// Counters of a scoring thread.
+#[derive(Debug, Default)]
+pub struct ScorerStats {
+    /// Inference runs (each one batch across the requests that were waiting).
+    pub runs: AtomicU64,
+    /// Rows scored.
+    pub rows: AtomicU64,
+    /// Runs that found themselves inside an async runtime's context. Always 0: scoring runs on the scorer's own
+    /// thread (the invariant that async tasks never block on inference); a check, not a tuning knob.
+    pub runs_on_async_runtime: AtomicU64,
+}
+
 struct Request {
     rows: Vec<f32>,
     width: usize,
@@ -74,6 +87,7 @@ struct Request {
 pub struct Scorer {
     tx: mpsc::Sender<Request>,
     slot: Arc<ModelSlot>,
+    stats: Arc<ScorerStats>,
 }
 
 impl std::fmt::Debug for Scorer {
@@ -90,10 +104,17 @@ impl Scorer {
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let worker_slot = Arc::clone(&slot);
         let max_rows = options.max_rows_per_run.max(1);
+        let stats = Arc::new(ScorerStats::default());
+        let worker_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name(format!("inference-{}", slot.name()))
-            .spawn(move || worker(worker_slot, rx, max_rows))?;
-        Ok(Scorer { tx, slot })
+            .spawn(move || worker(worker_slot, rx, max_rows, worker_stats))?;
+        Ok(Scorer { tx, slot, stats })
+    }
+
+    /// The scoring thread's counters.
+    pub fn stats(&self) -> &ScorerStats {
+        &self.stats
     }
 
     /// The slot this scorer serves.
@@ -127,7 +148,12 @@ impl Scorer {
     }
 }
 
-fn worker(slot: Arc<ModelSlot>, mut rx: mpsc::Receiver<Request>, max_rows: usize) {
+fn worker(
+    slot: Arc<ModelSlot>,
+    mut rx: mpsc::Receiver<Request>,
+    max_rows: usize,
+    stats: Arc<ScorerStats>,
+) {
     let mut runner: Option<ModelRunner> = None;
     let mut batch: Vec<Request> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -141,6 +167,11 @@ fn worker(slot: Arc<ModelSlot>, mut rx: mpsc::Receiver<Request>, max_rows: usize
                 }
                 Err(_) => break,
             }
+        }
+        stats.runs.fetch_add(1, Ordering::Relaxed);
+        stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            stats.runs_on_async_runtime.fetch_add(1, Ordering::Relaxed);
         }
         serve(&slot, &mut runner, &mut batch);
     }

@@ -59,7 +59,11 @@ async fn per_bed_requests_are_batched_and_answered_in_order() {
     for task in tasks {
         let (bed, result) = task.await.expect("task");
         let scores = result.expect("scored");
-        assert_close(&scores.probabilities, &[expected[bed]], &format!("bed {bed}"));
+        assert_close(
+            &scores.probabilities,
+            &[expected[bed]],
+            &format!("bed {bed}"),
+        );
         assert_eq!(scores.model.version, "1.0.0");
     }
 }

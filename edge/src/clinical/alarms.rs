@@ -12,6 +12,7 @@
 //! | acknowledge | records who; the alarm clears once the condition has ended |
 //! | silence | pauses the announcement for a bounded time; re-announced if still active and unacknowledged |
 //! | escalation | unacknowledged after the per-priority delay → escalated (once) |
+//! | hold back | a pending medium/low condition may be held back for a bounded time (the artifact model judged its signal implausible, see [`AlarmManager::hold`]); it is announced when the hold ends if it still holds. A high-priority condition is never held: `hold` refuses it, and a held condition that becomes high is announced at once |
 //!
 //! Every state change is returned as a `wardwatch_proto::v1::Alarm` event, which the engine appends to the
 //! outbox so it syncs to the cloud. Pure logic: time is passed in.
@@ -174,6 +175,15 @@ struct Record {
     view: AlarmView,
     device_id: String,
     since: i64,
+    /// Held back (not announced) before this time, unless the priority is high.
+    held_until: Option<i64>,
+}
+
+impl Record {
+    /// Whether a pending alarm may be announced at `now` as far as holds go: high priority always may.
+    fn hold_allows(&self, now: i64) -> bool {
+        self.view.priority == AlarmPriority::High || self.held_until.is_none_or(|u| now >= u)
+    }
 }
 
 /// Counters for evaluation and operators.
@@ -191,6 +201,10 @@ pub struct AlarmStats {
     pub acknowledged: u64,
     /// Alarms cleared.
     pub cleared: u64,
+    /// Holds applied to pending medium/low conditions (artifact verdicts).
+    pub held_back: u64,
+    /// Held conditions that ended while held, never announced.
+    pub held_back_suppressed: u64,
 }
 
 /// Errors of user actions.
@@ -307,6 +321,7 @@ impl AlarmManager {
                     },
                     device_id: c.device_id,
                     since: at,
+                    held_until: None,
                 };
                 self.records.insert(c.key.clone(), record);
                 if self.policy.delay(c.priority) == 0 {
@@ -325,7 +340,7 @@ impl AlarmManager {
                 #[allow(clippy::collapsible_match)]
                 match r.view.phase {
                     Phase::Pending { since } => {
-                        if at - since >= self.policy.delay(r.view.priority) {
+                        if at - since >= self.policy.delay(r.view.priority) && r.hold_allows(at) {
                             self.announce(&c.key, at, &mut out);
                         }
                     }
@@ -346,6 +361,9 @@ impl AlarmManager {
                 match r.view.phase {
                     Phase::Pending { .. } => {
                         self.stats.suppressed_transient += 1;
+                        if r.held_until.is_some() {
+                            self.stats.held_back_suppressed += 1;
+                        }
                         self.records.remove(&c.key);
                     }
                     Phase::Raised | Phase::Silenced { .. }
@@ -376,7 +394,8 @@ impl AlarmManager {
             match r.view.phase {
                 Phase::Pending { since }
                     if r.view.condition_active
-                        && now - since >= self.policy.delay(r.view.priority) =>
+                        && now - since >= self.policy.delay(r.view.priority)
+                        && r.hold_allows(now) =>
                 {
                     self.announce(&key, now, &mut out);
                 }
@@ -473,6 +492,39 @@ impl AlarmManager {
         }
     }
 
+    /// Holds back the pending condition `key` until `until` (announcing it no earlier, if it still holds then).
+    /// Returns whether a hold was applied: only a pending medium- or low-priority condition can be held, never a
+    /// high-priority one and never an alarm already announced.
+    pub fn hold(&mut self, key: &ConditionKey, until: i64) -> bool {
+        let Some(r) = self.records.get_mut(key) else {
+            return false;
+        };
+        if r.view.priority == AlarmPriority::High
+            || !matches!(r.view.phase, Phase::Pending { .. })
+            || !r.view.condition_active
+        {
+            return false;
+        }
+        r.held_until = Some(r.held_until.map_or(until, |u| u.max(until)));
+        self.stats.held_back += 1;
+        true
+    }
+
+    /// Until when a pending condition is held back, if it is.
+    pub fn held_until(&self, key: &ConditionKey) -> Option<i64> {
+        self.records.get(key).and_then(|r| match r.view.phase {
+            Phase::Pending { .. } if r.view.priority != AlarmPriority::High => r.held_until,
+            _ => None,
+        })
+    }
+
+    /// Whether the condition `key` is pending (seen, not yet announced).
+    pub fn is_pending(&self, key: &ConditionKey) -> bool {
+        self.records
+            .get(key)
+            .is_some_and(|r| matches!(r.view.phase, Phase::Pending { .. }))
+    }
+
     /// Announced alarms (pending ones excluded), most urgent first, then oldest first.
     pub fn active(&self) -> Vec<AlarmView> {
         let mut v: Vec<AlarmView> = self
@@ -529,6 +581,58 @@ mod tests {
         v.iter()
             .map(|a| AlarmState::try_from(a.state).unwrap_or(AlarmState::Unspecified))
             .collect()
+    }
+
+    #[test]
+    fn a_held_medium_condition_waits_for_its_hold_and_a_high_one_is_never_held() {
+        let mut m = AlarmManager::new(AlarmPolicy::default(), "e");
+        assert!(
+            m.update(cond("spo2-low", AlarmPriority::Medium, true, 0))
+                .is_empty()
+        );
+        let k = key("MRN1", AlarmKind::VitalThreshold, "spo2-low");
+        assert!(m.hold(&k, 40_000));
+        assert_eq!(m.held_until(&k), Some(40_000));
+        // Past the 15 s delay but inside the hold: not announced.
+        assert!(m.tick(20_000).is_empty());
+        assert!(m.tick(39_999).is_empty());
+        // The hold ends and the condition still holds: announced.
+        assert_eq!(states(&m.tick(40_000)), vec![AlarmState::Raised]);
+        // An announced alarm cannot be held.
+        assert!(!m.hold(&k, 90_000));
+
+        // High priority: refused, and raised at once anyway.
+        let hr = cond("hr-high", AlarmPriority::High, true, 50_000);
+        assert_eq!(states(&m.update(hr)), vec![AlarmState::Raised]);
+        assert!(!m.hold(&key("MRN1", AlarmKind::VitalThreshold, "hr-high"), 99_000));
+
+        // A held medium condition that turns high is announced at once, hold or not.
+        assert!(
+            m.update(cond("rr-high", AlarmPriority::Medium, true, 60_000))
+                .is_empty()
+        );
+        let rr = key("MRN1", AlarmKind::VitalThreshold, "rr-high");
+        assert!(m.hold(&rr, 200_000));
+        assert_eq!(
+            states(&m.update(cond("rr-high", AlarmPriority::High, true, 61_000))),
+            vec![AlarmState::Raised]
+        );
+        // A held condition that ends while held was never announced.
+        assert!(
+            m.update(cond("temp-high", AlarmPriority::Medium, true, 70_000))
+                .is_empty()
+        );
+        assert!(m.hold(
+            &key("MRN1", AlarmKind::VitalThreshold, "temp-high"),
+            100_000
+        ));
+        assert!(m.tick(90_000).is_empty());
+        assert!(
+            m.update(cond("temp-high", AlarmPriority::Medium, false, 95_000))
+                .is_empty()
+        );
+        assert_eq!(m.stats().held_back, 3);
+        assert_eq!(m.stats().held_back_suppressed, 1);
     }
 
     #[test]

@@ -21,6 +21,10 @@ use super::alarms::{
 use super::infusion::{
     ConditionChange, InfusionCondition, InfusionMonitor, InfusionSafetyConfig, InfusionView,
 };
+use super::models::{
+    ArtifactRequest, ArtifactResult, DeteriorationRequest, DeteriorationResult, DeteriorationRow,
+    MlSettings, MlWork, PatientMl, artifact_signal, deterioration_message,
+};
 use super::news2::{ClinicalResponse, News2Config, PatientNews2, SpO2Scale, Trend};
 use super::thresholds::{PatientThresholds, ThresholdConfig};
 
@@ -40,6 +44,8 @@ pub struct EngineConfig {
     pub news2: News2Config,
     /// MRNs of patients on NEWS2 SpO2 scale 2 (hypercapnic respiratory failure), as decided clinically.
     pub spo2_scale_2_patients: Vec<String>,
+    /// The edge models (deterioration risk, artifact hold-back), `[engine.models]`; absent = none.
+    pub models: Option<crate::config::ModelsConfig>,
 }
 
 /// The latest value of one metric at a bed.
@@ -89,6 +95,8 @@ pub struct BedView {
     pub infusions: Vec<InfusionDisplay>,
     /// Announced alarms for this bed, most urgent first.
     pub alarms: Vec<AlarmDisplay>,
+    /// The deterioration model's latest prediction, if the model runs.
+    pub deterioration: Option<PredictionView>,
 }
 
 /// An infusion for display.
@@ -133,11 +141,43 @@ pub struct AlarmDisplay {
     pub acknowledged_by: Option<String>,
 }
 
+/// A model's latest prediction for a bed, for display.
+#[derive(Debug, Clone, Serialize)]
+pub struct PredictionView {
+    /// Model name and version.
+    pub model: String,
+    /// Probability of the outcome.
+    pub probability: f32,
+    /// Whether it is at or above the alarm threshold.
+    pub above_threshold: bool,
+    /// When predicted.
+    pub at_unix_ms: i64,
+    /// Always shown with a prediction.
+    pub note: &'static str,
+}
+
+/// Whether one edge model is running, for display (the nurse station and its API).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelStatusView {
+    /// "deterioration" or "artifact".
+    pub model: String,
+    /// Whether it is loaded, verified and in use.
+    pub running: bool,
+    /// Name, version and sha256 prefix of the model in use, or why none is.
+    pub detail: String,
+}
+
+/// Said wherever a prediction is shown.
+pub const SIMULATED_MODEL_NOTE: &str =
+    "model trained on simulated data only; not clinically validated";
+
 /// The whole ward for the nurse station.
 #[derive(Debug, Clone, Serialize)]
 pub struct WardSnapshot {
     /// When taken.
     pub at_unix_ms: i64,
+    /// The edge models and whether they run (NEWS2 and threshold alarms run either way).
+    pub models: Vec<ModelStatusView>,
     /// Beds in ward/bed order.
     pub beds: Vec<BedView>,
     /// Alarms not tied to a bed (technical).
@@ -150,6 +190,10 @@ struct PatientState {
     news2: PatientNews2,
     thresholds: PatientThresholds,
     latest: BTreeMap<String, LatestValue>,
+    /// Feature buffer for the edge models (only while a model runs).
+    ml: Option<Box<PatientMl>>,
+    /// The deterioration model's latest prediction.
+    prediction: Option<PredictionView>,
 }
 
 /// Counters.
@@ -163,6 +207,14 @@ pub struct EngineStats {
     pub news2_updates: u64,
     /// Alarm events produced.
     pub alarm_events: u64,
+    /// Deterioration predictions made into risk events.
+    pub model_predictions: u64,
+    /// Deterioration rounds that failed to score (the model was unavailable or refused the batch).
+    pub model_failures: u64,
+    /// Artifact questions asked.
+    pub artifact_queries: u64,
+    /// Artifact verdicts that held a pending threshold condition back.
+    pub artifact_holds: u64,
 }
 
 /// The clinical engine of one edge.
@@ -174,6 +226,14 @@ pub struct ClinicalEngine {
     infusion_orders: HashMap<String, (String, BedLocation, String)>,
     alarms: AlarmManager,
     stats: EngineStats,
+    /// The edge models in use, if any.
+    ml: Option<MlSettings>,
+    /// Status of the edge models for display.
+    model_status: Vec<ModelStatusView>,
+    /// When the next deterioration round is due.
+    next_score_at: i64,
+    /// Work waiting to be scored.
+    ml_work: MlWork,
 }
 
 fn priority_name(p: AlarmPriority) -> &'static str {
@@ -241,7 +301,185 @@ impl ClinicalEngine {
             patients: HashMap::new(),
             infusion_orders: HashMap::new(),
             stats: EngineStats::default(),
+            ml: None,
+            model_status: Vec::new(),
+            next_score_at: i64::MIN,
+            ml_work: MlWork::default(),
         }
+    }
+
+    /// Sets the edge models the engine may use (`None`: none; NEWS2 and the threshold alarms run either way) and
+    /// the status the nurse station shows. Patients seen from now on get a feature buffer while a model runs.
+    pub fn set_models(&mut self, ml: Option<MlSettings>, status: Vec<ModelStatusView>) {
+        let on = ml
+            .as_ref()
+            .is_some_and(|m| m.deterioration.is_some() || m.artifact.is_some());
+        let cfg = &self.cfg;
+        for (id, p) in &mut self.patients {
+            if on && p.ml.is_none() {
+                let scale_2 = cfg.spo2_scale_2_patients.iter().any(|x| x == id);
+                p.ml = Some(Box::new(PatientMl::new(scale_2)));
+            } else if !on {
+                p.ml = None;
+                p.prediction = None;
+            }
+        }
+        self.ml = if on { ml } else { None };
+        self.model_status = status;
+        self.next_score_at = i64::MIN;
+    }
+
+    /// The edge models in use.
+    pub fn models(&self) -> Option<&MlSettings> {
+        self.ml.as_ref()
+    }
+
+    /// The status of the edge models, as shown.
+    pub fn model_status(&self) -> &[ModelStatusView] {
+        &self.model_status
+    }
+
+    /// Takes what is waiting to be scored (see [`super::models`]).
+    pub fn take_ml_work(&mut self) -> MlWork {
+        std::mem::take(&mut self.ml_work)
+    }
+
+    /// Builds a deterioration round for every patient with a feature buffer, due every `score_interval_ms`.
+    fn schedule_deterioration(&mut self, now: i64) {
+        let Some(ml) = &self.ml else { return };
+        if ml.deterioration.is_none() || now < self.next_score_at {
+            return;
+        }
+        let every = ml.score_interval_ms.max(1_000);
+        self.next_score_at = (now.div_euclid(every) + 1) * every;
+        let mut rows: Vec<DeteriorationRow> = self
+            .patients
+            .iter()
+            .filter_map(|(id, p)| {
+                let m = p.ml.as_ref()?;
+                let features = m.buffer.features_at(now);
+                Some(DeteriorationRow {
+                    patient_id: id.clone(),
+                    location: p.location.clone(),
+                    derived_from: m.derived_from(&features),
+                    features,
+                })
+            })
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        rows.sort_by(|a, b| a.patient_id.cmp(&b.patient_id));
+        // A round not yet taken is replaced by the newer one: only the latest matters.
+        self.ml_work.deterioration = Some(DeteriorationRequest {
+            at_unix_ms: now,
+            rows,
+        });
+    }
+
+    /// Turns a scored deterioration round into risk events and alarm conditions.
+    pub fn on_deterioration_result(&mut self, r: DeteriorationResult) -> Vec<Payload> {
+        let Some(use_) = self.ml.as_ref().and_then(|m| m.deterioration.clone()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let at = r.request.at_unix_ms;
+        for (i, row) in r.request.rows.into_iter().enumerate() {
+            let Some(&p) = r.probabilities.get(i) else {
+                break;
+            };
+            if !p.is_finite() {
+                continue;
+            }
+            let p = p.clamp(0.0, 1.0);
+            self.stats.model_predictions += 1;
+            out.push(Payload::Risk(wardwatch_proto::v1::RiskScore {
+                patient_id: row.patient_id.clone(),
+                location: Some(row.location.clone()),
+                computed_at_unix_ms: at,
+                score: Some(wardwatch_proto::v1::risk_score::Score::Model(
+                    wardwatch_proto::v1::ModelPrediction {
+                        model_name: r.model.name.clone(),
+                        model_version: r.model.version.clone(),
+                        model_sha256: r.model.sha256.clone(),
+                        probability: f64::from(p),
+                        outcome: use_.outcome.clone(),
+                        window_start_unix_ms: row.features.window_start_unix_ms,
+                        window_end_unix_ms: row.features.window_end_unix_ms,
+                    },
+                )),
+                derived_from: row.derived_from,
+            }));
+            let above = f64::from(p) >= use_.threshold;
+            if let Some(ps) = self.patients.get_mut(&row.patient_id) {
+                ps.prediction = Some(PredictionView {
+                    model: r.model.to_string(),
+                    probability: p,
+                    above_threshold: above,
+                    at_unix_ms: at,
+                    note: SIMULATED_MODEL_NOTE,
+                });
+            }
+            let reasons = r.reasons.get(i).map(Vec::as_slice).unwrap_or_default();
+            let cond = Condition {
+                key: key(
+                    &row.patient_id,
+                    AlarmKind::DeteriorationRisk,
+                    "deterioration-model",
+                ),
+                priority: AlarmPriority::Medium,
+                active: above,
+                message: if above {
+                    deterioration_message(&r.model, p, use_.threshold, reasons)
+                } else {
+                    format!(
+                        "Deterioration risk {p:.2} below {:.2} (model {})",
+                        use_.threshold, r.model
+                    )
+                },
+                patient_id: row.patient_id,
+                location: row.location,
+                device_id: String::new(),
+                at_unix_ms: at,
+            };
+            let alarms = self.alarms.update(cond);
+            self.stats.alarm_events += alarms.len() as u64;
+            out.extend(alarms.into_iter().map(Payload::Alarm));
+        }
+        out
+    }
+
+    /// Records a deterioration round that could not be scored.
+    pub fn on_deterioration_failure(&mut self) {
+        self.stats.model_failures += 1;
+    }
+
+    /// Applies artifact verdicts: a verdict at or above the threshold holds its pending condition back.
+    pub fn on_artifact_results(&mut self, results: Vec<ArtifactResult>) -> Vec<Payload> {
+        let Some(ml) = &self.ml else {
+            return Vec::new();
+        };
+        let Some(use_) = &ml.artifact else {
+            return Vec::new();
+        };
+        for r in results {
+            if f64::from(r.probability) >= use_.threshold
+                && self.alarms.hold(
+                    &r.request.key,
+                    r.request.features.window_end_unix_ms + ml.artifact_hold_ms,
+                )
+            {
+                self.stats.artifact_holds += 1;
+                tracing::info!(
+                    patient = %r.request.patient_id,
+                    condition = %r.request.key.detail,
+                    probability = r.probability,
+                    model = %r.model,
+                    "threshold alarm held back: the artifact model judged its signal implausible"
+                );
+            }
+        }
+        Vec::new()
     }
 
     /// Counters.
@@ -284,6 +522,7 @@ impl ClinicalEngine {
         id: &str,
         location: &BedLocation,
         scale: SpO2Scale,
+        ml_on: bool,
     ) -> &'a mut PatientState {
         let p = patients
             .entry(id.to_string())
@@ -292,6 +531,8 @@ impl ClinicalEngine {
                 news2: PatientNews2::new(scale),
                 thresholds: PatientThresholds::default(),
                 latest: BTreeMap::new(),
+                ml: ml_on.then(|| Box::new(PatientMl::new(scale == SpO2Scale::Scale2))),
+                prediction: None,
             });
         p.location = location.clone();
         p
@@ -322,7 +563,11 @@ impl ClinicalEngine {
         let thr_cfg = &self.cfg.thresholds;
         let at = v.measured_at_unix_ms;
         let patient_id = v.patient_id.clone();
-        let p = Self::patient(&mut self.patients, &patient_id, &location, scale);
+        let ml_on = self.ml.is_some();
+        let p = Self::patient(&mut self.patients, &patient_id, &location, scale, ml_on);
+        if let Some(m) = &mut p.ml {
+            m.observe(v, source_key);
+        }
         // Display value.
         if let Some(m) = metrics::by_mdc(v.metric_mdc) {
             let display = if !v.enumerated.is_empty() {
@@ -380,7 +625,15 @@ impl ClinicalEngine {
                 at,
             ));
         }
+        let artifact_on = self.ml.as_ref().is_some_and(|m| m.artifact.is_some());
         for c in thresholds {
+            // A medium/low threshold condition on a continuous signal that starts now is put to the artifact model
+            // (asked once, while it waits out its delay). High-priority conditions are never held, so never asked.
+            let ask = artifact_on
+                && c.active
+                && c.priority != AlarmPriority::High
+                && self.alarms.since(&c.key).is_none();
+            let ask_key = ask.then(|| c.key.clone());
             let cond = Condition {
                 key: c.key,
                 priority: c.priority,
@@ -392,6 +645,18 @@ impl ClinicalEngine {
                 at_unix_ms: at,
             };
             out.extend(self.alarms.update(cond).into_iter().map(Payload::Alarm));
+            if let (Some(k), Some(signal)) = (ask_key, artifact_signal(v.metric_mdc))
+                && self.alarms.held_until(&k).is_none()
+                && self.alarms.is_pending(&k)
+                && let Some(m) = self.patients.get(&patient_id).and_then(|p| p.ml.as_ref())
+            {
+                self.stats.artifact_queries += 1;
+                self.ml_work.artifact.push(ArtifactRequest {
+                    key: k,
+                    patient_id: patient_id.clone(),
+                    features: m.buffer.artifact_features_at(at, signal),
+                });
+            }
         }
         self.stats.alarm_events += out
             .iter()
@@ -534,6 +799,7 @@ impl ClinicalEngine {
 
     /// Advances time: NEWS2 staleness, infusion persistence and device loss, alarm delays and escalation.
     pub fn tick(&mut self, now: i64) -> Vec<Payload> {
+        self.schedule_deterioration(now);
         let mut out = Vec::new();
         let cfg = self.cfg.news2.clone();
         let mut updates = Vec::new();
@@ -640,6 +906,7 @@ impl ClinicalEngine {
                     news2,
                     infusions: Vec::new(),
                     alarms: Vec::new(),
+                    deterioration: p.prediction.clone(),
                 },
             );
         }
@@ -674,6 +941,7 @@ impl ClinicalEngine {
         });
         WardSnapshot {
             at_unix_ms: now,
+            models: self.model_status.clone(),
             beds,
             other_alarms,
         }
@@ -764,6 +1032,176 @@ mod tests {
                 .map(|n| (n.total, n.response)),
             Some((10, "high"))
         );
+    }
+
+    use crate::clinical::models::{
+        ArtifactResult, DeteriorationResult, MlSettings, ModelRef, ModelUse,
+    };
+
+    fn model(name: &str) -> ModelRef {
+        ModelRef {
+            name: name.into(),
+            version: "1.0.0".into(),
+            sha256: "0be759765a3bb59cc28ba57dcd8c75a79f6be1af663b58f8f95d742454079122".into(),
+        }
+    }
+
+    fn ml_engine(det: bool, art: bool) -> ClinicalEngine {
+        let mut e = ClinicalEngine::new(EngineConfig::default(), "edge");
+        let use_ = |name: &str, t: f64| ModelUse {
+            model: model(name),
+            threshold: t,
+            outcome: "labelled deterioration within 4 h".into(),
+        };
+        e.set_models(
+            Some(MlSettings {
+                deterioration: det.then(|| use_("wardwatch-deterioration", 0.15)),
+                artifact: art.then(|| use_("wardwatch-artifact", 0.9)),
+                score_interval_ms: 60_000,
+                artifact_hold_ms: 30_000,
+            }),
+            Vec::new(),
+        );
+        e
+    }
+
+    fn raised(out: &[Payload], kind: AlarmKind) -> Vec<(i32, String)> {
+        out.iter()
+            .filter_map(|p| match p {
+                Payload::Alarm(a)
+                    if a.kind == kind as i32 && a.state == AlarmState::Raised as i32 =>
+                {
+                    Some((a.priority, a.message.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_deterioration_round_becomes_risk_events_and_a_medium_alarm_naming_the_model() {
+        let mut e = ml_engine(true, false);
+        for (k, p) in ["P1", "P2"].iter().enumerate() {
+            if let Payload::Vital(mut v) = vital(MDC_RESP_RATE, 18.0, 1_000) {
+                v.patient_id = (*p).into();
+                v.location = Some(BedLocation {
+                    ward: "7A".into(),
+                    bed: format!("{}", k + 1),
+                });
+                e.on_event(&format!("rr-{p}"), &Payload::Vital(v));
+            }
+        }
+        assert!(
+            e.take_ml_work().deterioration.is_none(),
+            "not before a tick"
+        );
+        e.tick(60_000);
+        let work = e.take_ml_work();
+        let req = work.deterioration.expect("a round is due");
+        assert_eq!(req.rows.len(), 2);
+        assert_eq!(req.rows[0].derived_from, vec!["rr-P1".to_string()]);
+        // The next round is due a minute later, not at the next tick.
+        e.tick(61_000);
+        assert!(e.take_ml_work().deterioration.is_none());
+        let out = e.on_deterioration_result(DeteriorationResult {
+            model: model("wardwatch-deterioration"),
+            probabilities: vec![0.62, 0.03],
+            reasons: vec![Vec::new(), Vec::new()],
+            request: req,
+        });
+        let risks: Vec<_> = out
+            .iter()
+            .filter_map(|p| match p {
+                Payload::Risk(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(risks.len(), 2);
+        match &risks[0].score {
+            Some(wardwatch_proto::v1::risk_score::Score::Model(m)) => {
+                assert_eq!(m.model_name, "wardwatch-deterioration");
+                assert_eq!(m.model_version, "1.0.0");
+                assert!(m.model_sha256.starts_with("0be759765a3b"));
+                assert!((m.probability - 0.62).abs() < 1e-6);
+                assert_eq!(m.window_end_unix_ms - m.window_start_unix_ms, 240 * 60_000);
+            }
+            other => panic!("not a model prediction: {other:?}"),
+        }
+        // Medium priority: pending first, announced after the medium delay.
+        assert!(raised(&out, AlarmKind::DeteriorationRisk).is_empty());
+        let later = e.tick(60_000 + 16_000);
+        let a = raised(&later, AlarmKind::DeteriorationRisk);
+        assert_eq!(a.len(), 1, "only P1 is above the threshold: {a:?}");
+        assert_eq!(a[0].0, AlarmPriority::Medium as i32);
+        assert!(
+            a[0].1.contains("wardwatch-deterioration 1.0.0") && a[0].1.contains("0.62"),
+            "{}",
+            a[0].1
+        );
+        assert!(a[0].1.contains("not clinically validated"), "{}", a[0].1);
+        let snap = e.snapshot(80_000);
+        let p1 = snap.beds.iter().find(|b| b.patient_id == "P1").expect("P1");
+        assert!(p1.deterioration.as_ref().is_some_and(|d| d.above_threshold));
+    }
+
+    #[test]
+    fn an_artifact_verdict_holds_back_a_medium_threshold_alarm_but_never_a_high_one() {
+        let mut e = ml_engine(false, true);
+        // SpO2 87: below the soft limit (90), above the hard one (85): medium, pending.
+        let out = e.on_event("s1", &vital(MDC_PULS_OXIM_SAT_O2, 87.0, 1_000));
+        assert!(raised(&out, AlarmKind::VitalThreshold).is_empty());
+        let work = e.take_ml_work();
+        assert_eq!(
+            work.artifact.len(),
+            1,
+            "the new medium condition is put to the model"
+        );
+        let q = work.artifact[0].clone();
+        assert_eq!(q.key.detail, "spo2-low");
+        assert_eq!(q.features.query, crate::ml::ContinuousSignal::SpO2);
+        e.on_artifact_results(vec![ArtifactResult {
+            request: q,
+            model: model("wardwatch-artifact"),
+            probability: 0.99,
+        }]);
+        assert_eq!(e.stats().artifact_holds, 1);
+        // Past the 15 s medium delay but within the 30 s hold: held back.
+        assert!(raised(&e.tick(20_000), AlarmKind::VitalThreshold).is_empty());
+        // Meanwhile heart rate crosses its hard limit: high priority, raised at once, never put to the model.
+        let hr = e.on_event("h1", &vital(MDC_ECG_HEART_RATE, 150.0, 21_000));
+        let a = raised(&hr, AlarmKind::VitalThreshold);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].0, AlarmPriority::High as i32);
+        assert!(
+            e.take_ml_work().artifact.is_empty(),
+            "high conditions are not judged"
+        );
+        // Even a verdict naming the high condition cannot hold it.
+        let hr_key = key("P1", AlarmKind::VitalThreshold, "hr-high");
+        assert!(!e.alarms.hold(&hr_key, 99_000));
+        // The hold ends (1 s + 30 s) with SpO2 still low: now the medium alarm sounds.
+        assert!(raised(&e.tick(30_000), AlarmKind::VitalThreshold).is_empty());
+        let a = raised(&e.tick(31_000), AlarmKind::VitalThreshold);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].0, AlarmPriority::Medium as i32);
+    }
+
+    #[test]
+    fn a_plausible_verdict_does_not_hold_and_without_a_model_nothing_is_asked() {
+        let mut e = ml_engine(false, true);
+        e.on_event("s1", &vital(MDC_PULS_OXIM_SAT_O2, 87.0, 1_000));
+        let q = e.take_ml_work().artifact.remove(0);
+        e.on_artifact_results(vec![ArtifactResult {
+            request: q,
+            model: model("wardwatch-artifact"),
+            probability: 0.2,
+        }]);
+        assert_eq!(raised(&e.tick(16_000), AlarmKind::VitalThreshold).len(), 1);
+
+        let mut plain = ClinicalEngine::new(EngineConfig::default(), "edge");
+        plain.on_event("s1", &vital(MDC_PULS_OXIM_SAT_O2, 87.0, 1_000));
+        plain.tick(120_000);
+        assert!(plain.take_ml_work().is_empty());
     }
 
     #[test]

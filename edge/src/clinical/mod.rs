@@ -4,6 +4,7 @@
 pub mod alarms;
 pub mod engine;
 pub mod infusion;
+pub mod models;
 pub mod news2;
 pub mod task;
 pub mod thresholds;

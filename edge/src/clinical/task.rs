@@ -1,6 +1,8 @@
 //! Runs the clinical engine on a live edge: consumes every newly durable event from the node, ticks once a
-//! second on the wall clock, and makes what the engine produces (NEWS2 scores, alarm state changes) durable
-//! through the same accept path, so they sync to the cloud like any other event.
+//! second on the wall clock, and makes what the engine produces (NEWS2 scores, model predictions, alarm state
+//! changes) durable through the same accept path, so they sync to the cloud like any other event. Model work the
+//! engine asks for (a deterioration round each minute, artifact questions) is scored on the inference crate's
+//! scoring threads; a spawned task awaits the replies and hands them back to the engine.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,7 @@ use tracing::{error, warn};
 use wardwatch_proto::v1::edge_event::Payload;
 
 use super::engine::ClinicalEngine;
+use super::models::MlWork;
 use crate::node::{EdgeNode, Incoming};
 
 /// Most queued batches of durable events the engine scores before it commits what they produced. Their output is
@@ -24,7 +27,13 @@ pub type SharedEngine = Arc<Mutex<ClinicalEngine>>;
 pub fn produced_key(p: &Payload) -> String {
     match p {
         Payload::Alarm(a) => format!("alarm:{}:{}:{}", a.alarm_id, a.state, a.changed_at_unix_ms),
-        Payload::Risk(r) => format!("news2:{}:{}", r.patient_id, r.computed_at_unix_ms),
+        Payload::Risk(r) => match &r.score {
+            Some(wardwatch_proto::v1::risk_score::Score::Model(m)) => format!(
+                "model:{}:{}:{}:{}",
+                m.model_name, m.model_version, r.patient_id, r.computed_at_unix_ms
+            ),
+            _ => format!("news2:{}:{}", r.patient_id, r.computed_at_unix_ms),
+        },
         other => format!("engine:{other:?}").chars().take(120).collect(),
     }
 }
@@ -52,6 +61,46 @@ pub async fn emit(node: &EdgeNode, out: Vec<Payload>) {
         Ok(_) => {}
         Err(e) => error!(error = %e, "engine output not recorded"),
     }
+}
+
+/// Has the engine's model work scored and hands the results back, in a task of its own so the engine keeps
+/// consuming events meanwhile. The scoring itself runs on the inference crate's scoring threads; this task only
+/// awaits their replies (async tasks never run inference).
+fn dispatch_ml(node: &Arc<EdgeNode>, engine: &SharedEngine, work: MlWork) {
+    if work.is_empty() {
+        return;
+    }
+    let (node, engine) = (node.clone(), engine.clone());
+    tokio::spawn(async move {
+        let models = node.models().clone();
+        let mut out = Vec::new();
+        if !work.artifact.is_empty() {
+            match models.score_artifact(work.artifact).await {
+                Ok(results) => match engine.lock() {
+                    Ok(mut e) => out.extend(e.on_artifact_results(results)),
+                    Err(_) => error!("clinical engine lock poisoned"),
+                },
+                Err(err) => {
+                    warn!(error = %err, "artifact verdicts not scored; the alarms are not held back")
+                }
+            }
+        }
+        if let Some(request) = work.deterioration {
+            let beds = request.rows.len();
+            let result = models.score_deterioration(request).await;
+            match engine.lock() {
+                Ok(mut e) => match result {
+                    Ok(r) => out.extend(e.on_deterioration_result(r)),
+                    Err(err) => {
+                        e.on_deterioration_failure();
+                        warn!(error = %err, beds, "deterioration round not scored");
+                    }
+                },
+                Err(_) => error!("clinical engine lock poisoned"),
+            }
+        }
+        emit(&node, out).await;
+    });
 }
 
 /// Runs until `shutdown` resolves.
@@ -90,6 +139,7 @@ pub async fn run(
                     if lagged > 0 {
                         warn!(batches = lagged, "clinical engine fell behind; skipped batches are stored but were not scored");
                     }
+                    dispatch_ml(&node, &engine, e.take_ml_work());
                     out
                 }
                 Err(RecvError::Lagged(n)) => {
@@ -100,7 +150,9 @@ pub async fn run(
             },
             _ = tick.tick() => {
                 let Ok(mut e) = engine.lock() else { error!("clinical engine lock poisoned"); return };
-                e.tick(wardwatch_proto::now_unix_ms())
+                let out = e.tick(wardwatch_proto::now_unix_ms());
+                dispatch_ml(&node, &engine, e.take_ml_work());
+                out
             }
             () = &mut shutdown => return,
         };

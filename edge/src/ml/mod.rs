@@ -34,7 +34,12 @@
 mod artifact;
 mod buffer;
 mod deterioration;
+pub mod runtime;
 mod sample;
+
+/// The inference crate (signed bundles, scoring threads), for callers that sign or load bundles themselves
+/// (the demo signs the committed models with a development key).
+pub use wardwatch_inference as inference;
 
 pub use artifact::{ARTIFACT_FEATURES, ARTIFACT_WINDOW_MS, N_ARTIFACT_FEATURES, RECENT_MS};
 pub use buffer::{

@@ -6,7 +6,7 @@
 //! | `GET /` | the live ward page |
 //! | `GET /api/ward` | the ward snapshot (JSON) |
 //! | `GET /api/stream` | the snapshot every second as Server-Sent Events (`event: ward`) |
-//! | `GET /api/health` | sync link state and outbox depth |
+//! | `GET /api/health` | sync link state, outbox depth, and whether the edge models run (or why not) |
 //! | `POST /api/alarms/{id}/acknowledge` | `{"user": "..."}` |
 //! | `POST /api/alarms/{id}/silence` | `{"user": "...", "seconds": 60}` |
 //! | `POST /api/patients/{mrn}/spo2-scale` | `{"user": "...", "scale": 2}` (a clinical decision, recorded) |
@@ -112,6 +112,8 @@ struct Health {
     outbox_budget_bytes: u64,
     outbox_near_full: bool,
     last_sync_error: Option<String>,
+    /// The edge models: running, or why not (NEWS2 and threshold alarms run either way).
+    models: Vec<crate::clinical::engine::ModelStatusView>,
 }
 
 async fn health_value(node: &EdgeNode) -> Health {
@@ -130,6 +132,7 @@ async fn health_value(node: &EdgeNode) -> Health {
             .lock()
             .ok()
             .and_then(|l| l.clone()),
+        models: node.models().status().to_vec(),
     }
 }
 
