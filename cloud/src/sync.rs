@@ -272,6 +272,47 @@ impl EdgeSync for SyncService {
 }
 
 impl SyncService {
+    /// A resend of an event whose first claim rejected it (the edge lost that answer) gets the original
+    /// rejection again, not "replayed": the edge must dead-letter it, not count it as stored. Rewrites those
+    /// entries of `rejected` in place and returns how many it rewrote.
+    async fn answer_earlier_rejections(
+        &self,
+        edge: &RegisteredEdge,
+        rejected: &mut [ItemRejection],
+    ) -> Result<u64, Status> {
+        let replays: Vec<u64> = rejected
+            .iter()
+            .filter(|r| r.reason == RejectReason::Replayed as i32)
+            .map(|r| r.sequence)
+            .collect();
+        let earlier = self
+            .store
+            .earlier_rejections(edge.edge_id.as_str(), &replays)
+            .await
+            .map_err(|e| Status::from(CloudError::from(e)))?;
+        if earlier.is_empty() {
+            return Ok(0);
+        }
+        let by_seq: std::collections::HashMap<u64, &str> = earlier
+            .iter()
+            .map(|e| (e.sequence, e.reason.as_str()))
+            .collect();
+        let mut n = 0;
+        for r in rejected
+            .iter_mut()
+            .filter(|r| r.reason == RejectReason::Replayed as i32)
+        {
+            if let Some(text) = by_seq.get(&r.sequence) {
+                let reason = reason_from_ledger(text);
+                warn!(edge = %edge.edge_id, sequence = r.sequence, reason = ?reason, "resent event was rejected before; rejection repeated");
+                r.reason = reason as i32;
+                r.detail = format!("rejected when first received: {text}");
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     async fn process(&self, edge: &RegisteredEdge, batch: SyncBatch) -> Result<SyncAck, Status> {
         let batch_id = batch.batch_id;
         if batch.events.len() > self.max_batch_events as usize {
@@ -317,6 +358,7 @@ impl SyncService {
             }
         }
         if replayed > 0 {
+            replayed -= self.answer_earlier_rejections(edge, &mut rejected).await?;
             info!(edge = %edge.edge_id, batch_id, replayed, "replayed events acknowledged without storing");
         }
         self.stats
@@ -329,5 +371,30 @@ impl SyncService {
             stored: outcome.stored,
             rejected,
         })
+    }
+}
+
+/// The reason of a ledger rejection text (`<RejectReason variant>: <detail>`, as the ingest records it).
+/// Unknown text maps to `Invalid`: it is still a rejection, never a replay.
+fn reason_from_ledger(text: &str) -> RejectReason {
+    let name = text.split(':').next().unwrap_or("").trim();
+    (0..=i32::from(u8::MAX))
+        .filter_map(|i| RejectReason::try_from(i).ok())
+        .find(|r| format!("{r:?}") == name && *r != RejectReason::Replayed && *r != RejectReason::Unspecified)
+        .unwrap_or(RejectReason::Invalid)
+}
+
+#[cfg(test)]
+mod ledger_reason_tests {
+    use super::*;
+
+    #[test]
+    fn ledger_reason_text_maps_back_to_its_reason() {
+        assert_eq!(reason_from_ledger("UnknownMetric: mdc 1234"), RejectReason::UnknownMetric);
+        assert_eq!(reason_from_ledger("NotFinite: value is NaN"), RejectReason::NotFinite);
+        assert_eq!(reason_from_ledger("WardNotPermitted: 9Z"), RejectReason::WardNotPermitted);
+        // A rejection never turns into a replay, whatever the text says.
+        assert_eq!(reason_from_ledger("Replayed: x"), RejectReason::Invalid);
+        assert_eq!(reason_from_ledger("garbage"), RejectReason::Invalid);
     }
 }

@@ -378,11 +378,15 @@ async fn bad_items_are_rejected_one_by_one_and_the_rest_is_stored() -> Result<()
             event(6, "k6", Payload::Vital(vital(5))),
         ],
     };
-    // Batch 2 replays sequence 1 and brings one new good sample.
+    // Batch 2 replays sequence 1 (stored before), resends sequence 2 (rejected before: as if the edge lost
+    // that answer) and brings one new good sample.
+    let mut nan_again = vital(1);
+    nan_again.value = f64::NAN;
     let batch2 = SyncBatch {
         batch_id: 2,
         events: vec![
             event(1, "k1", Payload::Vital(vital(0))),
+            event(2, "k2", Payload::Vital(nan_again)),
             event(7, "k7", Payload::Vital(vital(1))),
         ],
     };
@@ -425,8 +429,23 @@ async fn bad_items_are_rejected_one_by_one_and_the_rest_is_stored() -> Result<()
         "every rejection says why"
     );
     assert_eq!((a2.acked_through_sequence, a2.stored), (7, 1));
-    assert_eq!(a2.rejected.len(), 1);
-    assert_eq!(a2.rejected[0].reason, RejectReason::Replayed as i32);
+    // The stored event is a replay; the rejected one is rejected again with its first reason, so the edge
+    // dead-letters it instead of counting it as stored.
+    let reasons2: Vec<(u64, i32)> = a2.rejected.iter().map(|r| (r.sequence, r.reason)).collect();
+    assert_eq!(
+        reasons2,
+        vec![
+            (1, RejectReason::Replayed as i32),
+            (2, RejectReason::NotFinite as i32)
+        ]
+    );
+    assert!(
+        a2.rejected[1]
+            .detail
+            .contains("rejected when first received"),
+        "{:?}",
+        a2.rejected[1]
+    );
     assert_eq!(cloud.store.count_vitals().await?, 3);
     assert_eq!(cloud.sync_stats.rejected(RejectReason::NotFinite), 1);
     assert_eq!(cloud.sync_stats.rejected(RejectReason::WardNotPermitted), 1);

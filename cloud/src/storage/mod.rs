@@ -9,6 +9,7 @@
 //! outbox, and the ledger's sequence keys arrive in ascending order, which keeps the claim cheap (migration 0002,
 //! docs/benchmarks.md).
 
+mod ledger;
 mod postgres;
 mod sqlite;
 
@@ -21,6 +22,8 @@ use sqlx::{PgPool, SqlitePool};
 use wardwatch_proto::v1::edge_event::Payload;
 use wardwatch_proto::v1::{DeviceInfo, VitalSign};
 use wardwatch_proto::validate::Rejection;
+
+pub use ledger::EarlierRejection;
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
