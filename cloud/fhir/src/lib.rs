@@ -17,6 +17,10 @@
 //! * [`searchset_bundle`]: a `Bundle` of type `searchset`.
 //! * [`operation_outcome`]: an `OperationOutcome` (infallible).
 //! * [`audit_event`]: an `AuditEvent` (who read or searched which patients' data, or asked for a token).
+//! * Issue 6 device mapping: [`news2_observation`] (NEWS2 as a `survey` Observation), [`risk_assessment`] and
+//!   [`model_provenance`] (model predictions), [`alarm_detected_issue`] (alarms as DetectedIssue),
+//!   [`infusion_observation`] and [`medication_administration`] (infusions), [`device_metric`] and
+//!   [`location`] (Point-of-Care Device shape), [`capability_statement`] (`/metadata`).
 //! * Topic-based subscriptions (R4 Subscriptions Backport): [`parse_subscription`], [`subscription`],
 //!   [`subscription_status`] (`Parameters`), [`notification_bundle`], [`subscription_topic`].
 //!
@@ -28,19 +32,42 @@
 
 #![warn(missing_docs)]
 
+mod alarm;
 mod audit;
 mod bundle;
+mod capability;
 mod device;
+mod infusion;
+mod news2;
 mod observation;
 mod outcome;
+mod pocd;
+mod risk;
 mod subscription;
 mod util;
 
+pub use alarm::{
+    ALARM_KIND_SYSTEM, ALARM_PRIORITY_EXT, ALARM_STATE_EXT, ALARM_STATE_SYSTEM, AlarmChange,
+    AlarmRecord, alarm_detected_issue,
+};
 pub use audit::{AuditAction, AuditEventRecord, audit_event};
 pub use bundle::{SearchPage, searchset_bundle};
+pub use capability::{
+    CapabilityRecord, CapabilityResource, CapabilitySearchParam, capability_statement,
+};
 pub use device::{DeviceRecord, device};
+pub use infusion::{
+    InfusionObservationRecord, MedicationAdministrationRecord, ORDER_SYSTEM, infusion_observation,
+    medication_administration,
+};
+pub use news2::{NEWS2_CODES, NEWS2_SNOMED, News2Parameter, News2Record, news2_observation};
 pub use observation::{ObservationComponent, VitalSignRecord, vital_sign_observation};
 pub use outcome::{IssueCode, IssueSeverity, operation_outcome};
+pub use pocd::{DeviceMetricRecord, LocationRecord, device_metric, location};
+pub use risk::{
+    MODEL_LABEL, MODEL_SHA256_SYSTEM, MODEL_SYSTEM, ModelProvenanceRecord, RiskAssessmentRecord,
+    model_provenance, risk_assessment,
+};
 pub use subscription::{
     NotificationBundle, NotificationEntry, NotificationEventRecord, SubscriptionRecord,
     SubscriptionRequest, SubscriptionStatusRecord, TopicFilter, TopicRecord, notification_bundle,

@@ -319,7 +319,7 @@ fn check_specific_profile(
 
 /// `Observation.subject`: a `Patient` reference with the MRN identifier,
 /// plus `Patient/<mrn>` when the MRN is a valid FHIR id.
-fn patient_reference(system: &str, mrn: &str) -> Result<Reference, FhirError> {
+pub(crate) fn patient_reference(system: &str, mrn: &str) -> Result<Reference, FhirError> {
     let mut b = Reference::builder()
         .r#type("Patient".to_owned())
         .identifier(identifier("Observation.subject.identifier", system, mrn)?);
@@ -330,7 +330,10 @@ fn patient_reference(system: &str, mrn: &str) -> Result<Reference, FhirError> {
 }
 
 /// `meta` with the profiles and `source`; `None` when both are absent.
-fn meta(profiles: Vec<Option<String>>, source: Option<&str>) -> Result<Option<Meta>, FhirError> {
+pub(crate) fn meta(
+    profiles: Vec<Option<String>>,
+    source: Option<&str>,
+) -> Result<Option<Meta>, FhirError> {
     let source = opt_string(source);
     if let Some(source) = &source {
         require_uri("source_lineage (meta.source)", source)?;
