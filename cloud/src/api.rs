@@ -42,6 +42,8 @@ pub struct ApiState {
     pub base_url: String,
     /// SMART Backend Services: registered clients and the access tokens issued to them.
     pub auth: crate::auth::SmartService,
+    /// Topic-based subscriptions: settings and the delivery client.
+    pub subscriptions: crate::subscriptions::Subscriptions,
 }
 
 /// An authenticated client.
@@ -79,6 +81,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/Observation", get(search_observations))
         .route("/Observation/{id}", get(read_observation))
         .route("/Device/{id}", get(read_device))
+        .merge(crate::subscriptions::api::routes())
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

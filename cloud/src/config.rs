@@ -46,6 +46,9 @@ pub struct CloudConfig {
     /// API clients (EHRs) with their tokens and scopes.
     #[serde(default)]
     pub api_clients: Vec<ApiClient>,
+    /// Topic-based subscriptions (delivery retries, endpoint rules); see docs/subscriptions.md.
+    #[serde(default)]
+    pub subscriptions: crate::subscriptions::SubscriptionsConfig,
 }
 
 /// TLS material (PEM files).
@@ -216,6 +219,9 @@ impl CloudConfig {
                 return bad(format!("edge {} has no wards", e.edge_id));
             }
         }
+        self.subscriptions
+            .validate()
+            .map_err(ConfigError::Invalid)?;
         if self.api.access_token_ttl_secs == 0 || self.api.access_token_ttl_secs > 3600 {
             return bad("api.access_token_ttl_secs must be 1..=3600".into());
         }

@@ -12,8 +12,10 @@ pub mod config;
 pub mod error;
 pub mod pki;
 pub mod registry;
+pub mod resources;
 pub mod server;
 pub mod storage;
+pub mod subscriptions;
 pub mod sync;
 pub mod tls;
 

@@ -37,6 +37,9 @@ pub enum StartError {
     /// The API clients' keys could not be loaded.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthSetupError),
+    /// The subscription delivery client could not be set up.
+    #[error(transparent)]
+    Subscriptions(#[from] crate::subscriptions::SubscriptionSetupError),
     /// A listener could not be bound.
     #[error("cannot bind {addr}: {source}")]
     Bind {
@@ -81,6 +84,10 @@ impl CloudServer {
         let api_tls = tls::api_server_config(&config.tls.cert, &config.tls.key)?;
         let registry = Arc::new(EdgeRegistry::from_config(&config.edges)?);
         let clients = crate::auth::ClientRegistry::load(&config)?;
+        let subscriptions = crate::subscriptions::Subscriptions::new(
+            config.subscriptions.clone(),
+            &config.tls.ca_cert,
+        )?;
         let store = Store::connect(&config.database_url()).await?;
         let grants = crate::auth::SmartService::stored_grants(&store).await?;
         let sync_listener = TcpListener::bind(config.sync.listen)
@@ -135,6 +142,7 @@ impl CloudServer {
             config: config.api.clone(),
             base_url,
             auth,
+            subscriptions,
         });
         info!(backend = store.backend(), sync = ?sync_listener.local_addr().ok(), api = %api_addr, "cloud started");
         Ok(Self {
@@ -211,6 +219,10 @@ impl CloudServer {
             }
         });
 
+        let subscription_task = tokio::spawn(crate::subscriptions::worker::run(
+            self.api_state.clone(),
+            stop_rx.clone(),
+        ));
         let api_failures = Arc::new(AtomicU64::new(0));
         let mut api_incoming = tls::incoming(self.api_listener, self.api_tls, "api", api_failures);
         let router = api::router(self.api_state);
@@ -247,6 +259,7 @@ impl CloudServer {
         let _ = stop_tx.send(true);
         let _ = sync_task.await;
         let _ = api_task.await;
+        let _ = subscription_task.await;
         self.store.close().await;
     }
 }

@@ -12,6 +12,7 @@
 mod ledger;
 mod postgres;
 mod sqlite;
+mod subscriptions;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,6 +23,8 @@ use sqlx::{PgPool, SqlitePool};
 use wardwatch_proto::v1::edge_event::Payload;
 use wardwatch_proto::v1::{DeviceInfo, VitalSign};
 use wardwatch_proto::validate::Rejection;
+
+pub use subscriptions::{SubscriptionEventRow, SubscriptionRow};
 
 pub use ledger::EarlierRejection;
 

@@ -205,6 +205,8 @@ pub(super) async fn ingest(
             }
         }
     }
+    // Topic-based subscriptions: their events commit with the data that triggered them.
+    super::subscriptions::record_postgres(&mut tx, edge_id, &fresh, now).await?;
     tx.commit().await?;
     let replayed = items
         .iter()

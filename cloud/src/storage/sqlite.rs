@@ -151,6 +151,8 @@ pub(super) async fn ingest(
             }
         }
     }
+    // Topic-based subscriptions: their events commit with the data that triggered them.
+    super::subscriptions::record_sqlite(&mut tx, edge_id, &fresh, now).await?;
     tx.commit().await?;
     let replayed = items
         .iter()
