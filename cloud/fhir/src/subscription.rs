@@ -280,7 +280,7 @@ pub fn parse_subscription(json: &serde_json::Value) -> Result<SubscriptionReques
         Some(_) => return Err(invalid("backport-payload-content must be a valueCode")),
     };
     Ok(SubscriptionRequest {
-        status: code_text(serde_json::to_value(&sub.status)),
+        status: code_text(serde_json::to_value(sub.status)),
         topic: sub.criteria.clone(),
         filters,
         reason: sub.reason.clone(),
@@ -288,7 +288,7 @@ pub fn parse_subscription(json: &serde_json::Value) -> Result<SubscriptionReques
             .end
             .as_ref()
             .map(|i| i64::try_from(i.0.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)),
-        channel_type: code_text(serde_json::to_value(&ch.r#type)),
+        channel_type: code_text(serde_json::to_value(ch.r#type)),
         endpoint: ch.endpoint.clone(),
         headers: ch.header.iter().flatten().cloned().collect(),
         payload_mime: ch.payload.clone(),
@@ -697,13 +697,15 @@ mod tests {
     #[test]
     fn malformed_subscriptions_are_refused() {
         let mut no_channel = request_json();
-        no_channel.as_object_mut().map(|o| o.remove("channel"));
+        if let Some(o) = no_channel.as_object_mut() {
+            o.remove("channel");
+        }
         assert!(parse_subscription(&no_channel).is_err());
         assert!(parse_subscription(&json!({"resourceType": "Patient"})).is_err());
         let mut twice = request_json();
-        twice["channel"]["extension"]
-            .as_array_mut()
-            .map(|a| a.push(json!({"url": EXT_TIMEOUT, "valueUnsignedInt": 9})));
+        if let Some(a) = twice["channel"]["extension"].as_array_mut() {
+            a.push(json!({"url": EXT_TIMEOUT, "valueUnsignedInt": 9}));
+        }
         assert!(parse_subscription(&twice).is_err());
         let mut bad_type = request_json();
         bad_type["channel"]["extension"][0] = json!({"url": EXT_HEARTBEAT, "valueString": "x"});
