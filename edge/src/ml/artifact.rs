@@ -350,8 +350,7 @@ pub(super) fn build(
     now_unix_ms: i64,
     query: ContinuousSignal,
 ) -> ArtifactFeatures {
-    let blocks: [Block; 4] =
-        ContinuousSignal::ALL.map(|c| block(buf.raw(c).iter().copied(), now_unix_ms));
+    let blocks: [Block; 4] = ContinuousSignal::ALL.map(|c| block(buf.raw(c).iter(), now_unix_ms));
     let mut f = [0f64; N_ARTIFACT_FEATURES];
     for (i, b) in blocks.iter().enumerate() {
         f[i * BLOCK..(i + 1) * BLOCK].copy_from_slice(&b.f);

@@ -22,10 +22,14 @@
 //!   - per signal, a ring of one-minute bins over the last [`DETERIORATION_WINDOW_MIN`] minutes (the newest
 //!     valid value of each minute plus counts of all and of flagged samples), and
 //!   - for the four continuous signals (ECG heart rate, oximeter pulse rate, SpO2, respiratory rate), a ring of
-//!     the last [`RAW_CAPACITY`] raw samples for the short artifact window.
+//!     the last [`RAW_CAPACITY`] (128) raw samples for the 2-minute artifact window: all of it at 1 Hz, the
+//!     newest 128 samples at higher rates (`models/features.py` keeps the same number).
 //!
-//!   Memory is fixed at construction (about 120 KB per bed, 240 MB for 2,000 beds); pushing a sample and
-//!   computing features allocate nothing.
+//!   Memory is fixed at construction and owns nothing on the heap: [`BedBuffer::BYTES`] = 35,408 bytes
+//!   (34.6 KiB) per bed on x86-64, 69 MiB for 2,000 beds (it was about 120 KB, 240 MB, before the bins were
+//!   stored column-wise with 2-byte times and counts and the raw ring was sized to the 2-minute window at
+//!   1 Hz; no feature value changed: the golden vectors still match). Pushing a sample and computing features
+//!   allocate nothing.
 //! - [`BedBuffer::features_at`] (deterioration, [`DETERIORATION_FEATURES`]) and
 //!   [`BedBuffer::artifact_features_at`] (artifact, [`ARTIFACT_FEATURES`]) produce fixed-length `f32` vectors in
 //!   the order the models' `features` input expects. Every name and unit is in those tables and in each model's
