@@ -267,6 +267,10 @@ pub struct BedBuffer {
     spo2_scale_2: bool,
 }
 
+// A bed's buffer stays compact (issue 4's memory budget: 2,000 beds in 150 MB for the whole edge).
+const _: () = assert!(BedBuffer::BYTES <= 36 * 1024);
+const _: () = assert!(BedBuffer::BYTES >= 8 * MINUTE_RING * 14 + 4 * RAW_CAPACITY * 16);
+
 impl BedBuffer {
     /// The size of one buffer in bytes (it owns no heap memory).
     pub const BYTES: usize = std::mem::size_of::<BedBuffer>();
@@ -459,15 +463,16 @@ mod tests {
 
     #[test]
     fn a_bed_buffer_is_compact() {
-        // 8 signals × 241 minutes × 14 bytes + 4 signals × 128 raw samples × 16 bytes, plus a few words.
-        assert!(BedBuffer::BYTES <= 36 * 1024, "{} bytes", BedBuffer::BYTES);
+        // 8 signals × 241 minutes × 14 bytes + 4 signals × 128 raw samples × 16 bytes, plus a few words; the
+        // bounds are also checked at compile time below.
         #[cfg(target_arch = "x86_64")]
         assert_eq!(
             BedBuffer::BYTES,
             35_408,
             "the size the module documentation states"
         );
-        assert!(BedBuffer::BYTES >= 8 * 241 * 14 + 4 * 128 * 16);
+        let b = BedBuffer::boxed(false);
+        assert_eq!(std::mem::size_of_val(&*b), BedBuffer::BYTES);
     }
 
     #[test]
