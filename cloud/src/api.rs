@@ -562,6 +562,7 @@ pub fn device_to_fhir(row: &DeviceRow, id_system: &str) -> Result<serde_json::Va
         OperationalState::Unspecified => ("unknown", "unknown"),
     };
     let location = format!("Ward {}, bed {}", row.ward, row.bed);
+    let loc_id = crate::resources::location_id(&row.ward, &row.bed);
     fn opt(s: &str) -> Option<&str> {
         (!s.is_empty()).then_some(s)
     }
@@ -582,6 +583,7 @@ pub fn device_to_fhir(row: &DeviceRow, id_system: &str) -> Result<serde_json::Va
         serial: opt_owned[2],
         udi: opt_owned[3],
         location_display: Some(&location),
+        location_id: loc_id.as_deref(),
         status,
         operational_display: Some(operational),
         last_updated_unix_ms: row.reported_at_ms,

@@ -37,6 +37,8 @@ pub struct DeviceRecord<'a> {
     /// Where the device is, e.g. `Ward 7A, bed 12`; becomes
     /// `Device.location.display`.
     pub location_display: Option<&'a str>,
+    /// FHIR id of the bed's (or ward's) `Location`; adds `Device.location.reference`.
+    pub location_id: Option<&'a str>,
     /// `Device.status`: `active`, `inactive`, `entered-in-error` or `unknown`.
     pub status: &'a str,
     /// Free-text operational state such as `on`, `off`, `not-ready`. Always
@@ -132,10 +134,12 @@ pub fn device(r: &DeviceRecord<'_>) -> Result<serde_json::Value, FhirError> {
         b = b.udi_carrier(vec![Some(carrier)]);
     }
     if let Some(location) = opt_string(r.location_display) {
-        let reference = Reference::builder()
-            .display(location)
-            .build()
-            .map_err(build_err("Device.location"))?;
+        let mut reference = Reference::builder().display(location);
+        if let Some(id) = r.location_id {
+            require_id("Device.location id", id)?;
+            reference = reference.reference(format!("Location/{id}"));
+        }
+        let reference = reference.build().map_err(build_err("Device.location"))?;
         b = b.location(reference);
     }
     if let Some(operational) = opt_string(r.operational_display) {
@@ -180,6 +184,7 @@ mod tests {
             serial: Some("SN-0042"),
             udi: Some("(01)00844588003288(21)SN-0042"),
             location_display: Some("Ward 7A, bed 12"),
+            location_id: None,
             status: "active",
             operational_display: Some("on"),
             last_updated_unix_ms: T0,
@@ -223,6 +228,7 @@ mod tests {
             serial: None,
             udi: None,
             location_display: None,
+            location_id: None,
             status: "inactive",
             operational_display: Some("not-ready"),
             ..monitor()

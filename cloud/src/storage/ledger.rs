@@ -43,7 +43,9 @@ impl Store {
                         sep.push_bind(i64::try_from(*s).unwrap_or(i64::MAX));
                     }
                     qb.push(")");
-                    qb.build_query_as::<(i64, Option<String>)>().fetch_all(p).await?
+                    qb.build_query_as::<(i64, Option<String>)>()
+                        .fetch_all(p)
+                        .await?
                 }
                 Self::Postgres(p) => {
                     let seqs: Vec<i64> = chunk
@@ -59,7 +61,9 @@ impl Store {
                         .push(" AND sequence = ANY(")
                         .push_bind(seqs)
                         .push(")");
-                    qb.build_query_as::<(i64, Option<String>)>().fetch_all(p).await?
+                    qb.build_query_as::<(i64, Option<String>)>()
+                        .fetch_all(p)
+                        .await?
                 }
             };
             out.extend(rows.into_iter().map(|(sequence, reason)| EarlierRejection {

@@ -9,6 +9,7 @@
 //! outbox, and the ledger's sequence keys arrive in ascending order, which keeps the claim cheap (migration 0002,
 //! docs/benchmarks.md).
 
+mod events;
 mod ledger;
 mod postgres;
 mod sqlite;
@@ -26,6 +27,11 @@ use wardwatch_proto::validate::Rejection;
 
 pub use subscriptions::{SubscriptionEventRow, SubscriptionRow};
 
+pub use events::{
+    ChannelRow, DeviceQuery, EventQuery, EventRow, GroupKind, GroupQuery, INFUSION_INFUSED_MDC,
+    INFUSION_RATE_MDC, INFUSION_REMAINING_MDC, OrderSummary, alarm_kind_code, alarm_state_code,
+    infusion_state_code,
+};
 pub use ledger::EarlierRejection;
 
 /// Storage errors.
@@ -40,6 +46,9 @@ pub enum StorageError {
     /// The URL is not one we support.
     #[error("unsupported database URL {0:?}")]
     Url(String),
+    /// A stored row cannot be read back (e.g. a payload that does not decode).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
 }
 
 /// One synced event after validation: either a payload to store or the reason it was refused.
@@ -384,7 +393,9 @@ impl Store {
                 .connect_with(opts)
                 .await?;
             sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-            Ok(Self::Sqlite(pool))
+            let store = Self::Sqlite(pool);
+            store.backfill_event_index().await?;
+            Ok(store)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -393,7 +404,9 @@ impl Store {
                 .connect_with(opts)
                 .await?;
             sqlx::migrate!("migrations/postgres").run(&pool).await?;
-            Ok(Self::Postgres(pool))
+            let store = Self::Postgres(pool);
+            store.backfill_event_index().await?;
+            Ok(store)
         } else {
             Err(StorageError::Url(url.to_string()))
         }

@@ -159,7 +159,7 @@ pub(super) async fn ingest(
         (_, Payload::Device(_)) => std::cmp::Ordering::Greater,
         _ => a.0.sequence.cmp(&b.0.sequence),
     });
-    for (it, p) in others {
+    for (_, p) in others {
         match p {
             Payload::Vital(_) => {}
             Payload::Device(d) => {
@@ -187,23 +187,96 @@ pub(super) async fn ingest(
                 .execute(&mut *tx)
                 .await?;
             }
-            other => {
-                let (patient, ward) = super::patient_ward(other);
-                sqlx::query(
-                    "INSERT INTO edge_events (edge_id, sequence, kind, patient_id, ward, payload, received_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(edge_id)
-                .bind(seq(it.sequence))
-                .bind(event_kind(other))
-                .bind(patient)
-                .bind(ward)
-                .bind(super::sqlite::other_payload_bytes(other))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
+            _ => {}
         }
+    }
+    // Infusion, alarm and risk events with their search-index columns (migration 0005): one UNNEST insert.
+    let mut e_seq = Vec::new();
+    let mut e_kind = Vec::new();
+    let mut e_patient: Vec<Option<String>> = Vec::new();
+    let mut e_ward: Vec<Option<String>> = Vec::new();
+    let mut e_payload: Vec<Vec<u8>> = Vec::new();
+    let mut e_ms = Vec::new();
+    let mut e_code = Vec::new();
+    let mut e_bed = Vec::new();
+    let mut e_device = Vec::new();
+    let mut e_alarm: Vec<Option<String>> = Vec::new();
+    let mut e_prio: Vec<Option<i64>> = Vec::new();
+    let mut e_state: Vec<Option<i64>> = Vec::new();
+    let mut e_order: Vec<Option<String>> = Vec::new();
+    let mut e_total: Vec<Option<i64>> = Vec::new();
+    let mut e_resp: Vec<Option<i64>> = Vec::new();
+    for (it, p) in &fresh {
+        if matches!(p, Payload::Vital(_) | Payload::Device(_)) {
+            continue;
+        }
+        let (patient, ward) = super::patient_ward(p);
+        let ix = super::events::event_index(p);
+        e_seq.push(seq(it.sequence));
+        e_kind.push(event_kind(p));
+        e_patient.push(patient);
+        e_ward.push(ward);
+        e_payload.push(super::sqlite::other_payload_bytes(p));
+        e_ms.push(ix.event_ms);
+        e_code.push(ix.code);
+        e_bed.push(ix.bed);
+        e_device.push(ix.device_id);
+        e_alarm.push(ix.alarm_id);
+        e_prio.push(ix.alarm_priority);
+        e_state.push(ix.alarm_state);
+        e_order.push(ix.order_id);
+        e_total.push(ix.news2_total);
+        e_resp.push(ix.news2_response);
+    }
+    if !e_seq.is_empty() {
+        sqlx::query(
+            "INSERT INTO edge_events (edge_id, sequence, kind, patient_id, ward, payload, received_at_ms, event_ms, code,
+                 bed, device_id, alarm_id, alarm_priority, alarm_state, order_id, news2_total, news2_response)
+             SELECT $1, s, k, pa, wa, pl, $17, ms, co, be, de, al, pr, st, od, tt, rs
+             FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::int8[], $8::text[],
+                         $9::text[], $10::text[], $11::text[], $12::int8[], $13::int8[], $14::text[], $15::int8[],
+                         $16::int8[])
+                  AS t(s, k, pa, wa, pl, ms, co, be, de, al, pr, st, od, tt, rs)",
+        )
+        .bind(edge_id)
+        .bind(&e_seq)
+        .bind(&e_kind)
+        .bind(&e_patient)
+        .bind(&e_ward)
+        .bind(&e_payload)
+        .bind(&e_ms)
+        .bind(&e_code)
+        .bind(&e_bed)
+        .bind(&e_device)
+        .bind(&e_alarm)
+        .bind(&e_prio)
+        .bind(&e_state)
+        .bind(&e_order)
+        .bind(&e_total)
+        .bind(&e_resp)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // The (device, metric) channels this batch shows, one upsert in key order (migration 0005).
+    let channels = super::events::channels_of(&fresh);
+    // 8 binds a row: chunks stay far below PostgreSQL's 65,535 bind parameters.
+    for chunk in channels.chunks(4_000) {
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
+            "INSERT INTO device_channels (device_id, metric_mdc, unit, patient_id, ward, bed, first_seen_ms, last_seen_ms) ",
+        );
+        qb.push_values(chunk, |mut b, c| {
+            b.push_bind(c.device_id.as_str())
+                .push_bind(c.metric_mdc)
+                .push_bind(c.unit.as_str())
+                .push_bind(c.patient_id.as_str())
+                .push_bind(c.ward.as_str())
+                .push_bind(c.bed.as_str())
+                .push_bind(c.first_seen_ms)
+                .push_bind(c.last_seen_ms);
+        });
+        qb.push(super::events::CHANNEL_UPSERT_TAIL);
+        qb.build().execute(&mut *tx).await?;
     }
     // Topic-based subscriptions: their events commit with the data that triggered them.
     super::subscriptions::record_postgres(&mut tx, edge_id, &fresh, now).await?;

@@ -11,7 +11,7 @@ use super::{
     VitalQuery, VitalRow, components_json, event_kind, loinc_of, quality_mask, ward_bed,
 };
 
-/// Rows per statement: SQLite allows 32,766 bound parameters; the widest insert binds 15 per row.
+/// Rows per statement: SQLite allows 32,766 bound parameters; the widest insert binds 17 per row.
 const CHUNK: usize = 1_000;
 
 pub(super) async fn ingest(
@@ -105,7 +105,7 @@ pub(super) async fn ingest(
         });
         qb.build().execute(&mut *tx).await?;
     }
-    for (it, p) in &fresh {
+    for (_, p) in &fresh {
         match p {
             Payload::Vital(_) => {}
             Payload::Device(d) => {
@@ -133,23 +133,61 @@ pub(super) async fn ingest(
                 .execute(&mut *tx)
                 .await?;
             }
-            other => {
-                let (patient, ward) = super::patient_ward(other);
-                sqlx::query(
-                    "INSERT INTO edge_events (edge_id, sequence, kind, patient_id, ward, payload, received_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(edge_id)
-                .bind(i64::try_from(it.sequence).unwrap_or(i64::MAX))
-                .bind(event_kind(other))
-                .bind(patient)
-                .bind(ward)
-                .bind(other_payload_bytes(other))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
+            _ => {}
         }
+    }
+    // Infusion, alarm and risk events with their search-index columns (migration 0005), multi-row inserts.
+    let others: Vec<(&IngestItem, &Payload)> = fresh
+        .iter()
+        .filter(|(_, p)| !matches!(p, Payload::Vital(_) | Payload::Device(_)))
+        .map(|(it, p)| (*it, *p))
+        .collect();
+    for chunk in others.chunks(CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO edge_events (edge_id, sequence, kind, patient_id, ward, payload, received_at_ms, event_ms, \
+             code, bed, device_id, alarm_id, alarm_priority, alarm_state, order_id, news2_total, news2_response) ",
+        );
+        qb.push_values(chunk, |mut b, (it, p)| {
+            let (patient, ward) = super::patient_ward(p);
+            let ix = super::events::event_index(p);
+            b.push_bind(edge_id)
+                .push_bind(i64::try_from(it.sequence).unwrap_or(i64::MAX))
+                .push_bind(event_kind(p))
+                .push_bind(patient)
+                .push_bind(ward)
+                .push_bind(other_payload_bytes(p))
+                .push_bind(now)
+                .push_bind(ix.event_ms)
+                .push_bind(ix.code)
+                .push_bind(ix.bed)
+                .push_bind(ix.device_id)
+                .push_bind(ix.alarm_id)
+                .push_bind(ix.alarm_priority)
+                .push_bind(ix.alarm_state)
+                .push_bind(ix.order_id)
+                .push_bind(ix.news2_total)
+                .push_bind(ix.news2_response);
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
+    // The (device, metric) channels this batch shows, one upsert (migration 0005).
+    let channels = super::events::channels_of(&fresh);
+    for chunk in channels.chunks(CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO device_channels (device_id, metric_mdc, unit, patient_id, ward, bed, first_seen_ms, last_seen_ms) ",
+        );
+        qb.push_values(chunk, |mut b, c| {
+            b.push_bind(c.device_id.as_str())
+                .push_bind(c.metric_mdc)
+                .push_bind(c.unit.as_str())
+                .push_bind(c.patient_id.as_str())
+                .push_bind(c.ward.as_str())
+                .push_bind(c.bed.as_str())
+                .push_bind(c.first_seen_ms)
+                .push_bind(c.last_seen_ms);
+        });
+        qb.push(super::events::CHANNEL_UPSERT_TAIL);
+        qb.build().execute(&mut *tx).await?;
     }
     // Topic-based subscriptions: their events commit with the data that triggered them.
     super::subscriptions::record_sqlite(&mut tx, edge_id, &fresh, now).await?;
