@@ -68,7 +68,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/.well-known/smart-configuration",
             get(crate::auth::token::smart_configuration),
-        );
+        )
+        .route("/metadata", get(metadata));
     let fhir = Router::new()
         .route(
             "/AuditEvent",
@@ -79,8 +80,26 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(crate::auth::audit_api::read_audit_event),
         )
         .route("/Observation", get(search_observations))
-        .route("/Observation/{id}", get(read_observation))
+        .route("/Observation/{id}", read_route("Observation"))
+        .route("/Device", search_route("Device"))
         .route("/Device/{id}", get(read_device))
+        .route("/DeviceMetric", search_route("DeviceMetric"))
+        .route("/DeviceMetric/{id}", read_route("DeviceMetric"))
+        .route("/Location", search_route("Location"))
+        .route("/Location/{id}", read_route("Location"))
+        .route("/RiskAssessment", search_route("RiskAssessment"))
+        .route("/RiskAssessment/{id}", read_route("RiskAssessment"))
+        .route("/Provenance/{id}", read_route("Provenance"))
+        .route("/DetectedIssue", search_route("DetectedIssue"))
+        .route("/DetectedIssue/{id}", read_route("DetectedIssue"))
+        .route(
+            "/MedicationAdministration",
+            search_route("MedicationAdministration"),
+        )
+        .route(
+            "/MedicationAdministration/{id}",
+            read_route("MedicationAdministration"),
+        )
         .merge(crate::subscriptions::api::routes())
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(
@@ -625,6 +644,53 @@ async fn search_observations(
 ) -> Result<Response, CloudError> {
     let caller = authorize(&state, &headers, remote.as_deref(), "Observation")?;
     let query_text = raw.clone().unwrap_or_default();
+    // NEWS2 scores and infusion measurements are Observations too, stored as events (issue 6).
+    let family = match observation_family(raw.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            audit(
+                &state,
+                &caller,
+                "search",
+                "Observation",
+                &query_text,
+                String::new(),
+                e.http_status(),
+            )
+            .await;
+            return Err(e);
+        }
+    };
+    if let Some(family) = family {
+        return match search_event_observations(&state, family, raw.as_deref()).await {
+            Ok((bundle, patients)) => {
+                audit(
+                    &state,
+                    &caller,
+                    "search",
+                    "Observation",
+                    &query_text,
+                    patients,
+                    StatusCode::OK,
+                )
+                .await;
+                Ok(fhir_json(StatusCode::OK, &bundle))
+            }
+            Err(e) => {
+                audit(
+                    &state,
+                    &caller,
+                    "search",
+                    "Observation",
+                    &query_text,
+                    String::new(),
+                    e.http_status(),
+                )
+                .await;
+                Err(e)
+            }
+        };
+    }
     let search = match parse_observation_search(raw.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -755,47 +821,6 @@ async fn search_observations(
     Ok(fhir_json(StatusCode::OK, &bundle))
 }
 
-/// Splits an Observation id `<edge>.<sequence>` (see [`observation_id`]); `None` if it is not one of ours.
-fn parse_observation_id(id: &str) -> Option<(EdgeId, u64)> {
-    let (edge, seq) = id.rsplit_once('.')?;
-    let seq: u64 = seq.parse().ok().filter(|s| *s > 0)?;
-    Some((EdgeId::new(edge).ok()?, seq))
-}
-
-async fn read_observation(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    remote: Option<axum::Extension<RemoteAddr>>,
-    Path(id): Path<String>,
-) -> Result<Response, CloudError> {
-    let caller = authorize(&state, &headers, remote.as_deref(), "Observation")?;
-    let row = match parse_observation_id(&id) {
-        Some((edge, seq)) => state.store.vital_by_lineage(edge.as_str(), seq).await?,
-        None => None,
-    };
-    let (status, patients) = match &row {
-        Some(r) => (StatusCode::OK, r.patient_id.clone()),
-        None => (StatusCode::NOT_FOUND, String::new()),
-    };
-    let shown: String = id.chars().take(200).collect();
-    audit(
-        &state,
-        &caller,
-        "read",
-        "Observation",
-        &shown,
-        patients,
-        status,
-    )
-    .await;
-    let row =
-        row.ok_or_else(|| CloudError::NotFound(format!("Observation/{shown} is not known")))?;
-    Ok(fhir_json(
-        StatusCode::OK,
-        &vital_to_observation(&row, &state.config.mrn_system)?,
-    ))
-}
-
 async fn read_device(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -825,6 +850,939 @@ async fn read_device(
         StatusCode::OK,
         &device_to_fhir(&row, &state.config.device_id_system)?,
     ))
+}
+
+// ---- Issue 6: reads and searches of the device-mapping resources, and /metadata. ----
+
+/// A read route for `resource_type` (served by [`crate::resources::read_resource`]).
+fn read_route(resource_type: &'static str) -> axum::routing::MethodRouter<Arc<ApiState>> {
+    get(
+        move |State(state): State<Arc<ApiState>>,
+              headers: HeaderMap,
+              remote: Option<axum::Extension<RemoteAddr>>,
+              Path(id): Path<String>| async move {
+            read_any(&state, &headers, remote.as_deref(), resource_type, &id).await
+        },
+    )
+}
+
+/// The patient MRNs a resource is about (`subject` or `patient` identifier), for the audit trail.
+fn patients_of(resource: &serde_json::Value) -> Option<String> {
+    ["subject", "patient"].iter().find_map(|k| {
+        resource
+            .get(*k)?
+            .get("identifier")?
+            .get("value")?
+            .as_str()
+            .map(str::to_string)
+    })
+}
+
+async fn read_any(
+    state: &ApiState,
+    headers: &HeaderMap,
+    remote: Option<&RemoteAddr>,
+    resource_type: &'static str,
+    id: &str,
+) -> Result<Response, CloudError> {
+    let caller = authorize(state, headers, remote, resource_type)?;
+    let shown: String = id.chars().take(200).collect();
+    let found =
+        match crate::resources::read_resource(&state.store, &state.config, resource_type, id).await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                audit(
+                    state,
+                    &caller,
+                    "read",
+                    resource_type,
+                    &shown,
+                    String::new(),
+                    e.http_status(),
+                )
+                .await;
+                return Err(e);
+            }
+        };
+    let (status, patients) = match &found {
+        Some(r) => (StatusCode::OK, patients_of(r).unwrap_or_default()),
+        None => (StatusCode::NOT_FOUND, String::new()),
+    };
+    audit(
+        state,
+        &caller,
+        "read",
+        resource_type,
+        &shown,
+        patients,
+        status,
+    )
+    .await;
+    let resource = found
+        .ok_or_else(|| CloudError::NotFound(format!("{resource_type}/{shown} is not known")))?;
+    Ok(fhir_json(StatusCode::OK, &resource))
+}
+
+/// A search route for `resource_type`.
+fn search_route(resource_type: &'static str) -> axum::routing::MethodRouter<Arc<ApiState>> {
+    get(
+        move |State(state): State<Arc<ApiState>>,
+              headers: HeaderMap,
+              remote: Option<axum::Extension<RemoteAddr>>,
+              RawQuery(raw): RawQuery| async move {
+            let caller = authorize(&state, &headers, remote.as_deref(), resource_type)?;
+            let query_text = raw.clone().unwrap_or_default();
+            match search_any(&state, resource_type, raw.as_deref()).await {
+                Ok((bundle, patients)) => {
+                    audit(
+                        &state,
+                        &caller,
+                        "search",
+                        resource_type,
+                        &query_text,
+                        patients,
+                        StatusCode::OK,
+                    )
+                    .await;
+                    Ok::<Response, CloudError>(fhir_json(StatusCode::OK, &bundle))
+                }
+                Err(e) => {
+                    audit(
+                        &state,
+                        &caller,
+                        "search",
+                        resource_type,
+                        &query_text,
+                        String::new(),
+                        e.http_status(),
+                    )
+                    .await;
+                    Err(e)
+                }
+            }
+        },
+    )
+}
+
+/// Search parameters each resource type accepts (besides `_count` and `_cursor`), for the error text and the
+/// CapabilityStatement: (name, FHIR type, what it does).
+/// One documented search parameter: (name, FHIR type, what it does).
+type ParamDoc = (&'static str, &'static str, &'static str);
+
+const SEARCH_PARAMS: &[(&str, &[ParamDoc])] = &[
+    (
+        "Observation",
+        &[
+            (
+                "patient",
+                "reference",
+                "The patient's MRN, with or without Patient/",
+            ),
+            ("subject", "reference", "Same as patient"),
+            (
+                "code",
+                "token",
+                "LOINC or MDC code (vital signs), SNOMED CT 1104051000000101 (NEWS2), or MDC 157784/157993/157872 (infusion rate, volume infused, volume remaining); one family per search",
+            ),
+            (
+                "category",
+                "token",
+                "vital-signs (default family), survey (NEWS2) or therapy (infusion measurements)",
+            ),
+            ("date", "date", "effectiveDateTime with eq/ge/gt/le/lt"),
+            ("device", "reference", "Device id (vital signs only)"),
+            (
+                "_lastUpdated",
+                "date",
+                "When the cloud stored it (vital signs only)",
+            ),
+            ("_sort", "special", "date or -date (vital signs only)"),
+            ("_summary", "special", "count"),
+        ],
+    ),
+    (
+        "RiskAssessment",
+        &[
+            ("patient", "reference", "The patient's MRN"),
+            ("subject", "reference", "Same as patient"),
+            ("date", "date", "occurrenceDateTime with eq/ge/gt/le/lt"),
+        ],
+    ),
+    (
+        "DetectedIssue",
+        &[
+            ("patient", "reference", "The patient's MRN"),
+            (
+                "code",
+                "token",
+                "Alarm kind in urn:wardwatch:alarm-kind (e.g. vital-threshold)",
+            ),
+            (
+                "identified",
+                "date",
+                "When the alarm was first raised, eq/ge/gt/le/lt",
+            ),
+        ],
+    ),
+    (
+        "MedicationAdministration",
+        &[
+            ("patient", "reference", "The patient's MRN"),
+            ("subject", "reference", "Same as patient"),
+            (
+                "effective-time",
+                "date",
+                "When the first status report of the order was measured, eq/ge/gt/le/lt",
+            ),
+        ],
+    ),
+    (
+        "Device",
+        &[
+            (
+                "patient",
+                "reference",
+                "Devices that reported data for this patient (MRN)",
+            ),
+            (
+                "location",
+                "reference",
+                "Location/<ward> or Location/<ward>.<bed>",
+            ),
+            (
+                "type",
+                "token",
+                "urn:wardwatch:device-kind|bedside-monitor, wearable, drip-monitor or infusion-pump",
+            ),
+        ],
+    ),
+    (
+        "DeviceMetric",
+        &[
+            ("source", "reference", "Device/<id>"),
+            (
+                "type",
+                "token",
+                "MDC code of the metric (urn:iso:std:iso:11073:10101|<code> or the bare code)",
+            ),
+        ],
+    ),
+    (
+        "Location",
+        &[("partof", "reference", "Location/<ward>: the beds of a ward")],
+    ),
+];
+
+fn supported_names(resource_type: &str) -> String {
+    let mut names: Vec<&str> = SEARCH_PARAMS
+        .iter()
+        .find(|(t, _)| *t == resource_type)
+        .map(|(_, p)| p.iter().map(|(n, _, _)| *n).collect())
+        .unwrap_or_default();
+    names.extend(["_count", "_cursor"]);
+    names.join(", ")
+}
+
+fn unsupported(resource_type: &str, name: &str) -> CloudError {
+    CloudError::NotSupported(format!(
+        "search parameter {name:?} is not supported on {resource_type} (supported: {}); unsupported parameters are always refused, never ignored",
+        supported_names(resource_type)
+    ))
+}
+
+fn parse_count(v: &str) -> Result<u32, CloudError> {
+    let n: u32 = v.parse().map_err(|_| {
+        CloudError::InvalidArgument(format!(
+            "_count must be a whole number 1..={MAX_COUNT}, got {v:?}"
+        ))
+    })?;
+    if n == 0 || n > MAX_COUNT {
+        return Err(CloudError::InvalidArgument(format!(
+            "_count must be 1..={MAX_COUNT}, got {n}"
+        )));
+    }
+    Ok(n)
+}
+
+fn parse_patient(k: &str, v: &str, slot: &mut Option<String>) -> Result<(), CloudError> {
+    let id = v.strip_prefix("Patient/").unwrap_or(v);
+    let id = PatientId::new(id).map_err(|e| CloudError::InvalidArgument(format!("{k}: {e}")))?;
+    if slot.replace(id.to_string()).is_some() {
+        return Err(CloudError::InvalidArgument(format!(
+            "{k} given more than once"
+        )));
+    }
+    Ok(())
+}
+
+fn bad_cursor(v: &str) -> CloudError {
+    CloudError::InvalidArgument(format!("_cursor {v:?} is not a page token of this server"))
+}
+
+/// The shared search parameters, already split.
+struct Params {
+    pairs: Vec<(String, String)>,
+    count: u32,
+    cursor: Option<String>,
+}
+
+fn split_params(raw: Option<&str>) -> Result<Params, CloudError> {
+    let all: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| CloudError::InvalidArgument(format!("malformed query string: {e}")))?;
+    let mut p = Params {
+        pairs: Vec::new(),
+        count: DEFAULT_COUNT,
+        cursor: None,
+    };
+    for (k, v) in all {
+        match k.as_str() {
+            "_count" => {
+                p.count = parse_count(&v)?;
+                p.pairs.push((k, v));
+            }
+            "_cursor" => p.cursor = Some(v),
+            _ => p.pairs.push((k, v)),
+        }
+    }
+    Ok(p)
+}
+
+/// One page: the resources with their ids, and the cursor of the next page if there is one.
+struct Page {
+    entries: Vec<(String, serde_json::Value)>,
+    next: Option<String>,
+}
+
+fn page_bundle(
+    state: &ApiState,
+    resource_type: &str,
+    params: &Params,
+    page: Page,
+) -> Result<(serde_json::Value, String), CloudError> {
+    let link = |cursor: Option<&str>| {
+        let mut q = params.pairs.clone();
+        if let Some(c) = cursor {
+            q.push(("_cursor".into(), c.to_string()));
+        }
+        format!(
+            "{}/{resource_type}?{}",
+            state.base_url,
+            serde_urlencoded::to_string(&q).unwrap_or_default()
+        )
+    };
+    let mut patients = BTreeSet::new();
+    let mut entries = Vec::with_capacity(page.entries.len());
+    for (id, res) in page.entries {
+        if let Some(p) = patients_of(&res) {
+            patients.insert(p);
+        }
+        let rt = res
+            .get("resourceType")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(resource_type)
+            .to_string();
+        entries.push((format!("{}/{rt}/{id}", state.base_url), res));
+    }
+    let bundle = wardwatch_fhir::searchset_bundle(SearchPage {
+        self_url: link(params.cursor.as_deref()),
+        next_url: page.next.as_deref().map(|c| link(Some(c))),
+        total: None,
+        entries,
+        timestamp_unix_ms: wardwatch_proto::now_unix_ms(),
+    })
+    .map_err(|e| CloudError::Unavailable(e.to_string()))?;
+    Ok((bundle, patients.into_iter().collect::<Vec<_>>().join(",")))
+}
+
+async fn search_any(
+    state: &ApiState,
+    resource_type: &'static str,
+    raw: Option<&str>,
+) -> Result<(serde_json::Value, String), CloudError> {
+    let params = split_params(raw)?;
+    let page = match resource_type {
+        "RiskAssessment" => search_risk(state, &params).await?,
+        "DetectedIssue" => search_alarms(state, &params).await?,
+        "MedicationAdministration" => search_orders(state, &params).await?,
+        "Device" => search_devices(state, &params).await?,
+        "DeviceMetric" => search_metrics(state, &params).await?,
+        "Location" => search_locations(state, &params).await?,
+        other => {
+            return Err(CloudError::NotSupported(format!(
+                "search is not supported on {other}"
+            )));
+        }
+    };
+    page_bundle(state, resource_type, &params, page)
+}
+
+fn event_cursor(v: &str) -> Result<(i64, i64, String), CloudError> {
+    let mut it = v.splitn(3, '~');
+    let (Some(ms), Some(seq), Some(edge)) = (it.next(), it.next(), it.next()) else {
+        return Err(bad_cursor(v));
+    };
+    let ms = ms.parse().map_err(|_| bad_cursor(v))?;
+    let seq = seq.parse().map_err(|_| bad_cursor(v))?;
+    let edge = EdgeId::new(edge).map_err(|_| bad_cursor(v))?;
+    Ok((ms, seq, edge.to_string()))
+}
+
+fn group_cursor(v: &str) -> Result<(i64, String), CloudError> {
+    let (ms, id) = v.split_once('~').ok_or_else(|| bad_cursor(v))?;
+    let ms = ms.parse().map_err(|_| bad_cursor(v))?;
+    if !crate::resources::is_fhir_id(id) {
+        return Err(bad_cursor(v));
+    }
+    Ok((ms, id.to_string()))
+}
+
+fn empty_range(r: &TimeRange) -> bool {
+    matches!((r.from_ms, r.before_ms), (Some(f), Some(b)) if f >= b)
+}
+
+/// Events of one kind, a page of them (one more than asked, to know whether there is a next page).
+async fn event_page(
+    state: &ApiState,
+    params: &Params,
+    mut q: crate::storage::EventQuery,
+) -> Result<(Vec<crate::storage::EventRow>, Option<String>), CloudError> {
+    if let Some(c) = &params.cursor {
+        q.after = Some(event_cursor(c)?);
+    }
+    q.limit = params.count + 1;
+    let mut rows = if empty_range(&q.time) {
+        Vec::new()
+    } else {
+        state.store.search_events(&q).await?
+    };
+    let more = rows.len() > params.count as usize;
+    rows.truncate(params.count as usize);
+    let next = if more {
+        rows.last()
+            .map(|r| format!("{}~{}~{}", r.event_ms, r.sequence, r.edge_id))
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+async fn search_risk(state: &ApiState, params: &Params) -> Result<Page, CloudError> {
+    let mut q = crate::storage::EventQuery {
+        kind: "risk",
+        codes: vec!["model".into()],
+        ..Default::default()
+    };
+    for (k, v) in &params.pairs {
+        match k.as_str() {
+            "patient" | "subject" => parse_patient(k, v, &mut q.patient)?,
+            "date" => q.time.intersect(parse_date_param("date", v)?),
+            "_count" => {}
+            other => return Err(unsupported("RiskAssessment", other)),
+        }
+    }
+    let (rows, next) = event_page(state, params, q).await?;
+    let mut entries = Vec::with_capacity(rows.len());
+    for r in &rows {
+        entries.push((
+            r.lineage_id(),
+            crate::resources::risk_assessment_to_fhir(&state.store, &state.config, r).await?,
+        ));
+    }
+    Ok(Page { entries, next })
+}
+
+async fn group_page(
+    state: &ApiState,
+    params: &Params,
+    kind: crate::storage::GroupKind,
+    mut q: crate::storage::GroupQuery,
+) -> Result<(Vec<String>, Option<String>), CloudError> {
+    if let Some(c) = &params.cursor {
+        q.after = Some(group_cursor(c)?);
+    }
+    q.limit = params.count + 1;
+    let mut rows = if empty_range(&q.first) {
+        Vec::new()
+    } else {
+        state.store.search_groups(kind, &q).await?
+    };
+    let more = rows.len() > params.count as usize;
+    rows.truncate(params.count as usize);
+    let next = if more {
+        rows.last().map(|(id, ms)| format!("{ms}~{id}"))
+    } else {
+        None
+    };
+    Ok((rows.into_iter().map(|(id, _)| id).collect(), next))
+}
+
+async fn search_alarms(state: &ApiState, params: &Params) -> Result<Page, CloudError> {
+    let mut q = crate::storage::GroupQuery::default();
+    for (k, v) in &params.pairs {
+        match k.as_str() {
+            "patient" | "subject" => parse_patient(k, v, &mut q.patient)?,
+            "identified" => q.first.intersect(parse_date_param("identified", v)?),
+            "code" => {
+                for t in v.split(',') {
+                    let code = match t.split_once('|') {
+                        Some((sys, c))
+                            if sys.is_empty() || sys == wardwatch_fhir::ALARM_KIND_SYSTEM =>
+                        {
+                            c
+                        }
+                        Some((sys, _)) => {
+                            return Err(CloudError::NotSupported(format!(
+                                "code system {sys:?} is not supported on DetectedIssue (use {})",
+                                wardwatch_fhir::ALARM_KIND_SYSTEM
+                            )));
+                        }
+                        None => t,
+                    };
+                    if code.is_empty() || code.len() > 64 {
+                        return Err(CloudError::InvalidArgument(format!(
+                            "code {t:?} is not a code"
+                        )));
+                    }
+                    q.codes.push(code.to_string());
+                }
+            }
+            "_count" => {}
+            other => return Err(unsupported("DetectedIssue", other)),
+        }
+    }
+    let (ids, next) = group_page(state, params, crate::storage::GroupKind::Alarm, q).await?;
+    let mut entries = Vec::with_capacity(ids.len());
+    for id in ids {
+        let history = state.store.alarm_history(&id).await?;
+        if history.is_empty() {
+            continue;
+        }
+        let res = crate::resources::alarm_to_fhir(&state.config, &history)?;
+        entries.push((crate::resources::alarm_resource_id(&id), res));
+    }
+    Ok(Page { entries, next })
+}
+
+async fn search_orders(state: &ApiState, params: &Params) -> Result<Page, CloudError> {
+    let mut q = crate::storage::GroupQuery::default();
+    for (k, v) in &params.pairs {
+        match k.as_str() {
+            "patient" | "subject" => parse_patient(k, v, &mut q.patient)?,
+            "effective-time" => q.first.intersect(parse_date_param("effective-time", v)?),
+            "_count" => {}
+            other => return Err(unsupported("MedicationAdministration", other)),
+        }
+    }
+    let (ids, next) = group_page(state, params, crate::storage::GroupKind::Order, q).await?;
+    let mut entries = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(s) = state.store.order_summary(&id).await? {
+            entries.push((id, crate::resources::order_to_fhir(&state.config, &s)?));
+        }
+    }
+    Ok(Page { entries, next })
+}
+
+fn device_kind_value(code: &str) -> Option<i64> {
+    Some(i64::from(match code {
+        "bedside-monitor" => DeviceKind::BedsideMonitor as i32,
+        "wearable" => DeviceKind::Wearable as i32,
+        "drip-monitor" => DeviceKind::DripMonitor as i32,
+        "infusion-pump" => DeviceKind::InfusionPump as i32,
+        _ => return None,
+    }))
+}
+
+async fn search_devices(state: &ApiState, params: &Params) -> Result<Page, CloudError> {
+    let mut q = crate::storage::DeviceQuery::default();
+    for (k, v) in &params.pairs {
+        match k.as_str() {
+            "patient" => parse_patient(k, v, &mut q.patient)?,
+            "location" => {
+                let id = v.strip_prefix("Location/").unwrap_or(v);
+                let (ward, bed) = id.split_once('.').unwrap_or((id, ""));
+                if crate::resources::location_id(ward, bed).as_deref() != Some(id) {
+                    return Err(CloudError::InvalidArgument(format!(
+                        "location {v:?} is not Location/<ward> or Location/<ward>.<bed>"
+                    )));
+                }
+                q.ward = Some(ward.to_string());
+                q.bed = (!bed.is_empty()).then(|| bed.to_string());
+            }
+            "type" => {
+                for t in v.split(',') {
+                    let code = match t.split_once('|') {
+                        Some(("urn:wardwatch:device-kind" | "", c)) => c,
+                        Some((sys, _)) => {
+                            return Err(CloudError::NotSupported(format!(
+                                "type system {sys:?} is not supported on Device (use urn:wardwatch:device-kind)"
+                            )));
+                        }
+                        None => t,
+                    };
+                    q.kinds.push(device_kind_value(code).ok_or_else(|| {
+                        CloudError::InvalidArgument(format!(
+                            "type {code:?} is not one of bedside-monitor, wearable, drip-monitor, infusion-pump"
+                        ))
+                    })?);
+                }
+            }
+            "_count" => {}
+            other => return Err(unsupported("Device", other)),
+        }
+    }
+    if let Some(c) = &params.cursor {
+        q.after = Some(DeviceId::new(c).map_err(|_| bad_cursor(c))?.to_string());
+    }
+    q.limit = params.count + 1;
+    let mut rows = state.store.search_devices(&q).await?;
+    let more = rows.len() > params.count as usize;
+    rows.truncate(params.count as usize);
+    let next = if more {
+        rows.last().map(|r| r.device_id.clone())
+    } else {
+        None
+    };
+    let mut entries = Vec::with_capacity(rows.len());
+    for r in &rows {
+        entries.push((
+            r.device_id.clone(),
+            device_to_fhir(r, &state.config.device_id_system)?,
+        ));
+    }
+    Ok(Page { entries, next })
+}
+
+async fn search_metrics(state: &ApiState, params: &Params) -> Result<Page, CloudError> {
+    let mut device: Option<String> = None;
+    let mut metric: Option<i64> = None;
+    for (k, v) in &params.pairs {
+        match k.as_str() {
+            "source" => {
+                let id = v.strip_prefix("Device/").unwrap_or(v);
+                let id = DeviceId::new(id)
+                    .map_err(|e| CloudError::InvalidArgument(format!("source: {e}")))?;
+                device = Some(id.to_string());
+            }
+            "type" => {
+                let code = match v.split_once('|') {
+                    Some((wardwatch_fhir::MDC | "", c)) => c,
+                    Some((sys, _)) => {
+                        return Err(CloudError::NotSupported(format!(
+                            "type system {sys:?} is not supported on DeviceMetric (use {})",
+                            wardwatch_fhir::MDC
+                        )));
+                    }
+                    None => v.as_str(),
+                };
+                metric = Some(code.parse().map_err(|_| {
+                    CloudError::InvalidArgument(format!("type {v:?} is not an MDC code"))
+                })?);
+            }
+            "_count" => {}
+            other => return Err(unsupported("DeviceMetric", other)),
+        }
+    }
+    let after = match &params.cursor {
+        Some(c) => {
+            let (d, m) = c.rsplit_once('~').ok_or_else(|| bad_cursor(c))?;
+            let m: i64 = m.parse().map_err(|_| bad_cursor(c))?;
+            Some((DeviceId::new(d).map_err(|_| bad_cursor(c))?.to_string(), m))
+        }
+        None => None,
+    };
+    let mut rows = state
+        .store
+        .search_channels(
+            device.as_deref(),
+            metric,
+            after.as_ref().map(|(d, m)| (d.as_str(), *m)),
+            params.count + 1,
+        )
+        .await?;
+    let more = rows.len() > params.count as usize;
+    rows.truncate(params.count as usize);
+    let next = if more {
+        rows.last()
+            .map(|r| format!("{}~{}", r.device_id, r.metric_mdc))
+    } else {
+        None
+    };
+    let mut entries = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let state_value = state.store.device(&r.device_id).await?.map(|d| d.state);
+        entries.push((
+            format!("{}.{}", r.device_id, r.metric_mdc),
+            crate::resources::channel_to_fhir(r, state_value)?,
+        ));
+    }
+    Ok(Page { entries, next })
+}
+
+async fn search_locations(state: &ApiState, params: &Params) -> Result<Page, CloudError> {
+    let mut part_of: Option<String> = None;
+    for (k, v) in &params.pairs {
+        match k.as_str() {
+            "partof" => {
+                let id = v.strip_prefix("Location/").unwrap_or(v);
+                if crate::resources::location_id(id, "").as_deref() != Some(id) {
+                    return Err(CloudError::InvalidArgument(format!(
+                        "partof {v:?} is not Location/<ward>"
+                    )));
+                }
+                part_of = Some(id.to_string());
+            }
+            "_count" => {}
+            other => return Err(unsupported("Location", other)),
+        }
+    }
+    let mut all: Vec<(String, String, String)> = state
+        .store
+        .locations()
+        .await?
+        .into_iter()
+        .filter(|(w, b)| match &part_of {
+            Some(p) => w == p && !b.is_empty(),
+            None => true,
+        })
+        .filter_map(|(w, b)| crate::resources::location_id(&w, &b).map(|id| (id, w, b)))
+        .collect();
+    all.sort();
+    if let Some(c) = &params.cursor {
+        all.retain(|(id, _, _)| id.as_str() > c.as_str());
+    }
+    let more = all.len() > params.count as usize;
+    all.truncate(params.count as usize);
+    let next = if more {
+        all.last().map(|(id, _, _)| id.clone())
+    } else {
+        None
+    };
+    let mut entries = Vec::with_capacity(all.len());
+    for (id, w, b) in &all {
+        entries.push((id.clone(), crate::resources::location_to_fhir(w, b)?));
+    }
+    Ok(Page { entries, next })
+}
+
+/// Which family of Observations a search asks for, from its `category` and `code` values: vital signs
+/// (`None`), NEWS2 (`Some("news2")`) or infusion measurements (`Some("infusion")`). A search naming two
+/// families is refused.
+fn observation_family(raw: Option<&str>) -> Result<Option<&'static str>, CloudError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| CloudError::InvalidArgument(format!("malformed query string: {e}")))?;
+    let mut families = BTreeSet::new();
+    for (k, v) in &pairs {
+        for t in v.split(',') {
+            let (sys, code) = t.rsplit_once('|').map_or(("", t), |(s, c)| (s, c));
+            let fam = match k.as_str() {
+                "category" if sys.is_empty() || sys == wardwatch_fhir::OBSERVATION_CATEGORY => {
+                    match code {
+                        "survey" => Some("news2"),
+                        "therapy" => Some("infusion"),
+                        _ => Some("vital"),
+                    }
+                }
+                "code" if sys == wardwatch_fhir::SNOMED && code == wardwatch_fhir::NEWS2_SNOMED => {
+                    Some("news2")
+                }
+                "code"
+                    if (sys.is_empty() || sys == wardwatch_fhir::MDC)
+                        && infusion_suffix(code).is_some() =>
+                {
+                    Some("infusion")
+                }
+                "code" => Some("vital"),
+                _ => None,
+            };
+            if let Some(f) = fam {
+                families.insert(f);
+            }
+        }
+    }
+    match (families.len(), families.iter().next().copied()) {
+        (0, _) | (1, Some("vital")) => Ok(None),
+        (1, Some(f)) => Ok(Some(f)),
+        _ => Err(CloudError::NotSupported(
+            "one Observation search covers one family: vital signs, NEWS2 (category=survey or code=http://snomed.info/sct|1104051000000101) or infusion measurements (category=therapy or MDC 157784/157993/157872)".into(),
+        )),
+    }
+}
+
+/// The Observation id suffix of an infusion MDC code.
+fn infusion_suffix(code: &str) -> Option<&'static str> {
+    match code.parse::<u32>().ok()? {
+        crate::storage::INFUSION_RATE_MDC => Some("rate"),
+        crate::storage::INFUSION_INFUSED_MDC => Some("infused"),
+        crate::storage::INFUSION_REMAINING_MDC => Some("remaining"),
+        _ => None,
+    }
+}
+
+/// NEWS2 or infusion Observations (from the non-vital events).
+async fn search_event_observations(
+    state: &ApiState,
+    family: &'static str,
+    raw: Option<&str>,
+) -> Result<(serde_json::Value, String), CloudError> {
+    let params = split_params(raw)?;
+    let mut q = crate::storage::EventQuery {
+        kind: if family == "news2" {
+            "risk"
+        } else {
+            "infusion"
+        },
+        codes: if family == "news2" {
+            vec!["news2".into()]
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    };
+    let mut suffixes: Vec<&'static str> = Vec::new();
+    for (k, v) in &params.pairs {
+        match k.as_str() {
+            "patient" | "subject" => parse_patient(k, v, &mut q.patient)?,
+            "date" => q.time.intersect(parse_date_param("date", v)?),
+            "category" => {}
+            "code" => {
+                for t in v.split(',') {
+                    let code = t.rsplit_once('|').map_or(t, |(_, c)| c);
+                    if let Some(s) = infusion_suffix(code) {
+                        suffixes.push(s);
+                    }
+                }
+            }
+            "_count" => {}
+            "_summary" if v == "count" => {}
+            other => {
+                return Err(CloudError::NotSupported(format!(
+                    "search parameter {other:?} is not supported on {} Observations (supported: patient, subject, code, category, date, _summary=count, _count)",
+                    if family == "news2" {
+                        "NEWS2"
+                    } else {
+                        "infusion"
+                    }
+                )));
+            }
+        }
+    }
+    if params
+        .pairs
+        .iter()
+        .any(|(k, v)| k == "_summary" && v == "count")
+    {
+        let total = if empty_range(&q.time) {
+            0
+        } else {
+            state.store.count_events(&q).await?
+        };
+        let per = if family == "infusion" {
+            if suffixes.is_empty() {
+                3
+            } else {
+                suffixes.len() as i64
+            }
+        } else {
+            1
+        };
+        let bundle = wardwatch_fhir::searchset_bundle(SearchPage {
+            self_url: format!(
+                "{}/Observation?{}",
+                state.base_url,
+                serde_urlencoded::to_string(&params.pairs).unwrap_or_default()
+            ),
+            next_url: None,
+            total: Some(u64::try_from(total.saturating_mul(per)).unwrap_or(0)),
+            entries: Vec::new(),
+            timestamp_unix_ms: wardwatch_proto::now_unix_ms(),
+        })
+        .map_err(|e| CloudError::Unavailable(e.to_string()))?;
+        return Ok((bundle, q.patient.unwrap_or_default()));
+    }
+    let (rows, next) = event_page(state, &params, q).await?;
+    let mut entries = Vec::new();
+    for r in &rows {
+        if family == "news2" {
+            entries.push((
+                r.lineage_id(),
+                crate::resources::news2_to_fhir(&state.store, &state.config, r).await?,
+            ));
+        } else {
+            for s in ["rate", "infused", "remaining"] {
+                if suffixes.is_empty() || suffixes.contains(&s) {
+                    entries.push((
+                        format!("{}.{s}", r.lineage_id()),
+                        crate::resources::infusion_observation_to_fhir(&state.config, r, s)?,
+                    ));
+                }
+            }
+        }
+    }
+    page_bundle(state, "Observation", &params, Page { entries, next })
+}
+
+/// `GET [base]/metadata`: the CapabilityStatement (public, like SMART discovery). It lists exactly the
+/// interactions and search parameters this server serves.
+async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudError> {
+    use wardwatch_fhir::{CapabilityResource, CapabilitySearchParam};
+    let token = state.auth.token_endpoint();
+    let mut resources = Vec::new();
+    for t in crate::resources::READABLE_TYPES {
+        let params: Vec<CapabilitySearchParam> = SEARCH_PARAMS
+            .iter()
+            .find(|(n, _)| n == t)
+            .map(|(_, p)| {
+                p.iter()
+                    .map(|(name, kind, doc)| CapabilitySearchParam {
+                        name,
+                        kind,
+                        documentation: doc,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut interactions = vec!["read"];
+        if !params.is_empty() {
+            interactions.push("search-type");
+        }
+        let (profiles, doc): (Vec<&str>, &str) = match *t {
+            "Observation" => (
+                vec![wardwatch_fhir::VITAL_SIGNS_PROFILE],
+                "Vital signs (vital-signs profile), NEWS2 scores (survey) and infusion measurements (therapy); ids <edge>.<sequence>[.rate|.infused|.remaining]",
+            ),
+            "DetectedIssue" => (
+                Vec::new(),
+                "Alarms, one per alarm id, versioned by state change",
+            ),
+            "RiskAssessment" => (
+                Vec::new(),
+                "Edge model predictions (simulated-data models, not clinically validated)",
+            ),
+            "Provenance" => (
+                Vec::new(),
+                "The model (name, version, sha256) behind each RiskAssessment",
+            ),
+            _ => (Vec::new(), ""),
+        };
+        resources.push(CapabilityResource {
+            resource_type: t,
+            interactions,
+            search_params: params,
+            supported_profiles: profiles,
+            documentation: doc,
+        });
+    }
+    let cs = wardwatch_fhir::capability_statement(&wardwatch_fhir::CapabilityRecord {
+        base_url: &state.base_url,
+        software_version: env!("CARGO_PKG_VERSION"),
+        date_unix_ms: wardwatch_proto::now_unix_ms(),
+        token_endpoint: token,
+        resources,
+    })
+    .map_err(|e| CloudError::Unavailable(e.to_string()))?;
+    Ok(fhir_json(StatusCode::OK, &cs))
 }
 
 #[cfg(test)]
@@ -950,20 +1908,43 @@ mod tests {
     }
 
     #[test]
-    fn observation_ids_round_trip_and_junk_is_refused() {
-        let (edge, seq) = parse_observation_id("edge-7a.42").expect("valid id");
-        assert_eq!((edge.as_str(), seq), ("edge-7a", 42));
-        for bad in [
-            "edge-7a",
-            "edge-7a.",
-            "edge-7a.0",
-            "edge-7a.-1",
-            ".5",
-            "edge 7a.5",
-            "e.18446744073709551616",
-        ] {
-            assert!(parse_observation_id(bad).is_none(), "{bad}");
+    fn observation_searches_pick_one_family() {
+        assert_eq!(
+            observation_family(Some("patient=X&code=8867-4")).unwrap(),
+            None
+        );
+        assert_eq!(observation_family(None).unwrap(), None);
+        assert_eq!(
+            observation_family(Some("code=http://snomed.info/sct|1104051000000101")).unwrap(),
+            Some("news2")
+        );
+        assert_eq!(
+            observation_family(Some("category=survey")).unwrap(),
+            Some("news2")
+        );
+        assert_eq!(
+            observation_family(Some("category=therapy&code=157784")).unwrap(),
+            Some("infusion")
+        );
+        assert!(matches!(
+            observation_family(Some("category=survey&code=8867-4")),
+            Err(CloudError::NotSupported(_))
+        ));
+        assert!(matches!(
+            split_params(Some("_count=0")),
+            Err(CloudError::InvalidArgument(_))
+        ));
+        assert!(event_cursor("5~7~edge-7a").is_ok());
+        for bad in ["5~7", "x~7~e", "5~7~bad edge", ""] {
+            assert!(event_cursor(bad).is_err(), "{bad}");
         }
+        assert!(group_cursor("5~edge-7a-alarm-1").is_ok());
+        assert!(group_cursor("5~bad id").is_err());
+        assert!(
+            unsupported("Device", "foo")
+                .to_string()
+                .contains("location")
+        );
     }
 
     #[test]
