@@ -6,7 +6,10 @@
 //! - `store`: cloud `Store::ingest` only (no network, no edge), events/s;
 //! - `e2e-max`: end to end with everything offered at once, events/s from first accept to last acknowledgement;
 //! - `e2e-rate`: end to end at a fixed offered rate, achieved events/s and latency p50/p99/max from "accepted
-//!   at the edge" to "acknowledged as stored by the cloud".
+//!   at the edge" to "acknowledged as stored by the cloud";
+//! - `copy` (PostgreSQL only): the physical reference. The rows the e2e-max run stored are exported and loaded
+//!   again with PostgreSQL's own `COPY ... FROM STDIN` into a table with the same columns and indexes
+//!   (`LIKE vital_signs INCLUDING ALL`), and the e2e rate is reported as a share of that.
 //!
 //! `cargo run --release -p wardwatch --bin bench_sync -- --backend postgres --events 500000 --rate 50000`
 
@@ -184,6 +187,45 @@ async fn outbox_only(args: &Args, events: &[Incoming]) -> Result<f64> {
     Ok(rate)
 }
 
+/// The columns an Observation row has (everything but the generated id).
+const VITAL_COLUMNS: &str = "edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, loinc, value, \
+                             enumerated, unit, components, quality, measured_at_ms, received_at_ms";
+
+/// Exports the stored vital-sign rows and loads them again with `COPY FROM STDIN` into a twin of the table
+/// (same columns, same indexes). Returns the row count and the COPY rate (rows/s, the load alone).
+async fn copy_reference(url: &str) -> Result<(u64, f64)> {
+    use sqlx::Connection;
+    use tokio_stream::StreamExt;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let mut data = Vec::new();
+    {
+        let mut out = conn
+            .copy_out_raw(&format!(
+                "COPY (SELECT {VITAL_COLUMNS} FROM vital_signs) TO STDOUT"
+            ))
+            .await?;
+        while let Some(chunk) = out.next().await {
+            data.extend_from_slice(&chunk?);
+        }
+    }
+    sqlx::query("CREATE TABLE vital_signs_copy (LIKE vital_signs INCLUDING ALL)")
+        .execute(&mut conn)
+        .await?;
+    let t = Instant::now();
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "COPY vital_signs_copy ({VITAL_COLUMNS}) FROM STDIN"
+        ))
+        .await?;
+    for chunk in data.chunks(1 << 20) {
+        copy.send(chunk).await?;
+    }
+    let rows = copy.finish().await?;
+    let rate = rows as f64 / t.elapsed().as_secs_f64();
+    conn.close().await?;
+    Ok((rows, rate))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     wardwatch::install_crypto();
@@ -239,6 +281,14 @@ async fn main() -> Result<()> {
             "{name} e2e-max (all offered at once): {:.0} events/s; latency p50 {} ms p99 {} ms max {} ms",
             m.rate, m.p50, m.p99, m.max
         );
+        if let Some(d) = &max_db {
+            let (rows, copy_rate) = copy_reference(&d.url).await?;
+            println!(
+                "{name} COPY of the same {rows} rows into vital_signs' twin: {copy_rate:.0} rows/s; \
+                 e2e-max is {:.0} % of COPY",
+                100.0 * m.rate / copy_rate
+            );
+        }
         let r = e2e(
             &args,
             rate_db.as_ref().map(|d| d.url.clone()),
