@@ -55,12 +55,17 @@ fn signed_models(dir: &Path) -> ModelsConfig {
 }
 
 fn config(dir: &Path, models: ModelsConfig) -> EdgeConfig {
-    let mut engine = wardwatch_edge::clinical::engine::EngineConfig {
+    let mut c = config_with_default_delays(dir, models);
+    c.engine.alarms.medium_delay_ms = 1_000;
+    c.engine.alarms.low_delay_ms = 1_000;
+    c
+}
+
+fn config_with_default_delays(dir: &Path, models: ModelsConfig) -> EdgeConfig {
+    let engine = wardwatch_edge::clinical::engine::EngineConfig {
         models: Some(models),
         ..Default::default()
     };
-    engine.alarms.medium_delay_ms = 1_000;
-    engine.alarms.low_delay_ms = 1_000;
     EdgeConfig {
         edge_id: EdgeId::new("edge-ml").expect("edge id"),
         wards: vec![WardId::new("7A").expect("ward")],
@@ -370,4 +375,65 @@ async fn an_untrusted_key_file_is_reported_for_both_models() {
             .all(|s| !s.running && s.detail.contains("trusted release keys")),
         "{status:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_unflagged_artefact_still_raises_the_high_alarm_while_the_artifact_model_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = EdgeNode::start(config_with_default_delays(
+        dir.path(),
+        signed_models(dir.path()),
+    ))
+    .await
+    .expect("edge starts");
+    assert!(node.models().artifact.is_some());
+    let stop = run(&node);
+    // Ten quiet minutes, then an unflagged motion artefact over the last 12 s: at full severity SpO2 drops by up to
+    // 20 % per sample, through the hard limit (85 %). Whatever the artifact model says about the signal, a
+    // high-priority condition is never held back.
+    let now = wardwatch_proto::now_unix_ms();
+    let artefact = ScenarioSpec {
+        duration_ms: Some(12_000),
+        severity: Some(1.0),
+        artifact_flagged: Some(false),
+        ..ScenarioSpec::new(1, ScenarioKind::MotionArtifact, now - 12_000)
+    };
+    let mut sim = WardSimulator::new(WardSimConfig {
+        ward: "7A".into(),
+        beds: 1,
+        seed: 5,
+        start_unix_ms: now - 600_000,
+        infusion_share: 0.0,
+        scenarios: vec![artefact],
+        ..WardSimConfig::default()
+    });
+    let incoming: Vec<Incoming> = sim
+        .advance_to(now)
+        .into_iter()
+        .map(|e| Incoming {
+            idempotency_key: e.idempotency_key,
+            payload: e.payload,
+        })
+        .collect();
+    node.accept(incoming).await.expect("accepted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (stats, alarms, counts) = {
+            let e = node.engine().lock().expect("engine");
+            (e.stats(), e.active_alarms(), e.alarm_stats())
+        };
+        if alarms
+            .iter()
+            .any(|a| a.key.detail == "spo2-low" && a.priority == AlarmPriority::High)
+        {
+            eprintln!("engine {stats:?}; alarm manager {counts:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no high SpO2 alarm; engine {stats:?}; alarm manager {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
 }

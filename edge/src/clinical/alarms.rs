@@ -494,7 +494,8 @@ impl AlarmManager {
 
     /// Holds back the pending condition `key` until `until` (announcing it no earlier, if it still holds then).
     /// Returns whether a hold was applied: only a pending medium- or low-priority condition can be held, never a
-    /// high-priority one and never an alarm already announced.
+    /// high-priority one, never an alarm already announced, and each condition only once, so a hold delays an
+    /// alarm by a bounded time and never silences it.
     pub fn hold(&mut self, key: &ConditionKey, until: i64) -> bool {
         let Some(r) = self.records.get_mut(key) else {
             return false;
@@ -502,12 +503,25 @@ impl AlarmManager {
         if r.view.priority == AlarmPriority::High
             || !matches!(r.view.phase, Phase::Pending { .. })
             || !r.view.condition_active
+            || r.held_until.is_some()
         {
             return false;
         }
-        r.held_until = Some(r.held_until.map_or(until, |u| u.max(until)));
+        r.held_until = Some(until);
         self.stats.held_back += 1;
         true
+    }
+
+    /// Whether `key` is a pending, active medium- or low-priority condition that was never held: one an artifact
+    /// verdict could still hold back (at `now`, not before the condition started).
+    pub fn holdable(&self, key: &ConditionKey, now: i64) -> bool {
+        self.records.get(key).is_some_and(|r| {
+            matches!(r.view.phase, Phase::Pending { .. })
+                && r.view.condition_active
+                && r.view.priority != AlarmPriority::High
+                && r.held_until.is_none()
+                && now >= r.since
+        })
     }
 
     /// Until when a pending condition is held back, if it is.
@@ -593,6 +607,7 @@ mod tests {
         let k = key("MRN1", AlarmKind::VitalThreshold, "spo2-low");
         assert!(m.hold(&k, 40_000));
         assert_eq!(m.held_until(&k), Some(40_000));
+        assert!(!m.hold(&k, 90_000), "held once only");
         // Past the 15 s delay but inside the hold: not announced.
         assert!(m.tick(20_000).is_empty());
         assert!(m.tick(39_999).is_empty());

@@ -625,15 +625,7 @@ impl ClinicalEngine {
                 at,
             ));
         }
-        let artifact_on = self.ml.as_ref().is_some_and(|m| m.artifact.is_some());
         for c in thresholds {
-            // A medium/low threshold condition on a continuous signal that starts now is put to the artifact model
-            // (asked once, while it waits out its delay). High-priority conditions are never held, so never asked.
-            let ask = artifact_on
-                && c.active
-                && c.priority != AlarmPriority::High
-                && self.alarms.since(&c.key).is_none();
-            let ask_key = ask.then(|| c.key.clone());
             let cond = Condition {
                 key: c.key,
                 priority: c.priority,
@@ -645,11 +637,25 @@ impl ClinicalEngine {
                 at_unix_ms: at,
             };
             out.extend(self.alarms.update(cond).into_iter().map(Payload::Alarm));
-            if let (Some(k), Some(signal)) = (ask_key, artifact_signal(v.metric_mdc))
-                && self.alarms.held_until(&k).is_none()
-                && self.alarms.is_pending(&k)
-                && let Some(m) = self.patients.get(&patient_id).and_then(|p| p.ml.as_ref())
-            {
+        }
+        // While a medium/low threshold condition on a continuous signal waits out its delay (pending, not held),
+        // every new sample of that signal puts it to the artifact model again: the verdict firms up as the
+        // disturbance goes on. High-priority conditions are never held, so never asked about.
+        if let Some((signal, slug)) = artifact_signal(v.metric_mdc)
+            && self.ml.as_ref().is_some_and(|m| m.artifact.is_some())
+        {
+            for side in ["low", "high"] {
+                let k = key(
+                    &patient_id,
+                    AlarmKind::VitalThreshold,
+                    &format!("{slug}-{side}"),
+                );
+                if !self.alarms.holdable(&k, at) {
+                    continue;
+                }
+                let Some(m) = self.patients.get(&patient_id).and_then(|p| p.ml.as_ref()) else {
+                    break;
+                };
                 self.stats.artifact_queries += 1;
                 self.ml_work.artifact.push(ArtifactRequest {
                     key: k,
@@ -1158,6 +1164,9 @@ mod tests {
         );
         let q = work.artifact[0].clone();
         assert_eq!(q.key.detail, "spo2-low");
+        // Each further sample of the signal while the condition is pending asks again.
+        e.on_event("s2", &vital(MDC_PULS_OXIM_SAT_O2, 88.0, 2_000));
+        assert_eq!(e.take_ml_work().artifact.len(), 1, "asked again");
         assert_eq!(q.features.query, crate::ml::ContinuousSignal::SpO2);
         e.on_artifact_results(vec![ArtifactResult {
             request: q,

@@ -10,10 +10,10 @@
 //!   model's operating threshold (the manifest's `decision_threshold`: the alert rate of NEWS2 ≥ 5 on the training
 //!   cohorts, see `models/deterioration/MODEL_CARD.md`) makes a **medium-priority** `DETERIORATION_RISK`
 //!   condition whose message names the model, the probability and the features that pushed it up most.
-//! - **Artifact.** When a medium- or low-priority threshold condition on heart rate, pulse rate, SpO2 or
-//!   respiratory rate starts (it is pending, waiting out its delay), the engine asks the artifact model about
-//!   the signal that crossed. A verdict at or above its threshold holds that one condition back for
-//!   `artifact_hold_ms`; if it still holds afterwards it is announced. High-priority conditions are never held
+//! - **Artifact.** While a medium- or low-priority threshold condition on heart rate, pulse rate, SpO2 or
+//!   respiratory rate is pending (waiting out its delay) and not held, every new sample of a signal it is built on
+//!   puts that signal to the artifact model. A verdict at or above its threshold holds that one condition back for
+//!   `artifact_hold_ms` from the sample, once: if it still holds afterwards it is announced. High-priority conditions are never held
 //!   (the alarm manager refuses), so a high alarm from an independent parameter always sounds.
 //!
 //! **Simulated data only.** The models were trained on simulated patients and are not clinically validated;
@@ -224,14 +224,15 @@ impl PatientMl {
     }
 }
 
-/// The continuous signal behind a threshold condition on `metric_mdc`, for the artifact model.
-pub(crate) fn artifact_signal(metric_mdc: u32) -> Option<ContinuousSignal> {
+/// The continuous signal a sample of `metric_mdc` is, for the artifact model, and the slug of the threshold
+/// conditions built on it (`<slug>-low`, `<slug>-high`; ECG heart rate and pulse rate share "hr").
+pub(crate) fn artifact_signal(metric_mdc: u32) -> Option<(ContinuousSignal, &'static str)> {
     use wardwatch_proto::metrics::*;
     match metric_mdc {
-        MDC_ECG_HEART_RATE => Some(ContinuousSignal::HeartRate),
-        MDC_PULS_OXIM_PULS_RATE => Some(ContinuousSignal::PulseRate),
-        MDC_PULS_OXIM_SAT_O2 => Some(ContinuousSignal::SpO2),
-        MDC_RESP_RATE => Some(ContinuousSignal::RespRate),
+        MDC_ECG_HEART_RATE => Some((ContinuousSignal::HeartRate, "hr")),
+        MDC_PULS_OXIM_PULS_RATE => Some((ContinuousSignal::PulseRate, "hr")),
+        MDC_PULS_OXIM_SAT_O2 => Some((ContinuousSignal::SpO2, "spo2")),
+        MDC_RESP_RATE => Some((ContinuousSignal::RespRate, "rr")),
         _ => None,
     }
 }
