@@ -33,6 +33,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
+from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.parameters import Parameters
 from fhir.resources.R4B.subscription import Subscription
@@ -147,7 +148,7 @@ def main() -> None:
             "type": "rest-hook",
             "endpoint": f"http://127.0.0.1:{port}/notify",
             "payload": "application/fhir+json",
-            "_payload": {"extension": [{"url": BACKPORT + "backport-payload-content", "valueCode": "id-only"}]},
+            "_payload": {"extension": [{"url": BACKPORT + "backport-payload-content", "valueCode": "full-resource"}]},
             "header": [f"Authorization: {SECRET}"],
         },
     )
@@ -165,8 +166,11 @@ def main() -> None:
     note = next(b for b in inbox.all() if 1 in status_of(b)["events"])
     st = status_of(note)
     assert st["type"] == "event-notification" and st["events-since-subscription-start"] == "1", st
-    assert len(note["entry"]) == 2 and "resource" not in note["entry"][1], "id-only: the focus URL only"
-    assert "/DetectedIssue/" in note["entry"][1]["fullUrl"], note["entry"][1]
+    assert len(note["entry"]) == 2, note
+    focus = note["entry"][1]
+    assert "/DetectedIssue/" in focus["fullUrl"], focus
+    assert focus["resource"]["resourceType"] == "DetectedIssue", "full-resource: the alarm itself"
+    get_fhir_model_class("DetectedIssue").model_validate(focus["resource"])
     httpd.shutdown()
     httpd.server_close()
     say("GOT 1 DOWN")
@@ -183,6 +187,8 @@ def main() -> None:
     got = status_of(caught)
     assert got["type"] == "query-event" and got["events"] == [2, 3], got
     assert [e["fullUrl"].split("/")[-2] for e in caught["entry"][1:]] == ["DetectedIssue", "DetectedIssue"], caught
+    for e in caught["entry"][1:]:
+        get_fhir_model_class(e["resource"]["resourceType"]).model_validate(e["resource"])
 
     # Back up on the same port: the cloud's retries deliver what we already caught up with (same numbers).
     inbox2 = Inbox()

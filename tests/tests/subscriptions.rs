@@ -488,6 +488,12 @@ async fn delivery_survives_endpoint_and_cloud_outages(database_url: Option<Strin
         format!("{base}/DetectedIssue/7A-alarm-1")
     );
     assert_eq!(n1["entry"][1]["request"]["url"], "DetectedIssue/7A-alarm-1");
+    let focus = &n1["entry"][1]["resource"];
+    assert_eq!(
+        focus["resourceType"], "DetectedIssue",
+        "full-resource: {n1}"
+    );
+    assert_eq!(focus["id"], "7A-alarm-1");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         rx.event_numbers(),
@@ -729,6 +735,26 @@ async fn news2_and_infusion_topics_fire_on_their_events_only() -> Result<()> {
             format!("{base}/Observation/{EDGE}.4"),
             format!("{base}/Observation/{EDGE}.6")
         ]
+    );
+    // The same events with the NEWS2 Observations themselves.
+    let (st, full) = f
+        .request(
+            reqwest::Method::GET,
+            &format!("/Subscription/{any_rise}/$events?eventsSinceNumber=2&eventsUntilNumber=2&content=full-resource"),
+            Some(&f.token),
+            None,
+        )
+        .await?;
+    assert_eq!(st, StatusCode::OK, "{full}");
+    assert_eq!(event_numbers(&full), vec![2]);
+    assert_eq!(
+        full["entry"][1]["resource"]["resourceType"], "Observation",
+        "{full}"
+    );
+    assert_eq!(full["entry"][1]["resource"]["id"], format!("{EDGE}.4"));
+    assert_eq!(
+        full["entry"][1]["resource"]["valueInteger"], 8,
+        "the NEWS2 total"
     );
     let ev = events(high_only).await?;
     assert_eq!(event_numbers(&ev), vec![1]);
@@ -995,6 +1021,60 @@ async fn python_ehr_client_receives_and_catches_up() -> Result<()> {
         store.subscription(&sid).await?.is_none(),
         "the client deleted its subscription"
     );
+    if let Some(c) = f.cloud.take() {
+        c.stop().await;
+    }
+    Ok(())
+}
+
+/// A quiet subscription with a heartbeat period gets heartbeats, and they stop once it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_flow_while_nothing_happens() -> Result<()> {
+    let mut f = Fixture::start(None).await?;
+    let rx = Receiver::start().await?;
+    let base = f.base()?;
+    let mut body = subscription_body(&base, "infusion-event", &rx.url(), &[], "empty");
+    if let Some(ext) = body["channel"]["extension"].as_array_mut() {
+        ext.push(json!({"url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period", "valueUnsignedInt": 1}));
+    }
+    let id = f.create(&body).await?;
+    let heartbeats = || {
+        rx.bundles()
+            .into_iter()
+            .filter(|(_, b)| status_param(b, "type").as_deref() == Some("heartbeat"))
+            .collect::<Vec<_>>()
+    };
+    wait_until(Duration::from_secs(20), "two heartbeats", || async {
+        Ok(heartbeats().len() >= 2)
+    })
+    .await?;
+    for (auth, b) in heartbeats() {
+        assert_eq!(auth.as_deref(), Some(HOOK_SECRET));
+        assert_eq!(
+            status_param(&b, "events-since-subscription-start").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            b["entry"].as_array().map(Vec::len),
+            Some(1),
+            "a heartbeat carries no events"
+        );
+    }
+    let sub = f.subscription(&id).await?;
+    assert_eq!(sub["status"], "active");
+    let (st, _) = f
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/Subscription/{id}"),
+            Some(&f.token),
+            None,
+        )
+        .await?;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = rx.bundles().len();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(rx.bundles().len(), n, "nothing is sent after the delete");
     if let Some(c) = f.cloud.take() {
         c.stop().await;
     }

@@ -146,8 +146,8 @@ macro_rules! event_from_row {
 
 /// The body of [`record_sqlite`] and [`record_postgres`]: the same SQL on both.
 macro_rules! record_impl {
-    ($tx:ident, $edge_id:expr, $fresh:expr, $now:expr) => {{
-        let triggers: Vec<(u64, Trigger)> = $fresh
+    ($tx:ident, $edge_id:expr, $fresh:expr, $now:expr, $patient_lock:expr) => {{
+        let mut triggers: Vec<(u64, Trigger)> = $fresh
             .iter()
             .flat_map(|(it, p)| {
                 topics::triggers($edge_id, it.sequence, p)
@@ -158,6 +158,14 @@ macro_rules! record_impl {
         if triggers.is_empty() {
             return Ok(());
         }
+        // Lock order, the same in every ingest: patients (NEWS2 levels) by MRN, then subscriptions by id. Two
+        // batches stored concurrently therefore cannot deadlock.
+        triggers.sort_by(|a, b| {
+            let key = |t: &(u64, Trigger)| {
+                (t.1.topic == Topic::News2Response).then(|| t.1.patient.clone())
+            };
+            key(b).is_some().cmp(&key(a).is_some()).then(key(a).cmp(&key(b))).then(a.0.cmp(&b.0))
+        });
         let subs: Vec<(String, String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
             "SELECT id, topic, filter_patient, filter_ward, filter_event FROM subscriptions
              WHERE status <> 'off' ORDER BY id",
@@ -178,6 +186,10 @@ macro_rules! record_impl {
                 continue;
             };
             let level = t.news2_level.unwrap_or(0);
+            let lock: Option<&str> = $patient_lock;
+            if let Some(sql) = lock {
+                sqlx::query(sql).bind(&patient).execute(&mut **$tx).await?;
+            }
             let prev: Option<(i64, i64)> = sqlx::query_as(
                 "SELECT level, computed_at_ms FROM subscription_news2_levels WHERE patient_id = $1",
             )
@@ -200,6 +212,7 @@ macro_rules! record_impl {
                 fired.push((seq, t));
             }
         }
+        fired.sort_by_key(|(seq, _)| *seq);
         for (id, topic, fp, fw, fe) in &subs {
             let mine: Vec<&(u64, Trigger)> = fired
                 .iter()
@@ -251,7 +264,8 @@ pub(super) async fn record_sqlite(
     fresh: &[(&IngestItem, &Payload)],
     now: i64,
 ) -> Result<(), StorageError> {
-    record_impl!(tx, edge_id, fresh, now)
+    // SQLite has one writer at a time: no lock needed.
+    record_impl!(tx, edge_id, fresh, now, None)
 }
 
 /// Records the topic events of freshly stored events, inside the PostgreSQL ingest transaction.
@@ -261,7 +275,15 @@ pub(super) async fn record_postgres(
     fresh: &[(&IngestItem, &Payload)],
     now: i64,
 ) -> Result<(), StorageError> {
-    record_impl!(tx, edge_id, fresh, now)
+    // Concurrent ingests read and update one patient's NEWS2 level one after the other (a transaction-scoped
+    // advisory lock per patient), so one rise fires once.
+    record_impl!(
+        tx,
+        edge_id,
+        fresh,
+        now,
+        Some("SELECT pg_advisory_xact_lock(hashtext('wardwatch-news2:' || $1))")
+    )
 }
 
 /// Runs `$body` with `$p` bound to the pool of either backend.
@@ -333,6 +355,15 @@ impl Store {
     pub async fn delete_subscription(&self, id: &str) -> Result<bool, StorageError> {
         Ok(on_pool!(self, p => {
             let mut tx = p.begin().await?;
+            // NEWS2 levels first, then the subscription: the lock order of the ingest transaction.
+            sqlx::query(
+                "DELETE FROM subscription_news2_levels WHERE NOT EXISTS (SELECT 1 FROM subscriptions
+                     WHERE topic = $1 AND status <> 'off' AND id <> $2)",
+            )
+            .bind(Topic::News2Response.id())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
             let n = sqlx::query("DELETE FROM subscriptions WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -342,16 +373,6 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            let news2_left: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM subscriptions WHERE topic = $1 AND status <> 'off'")
-                    .bind(Topic::News2Response.id())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if news2_left == 0 {
-                sqlx::query("DELETE FROM subscription_news2_levels")
-                    .execute(&mut *tx)
-                    .await?;
-            }
             tx.commit().await?;
             n > 0
         }))
