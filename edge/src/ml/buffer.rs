@@ -23,8 +23,9 @@ const MINUTE_RING: usize = DETERIORATION_WINDOW_MIN + 1;
 /// same number, so training and the edge agree either way.
 pub const RAW_CAPACITY: usize = 128;
 
-/// What one signal did within one minute (`[minute × 60 s, (minute + 1) × 60 s)` since the epoch), as
-/// [`BedBuffer::bin`] reports it.
+/// What one signal did within one minute (`[minute × 60 s, (minute + 1) × 60 s)` since the epoch): the
+/// accumulator the cohort exporter (`tests/src/bin/export_cohort.rs`) bins samples with, exactly as the edge's
+/// buffer bins them (the buffer stores the same values column-wise and reports them as a [`BinView`]).
 ///
 /// The value is the newest *valid* sample of the minute (neither artifact nor sensor-off flagged; on equal times,
 /// the one pushed last), not a mean: it is what a chart would show at the end of the minute, it equals what
@@ -38,17 +39,68 @@ pub struct MinuteBin {
     pub value: Option<f64>,
     /// Its measurement time (meaningful when `value` is set).
     pub at_unix_ms: i64,
-    /// Samples of the minute, valid or not (counts saturate at 65 535 a minute).
+    /// Samples of the minute, valid or not.
     pub n: u32,
     /// Of which valid (neither flag).
     pub n_valid: u32,
+    /// Of which flagged artifact.
+    pub n_artifact: u32,
+    /// Of which flagged sensor-off.
+    pub n_sensor_off: u32,
 }
 
 impl MinuteBin {
+    /// An empty bin for `minute`.
+    pub fn new(minute: i64) -> MinuteBin {
+        MinuteBin {
+            minute,
+            value: None,
+            at_unix_ms: 0,
+            n: 0,
+            n_valid: 0,
+            n_artifact: 0,
+            n_sensor_off: 0,
+        }
+    }
+
+    /// Adds a sample of this minute (the caller checked the minute).
+    pub fn add(&mut self, s: &Sample) {
+        self.n = self.n.saturating_add(1);
+        if s.quality.artifact() {
+            self.n_artifact = self.n_artifact.saturating_add(1);
+        }
+        if s.quality.sensor_off() {
+            self.n_sensor_off = self.n_sensor_off.saturating_add(1);
+        }
+        if s.quality.is_valid() {
+            self.n_valid = self.n_valid.saturating_add(1);
+        }
+        if s.quality.is_valid() && (self.value.is_none() || s.at_unix_ms >= self.at_unix_ms) {
+            self.value = Some(s.value);
+            self.at_unix_ms = s.at_unix_ms;
+        }
+    }
+
     /// The bin's minute for a sample time.
     pub fn minute_of(at_unix_ms: i64) -> i64 {
         at_unix_ms.div_euclid(MINUTE_MS)
     }
+}
+
+/// A minute bin as [`BedBuffer::bin`] reports it: the same value, time and counts a [`MinuteBin`] of the same
+/// samples has (the buffer does not keep the per-flag counts).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BinView {
+    /// Minute index: `floor(t / 60 000)`.
+    pub minute: i64,
+    /// The newest valid value, if any valid sample came.
+    pub value: Option<f64>,
+    /// Its measurement time (meaningful when `value` is set).
+    pub at_unix_ms: i64,
+    /// Samples of the minute, valid or not (saturating at 65 535 a minute).
+    pub n: u32,
+    /// Of which valid (neither flag).
+    pub n_valid: u32,
 }
 
 /// One raw sample of a continuous signal.
@@ -137,7 +189,7 @@ impl SignalBins {
         Ok(())
     }
 
-    fn bin(&self, minute: i64) -> Option<MinuteBin> {
+    fn bin(&self, minute: i64) -> Option<BinView> {
         if !self.holds(minute) {
             return None;
         }
@@ -146,7 +198,7 @@ impl SignalBins {
             return None;
         }
         let value = (!self.value[k].is_nan()).then_some(self.value[k]);
-        Some(MinuteBin {
+        Some(BinView {
             minute,
             value,
             at_unix_ms: if value.is_some() {
@@ -334,7 +386,7 @@ impl BedBuffer {
     }
 
     /// The bin of `signal` for `minute`, if the buffer holds a sample of that minute.
-    pub fn bin(&self, signal: Signal, minute: i64) -> Option<MinuteBin> {
+    pub fn bin(&self, signal: Signal, minute: i64) -> Option<BinView> {
         self.minutes[signal.index()].bin(minute)
     }
 
@@ -459,6 +511,36 @@ mod tests {
             (bin.value, bin.at_unix_ms, bin.n),
             (Some(72.0), T0 + 1_000 * MINUTE_MS, 1)
         );
+    }
+
+    #[test]
+    fn the_buffer_bins_exactly_as_the_exporters_minute_bin() {
+        let mut b = BedBuffer::new(false);
+        let m = MinuteBin::minute_of(T0);
+        let mut reference = MinuteBin::new(m);
+        for (dt, v, q) in [
+            (5_000, 90.0, 0),
+            (1_000, 91.0, 0),
+            (7_000, 0.0, Quality::SENSOR_OFF),
+            (7_000, 92.0, 0),
+            (7_000, 93.0, 0),
+            (9_000, 50.0, Quality::ARTIFACT),
+        ] {
+            let s = sample(Signal::SpO2, T0 + dt, v, q);
+            let _ = b.push(&s);
+            reference.add(&s);
+        }
+        let got = b.bin(Signal::SpO2, m).unwrap();
+        assert_eq!(
+            (got.value, got.at_unix_ms, got.n, got.n_valid),
+            (
+                reference.value,
+                reference.at_unix_ms,
+                reference.n,
+                reference.n_valid
+            )
+        );
+        assert_eq!(got.value, Some(93.0), "on equal times the one pushed last");
     }
 
     #[test]

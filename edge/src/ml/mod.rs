@@ -47,8 +47,8 @@ pub use wardwatch_inference as inference;
 
 pub use artifact::{ARTIFACT_FEATURES, ARTIFACT_WINDOW_MS, N_ARTIFACT_FEATURES, RECENT_MS};
 pub use buffer::{
-    BedBuffer, DETERIORATION_WINDOW_MIN, MINUTE_MS, MinuteBin, PushError, RAW_CAPACITY, RawSample,
-    VitalError,
+    BedBuffer, BinView, DETERIORATION_WINDOW_MIN, MINUTE_MS, MinuteBin, PushError, RAW_CAPACITY,
+    RawSample, VitalError,
 };
 pub use deterioration::{DETERIORATION_FEATURES, N_DETERIORATION_FEATURES};
 pub use sample::{ContinuousSignal, Quality, Sample, SampleError, Signal};
