@@ -68,7 +68,9 @@ pub const DEV_CLIENT_ID: &str = "dev-ehr";
 /// Key id of the development client's key.
 pub const DEV_CLIENT_KID: &str = "dev-ehr-1";
 /// Scopes of the development client.
-pub const DEV_CLIENT_SCOPES: &str = "system/Observation.rs system/Device.rs";
+pub const DEV_CLIENT_SCOPES: &str = "system/Observation.rs system/Device.rs system/DeviceMetric.rs \
+     system/Location.rs system/RiskAssessment.rs system/Provenance.rs system/DetectedIssue.rs \
+     system/MedicationAdministration.rs";
 
 /// Creates (or reuses) the development PKI for `edge_ids` and the development API client's key under `dir`.
 pub fn dev_setup(dir: &Path, edge_ids: &[&str]) -> Result<DevSetup> {

@@ -14,6 +14,8 @@ use wardwatch::{
 };
 use wardwatch_edge::node::Incoming;
 use wardwatch_edge::simulator::{WardSimConfig, WardSimulator};
+use wardwatch_proto::v1::edge_event::Payload;
+use wardwatch_proto::v1::{BedLocation, ModelPrediction, RiskScore, risk_score};
 
 const EDGE: &str = "edge-7a";
 const WARD: &str = "7A";
@@ -84,9 +86,47 @@ async fn every_served_resource_validates() -> Result<()> {
             payload: e.payload,
         })
         .collect();
+    // The edge does not run models yet (issue 5): one model prediction enters the edge like any event, naming
+    // the first three vital signs of its patient as its basis.
+    let (patient, basis): (String, Vec<String>) = {
+        let mut patient = String::new();
+        let mut keys = Vec::new();
+        for e in &events {
+            if let Payload::Vital(v) = &e.payload
+                && (patient.is_empty() || v.patient_id == patient)
+                && keys.len() < 3
+            {
+                patient = v.patient_id.clone();
+                keys.push(e.idempotency_key.clone());
+            }
+        }
+        (patient, keys)
+    };
+    let prediction = Incoming {
+        idempotency_key: "validation-model-1".into(),
+        payload: Payload::Risk(RiskScore {
+            patient_id: patient.clone(),
+            location: Some(BedLocation {
+                ward: WARD.into(),
+                bed: "1".into(),
+            }),
+            computed_at_unix_ms: start + 20 * 60_000,
+            score: Some(risk_score::Score::Model(ModelPrediction {
+                model_name: "deterioration".into(),
+                model_version: "1.0.0".into(),
+                model_sha256: "0123456789abcdef".repeat(4),
+                probability: 0.27,
+                outcome: "deterioration within 12 h".into(),
+                window_start_unix_ms: start,
+                window_end_unix_ms: start + 20 * 60_000,
+            })),
+            derived_from: basis.clone(),
+        }),
+    };
     for chunk in events.chunks(1_000) {
         edge.node.accept(chunk.to_vec()).await?;
     }
+    edge.node.accept(vec![prediction]).await?;
     edge.wait_drained(Duration::from_secs(60)).await?;
 
     let client = https_client(&setup.pki.ca_cert)?;
@@ -145,11 +185,141 @@ async fn every_served_resource_validates() -> Result<()> {
             .to_string(),
     ); // an OperationOutcome
 
+    // Issue 6: a sample of every device-mapping resource type, searched and read through the API. Each
+    // Bundle is validated, and so is each of its entries on its own line.
+    let push_bundle = |b: &serde_json::Value, lines: &mut Vec<String>| -> usize {
+        let entries = b["entry"].as_array().cloned().unwrap_or_default();
+        for e in &entries {
+            lines.push(e["resource"].to_string());
+        }
+        lines.push(b.to_string());
+        entries.len()
+    };
+    let base = &cloud.fhir_base;
+    let news2 = get(format!(
+        "{base}/Observation?category=survey&patient={patient}&_count=3"
+    ))
+    .await?;
+    assert!(
+        push_bundle(&news2, &mut lines) > 0,
+        "no NEWS2 Observation: {news2}"
+    );
+    let first_news2 = &news2["entry"][0]["resource"];
+    assert_eq!(
+        first_news2["code"]["coding"][0]["code"],
+        wardwatch_fhir::NEWS2_SNOMED
+    );
+    assert!(
+        first_news2["derivedFrom"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty()),
+        "NEWS2 derivedFrom resolves to the vital signs it used: {first_news2}"
+    );
+    // Each derivedFrom reference can be read, and is a vital sign.
+    if let Some(r) = first_news2["derivedFrom"][0]["reference"].as_str() {
+        let vital = get(format!("{base}/{r}")).await?;
+        assert_eq!(
+            vital["category"][0]["coding"][0]["code"], "vital-signs",
+            "{vital}"
+        );
+    }
+    let infusion = get(format!("{base}/Observation?category=therapy&_count=2")).await?;
+    assert!(
+        push_bundle(&infusion, &mut lines) >= 3,
+        "no infusion Observations: {infusion}"
+    );
+    let risk = get(format!("{base}/RiskAssessment?patient={patient}")).await?;
+    assert_eq!(push_bundle(&risk, &mut lines), 1, "{risk}");
+    let ra = &risk["entry"][0]["resource"];
+    assert_eq!(
+        ra["basis"].as_array().map(Vec::len),
+        Some(basis.len()),
+        "basis = the prediction's derived_from: {ra}"
+    );
+    let ra_id = ra["id"].as_str().context("RiskAssessment id")?;
+    lines.push(
+        get(format!("{base}/RiskAssessment/{ra_id}"))
+            .await?
+            .to_string(),
+    );
+    let prov = get(format!("{base}/Provenance/{ra_id}")).await?;
+    assert_eq!(
+        prov["target"][0]["reference"],
+        format!("RiskAssessment/{ra_id}")
+    );
+    lines.push(prov.to_string());
+    let alarms = get(format!("{base}/DetectedIssue?_count=5")).await?;
+    assert!(push_bundle(&alarms, &mut lines) > 0, "no alarm: {alarms}");
+    let admins = get(format!("{base}/MedicationAdministration?_count=4")).await?;
+    assert!(
+        push_bundle(&admins, &mut lines) > 0,
+        "no MedicationAdministration: {admins}"
+    );
+    let devices = get(format!("{base}/Device?location=Location/{WARD}.1")).await?;
+    assert!(
+        push_bundle(&devices, &mut lines) > 0,
+        "no Device at bed 1: {devices}"
+    );
+    let by_patient = get(format!("{base}/Device?patient={patient}")).await?;
+    assert!(
+        push_bundle(&by_patient, &mut lines) > 0,
+        "no Device for {patient}: {by_patient}"
+    );
+    let metrics = get(format!("{base}/DeviceMetric?source=Device/mon-7A-1")).await?;
+    assert!(
+        push_bundle(&metrics, &mut lines) >= 5,
+        "monitor channels: {metrics}"
+    );
+    let locations = get(format!("{base}/Location?partof=Location/{WARD}")).await?;
+    assert_eq!(
+        push_bundle(&locations, &mut lines),
+        6,
+        "six beds: {locations}"
+    );
+    lines.push(get(format!("{base}/Location/{WARD}")).await?.to_string());
+    let cs = client.get(format!("{base}/metadata")).send().await?;
+    assert_eq!(cs.status(), 200, "metadata is public");
+    let cs: serde_json::Value = cs.json().await?;
+    let served: BTreeSet<&str> = cs["rest"][0]["resource"]
+        .as_array()
+        .context("rest.resource")?
+        .iter()
+        .filter_map(|r| r["type"].as_str())
+        .collect();
+    assert_eq!(
+        served,
+        wardwatch_cloud::resources::READABLE_TYPES
+            .iter()
+            .copied()
+            .collect(),
+        "the CapabilityStatement lists exactly what is served"
+    );
+    lines.push(cs.to_string());
+    // Unsupported parameters are refused (never ignored), with an OperationOutcome.
+    let refused = client
+        .get(format!("{base}/DetectedIssue?priority=high"))
+        .bearer_auth(&setup.token)
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 400);
+    let oo: serde_json::Value = refused.json().await?;
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .is_some_and(|d| d.contains("identified")),
+        "{oo}"
+    );
+    lines.push(oo.to_string());
+
     let mut child = Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../cloud/fhir/tests/validate_resources.py"
         ))
+        .arg(
+            "--expect=Observation,Device,Bundle,OperationOutcome,RiskAssessment,Provenance,DetectedIssue,\
+             MedicationAdministration,DeviceMetric,Location,CapabilityStatement",
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -7,7 +7,10 @@
 use std::collections::HashSet;
 
 use wardwatch::TestDatabase;
-use wardwatch_cloud::storage::{AuditRecord, CodeFilter, IngestItem, Store, VitalQuery, VitalRow};
+use wardwatch_cloud::storage::{
+    AuditRecord, CodeFilter, DeviceQuery, EventQuery, GroupKind, GroupQuery, IngestItem, Store,
+    TimeRange, VitalQuery, VitalRow,
+};
 use wardwatch_proto::metrics::{
     MDC_ECG_HEART_RATE, MDC_PRESS_BLD_NONINV, MDC_PRESS_BLD_NONINV_DIA, MDC_PRESS_BLD_NONINV_MEAN,
     MDC_PRESS_BLD_NONINV_SYS, MDC_PULS_OXIM_PULS_RATE, MDC_PULS_OXIM_SAT_O2, MDC_RESP_RATE,
@@ -16,8 +19,8 @@ use wardwatch_proto::metrics::{
 use wardwatch_proto::v1::edge_event::Payload;
 use wardwatch_proto::v1::{
     Alarm, AlarmKind, AlarmPriority, AlarmState, BedLocation, DeviceInfo, DeviceKind,
-    InfusionState, InfusionStatus, OperationalState, QualityFlag, RejectReason, VitalComponent,
-    VitalSign,
+    InfusionState, InfusionStatus, ModelPrediction, News2, News2Response, OperationalState,
+    QualityFlag, RejectReason, RiskScore, VitalComponent, VitalSign, risk_score,
 };
 use wardwatch_proto::validate::Rejection;
 
@@ -1001,6 +1004,469 @@ async fn watermark_in_order(store: Store) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Issue 6: search-index columns of non-vital events, device channels, locations (migration 0005)
+// ---------------------------------------------------------------------------------------------------------------
+
+fn news2_score(patient: &str, total: u32, at_ms: i64, derived: &[&str]) -> RiskScore {
+    RiskScore {
+        patient_id: patient.into(),
+        location: loc("12"),
+        computed_at_unix_ms: at_ms,
+        score: Some(risk_score::Score::News2(News2 {
+            total,
+            response: News2Response::Medium as i32,
+            ..Default::default()
+        })),
+        derived_from: derived.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn model_score(patient: &str, at_ms: i64) -> RiskScore {
+    RiskScore {
+        patient_id: patient.into(),
+        location: loc("12"),
+        computed_at_unix_ms: at_ms,
+        score: Some(risk_score::Score::Model(ModelPrediction {
+            model_name: "deterioration".into(),
+            model_version: "1.0.0".into(),
+            model_sha256: "ab".repeat(32),
+            probability: 0.3,
+            outcome: "deterioration within 12 h".into(),
+            ..Default::default()
+        })),
+        derived_from: vec![key(1)],
+    }
+}
+
+fn alarm_change(id: &str, patient: &str, state: AlarmState, at_ms: i64, by: &str) -> Alarm {
+    Alarm {
+        alarm_id: id.into(),
+        patient_id: patient.into(),
+        state: state as i32,
+        changed_at_unix_ms: at_ms,
+        changed_by: by.into(),
+        ..alarm()
+    }
+}
+
+fn infusion_report(order: &str, patient: &str, state: InfusionState, at_ms: i64) -> InfusionStatus {
+    InfusionStatus {
+        order_id: order.into(),
+        patient_id: patient.into(),
+        state: state as i32,
+        measured_at_unix_ms: at_ms,
+        ..infusion()
+    }
+}
+
+/// The mixed batch of the event scenarios: 3 vitals (keys k-1..k-3), two devices, NEWS2 and model scores,
+/// an alarm raised, acknowledged and cleared plus another patient's alarm, and three reports of one infusion
+/// order (the last completed) plus another patient's order.
+fn event_batch() -> Vec<IngestItem> {
+    let mut pump = device("drip-12", "Drip", "12", OperationalState::On, T0);
+    pump.kind = DeviceKind::DripMonitor as i32;
+    let payloads = vec![
+        Payload::Vital(hr(1)),
+        Payload::Vital(hr(2)),
+        Payload::Vital(vital("MRN-2", MDC_RESP_RATE, 18.0, T0 + 3_000)),
+        Payload::Device(device("mon-12", "Monitor", "12", OperationalState::On, T0)),
+        Payload::Device(pump),
+        Payload::Risk(news2_score(
+            "MRN-1",
+            6,
+            T0 + 10_000,
+            &["k-1", "k-2", "no-such-key", "k-6"],
+        )),
+        Payload::Risk(news2_score("MRN-1", 2, T0 + 20_000, &[])),
+        Payload::Risk(model_score("MRN-1", T0 + 30_000)),
+        Payload::Alarm(alarm_change(
+            "alarm-1",
+            "MRN-1",
+            AlarmState::Raised,
+            T0 + 1_000,
+            "system",
+        )),
+        Payload::Alarm(alarm_change(
+            "alarm-1",
+            "MRN-1",
+            AlarmState::Acknowledged,
+            T0 + 5_000,
+            "nurse-kim",
+        )),
+        Payload::Alarm(alarm_change(
+            "alarm-1",
+            "MRN-1",
+            AlarmState::Cleared,
+            T0 + 9_000,
+            "system",
+        )),
+        Payload::Alarm(alarm_change(
+            "alarm-2",
+            "MRN-2",
+            AlarmState::Raised,
+            T0 + 2_000,
+            "system",
+        )),
+        Payload::Infusion(infusion_report(
+            "ORD-1",
+            "MRN-1",
+            InfusionState::Running,
+            T0,
+        )),
+        Payload::Infusion(infusion_report(
+            "ORD-1",
+            "MRN-1",
+            InfusionState::Running,
+            T0 + 60_000,
+        )),
+        Payload::Infusion(infusion_report(
+            "ORD-1",
+            "MRN-1",
+            InfusionState::Completed,
+            T0 + 120_000,
+        )),
+        Payload::Infusion(infusion_report(
+            "ORD-2",
+            "MRN-2",
+            InfusionState::Paused,
+            T0 + 4_000,
+        )),
+    ];
+    payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let seq = i as u64 + 1;
+            item(seq, key(seq), p)
+        })
+        .collect()
+}
+
+async fn event_searches(store: Store) {
+    let batch = event_batch();
+    let out = ingest(&store, EDGE, &batch).await.unwrap();
+    assert_eq!(out.stored, 16);
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM edge_events WHERE event_ms IS NULL OR code IS NULL"
+        )
+        .await,
+        0,
+        "every event has its index columns"
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM edge_events WHERE alarm_id = 'alarm-1' AND alarm_state = 5"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM edge_events WHERE news2_total = 6 AND news2_response = 4"
+        )
+        .await,
+        1
+    );
+    // A replayed batch stores nothing twice, channels included.
+    let channels_before = scalar(&store, "SELECT COUNT(*) FROM device_channels").await;
+    assert_eq!(
+        channels_before, 5,
+        "mon-12 HR, mon-12 RR, drip-12 rate/infused/remaining"
+    );
+    let again = ingest(&store, EDGE, &batch).await.unwrap();
+    assert_eq!(again.stored, 0);
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM edge_events").await, 11);
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM device_channels").await,
+        channels_before
+    );
+
+    // NEWS2 scores of one patient, newest first, paged with the keyset cursor, bounded by time.
+    let q = EventQuery {
+        kind: "risk",
+        patient: Some("MRN-1".into()),
+        codes: vec!["news2".into()],
+        limit: 1,
+        ..Default::default()
+    };
+    let p1 = store.search_events(&q).await.unwrap();
+    assert_eq!(p1.len(), 1);
+    assert_eq!((p1[0].sequence, p1[0].event_ms), (7, T0 + 20_000));
+    let p2 = store
+        .search_events(&EventQuery {
+            after: Some((p1[0].event_ms, p1[0].sequence, p1[0].edge_id.clone())),
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(p2.iter().map(|r| r.sequence).collect::<Vec<_>>(), vec![6]);
+    let p3 = store
+        .search_events(&EventQuery {
+            after: Some((p2[0].event_ms, p2[0].sequence, p2[0].edge_id.clone())),
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    assert!(p3.is_empty(), "two NEWS2 scores only");
+    let early = store
+        .search_events(&EventQuery {
+            time: TimeRange {
+                from_ms: None,
+                before_ms: Some(T0 + 15_000),
+            },
+            limit: 10,
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        early.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        vec![6]
+    );
+    assert_eq!(
+        store
+            .count_events(&EventQuery {
+                limit: 0,
+                ..q.clone()
+            })
+            .await
+            .unwrap(),
+        2
+    );
+    let models = store
+        .search_events(&EventQuery {
+            kind: "risk",
+            codes: vec!["model".into()],
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        models.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        vec![8]
+    );
+    let none = store
+        .search_events(&EventQuery {
+            patient: Some("MRN-2".into()),
+            limit: 10,
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "another patient's scores are not returned");
+
+    // derivedFrom: keys resolve to the vital signs' sequences, in order; unknown and non-vital keys drop out.
+    let seqs = store
+        .vital_sequences_by_keys(
+            EDGE,
+            &[
+                "k-2".into(),
+                "k-1".into(),
+                "no-such-key".into(),
+                "k-6".into(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqs, vec![2, 1]);
+    assert!(
+        store
+            .vital_sequences_by_keys("edge-other", &["k-1".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // One alarm's history in order; alarm search by patient and by kind, paged by first raise.
+    let hist = store.alarm_history("alarm-1").await.unwrap();
+    assert_eq!(
+        hist.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        vec![9, 10, 11]
+    );
+    let mine = store
+        .search_groups(
+            GroupKind::Alarm,
+            &GroupQuery {
+                patient: Some("MRN-1".into()),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(mine, vec![("alarm-1".to_string(), T0 + 1_000)]);
+    let all = store
+        .search_groups(
+            GroupKind::Alarm,
+            &GroupQuery {
+                limit: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        all,
+        vec![("alarm-2".to_string(), T0 + 2_000)],
+        "newest first raise first"
+    );
+    let rest = store
+        .search_groups(
+            GroupKind::Alarm,
+            &GroupQuery {
+                after: Some((T0 + 2_000, "alarm-2".into())),
+                limit: 5,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest, vec![("alarm-1".to_string(), T0 + 1_000)]);
+    let by_kind = store
+        .search_groups(
+            GroupKind::Alarm,
+            &GroupQuery {
+                codes: vec!["vital-threshold".into()],
+                limit: 5,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(by_kind.is_empty(), "both alarms are infusion-too-fast");
+
+    // Medication orders: summary of reports, search by patient.
+    let s = store
+        .order_summary("ORD-1")
+        .await
+        .unwrap()
+        .expect("order ORD-1");
+    assert_eq!(
+        (s.first_ms, s.reports, s.completed_ms),
+        (T0, 3, Some(T0 + 120_000))
+    );
+    assert_eq!(s.latest.sequence, 15);
+    assert!(store.order_summary("ORD-9").await.unwrap().is_none());
+    let orders = store
+        .search_groups(
+            GroupKind::Order,
+            &GroupQuery {
+                patient: Some("MRN-2".into()),
+                limit: 5,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(orders, vec![("ORD-2".to_string(), T0 + 4_000)]);
+
+    // Devices by patient and by kind, channels, locations.
+    let ch = store.device_channels("drip-12").await.unwrap();
+    assert_eq!(
+        ch.iter()
+            .map(|c| (c.metric_mdc, c.unit.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(157_784, "mL/h"), (157_872, "mL"), (157_993, "mL")]
+    );
+    assert_eq!(
+        ch[0].last_seen_ms,
+        T0 + 120_000,
+        "latest report of the batch"
+    );
+    let devs = |patient: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .search_devices(&DeviceQuery {
+                    patient: Some(patient.into()),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.device_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        devs("MRN-1").await,
+        vec!["drip-12", "mon-12"],
+        "the pump and the monitor's HR channel"
+    );
+    assert_eq!(
+        devs("MRN-2").await,
+        vec!["mon-12"],
+        "only the monitor's RR channel"
+    );
+    assert!(devs("MRN-9").await.is_empty());
+    let drips = store
+        .search_devices(&DeviceQuery {
+            kinds: vec![i64::from(DeviceKind::DripMonitor as i32)],
+            ward: Some(WARD.into()),
+            bed: Some("12".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(drips.len(), 1);
+    let page = store
+        .search_channels(None, None, Some(("drip-12", 157_993)), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|c| (c.device_id.as_str(), c.metric_mdc))
+            .collect::<Vec<_>>(),
+        vec![
+            ("mon-12", i64::from(MDC_ECG_HEART_RATE)),
+            ("mon-12", i64::from(MDC_RESP_RATE))
+        ]
+    );
+    assert_eq!(
+        store.locations().await.unwrap(),
+        vec![
+            (WARD.to_string(), String::new()),
+            (WARD.to_string(), "12".to_string())
+        ]
+    );
+}
+
+async fn event_index_backfill(store: Store) {
+    ingest(&store, EDGE, &event_batch()).await.unwrap();
+    // What rows stored before migration 0005 look like: no index columns.
+    let clear = "UPDATE edge_events SET event_ms = NULL, code = NULL, alarm_id = NULL, alarm_state = NULL, \
+                 order_id = NULL, news2_total = NULL";
+    match &store {
+        Store::Sqlite(p) => sqlx::query(clear).execute(p).await.map(|_| ()),
+        Store::Postgres(p) => sqlx::query(clear).execute(p).await.map(|_| ()),
+    }
+    .expect("clear index columns");
+    assert!(store.alarm_history("alarm-1").await.unwrap().is_empty());
+    assert_eq!(store.backfill_event_index().await.unwrap(), 11);
+    assert_eq!(
+        store.backfill_event_index().await.unwrap(),
+        0,
+        "nothing left"
+    );
+    assert_eq!(store.alarm_history("alarm-1").await.unwrap().len(), 3);
+    assert_eq!(
+        store
+            .order_summary("ORD-1")
+            .await
+            .unwrap()
+            .map(|s| s.reports),
+        Some(3)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Two tests per scenario
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -1060,4 +1526,6 @@ both_backends!(
     edges_isolated,
     dup_sequence_key_replay,
     watermark_in_order,
+    event_searches,
+    event_index_backfill,
 );

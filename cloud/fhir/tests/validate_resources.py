@@ -21,6 +21,13 @@ Exits 0 and prints a one-line summary when everything is valid; otherwise
 prints one line per problem to stderr and exits 1 (also when no resource was
 read at all).
 
+* for the issue-6 device mapping: NEWS2 Observations (SNOMED code, survey
+  category, integer total and sub-scores), RiskAssessment (probability 0..1,
+  "not clinically validated" note), Provenance (model sha256), DetectedIssue
+  (versionId = state changes), MedicationAdministration, DeviceMetric, Location
+  and the CapabilityStatement (FHIR 4.0.1, SMART oauth-uris);
+* with ``--expect=Type,Type`` fails unless each type appears at top level.
+
 Usage:
     cargo run -p wardwatch-fhir --example dump_samples | python3 cloud/fhir/tests/validate_resources.py
     python3 cloud/fhir/tests/validate_resources.py resources.jsonl
@@ -65,8 +72,14 @@ DATETIME_RE = re.compile(
     rf"{_YEAR}(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])(T{_TIME}{_TZ})?)?)?"
 )
 INSTANT_RE = re.compile(rf"{_YEAR}-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]|3[0-1])T{_TIME}{_TZ}")
-DATETIME_KEYS = {"effectiveDateTime", "valueDateTime", "time"}
-INSTANT_KEYS = {"issued", "lastUpdated", "timestamp"}
+DATETIME_KEYS = {
+    "effectiveDateTime", "valueDateTime", "time", "occurrenceDateTime", "identifiedDateTime",
+    "occurredDateTime", "date", "start", "end",
+}
+INSTANT_KEYS = {"issued", "lastUpdated", "timestamp", "recorded"}
+SNOMED = "http://snomed.info/sct"
+NEWS2_SNOMED = "1104051000000101"
+NOT_VALIDATED = "not clinically validated"
 
 OBSERVATION_STATUSES = {
     "registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown",
@@ -220,6 +233,67 @@ def check_vital_signs(obs: dict, where: str, p: Problems) -> None:
                 p.add(where, f"{profile} requires valueQuantity.code in {units}, got {unit!r}")
 
 
+def check_news2(obs: dict, where: str, p: Problems) -> None:
+    """A NEWS2 Observation: SNOMED total score, survey category, integer total 0..20 and sub-scores 0..3."""
+    if not has_coding(obs.get("code"), SNOMED, NEWS2_SNOMED):
+        p.add(where, f"NEWS2 code must be SNOMED CT {NEWS2_SNOMED}")
+    if not any(has_coding(c, OBS_CATEGORY, "survey") for c in obs.get("category") or []):
+        p.add(where, "NEWS2 category must be survey")
+    total = obs.get("valueInteger")
+    if not isinstance(total, int) or not 0 <= total <= 20:
+        p.add(where, f"NEWS2 valueInteger {total!r} is not 0..20")
+    subs = [c["valueInteger"] for c in obs.get("component") or [] if "valueInteger" in c]
+    if any(not 0 <= v <= 3 for v in subs):
+        p.add(where, f"NEWS2 sub-scores {subs} not all 0..3")
+    for ref in obs.get("derivedFrom") or []:
+        if not str(ref.get("reference", "")).startswith("Observation/"):
+            p.add(where, f"derivedFrom {ref!r} is not an Observation reference")
+
+
+def check_device_mapping(res: dict, where: str, p: Problems) -> None:
+    """Rules of the issue-6 resources beyond what the R4B models check."""
+    rtype = res["resourceType"]
+    if rtype == "RiskAssessment":
+        for pred in res.get("prediction") or []:
+            prob = pred.get("probabilityDecimal")
+            if not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
+                p.add(where, f"probabilityDecimal {prob!r} is not 0..1")
+        if not any(NOT_VALIDATED in (n.get("text") or "") for n in res.get("note") or []):
+            p.add(where, "a model prediction must say it is not clinically validated")
+    elif rtype == "Provenance":
+        if not res.get("target"):
+            p.add(where, "Provenance needs a target")
+        hashes = [
+            (a.get("who") or {}).get("identifier", {}).get("value", "") for a in res.get("agent") or []
+        ]
+        if not any(re.fullmatch(r"[0-9a-f]{64}", h or "") for h in hashes):
+            p.add(where, "Provenance must name the model's sha256")
+    elif rtype == "DetectedIssue":
+        version = (res.get("meta") or {}).get("versionId")
+        if version != str(1 + len(res.get("mitigation") or [])):
+            p.add(where, f"versionId {version!r} != 1 + number of mitigations")
+        if res.get("severity") not in ("high", "moderate", "low"):
+            p.add(where, "an alarm needs a severity")
+    elif rtype == "MedicationAdministration":
+        if res.get("status") not in ("in-progress", "on-hold", "completed", "stopped"):
+            p.add(where, f"status {res.get('status')!r} is not one Wardwatch uses")
+        if not (res.get("request") or {}).get("identifier"):
+            p.add(where, "request must name the order by identifier")
+    elif rtype == "DeviceMetric":
+        if not str((res.get("source") or {}).get("reference", "")).startswith("Device/"):
+            p.add(where, "DeviceMetric.source must reference a Device")
+    elif rtype == "Location":
+        bed = has_coding(res.get("physicalType"), "http://terminology.hl7.org/CodeSystem/location-physical-type", "bd")
+        if bed and not res.get("partOf"):
+            p.add(where, "a bed must be partOf its ward")
+    elif rtype == "CapabilityStatement":
+        if res.get("fhirVersion") != "4.0.1":
+            p.add(where, "fhirVersion must be 4.0.1")
+        sec = ((res.get("rest") or [{}])[0].get("security") or {}).get("extension") or []
+        if not any(e.get("url", "").endswith("oauth-uris") for e in sec):
+            p.add(where, "the SMART oauth-uris extension is missing")
+
+
 def is_vital_signs(obs: dict) -> bool:
     return any(has_coding(cat, OBS_CATEGORY, "vital-signs") for cat in obs.get("category") or [])
 
@@ -231,7 +305,10 @@ def check_resource(res: Any, where: str, p: Problems) -> None:
     check_model(res, where, p)
     check_dates(res, where, p)
     rtype = res["resourceType"]
+    check_device_mapping(res, where, p)
     if rtype == "Observation":
+        if has_coding(res.get("code"), SNOMED, NEWS2_SNOMED):
+            check_news2(res, where, p)
         if is_vital_signs(res):
             check_vital_signs(res, where, p)
         elif VITAL_SIGNS_PROFILE in ((res.get("meta") or {}).get("profile") or []):
@@ -259,8 +336,12 @@ def check_resource(res: Any, where: str, p: Problems) -> None:
 
 
 def main(argv: list[str]) -> int:
+    expect: list[str] = []
+    if len(argv) > 1 and argv[1].startswith("--expect="):
+        expect = [t for t in argv[1][len("--expect="):].split(",") if t]
+        argv = [argv[0]] + argv[2:]
     if len(argv) > 2:
-        print(f"usage: {argv[0]} [FILE|-]", file=sys.stderr)
+        print(f"usage: {argv[0]} [--expect=Type,Type...] [FILE|-]", file=sys.stderr)
         return 2
     if len(argv) == 2 and argv[1] != "-":
         with open(argv[1], encoding="utf-8") as f:
@@ -283,6 +364,9 @@ def main(argv: list[str]) -> int:
         check_resource(res, f"line {n} ({label(res)})", p)
 
     total = sum(counts.values())
+    for t in expect:
+        if counts.get(t, 0) == 0:
+            p.add("input", f"no {t} resource was given (--expect)")
     if total == 0 and not p.items:
         print("FAIL: no resources read", file=sys.stderr)
         return 1
