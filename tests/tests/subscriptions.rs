@@ -641,9 +641,10 @@ async fn delivery_survives_endpoint_and_cloud_outages_postgres() -> Result<()> {
     r
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn news2_and_infusion_topics_fire_on_their_events_only() -> Result<()> {
-    let mut f = Fixture::start(None).await?;
+async fn news2_and_infusion_topics_fire_on_their_events_only(
+    database_url: Option<String>,
+) -> Result<()> {
+    let mut f = Fixture::start(database_url).await?;
     let rx = Receiver::start().await?;
     let base = f.base()?;
     let any_rise = f
@@ -773,9 +774,26 @@ async fn news2_and_infusion_topics_fire_on_their_events_only() -> Result<()> {
         Some(1),
         "empty content: no focus entries"
     );
+    // Two batches stored concurrently (as the sync pipeline does), each with a high score of another patient:
+    // that patient's rise fires once.
+    let batch = |seq: u64| IngestItem {
+        sequence: seq,
+        idempotency_key: format!("k-{seq}"),
+        outcome: Ok(news2(OTHER, 9, News2Response::High)),
+    };
+    let (a, b) = (vec![batch(100)], vec![batch(101)]);
+    let store = f.cloud()?.store.clone();
+    let (ra, rb) = tokio::join!(store.ingest(EDGE, &a), store.ingest(EDGE, &b));
+    assert_eq!(ra?.stored + rb?.stored, 2);
+    let ev = events(any_rise.clone()).await?;
+    assert_eq!(
+        event_numbers(&ev),
+        vec![1, 2, 3, 4],
+        "one event for the concurrent rise"
+    );
     // Notifications reach the endpoint too.
     wait_until(Duration::from_secs(20), "NEWS2 notifications", || async {
-        Ok(rx.event_numbers().contains(&3))
+        Ok(rx.event_numbers().contains(&4))
     })
     .await?;
     if let Some(c) = f.cloud.take() {
@@ -1025,6 +1043,21 @@ async fn python_ehr_client_receives_and_catches_up() -> Result<()> {
         c.stop().await;
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn news2_and_infusion_topics_fire_on_their_events_only_sqlite() -> Result<()> {
+    news2_and_infusion_topics_fire_on_their_events_only(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn news2_and_infusion_topics_fire_on_their_events_only_postgres() -> Result<()> {
+    let Some(db) = TestDatabase::create("subscriptions_news2").await? else {
+        return Ok(());
+    };
+    let r = news2_and_infusion_topics_fire_on_their_events_only(Some(db.url.clone())).await;
+    db.drop_now().await?;
+    r
 }
 
 /// A quiet subscription with a heartbeat period gets heartbeats, and they stop once it is deleted.
