@@ -1113,3 +1113,50 @@ async fn heartbeats_flow_while_nothing_happens() -> Result<()> {
     }
     Ok(())
 }
+
+/// The whole path: an alarm accepted by a real edge node, synced over mutual-TLS gRPC, validated and stored by
+/// the cloud, reaches the subscriber with the DetectedIssue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_from_a_real_edge_reaches_the_subscriber() -> Result<()> {
+    let mut f = Fixture::start(None).await?;
+    let rx = Receiver::start().await?;
+    let base = f.base()?;
+    f.create(&subscription_body(
+        &base,
+        "high-priority-alarm",
+        &rx.url(),
+        &[&format!("DetectedIssue?patient={PATIENT}&ward={WARD}")],
+        "full-resource",
+    ))
+    .await?;
+    let edge = wardwatch::EdgeHandle::start(wardwatch::edge_config(
+        &f.setup,
+        &f.dir.path().join("edge"),
+        EDGE,
+        &[WARD],
+        f.cloud()?.sync_addr,
+    )?)
+    .await?;
+    let report = edge
+        .node
+        .accept(vec![wardwatch_edge::node::Incoming {
+            idempotency_key: "edge-alarm-1".into(),
+            payload: high_alarm(11, PATIENT),
+        }])
+        .await?;
+    assert_eq!(report.accepted, 1, "{report:?}");
+    edge.wait_drained(Duration::from_secs(20)).await?;
+    wait_events(&rx, &[1]).await?;
+    let (_, n) = rx
+        .bundles()
+        .into_iter()
+        .find(|(_, b)| event_numbers(b) == vec![1])
+        .context("notification")?;
+    assert_eq!(n["entry"][1]["resource"]["resourceType"], "DetectedIssue");
+    assert_eq!(n["entry"][1]["resource"]["id"], "7A-alarm-11");
+    edge.stop().await;
+    if let Some(c) = f.cloud.take() {
+        c.stop().await;
+    }
+    Ok(())
+}
