@@ -1160,3 +1160,45 @@ async fn an_alarm_from_a_real_edge_reaches_the_subscriber() -> Result<()> {
     }
     Ok(())
 }
+
+/// A subscription whose `end` passes is turned off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_ends_at_its_end_time() -> Result<()> {
+    let mut f = Fixture::start(None).await?;
+    let rx = Receiver::start().await?;
+    let base = f.base()?;
+    let mut body = subscription_body(&base, "high-priority-alarm", &rx.url(), &[], "id-only");
+    let end = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    body["end"] = json!(end.format(&time::format_description::well_known::Rfc3339)?);
+    let id = f.create(&body).await?;
+    f.wait_status(&id, "active").await?;
+    f.wait_status(&id, "off").await?;
+    let sub = f.subscription(&id).await?;
+    assert!(
+        sub["error"].as_str().is_some_and(|e| e.contains("end")),
+        "{sub}"
+    );
+    // Nothing is recorded or sent for it any more.
+    f.sync(vec![high_alarm(1, PATIENT)]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(rx.event_numbers().is_empty());
+    let (st, status) = f
+        .request(
+            reqwest::Method::GET,
+            &format!("/Subscription/{id}/$status"),
+            Some(&f.token),
+            None,
+        )
+        .await?;
+    assert_eq!(st, StatusCode::OK);
+    let s = json!({"entry": [{"resource": status["entry"][0]["resource"]}]});
+    assert_eq!(status_param(&s, "status").as_deref(), Some("off"));
+    assert_eq!(
+        status_param(&s, "events-since-subscription-start").as_deref(),
+        Some("0")
+    );
+    if let Some(c) = f.cloud.take() {
+        c.stop().await;
+    }
+    Ok(())
+}
