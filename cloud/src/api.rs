@@ -1771,9 +1771,57 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
             interactions,
             search_params: params,
             supported_profiles: profiles,
+            operations: Vec::new(),
             documentation: doc,
         });
     }
+    // Served by other modules: the audit trail (auth/audit_api.rs) and subscriptions (subscriptions/api.rs).
+    let p = |name, kind, documentation| CapabilitySearchParam {
+        name,
+        kind,
+        documentation,
+    };
+    resources.push(CapabilityResource {
+        resource_type: "AuditEvent",
+        interactions: vec!["read", "search-type"],
+        search_params: vec![
+            p("date", "date", "When, eq/ge/gt/le/lt"),
+            p("agent", "reference", "Client id of the API client"),
+            p(
+                "patient",
+                "reference",
+                "MRN of a patient whose data was returned",
+            ),
+        ],
+        supported_profiles: Vec::new(),
+        operations: Vec::new(),
+        documentation: "The audit trail; needs system/AuditEvent.rs",
+    });
+    resources.push(CapabilityResource {
+        resource_type: "Subscription",
+        interactions: vec!["create", "read", "delete"],
+        search_params: Vec::new(),
+        supported_profiles: Vec::new(),
+        operations: vec![
+            (
+                "status",
+                "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status",
+            ),
+            (
+                "events",
+                "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events",
+            ),
+        ],
+        documentation: "Topic-based subscriptions (R4 Subscriptions Backport), rest-hook; see docs/subscriptions.md",
+    });
+    resources.push(CapabilityResource {
+        resource_type: "SubscriptionTopic",
+        interactions: vec!["read", "search-type"],
+        search_params: Vec::new(),
+        supported_profiles: Vec::new(),
+        operations: Vec::new(),
+        documentation: "The topics subscriptions can name",
+    });
     let cs = wardwatch_fhir::capability_statement(&wardwatch_fhir::CapabilityRecord {
         base_url: &state.base_url,
         software_version: env!("CARGO_PKG_VERSION"),

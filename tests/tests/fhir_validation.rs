@@ -291,6 +291,7 @@ async fn every_served_resource_validates() -> Result<()> {
         wardwatch_cloud::resources::READABLE_TYPES
             .iter()
             .copied()
+            .chain(["AuditEvent", "Subscription", "SubscriptionTopic"])
             .collect(),
         "the CapabilityStatement lists exactly what is served"
     );
@@ -310,6 +311,33 @@ async fn every_served_resource_validates() -> Result<()> {
         "{oo}"
     );
     lines.push(oo.to_string());
+    // Bad input on the new routes: the right status and an OperationOutcome, never a crash.
+    for (path, status) in [
+        ("/DetectedIssue?_count=-1", 400),
+        ("/RiskAssessment?date=2024-13-45", 400),
+        ("/Observation?category=survey&code=8867-4", 400),
+        ("/Observation?category=therapy&_cursor=junk", 400),
+        ("/Location?partof=Location/bad_ward", 400),
+        ("/Device?type=toaster", 400),
+        ("/DeviceMetric?type=http://loinc.org|8867-4", 400),
+        ("/MedicationAdministration?status=completed", 400),
+        ("/DetectedIssue/no-such-alarm", 404),
+        ("/RiskAssessment/edge-7a.1", 404),
+        ("/Observation/edge-7a.1.bogus", 404),
+        ("/NoSuchType/1", 404),
+    ] {
+        let r = client
+            .get(format!("{base}{path}"))
+            .bearer_auth(&setup.token)
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let body: serde_json::Value = r.json().await?;
+        assert_eq!(body["resourceType"], "OperationOutcome", "{path}: {body}");
+        lines.push(body.to_string());
+    }
+    let no_token = client.get(format!("{base}/DetectedIssue")).send().await?;
+    assert_eq!(no_token.status(), 401);
 
     let mut child = Command::new("python3")
         .arg(concat!(

@@ -8,8 +8,8 @@ use fhir_sdk::r4b::codes::{
 use fhir_sdk::r4b::resources::{
     CapabilityStatement, CapabilityStatementImplementation, CapabilityStatementRest,
     CapabilityStatementRestResource, CapabilityStatementRestResourceInteraction,
-    CapabilityStatementRestResourceSearchParam, CapabilityStatementRestSecurity,
-    CapabilityStatementSoftware,
+    CapabilityStatementRestResourceOperation, CapabilityStatementRestResourceSearchParam,
+    CapabilityStatementRestSecurity, CapabilityStatementSoftware,
 };
 use fhir_sdk::r4b::types::{Extension, ExtensionValue};
 
@@ -40,6 +40,8 @@ pub struct CapabilityResource<'a> {
     pub search_params: Vec<CapabilitySearchParam<'a>>,
     /// Profiles the server produces for this type.
     pub supported_profiles: Vec<&'a str>,
+    /// Operations on this type: (name without `$`, canonical URL of its OperationDefinition).
+    pub operations: Vec<(&'a str, &'a str)>,
     /// Notes.
     pub documentation: &'a str,
 }
@@ -114,6 +116,18 @@ pub fn capability_statement(r: &CapabilityRecord<'_>) -> Result<serde_json::Valu
         if !res.documentation.is_empty() {
             b = b.documentation(res.documentation.to_owned());
         }
+        let mut ops = Vec::with_capacity(res.operations.len());
+        for (name, definition) in &res.operations {
+            require_uri("operation definition", definition)?;
+            ops.push(Some(
+                CapabilityStatementRestResourceOperation::builder()
+                    .name((*name).to_owned())
+                    .definition((*definition).to_owned())
+                    .build()
+                    .map_err(build_err("rest.resource.operation"))?,
+            ));
+        }
+        b = b.operation(ops);
         resources.push(Some(b.build().map_err(build_err("rest.resource"))?));
     }
     let oauth = Extension::builder()
@@ -208,6 +222,7 @@ mod tests {
                     documentation: "MRN",
                 }],
                 supported_profiles: vec!["http://hl7.org/fhir/StructureDefinition/vitalsigns"],
+                operations: vec![],
                 documentation: "",
             }],
         })
@@ -230,6 +245,7 @@ mod tests {
                 interactions: vec![],
                 search_params: vec![],
                 supported_profiles: vec![],
+                operations: vec![],
                 documentation: "",
             }],
         });
