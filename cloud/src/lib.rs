@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod http_cache;
 pub mod pki;
 pub mod registry;
 pub mod resources;

@@ -225,7 +225,11 @@ impl CloudServer {
         ));
         let api_failures = Arc::new(AtomicU64::new(0));
         let mut api_incoming = tls::incoming(self.api_listener, self.api_tls, "api", api_failures);
-        let router = api::router(self.api_state);
+        // ETag/If-None-Match on reads, then gzip when the client accepts it (outermost, so tags are of the
+        // uncompressed resource; they are weak tags, valid for either encoding).
+        let router = api::router(self.api_state)
+            .layer(axum::middleware::from_fn(crate::http_cache::etag_reads))
+            .layer(tower_http::compression::CompressionLayer::new().gzip(true));
         let mut api_stop = stop_rx.clone();
         let api_task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
