@@ -597,6 +597,39 @@ async fn delivery_survives_endpoint_and_cloud_outages(database_url: Option<Strin
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert_eq!(oo["resourceType"], "OperationOutcome");
 
+    // Delivered events past retention are pruned; the numbering goes on.
+    let store = f.cloud()?.store.clone();
+    wait_until(
+        Duration::from_secs(20),
+        "delivery of 4 recorded",
+        || async {
+            Ok(store
+                .subscription(&id)
+                .await?
+                .is_some_and(|s| s.delivered_through == 4))
+        },
+    )
+    .await?;
+    let pruned = f
+        .cloud()?
+        .store
+        .prune_subscription_events(wardwatch_proto::now_unix_ms() + 1)
+        .await?;
+    assert_eq!(pruned, 4, "the four delivered events");
+    let (st, ev) = f
+        .request(
+            reqwest::Method::GET,
+            &format!("/Subscription/{id}/$events"),
+            Some(&f.token),
+            None,
+        )
+        .await?;
+    assert_eq!(st, StatusCode::OK);
+    assert!(event_numbers(&ev).is_empty(), "{ev}");
+    assert_eq!(
+        status_param(&ev, "events-since-subscription-start").as_deref(),
+        Some("4")
+    );
     // Delete: gone, no more deliveries.
     let (st, _) = f
         .request(
