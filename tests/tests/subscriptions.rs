@@ -1235,3 +1235,117 @@ async fn a_subscription_ends_at_its_end_time() -> Result<()> {
     }
     Ok(())
 }
+
+/// The `wardwatch cloud` process is SIGKILLed while three events wait for an endpoint that is down; after a
+/// restart on the same database every event is delivered, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_killed_with_undelivered_events_loses_none() -> Result<()> {
+    wardwatch::install_crypto();
+    let dir = tempfile::tempdir()?;
+    let setup = dev_setup(dir.path(), &[EDGE])?;
+    let (sync, api) = (wardwatch::free_port()?, wardwatch::free_port()?);
+    let mut cfg = cloud_config(
+        &setup,
+        &dir.path().join("cloud"),
+        None,
+        sync,
+        api,
+        &[(EDGE, &[WARD])],
+    )?;
+    let token = "kill-test-token";
+    cfg.api_clients.push(ApiClient {
+        client_id: "ehr-sub".into(),
+        scopes: SUB_SCOPES.split(' ').map(ToString::to_string).collect(),
+        jwks: None,
+        jwks_path: None,
+        token_sha256: Some(sha256_hex(token)),
+    });
+    cfg.subscriptions.allow_loopback_http = true;
+    cfg.subscriptions.poll_interval_ms = 50;
+    cfg.subscriptions.retry_initial_ms = 100;
+    cfg.subscriptions.retry_max_ms = 500;
+    let cfg_path = dir.path().join("cloud.toml");
+    std::fs::write(&cfg_path, toml::to_string(&cfg)?)?;
+    let spawn = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_wardwatch"))
+            .args(["cloud", "--config"])
+            .arg(&cfg_path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning wardwatch cloud")
+    };
+    let listening = || async {
+        wait_until(Duration::from_secs(30), "cloud to listen", || async {
+            Ok(tokio::net::TcpStream::connect(api).await.is_ok())
+        })
+        .await
+    };
+    let mut cloud = spawn()?;
+    listening().await?;
+    let base = format!("https://localhost:{}/fhir", api.port());
+    let http = https_client(&setup.pki.ca_cert)?;
+    let mut rx = Receiver::start().await?;
+    let resp = http
+        .post(format!("{base}/Subscription"))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(
+            subscription_body(&base, "high-priority-alarm", &rx.url(), &[], "id-only").to_string(),
+        )
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let id = resp.json::<Value>().await?["id"]
+        .as_str()
+        .context("id")?
+        .to_string();
+    let store = wardwatch_cloud::storage::Store::connect(&cfg.database_url()).await?;
+    wait_until(Duration::from_secs(20), "handshake", || async {
+        Ok(store
+            .subscription(&id)
+            .await?
+            .is_some_and(|s| s.handshake_done))
+    })
+    .await?;
+
+    rx.down().await;
+    let edge = wardwatch::EdgeHandle::start(wardwatch::edge_config(
+        &setup,
+        &dir.path().join("edge"),
+        EDGE,
+        &[WARD],
+        sync,
+    )?)
+    .await?;
+    let alarms = (1..=3)
+        .map(|n| wardwatch_edge::node::Incoming {
+            idempotency_key: format!("kill-{n}"),
+            payload: high_alarm(n, PATIENT),
+        })
+        .collect();
+    edge.node.accept(alarms).await?;
+    wait_until(Duration::from_secs(20), "three events recorded", || async {
+        Ok(store
+            .subscription(&id)
+            .await?
+            .is_some_and(|s| s.events_since_start == 3 && s.failures > 0))
+    })
+    .await?;
+    cloud.kill().await?; // SIGKILL
+    rx.up().await?;
+    let mut cloud = spawn()?;
+    listening().await?;
+    wait_events(&rx, &[1, 2, 3]).await?;
+    let numbers = rx.event_numbers();
+    let mut sorted = numbers.clone();
+    sorted.sort_unstable();
+    assert_eq!(numbers, sorted, "in order: {numbers:?}");
+    sorted.dedup();
+    assert_eq!(sorted, vec![1, 2, 3]);
+    edge.stop().await;
+    cloud.kill().await?;
+    store.close().await;
+    Ok(())
+}
