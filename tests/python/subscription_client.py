@@ -4,8 +4,8 @@
 * PyJWT + requests get a SMART Backend Services token (the same steps as smart_backend_client.py, reused);
 * fhirpy (SyncFHIRClient) reads the topics, creates the Subscription (R4 Subscriptions Backport shape), calls
   $status and $events and deletes the Subscription;
-* the standard library's http.server is the rest-hook endpoint: it answers 200 (the acknowledgement) to each
-  notification;
+* the standard library's http.server (with ssl: HTTPS, a certificate of the hospital CA) is the rest-hook
+  endpoint: it answers 200 (the acknowledgement) to each notification;
 * fhir.resources (R4B models) validates every Bundle, Parameters, Subscription and SubscriptionTopic received.
 
 Driven by tests/tests/subscriptions.rs over stdin/stdout, one line per step:
@@ -19,7 +19,7 @@ Driven by tests/tests/subscriptions.rs over stdin/stdout, one line per step:
     python -> rust  "OK ..."
 
 The JSON file named by the first argument: {"fhir_base", "ca_cert", "client": {"client_id", "private_key", "alg",
-"kid"}, "patient"}. Exits non-zero (with the failed check) otherwise.
+"kid"}, "patient", "endpoint_cert", "endpoint_key"}. Exits non-zero (with the failed check) otherwise.
 Requires: pip install -r tests/python/requirements.txt
 """
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -74,7 +75,7 @@ def status_of(bundle: dict) -> dict:
     return out
 
 
-def serve(inbox: Inbox, port: int = 0) -> ThreadingHTTPServer:
+def serve(inbox: Inbox, tls: tuple[str, str], port: int = 0) -> ThreadingHTTPServer:
     class Hook(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server naming)
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -96,6 +97,10 @@ def serve(inbox: Inbox, port: int = 0) -> ThreadingHTTPServer:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", port), Hook)
+    # HTTPS with a certificate of the hospital CA, which the cloud trusts for endpoints.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*tls)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd
 
@@ -133,7 +138,8 @@ def main() -> None:
     alarm_topic = next(t["url"] for t in topics if t["url"].endswith("/high-priority-alarm"))
 
     inbox = Inbox()
-    httpd = serve(inbox)
+    tls = (cfg["endpoint_cert"], cfg["endpoint_key"])
+    httpd = serve(inbox, tls)
     port = httpd.server_address[1]
     sub = fhir.resource(
         "Subscription",
@@ -146,7 +152,7 @@ def main() -> None:
             "extension": [{"url": BACKPORT + "backport-timeout", "valueUnsignedInt": 5},
                           {"url": BACKPORT + "backport-max-count", "valuePositiveInt": 20}],
             "type": "rest-hook",
-            "endpoint": f"http://127.0.0.1:{port}/notify",
+            "endpoint": f"https://localhost:{port}/notify",
             "payload": "application/fhir+json",
             "_payload": {"extension": [{"url": BACKPORT + "backport-payload-content", "valueCode": "full-resource"}]},
             "header": [f"Authorization: {SECRET}"],
@@ -192,7 +198,7 @@ def main() -> None:
 
     # Back up on the same port: the cloud's retries deliver what we already caught up with (same numbers).
     inbox2 = Inbox()
-    httpd = serve(inbox2, port)
+    httpd = serve(inbox2, tls, port)
     wait_for("retried events 2 and 3", lambda: {2, 3} <= {n for b in inbox2.all() for n in status_of(b)["events"]})
     wait_for("active again", lambda: fhir.reference("Subscription", sid).to_resource()["status"] == "active")
     fhir.reference("Subscription", sid).to_resource().delete()

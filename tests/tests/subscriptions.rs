@@ -985,8 +985,8 @@ async fn bad_subscriptions_and_scopes_are_refused() -> Result<()> {
 }
 
 /// A third-party EHR (fhirpy + requests + PyJWT, fhir.resources validating every resource it receives) gets a
-/// SMART token, subscribes, acknowledges notifications on its own HTTP server, goes down, and catches up with
-/// `$events`.
+/// SMART token, subscribes, acknowledges notifications on its own HTTPS server (a certificate of the hospital CA,
+/// so this also checks the cloud's TLS client), goes down, and catches up with `$events`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_ehr_client_receives_and_catches_up() -> Result<()> {
     if !wardwatch::python_modules_available(
@@ -1020,6 +1020,8 @@ async fn python_ehr_client_receives_and_catches_up() -> Result<()> {
         "ca_cert": f.setup.pki.ca_cert,
         "client": {"client_id": "ehr-py", "private_key": key, "alg": "ES384", "kid": "py-1"},
         "patient": PATIENT,
+        "endpoint_cert": f.setup.pki.cloud_cert,
+        "endpoint_key": f.setup.pki.cloud_key,
     });
     let cfg_path = f.dir.path().join("subscription-client.json");
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
