@@ -156,6 +156,94 @@ pub fn client(
 mod tests {
     use super::*;
 
+    /// An HTTPS server on loopback with `pki`'s server certificate, answering 200 to one request per connection.
+    async fn https_server(pki: &crate::pki::DevPkiPaths) -> SocketAddr {
+        let cfg = crate::tls::api_server_config(&pki.cloud_cert, &pki.cloud_key).expect("tls");
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(mut tls) = acceptor.accept(sock).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 4096];
+                    let _ = tls.read(&mut buf).await;
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn error_chain(e: &dyn std::error::Error) -> String {
+        let mut chain = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            src = s.source();
+        }
+        chain
+    }
+
+    #[tokio::test]
+    async fn the_delivery_client_trusts_only_the_configured_cas() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let req = crate::pki::DevPkiRequest {
+            cloud_hosts: vec!["localhost".into()],
+            edge_ids: Vec::new(),
+        };
+        let ours = crate::pki::generate_dev_pki(&dir.path().join("ours"), &req).expect("pki");
+        let foreign = crate::pki::generate_dev_pki(&dir.path().join("foreign"), &req).expect("pki");
+        let addr = https_server(&ours).await;
+        let url = format!("https://localhost:{}/hook", addr.port());
+        let roots = |p: &crate::pki::DevPkiPaths| {
+            let mut r = rustls::RootCertStore::empty();
+            for c in crate::pki::load_certs(&p.ca_cert).expect("ca") {
+                r.add(c).expect("root");
+            }
+            r
+        };
+        let trusting = client(roots(&ours), true).expect("client");
+        let resp = trusting
+            .post(&url)
+            .body("{}")
+            .send()
+            .await
+            .expect("delivered");
+        assert!(resp.status().is_success());
+        let stranger = client(roots(&foreign), true).expect("client");
+        let err = stranger
+            .post(&url)
+            .body("{}")
+            .send()
+            .await
+            .expect_err("a server certificate of another CA is refused");
+        let chain = error_chain(&err);
+        assert!(chain.contains("invalid peer certificate"), "{chain}");
+        let no_loopback = client(roots(&ours), false).expect("client");
+        let err = no_loopback
+            .post(&url)
+            .body("{}")
+            .send()
+            .await
+            .expect_err("localhost resolves to loopback only");
+        let chain = error_chain(&err);
+        assert!(chain.contains("no address the cloud may call"), "{chain}");
+    }
+
     #[test]
     fn endpoints_are_checked_for_ssrf() {
         let prod = SubscriptionsConfig::default();
