@@ -512,6 +512,9 @@ impl ClinicalEngine {
             } else {
                 SpO2Scale::Scale1
             });
+            if let Some(m) = &mut p.ml {
+                m.buffer.set_spo2_scale_2(scale_2);
+            }
         }
     }
 
@@ -1193,6 +1196,20 @@ mod tests {
         let a = raised(&e.tick(31_000), AlarmKind::VitalThreshold);
         assert_eq!(a.len(), 1, "{a:?}");
         assert_eq!(a[0].0, AlarmPriority::Medium as i32);
+    }
+
+    #[test]
+    fn a_scale_decision_reaches_the_model_features() {
+        let mut e = ml_engine(true, false);
+        e.on_event("s1", &vital(MDC_PULS_OXIM_SAT_O2, 90.0, 1_000));
+        e.set_spo2_scale("P1", true);
+        e.tick(60_000);
+        let req = e.take_ml_work().deterioration.expect("round");
+        let idx = crate::ml::DETERIORATION_FEATURES
+            .iter()
+            .position(|f| f.name == "spo2_scale_2")
+            .expect("feature");
+        assert_eq!(req.rows[0].features.values[idx], 1.0);
     }
 
     #[test]

@@ -7,6 +7,13 @@
 //! ([`EdgeModels::status`], the nurse station's `/api/health` and ward snapshot, and an `error` log line).
 //!
 //! Trained on simulated data only; not clinically validated.
+//!
+//! Not built yet (issue 5, later): the cloud model registry and edges pulling the models assigned to their ward.
+//! The pieces here are ready for it: each model sits in a `ModelSlot` whose `try_swap_files_async` verifies and
+//! compiles a pulled bundle before an atomic swap (scoring in flight is not interrupted; a refused bundle leaves
+//! the old model serving and the slot's status says why). What is missing is the pull itself, refreshing
+//! [`EdgeModels::status`] and the engine's `MlSettings` (threshold, identity) after a swap, and the cloud's FHIR
+//! mapping of the model `RiskScore` events (RiskAssessment + Provenance).
 
 use std::path::Path;
 use std::sync::Arc;
