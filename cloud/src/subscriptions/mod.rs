@@ -174,3 +174,49 @@ impl Subscriptions {
         Ok(Self { config, http })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_table_is_strict_and_range_checked() {
+        let c: SubscriptionsConfig = toml::from_str("retry_max_ms = 60000").expect("partial table");
+        assert_eq!(c.retry_max_ms, 60_000);
+        assert_eq!(
+            c.retry_initial_ms,
+            SubscriptionsConfig::default().retry_initial_ms
+        );
+        assert!(c.validate().is_ok());
+        assert!(
+            toml::from_str::<SubscriptionsConfig>("retry_max = 5").is_err(),
+            "a misspelt key is an error"
+        );
+        for bad in [
+            SubscriptionsConfig {
+                retry_max_ms: 10,
+                ..Default::default()
+            },
+            SubscriptionsConfig {
+                poll_interval_ms: 0,
+                ..Default::default()
+            },
+            SubscriptionsConfig {
+                default_timeout_secs: 120,
+                ..Default::default()
+            },
+            SubscriptionsConfig {
+                max_count: 0,
+                ..Default::default()
+            },
+            SubscriptionsConfig {
+                allowed_hosts: vec!["ehr example".into()],
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(SubscriptionsConfig::default().validate().is_ok());
+        assert!(!SubscriptionsConfig::default().allow_loopback_http);
+    }
+}
