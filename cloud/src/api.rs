@@ -1172,6 +1172,12 @@ fn page_bundle(
         )
     };
     let mut patients = BTreeSet::new();
+    // A search by patient reads that patient's data even when the resources do not name them (Device).
+    for (k, v) in &params.pairs {
+        if (k == "patient" || k == "subject") && !page.entries.is_empty() {
+            patients.insert(v.strip_prefix("Patient/").unwrap_or(v).to_string());
+        }
+    }
     let mut entries = Vec::with_capacity(page.entries.len());
     for (id, res) in page.entries {
         if let Some(p) = patients_of(&res) {

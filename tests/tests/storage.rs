@@ -1466,6 +1466,58 @@ async fn event_index_backfill(store: Store) {
     );
 }
 
+async fn channels_move(store: Store) {
+    let hr_at = |seq: u64, patient: &str, at: i64| {
+        item(
+            seq,
+            key(seq),
+            Payload::Vital(vital(patient, MDC_ECG_HEART_RATE, 70.0, at)),
+        )
+    };
+    let last_seen = |store: Store| async move {
+        let c = store.device_channels("mon-12").await.unwrap();
+        assert_eq!(c.len(), 1);
+        (
+            c[0].patient_id.clone(),
+            c[0].first_seen_ms,
+            c[0].last_seen_ms,
+        )
+    };
+    ingest(&store, EDGE, &[hr_at(1, "MRN-1", T0)])
+        .await
+        .unwrap();
+    assert_eq!(last_seen(store.clone()).await, ("MRN-1".into(), T0, T0));
+    // 30 s later: not due (a minute's precision), nothing rewritten.
+    ingest(&store, EDGE, &[hr_at(2, "MRN-1", T0 + 30_000)])
+        .await
+        .unwrap();
+    assert_eq!(last_seen(store.clone()).await, ("MRN-1".into(), T0, T0));
+    // Two minutes later: due.
+    ingest(&store, EDGE, &[hr_at(3, "MRN-1", T0 + 120_000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        last_seen(store.clone()).await,
+        ("MRN-1".into(), T0, T0 + 120_000)
+    );
+    // The monitor moves to another patient a second later: updated at once.
+    ingest(&store, EDGE, &[hr_at(4, "MRN-2", T0 + 121_000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        last_seen(store.clone()).await,
+        ("MRN-2".into(), T0, T0 + 121_000)
+    );
+    // An older sighting arriving late never moves it back.
+    ingest(&store, EDGE, &[hr_at(5, "MRN-1", T0 + 500)])
+        .await
+        .unwrap();
+    assert_eq!(
+        last_seen(store.clone()).await,
+        ("MRN-2".into(), T0, T0 + 121_000)
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Two tests per scenario
 // ---------------------------------------------------------------------------------------------------------------
@@ -1528,4 +1580,5 @@ both_backends!(
     watermark_in_order,
     event_searches,
     event_index_backfill,
+    channels_move,
 );

@@ -258,25 +258,67 @@ pub(super) async fn ingest(
         .execute(&mut *tx)
         .await?;
     }
-    // The (device, metric) channels this batch shows, one upsert in key order (migration 0005).
+    // The (device, metric) channels this batch shows (migration 0005). New channels: INSERT .. DO NOTHING (no
+    // row locks on existing ones). Known channels are updated only when due (a minute later, or moved to another
+    // patient, ward or bed), and only rows no concurrent batch holds (SKIP LOCKED: that batch is writing the
+    // same recent sighting), so concurrent batches of a stream neither wait on each other nor deadlock here.
     let channels = super::events::channels_of(&fresh);
-    // 8 binds a row: chunks stay far below PostgreSQL's 65,535 bind parameters.
-    for chunk in channels.chunks(4_000) {
-        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
-            "INSERT INTO device_channels (device_id, metric_mdc, unit, patient_id, ward, bed, first_seen_ms, last_seen_ms) ",
-        );
-        qb.push_values(chunk, |mut b, c| {
-            b.push_bind(c.device_id.as_str())
-                .push_bind(c.metric_mdc)
-                .push_bind(c.unit.as_str())
-                .push_bind(c.patient_id.as_str())
-                .push_bind(c.ward.as_str())
-                .push_bind(c.bed.as_str())
-                .push_bind(c.first_seen_ms)
-                .push_bind(c.last_seen_ms);
-        });
-        qb.push(super::events::CHANNEL_UPSERT_TAIL);
-        qb.build().execute(&mut *tx).await?;
+    if !channels.is_empty() {
+        let mut c_dev = Vec::with_capacity(channels.len());
+        let mut c_mdc = Vec::with_capacity(channels.len());
+        let mut c_unit = Vec::with_capacity(channels.len());
+        let mut c_pat = Vec::with_capacity(channels.len());
+        let mut c_ward = Vec::with_capacity(channels.len());
+        let mut c_bed = Vec::with_capacity(channels.len());
+        let mut c_first = Vec::with_capacity(channels.len());
+        let mut c_last = Vec::with_capacity(channels.len());
+        for c in &channels {
+            c_dev.push(c.device_id.as_str());
+            c_mdc.push(c.metric_mdc);
+            c_unit.push(c.unit.as_str());
+            c_pat.push(c.patient_id.as_str());
+            c_ward.push(c.ward.as_str());
+            c_bed.push(c.bed.as_str());
+            c_first.push(c.first_seen_ms);
+            c_last.push(c.last_seen_ms);
+        }
+        sqlx::query(
+            "INSERT INTO device_channels (device_id, metric_mdc, unit, patient_id, ward, bed, first_seen_ms, last_seen_ms)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
+                                  $8::int8[])
+             ON CONFLICT (device_id, metric_mdc) DO NOTHING",
+        )
+        .bind(&c_dev)
+        .bind(&c_mdc)
+        .bind(&c_unit)
+        .bind(&c_pat)
+        .bind(&c_ward)
+        .bind(&c_bed)
+        .bind(&c_first)
+        .bind(&c_last)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "WITH t AS (SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                             $7::int8[]) AS t(de, md, un, pa, wa, be, ls)),
+                  due AS (SELECT c.device_id, c.metric_mdc, t.un, t.pa, t.wa, t.be, t.ls
+                          FROM device_channels c JOIN t ON c.device_id = t.de AND c.metric_mdc = t.md
+                          WHERE t.ls > c.last_seen_ms + 60000
+                             OR (t.ls > c.last_seen_ms AND (t.pa <> c.patient_id OR t.wa <> c.ward OR t.be <> c.bed))
+                          FOR UPDATE OF c SKIP LOCKED)
+             UPDATE device_channels c SET unit = due.un, patient_id = due.pa, ward = due.wa, bed = due.be,
+                    last_seen_ms = due.ls
+             FROM due WHERE c.device_id = due.device_id AND c.metric_mdc = due.metric_mdc",
+        )
+        .bind(&c_dev)
+        .bind(&c_mdc)
+        .bind(&c_unit)
+        .bind(&c_pat)
+        .bind(&c_ward)
+        .bind(&c_bed)
+        .bind(&c_last)
+        .execute(&mut *tx)
+        .await?;
     }
     // Topic-based subscriptions: their events commit with the data that triggered them.
     super::subscriptions::record_postgres(&mut tx, edge_id, &fresh, now).await?;
