@@ -120,31 +120,41 @@ pub(super) async fn ingest(
         }
     }
     if !v_seq.is_empty() {
-        sqlx::query(
-            "INSERT INTO vital_signs (edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, loinc, value,
-                 enumerated, unit, components, quality, measured_at_ms, received_at_ms)
-             SELECT $1, s, pa, wa, be, de, md, lo, va, en, un, co, qu, me, $15
-             FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[],
-                         $9::float8[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::int8[])
-                  AS t(s, pa, wa, be, de, md, lo, va, en, un, co, qu, me)",
-        )
-        .bind(edge_id)
-        .bind(&v_seq)
-        .bind(&v_patient)
-        .bind(&v_ward)
-        .bind(&v_bed)
-        .bind(&v_device)
-        .bind(&v_mdc)
-        .bind(&v_loinc)
-        .bind(&v_value)
-        .bind(&v_enum)
-        .bind(&v_unit)
-        .bind(&v_comp)
-        .bind(&v_quality)
-        .bind(&v_measured)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        // COPY, not INSERT: these rows never conflict (only sequences claimed above are written), and COPY is
+        // PostgreSQL's fastest load path (docs/benchmarks.md compares the two).
+        let mut data = Vec::with_capacity(v_seq.len() * 160);
+        for i in 0..v_seq.len() {
+            copy_text(&mut data, Some(edge_id));
+            copy_field(&mut data, v_seq[i]);
+            copy_text(&mut data, Some(v_patient[i]));
+            copy_text(&mut data, Some(v_ward[i]));
+            copy_text(&mut data, Some(v_bed[i]));
+            copy_text(&mut data, Some(v_device[i]));
+            copy_field(&mut data, v_mdc[i]);
+            copy_text(&mut data, Some(v_loinc[i]));
+            match v_value[i] {
+                Some(v) if v.is_finite() => copy_field(&mut data, v),
+                _ => data.extend_from_slice(b"\\N\t"),
+            }
+            copy_text(&mut data, v_enum[i]);
+            copy_text(&mut data, Some(v_unit[i]));
+            copy_text(&mut data, v_comp[i].as_deref());
+            copy_field(&mut data, v_quality[i]);
+            copy_field(&mut data, v_measured[i]);
+            copy_field(&mut data, now);
+            // Replace the last field's tab with the row's newline.
+            if let Some(last) = data.last_mut() {
+                *last = b'\n';
+            }
+        }
+        let mut copy = tx
+            .copy_in_raw(
+                "COPY vital_signs (edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, loinc, value, \
+                 enumerated, unit, components, quality, measured_at_ms, received_at_ms) FROM STDIN",
+            )
+            .await?;
+        copy.send(data).await?;
+        copy.finish().await?;
     }
 
     // Devices in device-id order: batches of one stream are stored concurrently (cloud/src/sync.rs), and two
@@ -353,4 +363,46 @@ pub(super) async fn device(pool: &PgPool, id: &str) -> Result<Option<DeviceRow>,
         .fetch_optional(pool)
         .await?;
     row.as_ref().map(super::device_from_pg).transpose()
+}
+
+/// One COPY text-format field followed by a tab: `\N` for NULL, else the text with backslash, tab, newline and
+/// carriage return escaped (PostgreSQL `COPY ... FROM STDIN`, text format).
+fn copy_text(out: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        None => out.extend_from_slice(b"\\N"),
+        Some(t) => {
+            for b in t.bytes() {
+                match b {
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    _ => out.push(b),
+                }
+            }
+        }
+    }
+    out.push(b'\t');
+}
+
+/// A number as a COPY field followed by a tab (Rust's `Display` of integers and finite floats is what
+/// PostgreSQL's text input accepts, and a float's shortest round-trip form).
+fn copy_field(out: &mut Vec<u8>, v: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = write!(out, "{v}\t");
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_the_format_reserves() {
+        let mut out = Vec::new();
+        copy_text(&mut out, Some("a\tb\nc\\d\re"));
+        copy_text(&mut out, None);
+        copy_field(&mut out, 97.25f64);
+        copy_field(&mut out, -12i64);
+        assert_eq!(out, b"a\\tb\\nc\\\\d\\re\t\\N\t97.25\t-12\t".to_vec());
+    }
 }
