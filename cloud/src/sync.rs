@@ -380,7 +380,11 @@ fn reason_from_ledger(text: &str) -> RejectReason {
     let name = text.split(':').next().unwrap_or("").trim();
     (0..=i32::from(u8::MAX))
         .filter_map(|i| RejectReason::try_from(i).ok())
-        .find(|r| format!("{r:?}") == name && *r != RejectReason::Replayed && *r != RejectReason::Unspecified)
+        .find(|r| {
+            format!("{r:?}") == name
+                && *r != RejectReason::Replayed
+                && *r != RejectReason::Unspecified
+        })
         .unwrap_or(RejectReason::Invalid)
 }
 
@@ -390,9 +394,18 @@ mod ledger_reason_tests {
 
     #[test]
     fn ledger_reason_text_maps_back_to_its_reason() {
-        assert_eq!(reason_from_ledger("UnknownMetric: mdc 1234"), RejectReason::UnknownMetric);
-        assert_eq!(reason_from_ledger("NotFinite: value is NaN"), RejectReason::NotFinite);
-        assert_eq!(reason_from_ledger("WardNotPermitted: 9Z"), RejectReason::WardNotPermitted);
+        assert_eq!(
+            reason_from_ledger("UnknownMetric: mdc 1234"),
+            RejectReason::UnknownMetric
+        );
+        assert_eq!(
+            reason_from_ledger("NotFinite: value is NaN"),
+            RejectReason::NotFinite
+        );
+        assert_eq!(
+            reason_from_ledger("WardNotPermitted: 9Z"),
+            RejectReason::WardNotPermitted
+        );
         // A rejection never turns into a replay, whatever the text says.
         assert_eq!(reason_from_ledger("Replayed: x"), RejectReason::Invalid);
         assert_eq!(reason_from_ledger("garbage"), RejectReason::Invalid);

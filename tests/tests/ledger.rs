@@ -50,7 +50,13 @@ async fn earlier_rejections_are_found(store: &Store) {
             .expect("query")
             .is_empty()
     );
-    assert!(store.earlier_rejections(EDGE, &[]).await.expect("empty").is_empty());
+    assert!(
+        store
+            .earlier_rejections(EDGE, &[])
+            .await
+            .expect("empty")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
