@@ -111,6 +111,10 @@ struct Args {
     /// Write the results as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run the edge models too (issue 5): the committed `models/`, signed with a development release key as the
+    /// demo does; every bed is scored once a minute and threshold alarms are put to the artifact model.
+    #[arg(long)]
+    models: bool,
     /// Internal: run as the edge child with this config file.
     #[arg(long, hide = true)]
     edge_child: Option<PathBuf>,
@@ -285,6 +289,10 @@ fn child_stats(node: &EdgeNode, lagged: &std::sync::atomic::AtomicU64) -> serde_
         "vitals": engine.vitals,
         "news2_updates": engine.news2_updates,
         "alarm_events": engine.alarm_events,
+        "model_predictions": engine.model_predictions,
+        "model_failures": engine.model_failures,
+        "artifact_queries": engine.artifact_queries,
+        "artifact_holds": engine.artifact_holds,
         "alarms_raised": alarms.raised,
         "accepted": a.accepted.load(Relaxed),
         "rejected": a.rejected.load(Relaxed),
@@ -827,6 +835,13 @@ async fn orchestrate(mut args: Args) -> Result<()> {
     let prefix = mqtt.topic_prefix.clone();
     let edge_client_id = mqtt.client_id.clone();
     cfg.mqtt = Some(mqtt);
+    if args.models {
+        cfg.engine.models = Some(wardwatch::dev_models(
+            &dir.join("pki"),
+            &wardwatch::repo_models_dir(),
+            &dir.join("edge").join("models"),
+        )?);
+    }
     cfg.validate()?;
     let cfg_path = dir.join("edge.toml");
     std::fs::write(&cfg_path, toml::to_string(&cfg)?)?;
@@ -835,7 +850,7 @@ async fn orchestrate(mut args: Args) -> Result<()> {
     let groups = PARAMS.div_ceil(per_message);
     let msgs_per_s = u64::from(args.beds) * groups as u64;
     println!(
-        "# bench_pipeline: {} beds x {PARAMS} parameters at 1 Hz = {} samples/s in {msgs_per_s} messages/s (QoS 1) via {} ({}); warm-up {} s, window {} s; edge on core {} (nice {}), publisher on core {}",
+        "# bench_pipeline: {} beds x {PARAMS} parameters at 1 Hz = {} samples/s in {msgs_per_s} messages/s (QoS 1) via {} ({}); warm-up {} s, window {} s; edge on core {} (nice {}), publisher on core {}; edge models {}",
         args.beds,
         u64::from(args.beds) * PARAMS as u64,
         args.broker,
@@ -848,7 +863,8 @@ async fn orchestrate(mut args: Args) -> Result<()> {
         args.duration,
         args.edge_core,
         args.edge_nice,
-        args.publisher_core
+        args.publisher_core,
+        if args.models { "on" } else { "off" }
     );
 
     // The edge child, pinned to its core.
@@ -1140,6 +1156,13 @@ async fn orchestrate(mut args: Args) -> Result<()> {
         num(&end_stats, "rejected"),
         num(&end_stats, "refused_full"),
         num(&end_stats, "observer_lagged_batches"),
+    );
+    println!(
+        "models: {} deterioration predictions ({} failed runs), {} artifact queries, {} threshold alarms held back",
+        num(&end_stats, "model_predictions"),
+        num(&end_stats, "model_failures"),
+        num(&end_stats, "artifact_queries"),
+        num(&end_stats, "artifact_holds"),
     );
     println!(
         "  split: publish -> triggering sample durable p50 {:.1} / p99 {:.1} ms; sample durable -> alarm raised p50 {:.1} / p99 {:.1} ms; raised -> alarm durable p50 {:.1} / p99 {:.1} ms",
