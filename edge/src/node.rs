@@ -11,7 +11,7 @@ use wardwatch_proto::v1::{
 };
 use wardwatch_proto::validate::{self, Rejection};
 
-use crate::clinical::engine::ClinicalEngine;
+use crate::clinical::engine::{ClinicalEngine, ModelStatusView};
 use crate::clinical::task::SharedEngine;
 use crate::config::EdgeConfig;
 use crate::outbox::{BudgetState, NewEvent, Outbox, OutboxError};
@@ -167,6 +167,9 @@ impl EdgeNode {
             None => crate::ml::runtime::EdgeModels::default(),
         };
         engine.set_models(models.settings(), models.status().to_vec());
+        if config.engine.models.is_some() && models.degraded() {
+            raise_models_unavailable(&outbox, &config, models.status()).await;
+        }
         let engine = Arc::new(std::sync::Mutex::new(engine));
         let (station_listener, station_addr) = match &config.station {
             Some(st) => {
@@ -521,5 +524,52 @@ impl EdgeNode {
     /// Whether the outbox-near-full technical alarm is raised.
     pub fn outbox_near_full(&self) -> bool {
         self.near_full_raised.load(Ordering::Relaxed)
+    }
+}
+
+/// Records the technical alarm for configured edge models that did not load (LOW priority: NEWS2 and the
+/// threshold alarms do not depend on them). Raised once per start; the status stays visible on the nurse station.
+async fn raise_models_unavailable(
+    outbox: &Outbox,
+    config: &EdgeConfig,
+    status: &[ModelStatusView],
+) {
+    let now = wardwatch_proto::now_unix_ms();
+    let refused: Vec<String> = status
+        .iter()
+        .filter(|s| !s.running)
+        .map(|s| format!("{}: {}", s.model, s.detail))
+        .collect();
+    let message = format!(
+        "Edge models not running ({}); NEWS2 and threshold alarms continue",
+        refused.join("; ")
+    );
+    warn!(%message, "technical alarm: edge models unavailable");
+    let alarm = Alarm {
+        alarm_id: format!("{}-models-unavailable", config.edge_id),
+        kind: AlarmKind::ModelUnavailable as i32,
+        priority: AlarmPriority::Low as i32,
+        state: AlarmState::Raised as i32,
+        patient_id: String::new(),
+        location: Some(BedLocation {
+            ward: config
+                .wards
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            bed: String::new(),
+        }),
+        device_id: String::new(),
+        message,
+        changed_at_unix_ms: now,
+        changed_by: "system".into(),
+    };
+    let event = NewEvent {
+        idempotency_key: format!("{}-models-unavailable-{now}", config.edge_id),
+        accepted_at_unix_ms: now,
+        payload: Payload::Alarm(alarm),
+    };
+    if let Err(e) = outbox.append(&[event], true).await {
+        error!(error = %e, "could not record the models-unavailable technical alarm");
     }
 }

@@ -321,6 +321,23 @@ async fn corrupt_or_unsigned_models_are_refused_and_the_edge_keeps_running_news2
         .expect("engine");
     assert_eq!(snap_models, status);
 
+    // A low-priority technical alarm says so, and syncs like every alarm.
+    let technical: Vec<_> = all_events(&node)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Some(Payload::Alarm(a)) if a.kind == AlarmKind::ModelUnavailable as i32 => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(technical.len(), 1, "{technical:?}");
+    assert_eq!(technical[0].priority, AlarmPriority::Low as i32);
+    assert!(
+        technical[0].message.contains("deterioration") && technical[0].message.contains("artifact"),
+        "{}",
+        technical[0].message
+    );
+
     let stop = run(&node);
     let now = wardwatch_proto::now_unix_ms();
     node.accept(vec![

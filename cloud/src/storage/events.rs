@@ -37,6 +37,7 @@ pub fn alarm_kind_code(k: AlarmKind) -> &'static str {
         AlarmKind::DeviceLost => "device-lost",
         AlarmKind::OutboxNearFull => "outbox-near-full",
         AlarmKind::SensorProblem => "sensor-problem",
+        AlarmKind::ModelUnavailable => "model-unavailable",
     }
 }
 
