@@ -80,6 +80,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(crate::auth::audit_api::read_audit_event),
         )
         .route("/Observation", get(search_observations))
+        .route("/Observation/$lastn", get(crate::lastn::lastn_observations))
         .route("/Observation/{id}", read_route("Observation"))
         .route("/Device", search_route("Device"))
         .route("/Device/{id}", get(read_device))
@@ -415,7 +416,7 @@ fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, Clou
     Ok(s)
 }
 
-fn parse_code(token: &str) -> Result<CodeFilter, CloudError> {
+pub(crate) fn parse_code(token: &str) -> Result<CodeFilter, CloudError> {
     let bad = || CloudError::InvalidArgument(format!("code {token:?} is not system|code or code"));
     let (system, code) = match token.split_once('|') {
         Some((s, c)) => (Some(s), c),
@@ -612,7 +613,7 @@ pub fn device_to_fhir(row: &DeviceRow, id_system: &str) -> Result<serde_json::Va
     })
 }
 
-async fn audit(
+pub(crate) async fn audit(
     state: &ApiState,
     caller: &Caller,
     action: &str,
@@ -1777,7 +1778,14 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
             interactions,
             search_params: params,
             supported_profiles: profiles,
-            operations: Vec::new(),
+            operations: if *t == "Observation" {
+                vec![(
+                    "lastn",
+                    "http://hl7.org/fhir/OperationDefinition/Observation-lastn",
+                )]
+            } else {
+                Vec::new()
+            },
             documentation: doc,
         });
     }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http_cache;
+pub mod lastn;
 pub mod pki;
 pub mod registry;
 pub mod resources;
