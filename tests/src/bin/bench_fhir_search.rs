@@ -8,10 +8,11 @@
 //! - `last-24h`: `GET [base]/Observation?patient=P&date=ge<end-24h>&_count=1000`, one patient's whole last
 //!   24 hours of vitals in one searchset (about 700 Observations at the defaults);
 //! - `last-24h page`: the same with `_count=50&_sort=-date`, the newest page a nurse-facing EHR view shows;
-//! - `code`: `GET [base]/Observation?patient=P&code=http://loinc.org|8867-4&_count=100`, one vital's history.
+//! - `code`: `GET [base]/Observation?patient=P&code=http://loinc.org|8867-4&_count=100`, one vital's history;
+//! - `$lastn`: `GET [base]/Observation/$lastn?patient=P&max=1`, the newest Observation of each vital-sign code.
 //!
 //! Each query runs `--queries` times on randomly chosen patients after a warm-up; p50/p95/p99 are of the whole
-//! request (TLS, auth, audit record, SQL, FHIR JSON). `$lastn` is not served yet (issue 6) and is not measured.
+//! request (TLS, auth, audit record, SQL, FHIR JSON).
 //!
 //! `cargo run --release -p wardwatch --bin bench_fhir_search -- --observations 10000000`
 
@@ -181,28 +182,37 @@ async fn main() -> Result<()> {
     );
     let client = https_client(&setup.pki.ca_cert)?;
     let since = iso(END_MS - 86_400_000)?;
-    let kinds: [(&str, String); 3] = [
+    // (name, path after the base, query after `patient=P&`).
+    let kinds: [(&str, &str, String); 4] = [
         (
             "last-24h (all, _count=1000)",
+            "Observation",
             format!("date=ge{since}&_count=1000"),
         ),
         (
             "last-24h page (_count=50&_sort=-date)",
+            "Observation",
             format!("date=ge{since}&_count=50&_sort=-date"),
         ),
         (
             "code (one vital, _count=100)",
+            "Observation",
             "code=http://loinc.org|8867-4&_count=100".to_string(),
+        ),
+        (
+            "$lastn (newest of each vital-sign code)",
+            "Observation/$lastn",
+            "max=1".to_string(),
         ),
     ];
     let mut rng = rand::rng();
-    for (name, query) in &kinds {
+    for (name, path, query) in &kinds {
         let mut lat = Vec::with_capacity(args.queries);
         let mut entries = 0usize;
         for i in 0..args.queries + 20 {
             let patient = format!("SIM{:06}", rng.random_range(0..args.patients));
             let url = format!(
-                "{}/Observation?patient={patient}&{}",
+                "{}/{path}?patient={patient}&{}",
                 cloud.fhir_base,
                 query.replace('+', "%2B")
             );
