@@ -255,6 +255,27 @@ pub fn cloud_config(
     })
 }
 
+/// The development PKI and static token for `edge` ([`dev_setup`] in `dir`) and a cloud on SQLite under
+/// `dir/cloud` that registers `edge` for `wards`, listening on free loopback ports.
+pub async fn start_dev_cloud(
+    dir: &Path,
+    edge: &str,
+    wards: &[&str],
+) -> Result<(DevSetup, CloudHandle)> {
+    let setup = dev_setup(dir, &[edge])?;
+    let any = "127.0.0.1:0".parse()?;
+    let cloud = CloudHandle::start(cloud_config(
+        &setup,
+        &dir.join("cloud"),
+        None,
+        any,
+        any,
+        &[(edge, wards)],
+    )?)
+    .await?;
+    Ok((setup, cloud))
+}
+
 /// Turns static development tokens off: every client must then use SMART Backend Services (the demo).
 pub fn smart_only(config: &mut CloudConfig) {
     config.api.dev_static_tokens = false;

@@ -9,9 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use wardwatch::{
-    CloudHandle, EdgeHandle, cloud_config, dev_setup, edge_config, https_client, simulated_devices,
-};
+use wardwatch::{EdgeHandle, edge_config, https_client, simulated_devices};
 use wardwatch_edge::node::Incoming;
 use wardwatch_edge::simulator::{WardSimConfig, WardSimulator};
 use wardwatch_proto::v1::edge_event::Payload;
@@ -48,17 +46,7 @@ async fn every_served_resource_validates() -> Result<()> {
     }
     wardwatch::install_crypto();
     let dir = tempfile::tempdir()?;
-    let setup = dev_setup(dir.path(), &[EDGE])?;
-    let any = "127.0.0.1:0".parse()?;
-    let cloud = CloudHandle::start(cloud_config(
-        &setup,
-        &dir.path().join("cloud"),
-        None,
-        any,
-        any,
-        &[(EDGE, &[WARD])],
-    )?)
-    .await?;
+    let (setup, cloud) = wardwatch::start_dev_cloud(dir.path(), EDGE, &[WARD]).await?;
     let edge = EdgeHandle::start(edge_config(
         &setup,
         &dir.path().join("edge"),

@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use anyhow::{Context, Result};
-use wardwatch::{CloudHandle, cloud_config, dev_setup, https_client, simulated_vitals};
+use wardwatch::{https_client, simulated_vitals};
 use wardwatch_cloud::storage::IngestItem;
 use wardwatch_edge::node::Incoming;
 use wardwatch_proto::v1::edge_event::Payload;
@@ -28,17 +28,7 @@ fn items(events: &[Incoming]) -> Vec<IngestItem> {
 async fn reads_carry_etags_and_searches_are_gzipped_on_request() -> Result<()> {
     wardwatch::install_crypto();
     let dir = tempfile::tempdir()?;
-    let setup = dev_setup(dir.path(), &[EDGE])?;
-    let any = "127.0.0.1:0".parse()?;
-    let cloud = CloudHandle::start(cloud_config(
-        &setup,
-        &dir.path().join("cloud"),
-        None,
-        any,
-        any,
-        &[(EDGE, &[WARD])],
-    )?)
-    .await?;
+    let (setup, cloud) = wardwatch::start_dev_cloud(dir.path(), EDGE, &[WARD]).await?;
     let events = simulated_vitals(WARD, 2, 3, 40);
     cloud.store.ingest(EDGE, &items(&events)).await?;
     let patient = match &events[0].payload {

@@ -5,9 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use wardwatch::{
-    CloudHandle, cloud_config, dev_setup, fhir_search_all, https_client, simulated_vitals,
-};
+use wardwatch::{fhir_search_all, https_client, simulated_vitals};
 use wardwatch_cloud::storage::IngestItem;
 use wardwatch_proto::v1::edge_event::Payload;
 
@@ -18,17 +16,7 @@ const WARD: &str = "7A";
 async fn lastn_returns_the_newest_per_code() -> Result<()> {
     wardwatch::install_crypto();
     let dir = tempfile::tempdir()?;
-    let setup = dev_setup(dir.path(), &[EDGE])?;
-    let any = "127.0.0.1:0".parse()?;
-    let cloud = CloudHandle::start(cloud_config(
-        &setup,
-        &dir.path().join("cloud"),
-        None,
-        any,
-        any,
-        &[(EDGE, &[WARD])],
-    )?)
-    .await?;
+    let (setup, cloud) = wardwatch::start_dev_cloud(dir.path(), EDGE, &[WARD]).await?;
     let events = simulated_vitals(WARD, 2, 9, 400);
     // Stored in reverse order, so arrival order (ids) is the opposite of effective time: $lastn must go by time.
     let items: Vec<IngestItem> = events
