@@ -622,18 +622,44 @@ pub(crate) async fn audit(
     patients: String,
     status: StatusCode,
 ) {
+    audit_as(
+        state,
+        &caller.client_id,
+        &caller.remote,
+        action,
+        resource,
+        query,
+        patients,
+        status,
+    )
+    .await;
+}
+
+/// Writes one audit record (who, from where, what, which patients, with what result); a failure is logged,
+/// never returned, so an audit outage does not turn reads into errors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn audit_as(
+    state: &ApiState,
+    client_id: &str,
+    remote: &str,
+    action: &str,
+    resource: &str,
+    query: &str,
+    patients: String,
+    status: StatusCode,
+) {
     let rec = AuditRecord {
         at_ms: wardwatch_proto::now_unix_ms(),
-        client_id: caller.client_id.clone(),
+        client_id: client_id.to_string(),
         action: action.into(),
         resource_type: resource.into(),
         query: query.chars().take(2000).collect(),
         patients,
         status: i32::from(status.as_u16()),
-        remote: caller.remote.clone(),
+        remote: remote.to_string(),
     };
     if let Err(e) = state.store.audit(&rec).await {
-        tracing::error!(error = %e, client = %caller.client_id, "audit record could not be written");
+        tracing::error!(error = %e, client = %client_id, "audit record could not be written");
     }
 }
 

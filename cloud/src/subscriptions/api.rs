@@ -27,7 +27,7 @@ use super::topics::Topic;
 use crate::api::{ApiState, RemoteAddr, fhir_json};
 use crate::auth::{Permissions, Scope};
 use crate::error::CloudError;
-use crate::storage::{AuditRecord, SubscriptionRow};
+use crate::storage::SubscriptionRow;
 
 /// Largest Subscription body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -99,19 +99,17 @@ async fn audit(
     patients: String,
     status: StatusCode,
 ) {
-    let rec = AuditRecord {
-        at_ms: wardwatch_proto::now_unix_ms(),
-        client_id: caller.client_id.clone(),
-        action: action.into(),
-        resource_type: resource.into(),
-        query: query.chars().take(2000).collect(),
+    crate::api::audit_as(
+        state,
+        &caller.client_id,
+        &caller.remote,
+        action,
+        resource,
+        query,
         patients,
-        status: i32::from(status.as_u16()),
-        remote: caller.remote.clone(),
-    };
-    if let Err(e) = state.store.audit(&rec).await {
-        tracing::error!(error = %e, client = %caller.client_id, "audit record could not be written");
-    }
+        status,
+    )
+    .await;
 }
 
 fn topic_json(state: &ApiState, t: Topic) -> Result<serde_json::Value, CloudError> {
