@@ -11,6 +11,7 @@
 
 mod events;
 mod ledger;
+mod partitions;
 mod postgres;
 mod sqlite;
 mod subscriptions;
@@ -49,6 +50,9 @@ pub enum StorageError {
     /// A stored row cannot be read back (e.g. a payload that does not decode).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A maintenance request outside what the store allows (e.g. too many partitions at once).
+    #[error("invalid request: {0}")]
+    Invalid(String),
 }
 
 /// One synced event after validation: either a payload to store or the reason it was refused.
@@ -404,12 +408,43 @@ impl Store {
                 .connect_with(opts)
                 .await?;
             sqlx::migrate!("migrations/postgres").run(&pool).await?;
+            partitions::ensure_days_around(&pool, wardwatch_proto::now_unix_ms()).await?;
             let store = Self::Postgres(pool);
             store.backfill_event_index().await?;
             Ok(store)
         } else {
             Err(StorageError::Url(url.to_string()))
         }
+    }
+
+    /// Creates the PostgreSQL day partitions of the Observations measured in `[from_ms, before_ms)`, before a
+    /// backfill of old data (ingest creates only days near now; cloud/src/storage/partitions.rs). Days that
+    /// already exist are left alone; rows of those days already in the default partition move into their day.
+    /// SQLite is not partitioned: nothing to do.
+    pub async fn prepare_observation_days(
+        &self,
+        from_ms: i64,
+        before_ms: i64,
+    ) -> Result<(), StorageError> {
+        let Self::Postgres(pool) = self else {
+            return Ok(());
+        };
+        if before_ms <= from_ms {
+            return Ok(());
+        }
+        let (first, last) = (
+            partitions::day_of(from_ms),
+            partitions::day_of(before_ms - 1),
+        );
+        if last - first >= partitions::MAX_PREPARED_DAYS {
+            return Err(StorageError::Invalid(format!(
+                "{} days of Observation partitions asked for; at most {} at once",
+                last - first + 1,
+                partitions::MAX_PREPARED_DAYS
+            )));
+        }
+        let days: Vec<i64> = (first..=last).collect();
+        partitions::ensure_days(pool, &days).await
     }
 
     /// Which backend, for logs.

@@ -21,6 +21,16 @@ pub(super) async fn ingest(
     items: &[IngestItem],
 ) -> Result<IngestOutcome, StorageError> {
     let now = wardwatch_proto::now_unix_ms();
+    // Day partitions for this batch's Observations, before the transaction that writes them (creating one takes
+    // locks that an open ingest transaction should not hold). A day known to exist costs nothing here.
+    let days = super::partitions::days_to_create(
+        items.iter().filter_map(|it| match &it.outcome {
+            Ok(Payload::Vital(v)) => Some(v.measured_at_unix_ms),
+            _ => None,
+        }),
+        now,
+    );
+    super::partitions::ensure_days(pool, &days).await?;
     let mut tx = pool.begin().await?;
 
     let n = items.len();

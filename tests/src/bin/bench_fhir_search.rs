@@ -2,9 +2,9 @@
 //!
 //! Fills `vital_signs` of a fresh PostgreSQL database with `--observations` rows (default 10 million) for
 //! `--patients` patients over `--days` days, six numeric vital signs in turn, with one server-side
-//! `INSERT ... SELECT generate_series` per million rows (the load itself is not what is measured), runs
-//! `ANALYZE`, starts the real cloud on that database, and times over HTTPS with a bearer token, from a client in
-//! the same process:
+//! `INSERT ... SELECT generate_series` per million rows into its day partitions (the load itself is not what is
+//! measured), runs `ANALYZE`, starts the real cloud on that database, and times over HTTPS with a bearer token,
+//! from a client in the same process:
 //! - `last-24h`: `GET [base]/Observation?patient=P&date=ge<end-24h>&_count=1000`, one patient's whole last
 //!   24 hours of vitals in one searchset (about 700 Observations at the defaults);
 //! - `last-24h page`: the same with `_count=50&_sort=-date`, the newest page a nurse-facing EHR view shows;
@@ -159,6 +159,14 @@ async fn main() -> Result<()> {
     // Migrate, then fill unless a kept database already holds the rows.
     let store = wardwatch_cloud::storage::Store::connect(&url).await?;
     let have = store.count_vitals().await?;
+    if have == 0 {
+        // Day partitions for the whole span first (ingest creates only days near now), so the rows land in
+        // their days as synced rows would, not in the default partition.
+        let span_ms = i64::try_from(args.days * 86_400_000)?;
+        store
+            .prepare_observation_days(END_MS - span_ms, END_MS)
+            .await?;
+    }
     store.close().await;
     if have == 0 {
         fill(&url, &args).await?;
