@@ -14,7 +14,7 @@ use axum::routing::get;
 use wardwatch_fhir::{Coding, DeviceRecord, ObservationComponent, SearchPage, VitalSignRecord};
 use wardwatch_proto::ids::{DeviceId, EdgeId, PatientId};
 use wardwatch_proto::metrics;
-use wardwatch_proto::v1::{DeviceKind, OperationalState, QualityFlag};
+use wardwatch_proto::v1::{AlarmPriority, DeviceKind, OperationalState, QualityFlag};
 
 use crate::config::ApiConfig;
 use crate::error::CloudError;
@@ -101,6 +101,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/MedicationAdministration/{id}",
             read_route("MedicationAdministration"),
         )
+        .merge(history_routes())
         .merge(crate::subscriptions::api::routes())
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(
@@ -172,6 +173,8 @@ struct ObservationSearch {
     no_match: bool,
     /// `_summary=count`: the total only.
     count_only: bool,
+    /// `_include=Observation:device`.
+    include_device: bool,
     count: u32,
     cursor: Option<Cursor>,
     /// The parameters to repeat in the `next` link (everything but `_cursor`).
@@ -404,16 +407,91 @@ fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, Clou
                 }
                 s.count_only = true;
             }
+            "_include" => s.include_device |= parse_include(&v)?,
             other => {
+                if let Some(e) = explicitly_unsupported(other) {
+                    return Err(e);
+                }
                 return Err(CloudError::NotSupported(format!(
                     "search parameter {other:?} is not supported on Observation (supported: patient, subject, code, \
-                     date, device, category, _lastUpdated, _sort, _summary=count, _count)"
+                     date, device, category, _lastUpdated, _sort, _summary=count, _include=Observation:device, _count)"
                 )));
             }
         }
         s.echo.push((k, v));
     }
     Ok(s)
+}
+
+/// `_include` on Observation: only `Observation:device` (optionally `:Device`) is served.
+fn parse_include(v: &str) -> Result<bool, CloudError> {
+    match v {
+        "Observation:device" | "Observation:device:Device" => Ok(true),
+        other => Err(CloudError::NotSupported(format!(
+            "_include={other} is not supported (supported: Observation:device)"
+        ))),
+    }
+}
+
+/// Search parameters EHRs commonly send that Wardwatch refuses with a specific reason (never ignored).
+fn explicitly_unsupported(name: &str) -> Option<CloudError> {
+    match name {
+        "_revinclude" => Some(CloudError::NotSupported(
+            "_revinclude is not supported on any type: no resource this server serves is referenced by another \
+             searchable resource in a way it indexes"
+                .into(),
+        )),
+        "encounter" => Some(CloudError::NotSupported(
+            "encounter is not supported: edges send no encounter (visit) with their data, so no Observation has \
+             one; search by patient and date instead"
+                .into(),
+        )),
+        _ => None,
+    }
+}
+
+/// `_include=Observation:device`: the current version of each Device the page's resources reference, once
+/// each, as `(fullUrl, resource)`. A caller whose scopes do not cover Device gets none of them and a warning
+/// OperationOutcome instead (the Observations are still returned); a referenced device the cloud has no
+/// DeviceInfo for cannot be included.
+async fn included_devices(
+    state: &ApiState,
+    resources: &[&serde_json::Value],
+    device_scope: &Result<Caller, CloudError>,
+) -> Result<(Vec<(String, serde_json::Value)>, Option<serde_json::Value>), CloudError> {
+    if let Err(e) = device_scope {
+        tracing::info!(error = %e, "_include=Observation:device omitted: no Device scope");
+        return Ok((
+            Vec::new(),
+            Some(wardwatch_fhir::operation_outcome(
+                wardwatch_fhir::IssueSeverity::Warning,
+                wardwatch_fhir::IssueCode::Forbidden,
+                &format!(
+                    "_include=Observation:device: the referenced Devices are omitted because the client may not \
+                     read Device ({e}); the Observations are complete"
+                ),
+            )),
+        ));
+    }
+    let ids: BTreeSet<String> = resources
+        .iter()
+        .filter_map(|r| {
+            r.get("device")?
+                .get("reference")?
+                .as_str()?
+                .strip_prefix("Device/")
+                .map(str::to_string)
+        })
+        .collect();
+    let ids: Vec<String> = ids.into_iter().collect();
+    let mut out = Vec::with_capacity(ids.len());
+    for (v, row) in state.store.current_device_versions(&ids).await? {
+        out.push((
+            format!("{}/Device/{}", state.base_url, row.device_id),
+            device_to_fhir(&row, v, &state.config.device_id_system)?,
+        ));
+    }
+    Ok((out, None))
 }
 
 pub(crate) fn parse_code(token: &str) -> Result<CodeFilter, CloudError> {
@@ -556,11 +634,22 @@ pub fn vital_to_observation(
         category: metric.category,
         source_lineage: Some(&lineage),
     };
-    wardwatch_fhir::vital_sign_observation(&record).map_err(|e| internal(e.to_string()))
+    let res =
+        wardwatch_fhir::vital_sign_observation(&record).map_err(|e| internal(e.to_string()))?;
+    // A sample never changes once stored: one version, last updated when the cloud stored it.
+    crate::resources::stamp_version(
+        res,
+        crate::resources::ONLY_VERSION,
+        Some(row.received_at_ms),
+    )
 }
 
-/// Maps a stored device to a FHIR Device.
-pub fn device_to_fhir(row: &DeviceRow, id_system: &str) -> Result<serde_json::Value, CloudError> {
+/// Maps one version of a stored device (migration 0009's `device_versions`) to a FHIR Device.
+pub fn device_to_fhir(
+    row: &DeviceRow,
+    version: i64,
+    id_system: &str,
+) -> Result<serde_json::Value, CloudError> {
     let kind = DeviceKind::try_from(i32::try_from(row.kind).unwrap_or(0))
         .unwrap_or(DeviceKind::Unspecified);
     let (kind_display, kind_mdc) = match kind {
@@ -608,9 +697,10 @@ pub fn device_to_fhir(row: &DeviceRow, id_system: &str) -> Result<serde_json::Va
         operational_display: Some(operational),
         last_updated_unix_ms: row.reported_at_ms,
     };
-    wardwatch_fhir::device(&record).map_err(|e| {
+    let res = wardwatch_fhir::device(&record).map_err(|e| {
         CloudError::Unavailable(format!("device {} cannot be mapped: {e}", row.device_id))
-    })
+    })?;
+    crate::resources::stamp_version(res, &version.to_string(), Some(row.reported_at_ms))
 }
 
 pub(crate) async fn audit(
@@ -670,6 +760,8 @@ async fn search_observations(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, CloudError> {
     let caller = authorize(&state, &headers, remote.as_deref(), "Observation")?;
+    // Only consulted for `_include=Observation:device`.
+    let device_scope = authorize(&state, &headers, remote.as_deref(), "Device");
     let query_text = raw.clone().unwrap_or_default();
     // NEWS2 scores and infusion measurements are Observations too, stored as events (issue 6).
     let family = match observation_family(raw.as_deref()) {
@@ -689,7 +781,8 @@ async fn search_observations(
         }
     };
     if let Some(family) = family {
-        return match search_event_observations(&state, family, raw.as_deref()).await {
+        return match search_event_observations(&state, family, raw.as_deref(), &device_scope).await
+        {
             Ok((bundle, patients)) => {
                 audit(
                     &state,
@@ -815,6 +908,12 @@ async fn search_observations(
         let qs = serde_urlencoded::to_string(&params).unwrap_or_default();
         format!("{}/Observation?{qs}", state.base_url)
     };
+    let (included, warning) = if search.include_device {
+        let resources: Vec<&serde_json::Value> = entries.iter().map(|(_, r)| r).collect();
+        included_devices(&state, &resources, &device_scope).await?
+    } else {
+        (Vec::new(), None)
+    };
     let page = SearchPage {
         self_url: link(search.cursor),
         next_url: if more {
@@ -833,7 +932,7 @@ async fn search_observations(
         entries,
         timestamp_unix_ms: wardwatch_proto::now_unix_ms(),
     };
-    let bundle = wardwatch_fhir::searchset_bundle(page)
+    let bundle = wardwatch_fhir::searchset_bundle_with(page, included, warning)
         .map_err(|e| CloudError::Unavailable(e.to_string()))?;
     audit(
         &state,
@@ -854,29 +953,9 @@ async fn read_device(
     remote: Option<axum::Extension<RemoteAddr>>,
     Path(id): Path<String>,
 ) -> Result<Response, CloudError> {
-    let caller = authorize(&state, &headers, remote.as_deref(), "Device")?;
+    authorize(&state, &headers, remote.as_deref(), "Device")?;
     let id = DeviceId::new(id).map_err(|e| CloudError::InvalidArgument(e.to_string()))?;
-    let row = state.store.device(id.as_str()).await?;
-    let status = if row.is_some() {
-        StatusCode::OK
-    } else {
-        StatusCode::NOT_FOUND
-    };
-    audit(
-        &state,
-        &caller,
-        "read",
-        "Device",
-        id.as_str(),
-        String::new(),
-        status,
-    )
-    .await;
-    let row = row.ok_or_else(|| CloudError::NotFound(format!("Device/{id} is not known")))?;
-    Ok(fhir_json(
-        StatusCode::OK,
-        &device_to_fhir(&row, &state.config.device_id_system)?,
-    ))
+    read_any(&state, &headers, remote.as_deref(), "Device", id.as_str()).await
 }
 
 // ---- Issue 6: reads and searches of the device-mapping resources, and /metadata. ----
@@ -891,6 +970,225 @@ fn read_route(resource_type: &'static str) -> axum::routing::MethodRouter<Arc<Ap
             read_any(&state, &headers, remote.as_deref(), resource_type, &id).await
         },
     )
+}
+
+/// vread and `_history` of every served type: `/{Type}/{id}/_history/{vid}`, `/{Type}/{id}/_history`; the
+/// type- and system-level histories are refused explicitly (400 `not-supported`).
+fn history_routes() -> Router<Arc<ApiState>> {
+    let mut r = Router::new().route("/_history", get(history_level_refused));
+    for t in crate::resources::READABLE_TYPES {
+        let t: &'static str = t;
+        r = r
+            .route(&format!("/{t}/_history"), get(history_level_refused))
+            .route(
+                &format!("/{t}/{{id}}/_history"),
+                get(
+                    move |State(state): State<Arc<ApiState>>,
+                          headers: HeaderMap,
+                          remote: Option<axum::Extension<RemoteAddr>>,
+                          Path(id): Path<String>,
+                          RawQuery(raw): RawQuery| async move {
+                        history_any(&state, &headers, remote.as_deref(), t, &id, raw.as_deref())
+                            .await
+                    },
+                ),
+            )
+            .route(
+                &format!("/{t}/{{id}}/_history/{{vid}}"),
+                get(
+                    move |State(state): State<Arc<ApiState>>,
+                          headers: HeaderMap,
+                          remote: Option<axum::Extension<RemoteAddr>>,
+                          Path((id, vid)): Path<(String, String)>| async move {
+                        vread_any(&state, &headers, remote.as_deref(), t, &id, &vid).await
+                    },
+                ),
+            );
+    }
+    r
+}
+
+async fn history_level_refused(uri: axum::http::Uri) -> CloudError {
+    tracing::info!(path = %uri.path(), "type- or system-level history refused");
+    CloudError::NotSupported(
+        "history is served per resource only (GET [base]/{Type}/{id}/_history); the type-level and system-level \
+         histories are not supported"
+            .into(),
+    )
+}
+
+/// `GET [base]/{type}/{id}/_history/{vid}`: authorized and audited like a read (action `read`, the id
+/// recorded as `<id>/_history/<vid>`).
+async fn vread_any(
+    state: &ApiState,
+    headers: &HeaderMap,
+    remote: Option<&RemoteAddr>,
+    resource_type: &'static str,
+    id: &str,
+    vid: &str,
+) -> Result<Response, CloudError> {
+    let caller = authorize(state, headers, remote, resource_type)?;
+    let shown = format!(
+        "{}/_history/{}",
+        id.chars().take(200).collect::<String>(),
+        vid.chars().take(64).collect::<String>()
+    );
+    let read =
+        crate::resources::read_version(&state.store, &state.config, resource_type, id, vid).await;
+    let (status, patients, result) = match read {
+        Ok(crate::resources::VersionRead::Found(r)) => {
+            (StatusCode::OK, patients_of(&r).unwrap_or_default(), Ok(r))
+        }
+        Ok(crate::resources::VersionRead::NoResource) => (
+            StatusCode::NOT_FOUND,
+            String::new(),
+            Err(CloudError::NotFound(format!(
+                "{resource_type}/{} is not known",
+                id.chars().take(200).collect::<String>()
+            ))),
+        ),
+        Ok(crate::resources::VersionRead::NoVersion(why)) => (
+            StatusCode::NOT_FOUND,
+            String::new(),
+            Err(CloudError::NotFound(why)),
+        ),
+        Err(e) => (e.http_status(), String::new(), Err(e)),
+    };
+    audit(
+        state,
+        &caller,
+        "read",
+        resource_type,
+        &shown,
+        patients,
+        status,
+    )
+    .await;
+    match result {
+        Ok(r) => Ok(fhir_json(StatusCode::OK, &r)),
+        Err(e) => {
+            tracing::info!(resource = resource_type, id = %shown, error = %e, "version read refused");
+            Err(e)
+        }
+    }
+}
+
+/// The parameters of an instance history: `_count` (1..=1000, default 50) and `_cursor` (from `next` links).
+/// `_since`, `_at` and anything else are refused, never ignored.
+fn parse_history_params(raw: Option<&str>) -> Result<(u32, Option<u64>), CloudError> {
+    let params = split_params(raw)?;
+    for (k, _) in &params.pairs {
+        if k != "_count" {
+            return Err(CloudError::NotSupported(format!(
+                "parameter {k:?} is not supported on _history (supported: _count, _cursor)"
+            )));
+        }
+    }
+    let before = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<u64>()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| bad_cursor(c))
+        })
+        .transpose()?;
+    Ok((params.count, before))
+}
+
+/// `GET [base]/{type}/{id}/_history`: a `history` Bundle of the instance's versions, newest first, paged.
+/// Authorized and audited like a read (action `read`, the id recorded as `<id>/_history`).
+async fn history_any(
+    state: &ApiState,
+    headers: &HeaderMap,
+    remote: Option<&RemoteAddr>,
+    resource_type: &'static str,
+    id: &str,
+    raw: Option<&str>,
+) -> Result<Response, CloudError> {
+    let caller = authorize(state, headers, remote, resource_type)?;
+    let shown = format!("{}/_history", id.chars().take(200).collect::<String>());
+    let result = history_bundle_of(state, resource_type, id, raw).await;
+    let (status, patients) = match &result {
+        Ok((_, p)) => (StatusCode::OK, p.clone()),
+        Err(e) => (e.http_status(), String::new()),
+    };
+    audit(
+        state,
+        &caller,
+        "read",
+        resource_type,
+        &shown,
+        patients,
+        status,
+    )
+    .await;
+    match result {
+        Ok((bundle, _)) => Ok(fhir_json(StatusCode::OK, &bundle)),
+        Err(e) => {
+            tracing::info!(resource = resource_type, id = %shown, error = %e, "history refused");
+            Err(e)
+        }
+    }
+}
+
+async fn history_bundle_of(
+    state: &ApiState,
+    resource_type: &'static str,
+    id: &str,
+    raw: Option<&str>,
+) -> Result<(serde_json::Value, String), CloudError> {
+    let (count, before) = parse_history_params(raw)?;
+    let page = crate::resources::read_history(
+        &state.store,
+        &state.config,
+        resource_type,
+        id,
+        before,
+        count,
+    )
+    .await?
+    .ok_or_else(|| {
+        CloudError::NotFound(format!(
+            "{resource_type}/{} is not known",
+            id.chars().take(200).collect::<String>()
+        ))
+    })?;
+    let base = format!("{}/{resource_type}/{id}/_history", state.base_url);
+    let link = |cursor: Option<u64>| {
+        let mut q = vec![("_count".to_string(), count.to_string())];
+        if let Some(c) = cursor {
+            q.push(("_cursor".into(), c.to_string()));
+        }
+        format!(
+            "{base}?{}",
+            serde_urlencoded::to_string(&q).unwrap_or_default()
+        )
+    };
+    let mut patients = BTreeSet::new();
+    let mut entries = Vec::with_capacity(page.versions.len());
+    for v in page.versions {
+        if let Some(p) = patients_of(&v) {
+            patients.insert(p);
+        }
+        let vid = v
+            .get("meta")
+            .and_then(|m| m.get("versionId"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        entries.push((format!("{base}/{vid}"), v));
+    }
+    let bundle = wardwatch_fhir::history_bundle(wardwatch_fhir::HistoryPage {
+        self_url: link(before),
+        next_url: page.next_before.map(|b| link(Some(b))),
+        total: page.total,
+        entries,
+        timestamp_unix_ms: wardwatch_proto::now_unix_ms(),
+    })
+    .map_err(|e| CloudError::Unavailable(format!("history of {resource_type}/{id}: {e}")))?;
+    Ok((bundle, patients.into_iter().collect::<Vec<_>>().join(",")))
 }
 
 /// The patient MRNs a resource is about (`subject` or `patient` identifier), for the audit trail.
@@ -1034,6 +1332,7 @@ const SEARCH_PARAMS: &[(&str, &[ParamDoc])] = &[
             ("patient", "reference", "The patient's MRN"),
             ("subject", "reference", "Same as patient"),
             ("date", "date", "occurrenceDateTime with eq/ge/gt/le/lt"),
+            ("_summary", "special", "count: the total only"),
         ],
     ),
     (
@@ -1050,6 +1349,17 @@ const SEARCH_PARAMS: &[(&str, &[ParamDoc])] = &[
                 "date",
                 "When the alarm was first raised, eq/ge/gt/le/lt",
             ),
+            (
+                "status",
+                "token",
+                "Wardwatch-defined: preliminary (the alarm is active) or final (cleared), from its latest state change",
+            ),
+            (
+                "priority",
+                "token",
+                "Wardwatch-defined: the current alarm priority (IEC 60601-1-8), high, medium, low or info: the code of the urn:wardwatch:fhir:extension:alarm-priority extension",
+            ),
+            ("_summary", "special", "count: the total only"),
         ],
     ),
     (
@@ -1062,6 +1372,12 @@ const SEARCH_PARAMS: &[(&str, &[ParamDoc])] = &[
                 "date",
                 "When the first status report of the order was measured, eq/ge/gt/le/lt",
             ),
+            (
+                "status",
+                "token",
+                "in-progress, on-hold or completed, from the order's latest report (other statuses match nothing)",
+            ),
+            ("_summary", "special", "count: the total only"),
         ],
     ),
     (
@@ -1082,6 +1398,7 @@ const SEARCH_PARAMS: &[(&str, &[ParamDoc])] = &[
                 "token",
                 "urn:wardwatch:device-kind|bedside-monitor, wearable, drip-monitor or infusion-pump",
             ),
+            ("_summary", "special", "count: the total only"),
         ],
     ),
     (
@@ -1093,11 +1410,15 @@ const SEARCH_PARAMS: &[(&str, &[ParamDoc])] = &[
                 "token",
                 "MDC code of the metric (urn:iso:std:iso:11073:10101|<code> or the bare code)",
             ),
+            ("_summary", "special", "count: the total only"),
         ],
     ),
     (
         "Location",
-        &[("partof", "reference", "Location/<ward>: the beds of a ward")],
+        &[
+            ("partof", "reference", "Location/<ward>: the beds of a ward"),
+            ("_summary", "special", "count: the total only"),
+        ],
     ),
 ];
 
@@ -1112,6 +1433,9 @@ fn supported_names(resource_type: &str) -> String {
 }
 
 fn unsupported(resource_type: &str, name: &str) -> CloudError {
+    if let Some(e) = explicitly_unsupported(name) {
+        return e;
+    }
     CloudError::NotSupported(format!(
         "search parameter {name:?} is not supported on {resource_type} (supported: {}); unsupported parameters are always refused, never ignored",
         supported_names(resource_type)
@@ -1152,6 +1476,8 @@ struct Params {
     pairs: Vec<(String, String)>,
     count: u32,
     cursor: Option<String>,
+    /// `_summary=count`: the total only, no entries.
+    count_only: bool,
 }
 
 fn split_params(raw: Option<&str>) -> Result<Params, CloudError> {
@@ -1161,6 +1487,7 @@ fn split_params(raw: Option<&str>) -> Result<Params, CloudError> {
         pairs: Vec::new(),
         count: DEFAULT_COUNT,
         cursor: None,
+        count_only: false,
     };
     for (k, v) in all {
         match k.as_str() {
@@ -1168,11 +1495,36 @@ fn split_params(raw: Option<&str>) -> Result<Params, CloudError> {
                 p.count = parse_count(&v)?;
                 p.pairs.push((k, v));
             }
+            "_summary" => {
+                if v != "count" {
+                    return Err(CloudError::NotSupported(format!(
+                        "_summary={v} is not supported (supported: count)"
+                    )));
+                }
+                p.count_only = true;
+                p.pairs.push((k, v));
+            }
             "_cursor" => p.cursor = Some(v),
             _ => p.pairs.push((k, v)),
         }
     }
     Ok(p)
+}
+
+/// What a search found: a page, or only the number of matches (`_summary=count`).
+enum Found {
+    Page(Page),
+    Count(u64),
+}
+
+impl From<Page> for Found {
+    fn from(p: Page) -> Self {
+        Self::Page(p)
+    }
+}
+
+fn count_of(n: i64) -> Result<Found, CloudError> {
+    Ok(Found::Count(u64::try_from(n).unwrap_or(0)))
 }
 
 /// One page: the resources with their ids, and the cursor of the next page if there is one.
@@ -1186,6 +1538,8 @@ fn page_bundle(
     resource_type: &str,
     params: &Params,
     page: Page,
+    included: Vec<(String, serde_json::Value)>,
+    warning: Option<serde_json::Value>,
 ) -> Result<(serde_json::Value, String), CloudError> {
     let link = |cursor: Option<&str>| {
         let mut q = params.pairs.clone();
@@ -1217,13 +1571,17 @@ fn page_bundle(
             .to_string();
         entries.push((format!("{}/{rt}/{id}", state.base_url), res));
     }
-    let bundle = wardwatch_fhir::searchset_bundle(SearchPage {
-        self_url: link(params.cursor.as_deref()),
-        next_url: page.next.as_deref().map(|c| link(Some(c))),
-        total: None,
-        entries,
-        timestamp_unix_ms: wardwatch_proto::now_unix_ms(),
-    })
+    let bundle = wardwatch_fhir::searchset_bundle_with(
+        SearchPage {
+            self_url: link(params.cursor.as_deref()),
+            next_url: page.next.as_deref().map(|c| link(Some(c))),
+            total: None,
+            entries,
+            timestamp_unix_ms: wardwatch_proto::now_unix_ms(),
+        },
+        included,
+        warning,
+    )
     .map_err(|e| CloudError::Unavailable(e.to_string()))?;
     Ok((bundle, patients.into_iter().collect::<Vec<_>>().join(",")))
 }
@@ -1234,7 +1592,7 @@ async fn search_any(
     raw: Option<&str>,
 ) -> Result<(serde_json::Value, String), CloudError> {
     let params = split_params(raw)?;
-    let page = match resource_type {
+    let found = match resource_type {
         "RiskAssessment" => search_risk(state, &params).await?,
         "DetectedIssue" => search_alarms(state, &params).await?,
         "MedicationAdministration" => search_orders(state, &params).await?,
@@ -1247,7 +1605,40 @@ async fn search_any(
             )));
         }
     };
-    page_bundle(state, resource_type, &params, page)
+    match found {
+        Found::Page(page) => page_bundle(state, resource_type, &params, page, Vec::new(), None),
+        Found::Count(total) => count_bundle(state, resource_type, &params, total),
+    }
+}
+
+/// The Bundle of a `_summary=count` search: `total` and no entries. A search by patient is audited as reading
+/// that patient's data.
+fn count_bundle(
+    state: &ApiState,
+    resource_type: &str,
+    params: &Params,
+    total: u64,
+) -> Result<(serde_json::Value, String), CloudError> {
+    let bundle = wardwatch_fhir::searchset_bundle(SearchPage {
+        self_url: format!(
+            "{}/{resource_type}?{}",
+            state.base_url,
+            serde_urlencoded::to_string(&params.pairs).unwrap_or_default()
+        ),
+        next_url: None,
+        total: Some(total),
+        entries: Vec::new(),
+        timestamp_unix_ms: wardwatch_proto::now_unix_ms(),
+    })
+    .map_err(|e| CloudError::Unavailable(e.to_string()))?;
+    let patient = params
+        .pairs
+        .iter()
+        .find(|(k, _)| k == "patient" || k == "subject")
+        .map(|(_, v)| v.strip_prefix("Patient/").unwrap_or(v).to_string())
+        .filter(|_| total > 0)
+        .unwrap_or_default();
+    Ok((bundle, patient))
 }
 
 fn event_cursor(v: &str) -> Result<(i64, i64, String), CloudError> {
@@ -1300,7 +1691,7 @@ async fn event_page(
     Ok((rows, next))
 }
 
-async fn search_risk(state: &ApiState, params: &Params) -> Result<Page, CloudError> {
+async fn search_risk(state: &ApiState, params: &Params) -> Result<Found, CloudError> {
     let mut q = crate::storage::EventQuery {
         kind: "risk",
         codes: vec!["model".into()],
@@ -1310,9 +1701,16 @@ async fn search_risk(state: &ApiState, params: &Params) -> Result<Page, CloudErr
         match k.as_str() {
             "patient" | "subject" => parse_patient(k, v, &mut q.patient)?,
             "date" => q.time.intersect(parse_date_param("date", v)?),
-            "_count" => {}
+            "_count" | "_summary" => {}
             other => return Err(unsupported("RiskAssessment", other)),
         }
+    }
+    if params.count_only {
+        return count_of(if empty_range(&q.time) {
+            0
+        } else {
+            state.store.count_events(&q).await?
+        });
     }
     let (rows, next) = event_page(state, params, q).await?;
     let mut entries = Vec::with_capacity(rows.len());
@@ -1322,7 +1720,7 @@ async fn search_risk(state: &ApiState, params: &Params) -> Result<Page, CloudErr
             crate::resources::risk_assessment_to_fhir(&state.store, &state.config, r).await?,
         ));
     }
-    Ok(Page { entries, next })
+    Ok(Page { entries, next }.into())
 }
 
 async fn group_page(
@@ -1350,7 +1748,7 @@ async fn group_page(
     Ok((rows.into_iter().map(|(id, _)| id).collect(), next))
 }
 
-async fn search_alarms(state: &ApiState, params: &Params) -> Result<Page, CloudError> {
+async fn search_alarms(state: &ApiState, params: &Params) -> Result<Found, CloudError> {
     let mut q = crate::storage::GroupQuery::default();
     for (k, v) in &params.pairs {
         match k.as_str() {
@@ -1380,32 +1778,118 @@ async fn search_alarms(state: &ApiState, params: &Params) -> Result<Page, CloudE
                     q.codes.push(code.to_string());
                 }
             }
-            "_count" => {}
+            "status" => {
+                for t in v.split(',') {
+                    q.current_status.push(match t {
+                        "preliminary" => "preliminary",
+                        "final" => "final",
+                        other => {
+                            return Err(CloudError::InvalidArgument(format!(
+                                "status {other:?}: an alarm's DetectedIssue is preliminary (active) or final (cleared)"
+                            )));
+                        }
+                    });
+                }
+            }
+            "priority" => {
+                for t in v.split(',') {
+                    let code = match t.split_once('|') {
+                        Some((sys, c))
+                            if sys.is_empty() || sys == wardwatch_fhir::ALARM_PRIORITY_EXT =>
+                        {
+                            c
+                        }
+                        Some((sys, _)) => {
+                            return Err(CloudError::NotSupported(format!(
+                                "priority system {sys:?} is not supported (the priority is the code of the {} extension)",
+                                wardwatch_fhir::ALARM_PRIORITY_EXT
+                            )));
+                        }
+                        None => t,
+                    };
+                    let p = match code {
+                        "high" => AlarmPriority::High,
+                        "medium" => AlarmPriority::Medium,
+                        "low" => AlarmPriority::Low,
+                        "info" => AlarmPriority::Info,
+                        other => {
+                            return Err(CloudError::InvalidArgument(format!(
+                                "priority {other:?} is not one of high, medium, low, info"
+                            )));
+                        }
+                    };
+                    q.current_priorities.push(i64::from(p as i32));
+                }
+            }
+            "_count" | "_summary" => {}
             other => return Err(unsupported("DetectedIssue", other)),
         }
+    }
+    if params.count_only {
+        return count_of(if empty_range(&q.first) {
+            0
+        } else {
+            state
+                .store
+                .count_groups(crate::storage::GroupKind::Alarm, &q)
+                .await?
+        });
     }
     let (ids, next) = group_page(state, params, crate::storage::GroupKind::Alarm, q).await?;
     let mut entries = Vec::with_capacity(ids.len());
     for id in ids {
-        let history = state.store.alarm_history(&id).await?;
+        let history = state
+            .store
+            .group_versions(crate::storage::GroupKind::Alarm, &id, None)
+            .await?;
         if history.is_empty() {
             continue;
         }
         let res = crate::resources::alarm_to_fhir(&state.config, &history)?;
         entries.push((crate::resources::alarm_resource_id(&id), res));
     }
-    Ok(Page { entries, next })
+    Ok(Page { entries, next }.into())
 }
 
-async fn search_orders(state: &ApiState, params: &Params) -> Result<Page, CloudError> {
+async fn search_orders(state: &ApiState, params: &Params) -> Result<Found, CloudError> {
     let mut q = crate::storage::GroupQuery::default();
     for (k, v) in &params.pairs {
         match k.as_str() {
             "patient" | "subject" => parse_patient(k, v, &mut q.patient)?,
             "effective-time" => q.first.intersect(parse_date_param("effective-time", v)?),
-            "_count" => {}
+            "status" => {
+                for t in v.split(',') {
+                    let t = t
+                        .strip_prefix("http://hl7.org/fhir/CodeSystem/medication-admin-status|")
+                        .unwrap_or(t);
+                    q.current_status.push(match t {
+                        "in-progress" => "in-progress",
+                        "on-hold" => "on-hold",
+                        "completed" => "completed",
+                        // Valid statuses this mapping never produces: they match nothing.
+                        "not-done" | "entered-in-error" | "stopped" | "unknown" => "none",
+                        other => {
+                            return Err(CloudError::InvalidArgument(format!(
+                                "status {other:?} is not a MedicationAdministration status (in-progress, on-hold, \
+                                 completed, not-done, entered-in-error, stopped, unknown)"
+                            )));
+                        }
+                    });
+                }
+            }
+            "_count" | "_summary" => {}
             other => return Err(unsupported("MedicationAdministration", other)),
         }
+    }
+    if params.count_only {
+        return count_of(if empty_range(&q.first) {
+            0
+        } else {
+            state
+                .store
+                .count_groups(crate::storage::GroupKind::Order, &q)
+                .await?
+        });
     }
     let (ids, next) = group_page(state, params, crate::storage::GroupKind::Order, q).await?;
     let mut entries = Vec::with_capacity(ids.len());
@@ -1414,7 +1898,7 @@ async fn search_orders(state: &ApiState, params: &Params) -> Result<Page, CloudE
             entries.push((id, crate::resources::order_to_fhir(&state.config, &s)?));
         }
     }
-    Ok(Page { entries, next })
+    Ok(Page { entries, next }.into())
 }
 
 fn device_kind_value(code: &str) -> Option<i64> {
@@ -1427,7 +1911,7 @@ fn device_kind_value(code: &str) -> Option<i64> {
     }))
 }
 
-async fn search_devices(state: &ApiState, params: &Params) -> Result<Page, CloudError> {
+async fn search_devices(state: &ApiState, params: &Params) -> Result<Found, CloudError> {
     let mut q = crate::storage::DeviceQuery::default();
     for (k, v) in &params.pairs {
         match k.as_str() {
@@ -1461,8 +1945,21 @@ async fn search_devices(state: &ApiState, params: &Params) -> Result<Page, Cloud
                     })?);
                 }
             }
-            "_count" => {}
+            "_count" | "_summary" => {}
             other => return Err(unsupported("Device", other)),
+        }
+    }
+    if params.count_only {
+        // Devices number in the thousands at most: count them by walking the keyset pages.
+        let mut total = 0u64;
+        q.limit = MAX_COUNT;
+        loop {
+            let rows = state.store.search_devices(&q).await?;
+            total += rows.len() as u64;
+            match rows.last() {
+                Some(r) if rows.len() == MAX_COUNT as usize => q.after = Some(r.device_id.clone()),
+                _ => return Ok(Found::Count(total)),
+            }
         }
     }
     if let Some(c) = &params.cursor {
@@ -1477,17 +1974,20 @@ async fn search_devices(state: &ApiState, params: &Params) -> Result<Page, Cloud
     } else {
         None
     };
-    let mut entries = Vec::with_capacity(rows.len());
-    for r in &rows {
+    // Each device as its current version (the same the read and `_history` give).
+    let ids: Vec<String> = rows.iter().map(|r| r.device_id.clone()).collect();
+    let current = state.store.current_device_versions(&ids).await?;
+    let mut entries = Vec::with_capacity(current.len());
+    for (v, r) in &current {
         entries.push((
             r.device_id.clone(),
-            device_to_fhir(r, &state.config.device_id_system)?,
+            device_to_fhir(r, *v, &state.config.device_id_system)?,
         ));
     }
-    Ok(Page { entries, next })
+    Ok(Page { entries, next }.into())
 }
 
-async fn search_metrics(state: &ApiState, params: &Params) -> Result<Page, CloudError> {
+async fn search_metrics(state: &ApiState, params: &Params) -> Result<Found, CloudError> {
     let mut device: Option<String> = None;
     let mut metric: Option<i64> = None;
     for (k, v) in &params.pairs {
@@ -1513,8 +2013,31 @@ async fn search_metrics(state: &ApiState, params: &Params) -> Result<Page, Cloud
                     CloudError::InvalidArgument(format!("type {v:?} is not an MDC code"))
                 })?);
             }
-            "_count" => {}
+            "_count" | "_summary" => {}
             other => return Err(unsupported("DeviceMetric", other)),
+        }
+    }
+    if params.count_only {
+        // Channels are a few per device: count them by walking the keyset pages.
+        let mut total = 0u64;
+        let mut after: Option<(String, i64)> = None;
+        loop {
+            let rows = state
+                .store
+                .search_channels(
+                    device.as_deref(),
+                    metric,
+                    after.as_ref().map(|(d, m)| (d.as_str(), *m)),
+                    MAX_COUNT,
+                )
+                .await?;
+            total += rows.len() as u64;
+            match rows.last() {
+                Some(r) if rows.len() == MAX_COUNT as usize => {
+                    after = Some((r.device_id.clone(), r.metric_mdc));
+                }
+                _ => return Ok(Found::Count(total)),
+            }
         }
     }
     let after = match &params.cursor {
@@ -1550,10 +2073,10 @@ async fn search_metrics(state: &ApiState, params: &Params) -> Result<Page, Cloud
             crate::resources::channel_to_fhir(r, state_value)?,
         ));
     }
-    Ok(Page { entries, next })
+    Ok(Page { entries, next }.into())
 }
 
-async fn search_locations(state: &ApiState, params: &Params) -> Result<Page, CloudError> {
+async fn search_locations(state: &ApiState, params: &Params) -> Result<Found, CloudError> {
     let mut part_of: Option<String> = None;
     for (k, v) in &params.pairs {
         match k.as_str() {
@@ -1566,7 +2089,7 @@ async fn search_locations(state: &ApiState, params: &Params) -> Result<Page, Clo
                 }
                 part_of = Some(id.to_string());
             }
-            "_count" => {}
+            "_count" | "_summary" => {}
             other => return Err(unsupported("Location", other)),
         }
     }
@@ -1582,6 +2105,9 @@ async fn search_locations(state: &ApiState, params: &Params) -> Result<Page, Clo
         .filter_map(|(w, b)| crate::resources::location_id(&w, &b).map(|id| (id, w, b)))
         .collect();
     all.sort();
+    if params.count_only {
+        return Ok(Found::Count(all.len() as u64));
+    }
     if let Some(c) = &params.cursor {
         all.retain(|(id, _, _)| id.as_str() > c.as_str());
     }
@@ -1596,7 +2122,7 @@ async fn search_locations(state: &ApiState, params: &Params) -> Result<Page, Clo
     for (id, w, b) in &all {
         entries.push((id.clone(), crate::resources::location_to_fhir(w, b)?));
     }
-    Ok(Page { entries, next })
+    Ok(Page { entries, next }.into())
 }
 
 /// Which family of Observations a search asks for, from its `category` and `code` values: vital signs
@@ -1658,6 +2184,7 @@ async fn search_event_observations(
     state: &ApiState,
     family: &'static str,
     raw: Option<&str>,
+    device_scope: &Result<Caller, CloudError>,
 ) -> Result<(serde_json::Value, String), CloudError> {
     let params = split_params(raw)?;
     let mut q = crate::storage::EventQuery {
@@ -1674,6 +2201,7 @@ async fn search_event_observations(
         ..Default::default()
     };
     let mut suffixes: Vec<&'static str> = Vec::new();
+    let mut include_device = false;
     for (k, v) in &params.pairs {
         match k.as_str() {
             "patient" | "subject" => parse_patient(k, v, &mut q.patient)?,
@@ -1689,9 +2217,13 @@ async fn search_event_observations(
             }
             "_count" => {}
             "_summary" if v == "count" => {}
+            "_include" => include_device |= parse_include(v)?,
             other => {
+                if let Some(e) = explicitly_unsupported(other) {
+                    return Err(e);
+                }
                 return Err(CloudError::NotSupported(format!(
-                    "search parameter {other:?} is not supported on {} Observations (supported: patient, subject, code, category, date, _summary=count, _count)",
+                    "search parameter {other:?} is not supported on {} Observations (supported: patient, subject, code, category, date, _summary=count, _include=Observation:device, _count)",
                     if family == "news2" {
                         "NEWS2"
                     } else {
@@ -1753,7 +2285,20 @@ async fn search_event_observations(
             }
         }
     }
-    page_bundle(state, "Observation", &params, Page { entries, next })
+    let (included, warning) = if include_device {
+        let resources: Vec<&serde_json::Value> = entries.iter().map(|(_, r)| r).collect();
+        included_devices(state, &resources, device_scope).await?
+    } else {
+        (Vec::new(), None)
+    };
+    page_bundle(
+        state,
+        "Observation",
+        &params,
+        Page { entries, next },
+        included,
+        warning,
+    )
 }
 
 /// `GET [base]/metadata`: the CapabilityStatement (public, like SMART discovery). It lists exactly the
@@ -1776,18 +2321,31 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
                     .collect()
             })
             .unwrap_or_default();
-        let mut interactions = vec!["read"];
+        // Every served type has vread and instance history (see resources::versioning for what a version is).
+        let mut interactions = vec!["read", "vread", "history-instance"];
         if !params.is_empty() {
             interactions.push("search-type");
         }
         let (profiles, doc): (Vec<&str>, &str) = match *t {
             "Observation" => (
                 vec![wardwatch_fhir::VITAL_SIGNS_PROFILE],
-                "Vital signs (vital-signs profile), NEWS2 scores (survey) and infusion measurements (therapy); ids <edge>.<sequence>[.rate|.infused|.remaining]",
+                "Vital signs (vital-signs profile), NEWS2 scores (survey) and infusion measurements (therapy); ids <edge>.<sequence>[.rate|.infused|.remaining]; one version each. _include=Observation:device adds the referenced Devices (omitted, with a warning OperationOutcome, when the client may not read Device); _revinclude is refused. encounter is not supported: edges send no encounter with their data.",
             ),
             "DetectedIssue" => (
                 Vec::new(),
-                "Alarms, one per alarm id, versioned by state change",
+                "Alarms, one per alarm id; one version per stored state change",
+            ),
+            "MedicationAdministration" => (
+                Vec::new(),
+                "The infusion of one medication order; one version per stored status report",
+            ),
+            "Device" => (
+                Vec::new(),
+                "One version per DeviceInfo report that changed the device (history kept since migration 0009)",
+            ),
+            "DeviceMetric" => (
+                Vec::new(),
+                "Derived from the channel's latest sighting and the device's state: only the current version is known (its versionId is a content digest)",
             ),
             "RiskAssessment" => (
                 Vec::new(),
@@ -1813,6 +2371,12 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
                 Vec::new()
             },
             documentation: doc,
+            versioned: true,
+            search_include: if *t == "Observation" {
+                vec!["Observation:device"]
+            } else {
+                Vec::new()
+            },
         });
     }
     // Served by other modules: the audit trail (auth/audit_api.rs) and subscriptions (subscriptions/api.rs).
@@ -1836,6 +2400,8 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
         supported_profiles: Vec::new(),
         operations: Vec::new(),
         documentation: "The audit trail; needs system/AuditEvent.rs",
+        versioned: false,
+        search_include: Vec::new(),
     });
     resources.push(CapabilityResource {
         resource_type: "Subscription",
@@ -1853,6 +2419,8 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
             ),
         ],
         documentation: "Topic-based subscriptions (R4 Subscriptions Backport), rest-hook; see docs/subscriptions.md",
+        versioned: false,
+        search_include: Vec::new(),
     });
     resources.push(CapabilityResource {
         resource_type: "SubscriptionTopic",
@@ -1861,6 +2429,8 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
         supported_profiles: Vec::new(),
         operations: Vec::new(),
         documentation: "The topics subscriptions can name",
+        versioned: false,
+        search_include: Vec::new(),
     });
     let cs = wardwatch_fhir::capability_statement(&wardwatch_fhir::CapabilityRecord {
         base_url: &state.base_url,

@@ -29,8 +29,9 @@ use wardwatch_proto::v1::{
 use crate::config::ApiConfig;
 use crate::error::CloudError;
 use crate::storage::{
-    ChannelRow, EventRow, INFUSION_INFUSED_MDC, INFUSION_RATE_MDC, INFUSION_REMAINING_MDC,
-    OrderSummary, Store, alarm_kind_code, alarm_state_code, infusion_state_code,
+    ChannelRow, EventRow, GroupKind, INFUSION_INFUSED_MDC, INFUSION_RATE_MDC,
+    INFUSION_REMAINING_MDC, OrderSummary, Store, alarm_kind_code, alarm_state_code,
+    infusion_state_code,
 };
 
 /// Resource types [`read_resource`] can return, in CapabilityStatement order.
@@ -108,6 +109,26 @@ fn unmappable(what: &str, e: impl std::fmt::Display) -> CloudError {
     CloudError::Unavailable(format!("{what} cannot be mapped: {e}"))
 }
 
+/// Sets `meta.versionId` (and `meta.lastUpdated`, when given) on a resource: every resource this server
+/// returns carries its version, so that reads, version reads, history entries and ETags agree.
+pub fn stamp_version(
+    resource: serde_json::Value,
+    version_id: &str,
+    last_updated_ms: Option<i64>,
+) -> Result<serde_json::Value, CloudError> {
+    wardwatch_fhir::with_version(
+        resource,
+        &wardwatch_fhir::VersionMeta {
+            version_id,
+            last_updated_unix_ms: last_updated_ms,
+        },
+    )
+    .map_err(|e| unmappable("resource version", e))
+}
+
+/// The version of a resource made from one immutable stored event or sample: there is only ever one.
+pub const ONLY_VERSION: &str = "1";
+
 fn lineage_uri(edge: &str, seq: i64) -> String {
     format!("wardwatch-edge:{edge}/sequence/{seq}")
 }
@@ -167,7 +188,7 @@ pub async fn read_resource(
             if !is_fhir_id(id) {
                 return Ok(None);
             }
-            let history = store.alarm_history(id).await?;
+            let history = store.group_versions(GroupKind::Alarm, id, None).await?;
             if history.is_empty() {
                 return Ok(None);
             }
@@ -186,9 +207,10 @@ pub async fn read_resource(
             let Ok(id) = DeviceId::new(id) else {
                 return Ok(None);
             };
-            match store.device(id.as_str()).await? {
-                Some(row) => Ok(Some(crate::api::device_to_fhir(
-                    &row,
+            match store.device_versions(id.as_str(), None, 1).await?.first() {
+                Some((version, row)) => Ok(Some(crate::api::device_to_fhir(
+                    row,
+                    *version,
                     &cfg.device_id_system,
                 )?)),
                 None => Ok(None),
@@ -229,6 +251,242 @@ pub async fn read_resource(
             READABLE_TYPES.join(", ")
         ))),
     }
+}
+
+/// What a version of a resource is, per type (docs/fhir-mapping.md, "Versions").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versioning {
+    /// Made from one immutable stored sample or event (Observation, RiskAssessment, Provenance) or from its id
+    /// alone (Location): exactly one version, `1`.
+    Single,
+    /// Derived from rows updated in place (DeviceMetric): only the current version is known; its id is a
+    /// digest of its content.
+    CurrentOnly,
+    /// Every version is kept: Device (migration 0009's `device_versions`), DetectedIssue (one version per
+    /// stored alarm state change) and MedicationAdministration (one per stored infusion status report),
+    /// numbered 1, 2, … in the order the cloud stored them.
+    Kept,
+}
+
+/// How `resource_type` is versioned; `None` for a type this server does not serve.
+pub fn versioning(resource_type: &str) -> Option<Versioning> {
+    match resource_type {
+        "Observation" | "RiskAssessment" | "Provenance" | "Location" => Some(Versioning::Single),
+        "DeviceMetric" => Some(Versioning::CurrentOnly),
+        "Device" | "DetectedIssue" | "MedicationAdministration" => Some(Versioning::Kept),
+        _ => None,
+    }
+}
+
+/// The outcome of a version read.
+#[derive(Debug)]
+pub enum VersionRead {
+    /// That version.
+    Found(serde_json::Value),
+    /// No such resource.
+    NoResource,
+    /// The resource exists but not in that version; the text says which versions there are.
+    NoVersion(String),
+}
+
+/// One page of an instance's versions, newest first.
+#[derive(Debug)]
+pub struct Versions {
+    /// How many versions the resource has (the newest one's number for kept types).
+    pub total: u64,
+    /// The versions on this page, newest first.
+    pub versions: Vec<serde_json::Value>,
+    /// The version to continue below on the next page, if there are older ones.
+    pub next_before: Option<u64>,
+}
+
+fn version_of(resource: &serde_json::Value) -> Option<&str> {
+    resource.get("meta")?.get("versionId")?.as_str()
+}
+
+/// A numbered version id (`1`, `2`, …), as kept types use.
+fn version_number(vid: &str) -> Option<u64> {
+    vid.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| vid.parse().ok())
+        .flatten()
+        .filter(|v| *v > 0)
+}
+
+/// `GET [base]/{type}/{id}/_history/{vid}`: one version of a resource.
+pub async fn read_version(
+    store: &Store,
+    cfg: &ApiConfig,
+    resource_type: &str,
+    id: &str,
+    vid: &str,
+) -> Result<VersionRead, CloudError> {
+    let no_version = |have: String| {
+        VersionRead::NoVersion(format!(
+            "{resource_type}/{id} has no version {:?} ({have})",
+            vid.chars().take(64).collect::<String>()
+        ))
+    };
+    match versioning(resource_type) {
+        None => Err(CloudError::NotSupported(format!(
+            "resource type {resource_type:?} is not served (served: {})",
+            READABLE_TYPES.join(", ")
+        ))),
+        Some(Versioning::Single | Versioning::CurrentOnly) => {
+            let Some(current) = read_resource(store, cfg, resource_type, id).await? else {
+                return Ok(VersionRead::NoResource);
+            };
+            let have = version_of(&current).unwrap_or_default().to_string();
+            if have == vid {
+                Ok(VersionRead::Found(current))
+            } else if versioning(resource_type) == Some(Versioning::Single) {
+                Ok(no_version(format!(
+                    "it is made from immutable data and has exactly one version, {have:?}"
+                )))
+            } else {
+                Ok(no_version(format!(
+                    "only the current version, {have:?}, is known: earlier versions are not kept"
+                )))
+            }
+        }
+        Some(Versioning::Kept) => {
+            let n = version_number(vid);
+            let page = read_history(store, cfg, resource_type, id, n.map(|v| v + 1), 1).await?;
+            let Some(page) = page else {
+                return Ok(VersionRead::NoResource);
+            };
+            match (n, page.versions.into_iter().next()) {
+                (Some(n), Some(v)) if version_of(&v) == Some(n.to_string().as_str()) => {
+                    Ok(VersionRead::Found(v))
+                }
+                _ => Ok(no_version(format!("its versions are 1 to {}", page.total))),
+            }
+        }
+    }
+}
+
+/// `GET [base]/{type}/{id}/_history`: the versions of a resource, newest first, those numbered below
+/// `before` (all when `None`), at most `limit`. `Ok(None)` when there is no such resource.
+pub async fn read_history(
+    store: &Store,
+    cfg: &ApiConfig,
+    resource_type: &str,
+    id: &str,
+    before: Option<u64>,
+    limit: u32,
+) -> Result<Option<Versions>, CloudError> {
+    let limit = limit.max(1);
+    let single = |current: serde_json::Value| Versions {
+        total: 1,
+        // A cursor can only point below version 1 of a single-version resource: nothing is older.
+        versions: if before.is_some_and(|b| b <= 1) && version_of(&current) == Some(ONLY_VERSION) {
+            Vec::new()
+        } else {
+            vec![current]
+        },
+        next_before: None,
+    };
+    match (resource_type, versioning(resource_type)) {
+        (_, None) => Err(CloudError::NotSupported(format!(
+            "resource type {resource_type:?} is not served (served: {})",
+            READABLE_TYPES.join(", ")
+        ))),
+        (_, Some(Versioning::Single | Versioning::CurrentOnly)) => {
+            Ok(read_resource(store, cfg, resource_type, id)
+                .await?
+                .map(single))
+        }
+        ("Device", _) => {
+            let Ok(device) = DeviceId::new(id) else {
+                return Ok(None);
+            };
+            let Some((total, _)) = store
+                .device_versions(device.as_str(), None, 1)
+                .await?
+                .into_iter()
+                .next()
+            else {
+                return Ok(None);
+            };
+            let before = before.and_then(|b| i64::try_from(b).ok());
+            let rows = store
+                .device_versions(device.as_str(), before, limit)
+                .await?;
+            let mut versions = Vec::with_capacity(rows.len());
+            for (v, row) in &rows {
+                versions.push(crate::api::device_to_fhir(row, *v, &cfg.device_id_system)?);
+            }
+            let oldest = rows.last().map(|(v, _)| *v);
+            Ok(Some(Versions {
+                total: u64::try_from(total).unwrap_or(0),
+                versions,
+                next_before: oldest
+                    .filter(|v| *v > 1)
+                    .and_then(|v| u64::try_from(v).ok()),
+            }))
+        }
+        ("DetectedIssue", _) => {
+            if !is_fhir_id(id) {
+                return Ok(None);
+            }
+            let events = store.group_versions(GroupKind::Alarm, id, None).await?;
+            if events.is_empty() {
+                return Ok(None);
+            }
+            kept_versions(&events, before, limit, |prefix| alarm_to_fhir(cfg, prefix)).map(Some)
+        }
+        ("MedicationAdministration", _) => {
+            if !is_fhir_id(id) {
+                return Ok(None);
+            }
+            let Some(current) = store.order_summary(id).await? else {
+                return Ok(None);
+            };
+            let total = u64::try_from(current.reports).unwrap_or(0);
+            let newest = before.map_or(total, |b| b.saturating_sub(1).min(total));
+            let events = store
+                .group_versions(
+                    GroupKind::Order,
+                    id,
+                    Some(u32::try_from(newest).unwrap_or(u32::MAX)),
+                )
+                .await?;
+            let mut page = kept_versions(&events, None, limit, |prefix| {
+                let summary = OrderSummary::of_reports(prefix)
+                    .ok_or_else(|| unmappable("MedicationAdministration", "no reports"))?;
+                order_to_fhir(cfg, &summary)
+            })?;
+            page.total = total;
+            Ok(Some(page))
+        }
+        (other, _) => Err(CloudError::Unavailable(format!(
+            "no version store for {other}"
+        ))),
+    }
+}
+
+/// The versions of a resource whose version `n` is built from the first `n` of `events`: newest first, below
+/// `before`, at most `limit`.
+fn kept_versions(
+    events: &[EventRow],
+    before: Option<u64>,
+    limit: u32,
+    build: impl Fn(&[EventRow]) -> Result<serde_json::Value, CloudError>,
+) -> Result<Versions, CloudError> {
+    let total = events.len();
+    let newest = before.map_or(total, |b| {
+        usize::try_from(b.saturating_sub(1)).map_or(total, |b| b.min(total))
+    });
+    let oldest = newest.saturating_sub(limit as usize) + 1;
+    let mut versions = Vec::new();
+    for n in (oldest..=newest).rev() {
+        versions.push(build(&events[..n])?);
+    }
+    Ok(Versions {
+        total: total as u64,
+        next_before: (newest > 0 && oldest > 1).then_some(oldest as u64),
+        versions,
+    })
 }
 
 /// Whether a stored event is a model prediction (a RiskAssessment).
@@ -318,7 +576,9 @@ pub async fn news2_to_fhir(
         derived_from: derived,
         source_lineage: Some(&lineage),
     };
-    wardwatch_fhir::news2_observation(&rec).map_err(|e| unmappable(&format!("NEWS2 {id}"), e))
+    let res = wardwatch_fhir::news2_observation(&rec)
+        .map_err(|e| unmappable(&format!("NEWS2 {id}"), e))?;
+    stamp_version(res, ONLY_VERSION, Some(ev.received_at_ms))
 }
 
 /// A stored model prediction as a RiskAssessment.
@@ -356,8 +616,9 @@ pub async fn risk_assessment_to_fhir(
         basis,
         source_lineage: Some(&lineage),
     };
-    wardwatch_fhir::risk_assessment(&rec)
-        .map_err(|e| unmappable(&format!("RiskAssessment {id}"), e))
+    let res = wardwatch_fhir::risk_assessment(&rec)
+        .map_err(|e| unmappable(&format!("RiskAssessment {id}"), e))?;
+    stamp_version(res, ONLY_VERSION, Some(ev.received_at_ms))
 }
 
 /// The Provenance of a stored model prediction: model name, version and hash.
@@ -384,7 +645,9 @@ pub async fn provenance_to_fhir(
         edge_id: &ev.edge_id,
         inputs,
     };
-    wardwatch_fhir::model_provenance(&rec).map_err(|e| unmappable(&format!("Provenance {id}"), e))
+    let res = wardwatch_fhir::model_provenance(&rec)
+        .map_err(|e| unmappable(&format!("Provenance {id}"), e))?;
+    stamp_version(res, ONLY_VERSION, Some(ev.received_at_ms))
 }
 
 /// The measurements of one infusion status report: (suffix, MDC code, MDC reference, value, unit).
@@ -452,8 +715,9 @@ pub fn infusion_observation_to_fhir(
         issued_unix_ms: ev.received_at_ms,
         source_lineage: Some(&lineage),
     };
-    wardwatch_fhir::infusion_observation(&rec)
-        .map_err(|e| unmappable(&format!("Observation {id}"), e))
+    let res = wardwatch_fhir::infusion_observation(&rec)
+        .map_err(|e| unmappable(&format!("Observation {id}"), e))?;
+    stamp_version(res, ONLY_VERSION, Some(ev.received_at_ms))
 }
 
 fn priority_code(p: AlarmPriority) -> &'static str {
@@ -624,7 +888,23 @@ pub fn channel_to_fhir(
         operational_status: status,
         last_seen_unix_ms: c.last_seen_ms,
     };
-    wardwatch_fhir::device_metric(&rec).map_err(|e| unmappable(&format!("DeviceMetric {id}"), e))
+    let res = wardwatch_fhir::device_metric(&rec)
+        .map_err(|e| unmappable(&format!("DeviceMetric {id}"), e))?;
+    // No history is kept (the channel row is updated in place): the version is a digest of the content, so
+    // it changes exactly when the resource does.
+    let version = content_version(&res);
+    stamp_version(res, &version, None)
+}
+
+/// A version id that is a digest of a resource's content (its JSON without `meta`): `h` and 24 hex digits.
+pub fn content_version(resource: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut content = resource.clone();
+    if let Some(o) = content.as_object_mut() {
+        o.remove("meta");
+    }
+    let d = Sha256::digest(content.to_string().as_bytes());
+    format!("h{}", hex::encode(&d[..12]))
 }
 
 /// A ward (bed `""`) or bed as a Location.
@@ -637,7 +917,10 @@ pub fn location_to_fhir(ward: &str, bed: &str) -> Result<serde_json::Value, Clou
         bed: (!bed.is_empty()).then_some(bed),
         identifier_system: LOCATION_SYSTEM,
     };
-    wardwatch_fhir::location(&rec).map_err(|e| unmappable(&format!("Location {id}"), e))
+    let res =
+        wardwatch_fhir::location(&rec).map_err(|e| unmappable(&format!("Location {id}"), e))?;
+    // A Location is made from its id alone (ward, bed): it never changes.
+    stamp_version(res, ONLY_VERSION, None)
 }
 
 #[cfg(test)]

@@ -258,6 +258,32 @@ async fn every_served_resource_validates() -> Result<()> {
         push_bundle(&metrics, &mut lines) >= 5,
         "monitor channels: {metrics}"
     );
+    // Versions: a history Bundle of an alarm and of a device, one version read, and an Observation search with
+    // its Devices included (search.mode include).
+    let alarm_id = alarms["entry"][0]["resource"]["id"]
+        .as_str()
+        .context("an alarm id")?;
+    let alarm_history = get(format!("{base}/DetectedIssue/{alarm_id}/_history")).await?;
+    assert_eq!(alarm_history["type"], "history", "{alarm_history}");
+    assert!(push_bundle(&alarm_history, &mut lines) > 0);
+    let device_history = get(format!("{base}/Device/mon-7A-1/_history")).await?;
+    assert!(push_bundle(&device_history, &mut lines) > 0);
+    lines.push(
+        get(format!("{base}/DetectedIssue/{alarm_id}/_history/1"))
+            .await?
+            .to_string(),
+    );
+    let with_devices = get(format!(
+        "{base}/Observation?patient={patient}&_include=Observation:device&_count=5"
+    ))
+    .await?;
+    assert!(
+        with_devices["entry"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["search"]["mode"] == "include")),
+        "included Devices: {with_devices}"
+    );
+    push_bundle(&with_devices, &mut lines);
     let locations = get(format!("{base}/Location?partof=Location/{WARD}")).await?;
     assert_eq!(
         push_bundle(&locations, &mut lines),
@@ -286,7 +312,7 @@ async fn every_served_resource_validates() -> Result<()> {
     lines.push(cs.to_string());
     // Unsupported parameters are refused (never ignored), with an OperationOutcome.
     let refused = client
-        .get(format!("{base}/DetectedIssue?priority=high"))
+        .get(format!("{base}/DetectedIssue?author=Device/mon-7A-1"))
         .bearer_auth(&setup.token)
         .send()
         .await?;
@@ -308,7 +334,15 @@ async fn every_served_resource_validates() -> Result<()> {
         ("/Location?partof=Location/bad_ward", 400),
         ("/Device?type=toaster", 400),
         ("/DeviceMetric?type=http://loinc.org|8867-4", 400),
-        ("/MedicationAdministration?status=completed", 400),
+        ("/MedicationAdministration?status=done", 400),
+        ("/DetectedIssue?priority=urgent", 400),
+        ("/Observation?_revinclude=Provenance:target", 400),
+        ("/Observation?encounter=Encounter/1", 400),
+        ("/Observation?_include=Observation:subject", 400),
+        ("/Observation/_history", 400),
+        ("/Device/mon-7A-1/_history?_since=2024", 400),
+        ("/Device/mon-7A-1/_history/999", 404),
+        ("/Device/no-such-device/_history", 404),
         ("/DetectedIssue/no-such-alarm", 404),
         ("/RiskAssessment/edge-7a.1", 404),
         ("/Observation/edge-7a.1.bogus", 404),

@@ -36,17 +36,46 @@ pub struct SearchPage {
 /// with a non-empty `resourceType` string, or an unrepresentable timestamp;
 /// [`FhirError::Build`] if `fhir-sdk` fails (not expected).
 pub fn searchset_bundle(page: SearchPage) -> Result<serde_json::Value, FhirError> {
+    searchset_bundle_with(page, Vec::new(), None)
+}
+
+/// [`searchset_bundle`] plus resources included by `_include` (`search.mode = include`, after the matches)
+/// and, optionally, an `OperationOutcome` with warnings about the search (`search.mode = outcome`, last).
+///
+/// # Errors
+/// As [`searchset_bundle`]; an `outcome` that is not an `OperationOutcome` is [`FhirError::InvalidInput`].
+pub fn searchset_bundle_with(
+    page: SearchPage,
+    included: Vec<(String, serde_json::Value)>,
+    outcome: Option<serde_json::Value>,
+) -> Result<serde_json::Value, FhirError> {
     require_uri("self_url", &page.self_url)?;
     let mut links = vec![Some(link("self", page.self_url)?)];
     if let Some(next) = page.next_url {
         require_uri("next_url", &next)?;
         links.push(Some(link("next", next)?));
     }
-
-    let mut entries = Vec::with_capacity(page.entries.len());
-    let mut resources = Vec::with_capacity(page.entries.len());
-    for (i, (full_url, resource)) in page.entries.into_iter().enumerate() {
-        require_uri(&format!("entries[{i}].fullUrl"), &full_url)?;
+    if let Some(o) = &outcome
+        && o.get("resourceType").and_then(serde_json::Value::as_str) != Some("OperationOutcome")
+    {
+        return Err(invalid("the search outcome must be an OperationOutcome"));
+    }
+    let all = page
+        .entries
+        .into_iter()
+        .map(|(u, r)| (SearchEntryMode::Match, Some(u), r))
+        .chain(
+            included
+                .into_iter()
+                .map(|(u, r)| (SearchEntryMode::Include, Some(u), r)),
+        )
+        .chain(outcome.map(|r| (SearchEntryMode::Outcome, None, r)));
+    let mut entries = Vec::new();
+    let mut resources = Vec::new();
+    for (i, (mode, full_url, resource)) in all.enumerate() {
+        if let Some(u) = &full_url {
+            require_uri(&format!("entries[{i}].fullUrl"), u)?;
+        }
         let has_type = resource
             .get("resourceType")
             .and_then(serde_json::Value::as_str)
@@ -57,15 +86,14 @@ pub fn searchset_bundle(page: SearchPage) -> Result<serde_json::Value, FhirError
             )));
         }
         let search = BundleEntrySearch::builder()
-            .mode(SearchEntryMode::Match)
+            .mode(mode)
             .build()
             .map_err(build_err("Bundle.entry.search"))?;
-        let entry = BundleEntry::builder()
-            .full_url(full_url)
-            .search(search)
-            .build()
-            .map_err(build_err("Bundle.entry"))?;
-        entries.push(Some(entry));
+        let mut entry = BundleEntry::builder().search(search);
+        if let Some(u) = full_url {
+            entry = entry.full_url(u);
+        }
+        entries.push(Some(entry.build().map_err(build_err("Bundle.entry"))?));
         resources.push(resource);
     }
 
@@ -84,23 +112,33 @@ pub fn searchset_bundle(page: SearchPage) -> Result<serde_json::Value, FhirError
     }
     let bundle = b.build().map_err(build_err("Bundle"))?;
     let mut json = serde_json::to_value(&bundle).map_err(ser_err("Bundle"))?;
-
-    if !resources.is_empty() {
-        let json_entries = json
-            .get_mut("entry")
-            .and_then(serde_json::Value::as_array_mut)
-            .filter(|e| e.len() == resources.len())
-            .ok_or_else(|| {
-                FhirError::Build("serialized Bundle lacks the expected entries".to_owned())
-            })?;
-        for (entry, resource) in json_entries.iter_mut().zip(resources) {
-            let obj = entry.as_object_mut().ok_or_else(|| {
-                FhirError::Build("serialized Bundle.entry is not an object".to_owned())
-            })?;
-            obj.insert("resource".to_owned(), resource);
-        }
-    }
+    insert_resources(&mut json, resources)?;
     Ok(json)
+}
+
+/// Puts already-built FHIR JSON resources into a serialized Bundle's entries, in order (no lossy re-parse
+/// through the typed model).
+pub(crate) fn insert_resources(
+    json: &mut serde_json::Value,
+    resources: Vec<serde_json::Value>,
+) -> Result<(), FhirError> {
+    if resources.is_empty() {
+        return Ok(());
+    }
+    let json_entries = json
+        .get_mut("entry")
+        .and_then(serde_json::Value::as_array_mut)
+        .filter(|e| e.len() == resources.len())
+        .ok_or_else(|| {
+            FhirError::Build("serialized Bundle lacks the expected entries".to_owned())
+        })?;
+    for (entry, resource) in json_entries.iter_mut().zip(resources) {
+        let obj = entry.as_object_mut().ok_or_else(|| {
+            FhirError::Build("serialized Bundle.entry is not an object".to_owned())
+        })?;
+        obj.insert("resource".to_owned(), resource);
+    }
+    Ok(())
 }
 
 /// A `Bundle.link`.
@@ -166,6 +204,34 @@ mod tests {
             ]
         });
         assert_eq!(json, expected);
+    }
+
+    #[test]
+    fn included_resources_follow_the_matches_and_the_outcome_comes_last() {
+        let p = SearchPage {
+            total: None,
+            next_url: None,
+            ..page()
+        };
+        let dev = (
+            "https://fhir.example.invalid/Device/mon-1".to_owned(),
+            json!({"resourceType": "Device", "id": "mon-1"}),
+        );
+        let warn = json!({"resourceType": "OperationOutcome", "issue": []});
+        let j =
+            searchset_bundle_with(p.clone(), vec![dev.clone()], Some(warn.clone())).expect("valid");
+        let modes: Vec<&str> = j["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| e["search"]["mode"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(modes, ["match", "match", "include", "outcome"]);
+        assert_eq!(j["entry"][2]["resource"], dev.1);
+        assert_eq!(j["entry"][3]["resource"], warn);
+        assert!(j["entry"][3].get("fullUrl").is_none());
+        // Only an OperationOutcome can be the outcome.
+        assert!(searchset_bundle_with(p, Vec::new(), Some(dev.1)).is_err());
     }
 
     #[test]

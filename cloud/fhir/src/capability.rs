@@ -2,8 +2,8 @@
 
 use fhir_sdk::DateTime;
 use fhir_sdk::r4b::codes::{
-    CapabilityStatementKind, FHIRVersion, PublicationStatus, ResourceType, RestfulCapabilityMode,
-    SearchParamType,
+    CapabilityStatementKind, FHIRVersion, PublicationStatus, ResourceType, ResourceVersionPolicy,
+    RestfulCapabilityMode, SearchParamType,
 };
 use fhir_sdk::r4b::resources::{
     CapabilityStatement, CapabilityStatementImplementation, CapabilityStatementRest,
@@ -44,6 +44,11 @@ pub struct CapabilityResource<'a> {
     pub operations: Vec<(&'a str, &'a str)>,
     /// Notes.
     pub documentation: &'a str,
+    /// Whether `meta.versionId` is maintained and `vread` / `_history` are served (`versioning` `versioned`,
+    /// `readHistory` true); `false` writes neither.
+    pub versioned: bool,
+    /// `_include` values served on searches of this type, e.g. `Observation:device`.
+    pub search_include: Vec<&'a str>,
 }
 
 /// What the server can do.
@@ -115,6 +120,19 @@ pub fn capability_statement(r: &CapabilityRecord<'_>) -> Result<serde_json::Valu
             );
         if !res.documentation.is_empty() {
             b = b.documentation(res.documentation.to_owned());
+        }
+        if res.versioned {
+            b = b
+                .versioning(ResourceVersionPolicy::Versioned)
+                .read_history(true);
+        }
+        if !res.search_include.is_empty() {
+            b = b.search_include(
+                res.search_include
+                    .iter()
+                    .map(|i| Some((*i).to_owned()))
+                    .collect(),
+            );
         }
         let mut ops = Vec::with_capacity(res.operations.len());
         for (name, definition) in &res.operations {
@@ -224,9 +242,17 @@ mod tests {
                 supported_profiles: vec!["http://hl7.org/fhir/StructureDefinition/vitalsigns"],
                 operations: vec![],
                 documentation: "",
+                versioned: true,
+                search_include: vec!["Observation:device"],
             }],
         })
         .expect("valid");
+        assert_eq!(j["rest"][0]["resource"][0]["versioning"], "versioned");
+        assert_eq!(j["rest"][0]["resource"][0]["readHistory"], true);
+        assert_eq!(
+            j["rest"][0]["resource"][0]["searchInclude"],
+            serde_json::json!(["Observation:device"])
+        );
         assert_eq!(j["fhirVersion"], "4.0.1");
         let rest = &j["rest"][0];
         assert_eq!(rest["resource"].as_array().map(Vec::len), Some(1));
@@ -247,6 +273,8 @@ mod tests {
                 supported_profiles: vec![],
                 operations: vec![],
                 documentation: "",
+                versioned: false,
+                search_include: vec![],
             }],
         });
         assert!(bad.is_err());

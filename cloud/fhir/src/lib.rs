@@ -14,7 +14,9 @@
 //!   vital-signs profile (or a plain `Observation` for other categories such
 //!   as `exam`).
 //! * [`device`]: a `Device`.
-//! * [`searchset_bundle`]: a `Bundle` of type `searchset`.
+//! * [`searchset_bundle`]: a `Bundle` of type `searchset` ([`searchset_bundle_with`]: plus `_include`d
+//!   resources and a warning `OperationOutcome`).
+//! * [`with_version`] (`meta.versionId`/`lastUpdated`) and [`history_bundle`]: versions and `_history`.
 //! * [`operation_outcome`]: an `OperationOutcome` (infallible).
 //! * [`audit_event`]: an `AuditEvent` (who read or searched which patients' data, or asked for a token).
 //! * Issue 6 device mapping: [`news2_observation`] (NEWS2 as a `survey` Observation), [`risk_assessment`] and
@@ -37,6 +39,7 @@ mod audit;
 mod bundle;
 mod capability;
 mod device;
+mod history;
 mod infusion;
 mod news2;
 mod observation;
@@ -51,11 +54,12 @@ pub use alarm::{
     AlarmRecord, alarm_detected_issue,
 };
 pub use audit::{AuditAction, AuditEventRecord, audit_event};
-pub use bundle::{SearchPage, searchset_bundle};
+pub use bundle::{SearchPage, searchset_bundle, searchset_bundle_with};
 pub use capability::{
     CapabilityRecord, CapabilityResource, CapabilitySearchParam, capability_statement,
 };
 pub use device::{DeviceRecord, device};
+pub use history::{HistoryPage, VersionMeta, history_bundle, with_version};
 pub use infusion::{
     InfusionObservationRecord, MedicationAdministrationRecord, ORDER_SYSTEM, infusion_observation,
     medication_administration,

@@ -14,8 +14,10 @@ each resource:
   vital-signs profile explicitly (meta.profile, category, LOINC first, subject,
   effectiveDateTime, UCUM valueQuantity or UCUM components, and the specific
   heartrate/resprate/oxygensat/bodytemp/bp/... profiles it claims);
-* for a searchset Bundle, checks links and entries, and validates every entry
-  resource the same way.
+* for a searchset Bundle, checks links and entries (a search outcome entry
+  needs no fullUrl), and validates every entry resource the same way;
+* for a history Bundle, checks each entry's request, response status and
+  ETag (``W/"<meta.versionId>"``, FHIR invariants bdl-3/bdl-4).
 
 Exits 0 and prints a one-line summary when everything is valid; otherwise
 prints one line per problem to stderr and exits 1 (also when no resource was
@@ -320,8 +322,22 @@ def check_resource(res: Any, where: str, p: Problems) -> None:
                 p.add(where, "searchset Bundle needs a self link")
         for i, entry in enumerate(res.get("entry") or []):
             ewhere = f"{where} entry[{i}]"
-            if not entry.get("fullUrl"):
+            mode = (entry.get("search") or {}).get("mode")
+            # A search outcome (an OperationOutcome about the search itself) has no identity to give.
+            if not entry.get("fullUrl") and mode != "outcome":
                 p.add(ewhere, "fullUrl missing")
+            if res.get("type") == "history":
+                # bdl-3 / bdl-4: a history entry says how the version came about and its ETag.
+                request, response = entry.get("request") or {}, entry.get("response") or {}
+                if request.get("method") not in ("POST", "PUT", "DELETE") or not request.get("url"):
+                    p.add(ewhere, "history entry needs request.method and request.url")
+                vid = ((entry.get("resource") or {}).get("meta") or {}).get("versionId")
+                if not vid:
+                    p.add(ewhere, "history entry resource needs meta.versionId")
+                elif response.get("etag") != f'W/"{vid}"':
+                    p.add(ewhere, f"response.etag {response.get('etag')!r} is not W/\"{vid}\"")
+                if not str(response.get("status", "")).startswith(("200", "201")):
+                    p.add(ewhere, "history entry needs response.status")
             if res.get("type") == "searchset" and (entry.get("search") or {}).get("mode") not in (
                 "match", "include", "outcome",
             ):

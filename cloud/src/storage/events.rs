@@ -124,6 +124,17 @@ pub(crate) fn event_index(p: &Payload) -> EventIndex {
                 ..Default::default()
             }
         }
+        // A nurse station SpO2-scale decision: `code` is "spo2-scale-1" or "spo2-scale-2" (the scale chosen).
+        Payload::Spo2Scale(s) => EventIndex {
+            event_ms: s.changed_at_unix_ms,
+            code: if s.scale == 2 {
+                "spo2-scale-2"
+            } else {
+                "spo2-scale-1"
+            },
+            bed: bed(&s.location),
+            ..Default::default()
+        },
         Payload::Vital(_) | Payload::Device(_) => EventIndex::default(),
     }
 }
@@ -277,6 +288,14 @@ pub struct GroupQuery {
     pub codes: Vec<String>,
     /// Only groups whose first event is in this range.
     pub first: TimeRange,
+    /// Only groups in one of these current statuses (empty: all). Alarms: `preliminary` (the latest state
+    /// change, in stored order, is not `cleared`) or `final` (it is). Orders: `in-progress`, `on-hold` (the
+    /// latest report by event time is paused) or `completed` (it is completed, or KVO after a completed
+    /// report), as the MedicationAdministration mapping decides its status.
+    pub current_status: Vec<&'static str>,
+    /// Alarms only: only those whose latest state change (stored order) has one of these `AlarmPriority`
+    /// values (empty: all).
+    pub current_priorities: Vec<i64>,
     /// Keyset cursor: only groups after `(first_ms, id)` in that order.
     pub after: Option<(i64, String)>,
     /// Page size.
@@ -410,6 +429,74 @@ macro_rules! push_codes {
     }};
 }
 
+/// An alarm's latest state change in stored order (the one its DetectedIssue's status and priority come from).
+const ALARM_LATEST: &str = " AND alarm_id IN (SELECT e.alarm_id FROM edge_events e WHERE e.kind = 'alarm' \
+    AND e.alarm_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM edge_events l WHERE l.kind = 'alarm' \
+    AND l.alarm_id = e.alarm_id AND (l.received_at_ms > e.received_at_ms OR (l.received_at_ms = e.received_at_ms \
+    AND (l.sequence > e.sequence OR (l.sequence = e.sequence AND l.edge_id > e.edge_id)))))";
+/// An order's latest report by event time (the one its MedicationAdministration's status comes from).
+const ORDER_LATEST: &str = " AND order_id IN (SELECT e.order_id FROM edge_events e WHERE e.kind = 'infusion' \
+    AND e.order_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM edge_events l WHERE l.kind = 'infusion' \
+    AND l.order_id = e.order_id AND (l.event_ms > e.event_ms OR (l.event_ms = e.event_ms AND l.sequence > e.sequence))))";
+/// Whether the latest report `e` makes the order completed (see `resources::order_to_fhir`).
+const ORDER_COMPLETED: &str = "(e.code = 'completed' OR (e.code = 'kvo' AND EXISTS (SELECT 1 FROM edge_events c \
+    WHERE c.kind = 'infusion' AND c.order_id = e.order_id AND c.code = 'completed')))";
+
+/// Appends the current-status and current-priority filters of a [`GroupQuery`] (a subquery on the latest
+/// event of each alarm or order, which closes the parenthesis [`ALARM_LATEST`] / [`ORDER_LATEST`] opens).
+macro_rules! push_current {
+    ($qb:expr, $group:expr, $q:expr) => {{
+        let q: &GroupQuery = $q;
+        let statuses = |s: &str| q.current_status.iter().any(|c| *c == s);
+        match $group {
+            GroupKind::Alarm
+                if !q.current_status.is_empty() || !q.current_priorities.is_empty() =>
+            {
+                $qb.push(ALARM_LATEST);
+                let cleared = i64::from(AlarmState::Cleared as i32);
+                match (statuses("preliminary"), statuses("final")) {
+                    _ if q.current_status.is_empty() => {}
+                    (true, true) => {}
+                    (true, false) => {
+                        $qb.push(" AND e.alarm_state <> ").push_bind(cleared);
+                    }
+                    (false, true) => {
+                        $qb.push(" AND e.alarm_state = ").push_bind(cleared);
+                    }
+                    (false, false) => {
+                        $qb.push(" AND 1=0");
+                    }
+                }
+                if !q.current_priorities.is_empty() {
+                    $qb.push(" AND e.alarm_priority IN (");
+                    let mut sep = $qb.separated(", ");
+                    for p in &q.current_priorities {
+                        sep.push_bind(*p);
+                    }
+                    $qb.push(")");
+                }
+                $qb.push(")");
+            }
+            GroupKind::Order if !q.current_status.is_empty() => {
+                $qb.push(ORDER_LATEST).push(" AND (1=0");
+                if statuses("completed") {
+                    $qb.push(" OR ").push(ORDER_COMPLETED);
+                }
+                if statuses("on-hold") {
+                    $qb.push(" OR e.code = 'paused'");
+                }
+                if statuses("in-progress") {
+                    $qb.push(" OR (e.code <> 'paused' AND NOT ")
+                        .push(ORDER_COMPLETED)
+                        .push(")");
+                }
+                $qb.push("))");
+            }
+            _ => {}
+        }
+    }};
+}
+
 impl Store {
     /// Reads the non-vital event an edge synced under `sequence`.
     pub async fn event_by_lineage(
@@ -516,6 +603,42 @@ impl Store {
         })
     }
 
+    /// How many alarms or orders match `q` (its cursor and limit are ignored).
+    pub async fn count_groups(
+        &self,
+        group: GroupKind,
+        q: &GroupQuery,
+    ) -> Result<i64, StorageError> {
+        let (col, kind) = match group {
+            GroupKind::Alarm => ("alarm_id", "alarm"),
+            GroupKind::Order => ("order_id", "infusion"),
+        };
+        macro_rules! run {
+            ($p:expr, $db:ty) => {{
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT COUNT(*) FROM (SELECT ");
+                qb.push(col)
+                    .push(" FROM edge_events WHERE kind = ")
+                    .push_bind(kind)
+                    .push(" AND ")
+                    .push(col)
+                    .push(" IS NOT NULL");
+                if let Some(p) = &q.patient {
+                    qb.push(" AND patient_id = ").push_bind(p.clone());
+                }
+                push_codes!(qb, "code", &q.codes);
+                push_current!(qb, group, q);
+                qb.push(" GROUP BY ").push(col).push(" HAVING 1=1");
+                push_range!(qb, "MIN(event_ms)", q.first);
+                qb.push(") AS g");
+                qb.build_query_scalar().fetch_one($p).await?
+            }};
+        }
+        Ok(match self {
+            Self::Sqlite(p) => run!(p, sqlx::Sqlite),
+            Self::Postgres(p) => run!(p, sqlx::Postgres),
+        })
+    }
+
     /// Alarm ids (`group = "alarm"`) or order ids (`group = "infusion"`) matching `q`, with their first event
     /// time, newest first.
     pub async fn search_groups(
@@ -540,6 +663,7 @@ impl Store {
                     qb.push(" AND patient_id = ").push_bind(p.clone());
                 }
                 push_codes!(qb, "code", &q.codes);
+                push_current!(qb, group, q);
                 qb.push(" GROUP BY ").push(col).push(" HAVING 1=1");
                 push_range!(qb, "MIN(event_ms)", q.first);
                 if let Some((ms, id)) = &q.after {
@@ -807,4 +931,155 @@ pub enum GroupKind {
     Alarm,
     /// Medication orders, by order id.
     Order,
+}
+
+// ---- Issue 6: resource versions (migration 0009), for vread and `_history`. ----
+
+const DEVICE_VERSION_COLUMNS: &str = "SELECT device_id, edge_id, kind, manufacturer, model, serial, udi, ward, bed, \
+    state, reported_at_ms, version FROM device_versions";
+
+macro_rules! device_version_rows {
+    ($rows:expr, $map:path) => {{
+        use sqlx::Row;
+        let mut out = Vec::with_capacity($rows.len());
+        for r in &$rows {
+            let version: i64 = r.try_get(11)?;
+            out.push((version, $map(r)?));
+        }
+        out
+    }};
+}
+
+impl Store {
+    /// Versions of one device (migration 0009), newest first: those numbered below `before` (all when
+    /// `None`), at most `limit`. Each is `(version, description)`.
+    pub async fn device_versions(
+        &self,
+        device_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<(i64, DeviceRow)>, StorageError> {
+        macro_rules! run {
+            ($p:expr, $db:ty, $map:path) => {{
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(DEVICE_VERSION_COLUMNS);
+                qb.push(" WHERE device_id = ").push_bind(device_id);
+                if let Some(b) = before {
+                    qb.push(" AND version < ").push_bind(b);
+                }
+                qb.push(" ORDER BY version DESC LIMIT ")
+                    .push_bind(i64::from(limit));
+                let rows = qb.build().fetch_all($p).await?;
+                device_version_rows!(rows, $map)
+            }};
+        }
+        Ok(match self {
+            Self::Sqlite(p) => run!(p, sqlx::Sqlite, super::device_from_sqlite),
+            Self::Postgres(p) => run!(p, sqlx::Postgres, super::device_from_pg),
+        })
+    }
+
+    /// One version of a device, `None` when it has no such version.
+    pub async fn device_version(
+        &self,
+        device_id: &str,
+        version: i64,
+    ) -> Result<Option<DeviceRow>, StorageError> {
+        Ok(self
+            .device_versions(device_id, version.checked_add(1), 1)
+            .await?
+            .into_iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, d)| d))
+    }
+
+    /// The current version of each of these devices (one query; devices without versions are left out).
+    pub async fn current_device_versions(
+        &self,
+        device_ids: &[String],
+    ) -> Result<Vec<(i64, DeviceRow)>, StorageError> {
+        if device_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        macro_rules! run {
+            ($p:expr, $db:ty, $map:path) => {{
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(DEVICE_VERSION_COLUMNS);
+                qb.push(
+                    " v WHERE version = (SELECT MAX(version) FROM device_versions m WHERE m.device_id = v.device_id) \
+                     AND device_id IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for id in device_ids.iter().take(1000) {
+                    sep.push_bind(id.clone());
+                }
+                qb.push(") ORDER BY device_id");
+                let rows = qb.build().fetch_all($p).await?;
+                device_version_rows!(rows, $map)
+            }};
+        }
+        Ok(match self {
+            Self::Sqlite(p) => run!(p, sqlx::Sqlite, super::device_from_sqlite),
+            Self::Postgres(p) => run!(p, sqlx::Postgres, super::device_from_pg),
+        })
+    }
+
+    /// The events of one alarm (its state changes) or one medication order (its status reports) in the order
+    /// the cloud stored them (time stored, then sequence and edge): version `n` of the DetectedIssue or the
+    /// MedicationAdministration is made from the first `n`. `limit` keeps only the first so many.
+    pub async fn group_versions(
+        &self,
+        group: GroupKind,
+        id: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<EventRow>, StorageError> {
+        let (col, kind) = match group {
+            GroupKind::Alarm => ("alarm_id", "alarm"),
+            GroupKind::Order => ("order_id", "infusion"),
+        };
+        macro_rules! run {
+            ($p:expr, $db:ty) => {{
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(EVENT_COLUMNS);
+                qb.push(" WHERE ")
+                    .push(col)
+                    .push(" = ")
+                    .push_bind(id)
+                    .push(" AND kind = ")
+                    .push_bind(kind)
+                    .push(" ORDER BY received_at_ms, sequence, edge_id");
+                if let Some(l) = limit {
+                    qb.push(" LIMIT ").push_bind(i64::from(l));
+                }
+                let rows = qb.build().fetch_all($p).await?;
+                event_rows!(rows)
+            }};
+        }
+        Ok(match self {
+            Self::Sqlite(p) => run!(p, sqlx::Sqlite),
+            Self::Postgres(p) => run!(p, sqlx::Postgres),
+        })
+    }
+}
+
+impl OrderSummary {
+    /// The summary of some of an order's reports (a version's: the first `n` in stored order), computed as
+    /// [`Store::order_summary`] computes it over all of them: first and completion times are minima, the latest
+    /// report is the one with the greatest (event time, sequence). `None` for no reports.
+    pub fn of_reports(reports: &[EventRow]) -> Option<OrderSummary> {
+        let latest = reports
+            .iter()
+            .max_by_key(|e| (e.event_ms, e.sequence))?
+            .clone();
+        let completed_ms = reports
+            .iter()
+            .filter(|e| {
+                matches!(&e.payload, Payload::Infusion(i) if i.state() == InfusionState::Completed)
+            })
+            .map(|e| e.event_ms)
+            .min();
+        Some(OrderSummary {
+            first_ms: reports.iter().map(|e| e.event_ms).min()?,
+            reports: i64::try_from(reports.len()).unwrap_or(i64::MAX),
+            completed_ms,
+            latest,
+        })
+    }
 }
