@@ -49,6 +49,10 @@ pub struct CloudConfig {
     /// Topic-based subscriptions (delivery retries, endpoint rules); see docs/subscriptions.md.
     #[serde(default)]
     pub subscriptions: crate::subscriptions::SubscriptionsConfig,
+    /// The model registry (issue 5): release keys and size limit; absent = no registry. See
+    /// `cloud/src/model_registry`.
+    #[serde(default)]
+    pub model_registry: Option<crate::model_registry::ModelRegistryConfig>,
 }
 
 /// TLS material (PEM files).
@@ -222,6 +226,9 @@ impl CloudConfig {
         self.subscriptions
             .validate()
             .map_err(ConfigError::Invalid)?;
+        if let Some(m) = &self.model_registry {
+            m.validate().map_err(ConfigError::Invalid)?;
+        }
         if self.api.access_token_ttl_secs == 0 || self.api.access_token_ttl_secs > 3600 {
             return bad("api.access_token_ttl_secs must be 1..=3600".into());
         }

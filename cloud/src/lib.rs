@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod http_cache;
 pub mod lastn;
+pub mod model_registry;
 pub mod pki;
 pub mod registry;
 pub mod resources;

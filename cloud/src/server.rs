@@ -37,6 +37,9 @@ pub enum StartError {
     /// The API clients' keys could not be loaded.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthSetupError),
+    /// The model registry's release keys could not be loaded.
+    #[error(transparent)]
+    ModelRegistry(#[from] crate::model_registry::RegistrySetupError),
     /// The subscription delivery client could not be set up.
     #[error(transparent)]
     Subscriptions(#[from] crate::subscriptions::SubscriptionSetupError),
@@ -71,6 +74,10 @@ pub struct CloudServer {
     sync_service: SyncService,
     /// API state.
     api_state: Arc<ApiState>,
+    /// The model registry (issue 5), if configured.
+    model_registry: Option<Arc<crate::model_registry::ModelRegistry>>,
+    /// Edges by certificate identity (also authenticates ModelDistribution calls).
+    edge_registry: Arc<EdgeRegistry>,
 }
 
 impl CloudServer {
@@ -83,6 +90,10 @@ impl CloudServer {
             tls::sync_server_config(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)?;
         let api_tls = tls::api_server_config(&config.tls.cert, &config.tls.key)?;
         let registry = Arc::new(EdgeRegistry::from_config(&config.edges)?);
+        let model_registry = match &config.model_registry {
+            Some(m) => Some(Arc::new(crate::model_registry::ModelRegistry::load(m)?)),
+            None => None,
+        };
         let clients = crate::auth::ClientRegistry::load(&config)?;
         let subscriptions = crate::subscriptions::Subscriptions::new(
             config.subscriptions.clone(),
@@ -120,7 +131,7 @@ impl CloudServer {
         let sync_stats = Arc::new(SyncServiceStats::default());
         let sync_service = SyncService::new(
             store.clone(),
-            registry,
+            registry.clone(),
             config.sync.max_batch_events,
             config.sync.pipeline_depth,
             sync_stats.clone(),
@@ -155,6 +166,8 @@ impl CloudServer {
             api_tls,
             sync_service,
             api_state,
+            model_registry,
+            edge_registry: registry,
         })
     }
 
@@ -193,6 +206,11 @@ impl CloudServer {
         self.sync_tls_failures.clone()
     }
 
+    /// The model registry (its counters), if configured.
+    pub fn model_registry(&self) -> Option<Arc<crate::model_registry::ModelRegistry>> {
+        self.model_registry.clone()
+    }
+
     /// Serves both listeners until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -209,6 +227,15 @@ impl CloudServer {
                 EdgeSyncServer::new(self.sync_service)
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(16 << 20),
+            )
+            .add_service(
+                wardwatch_proto::v1::model_distribution_server::ModelDistributionServer::new(
+                    crate::model_registry::service::ModelDistributionService::new(
+                        self.store.clone(),
+                        self.edge_registry.clone(),
+                        self.model_registry.clone(),
+                    ),
+                ),
             )
             .serve_with_incoming_shutdown(sync_incoming, async move {
                 let _ = sync_stop.wait_for(|s| *s).await;
@@ -227,7 +254,13 @@ impl CloudServer {
         let mut api_incoming = tls::incoming(self.api_listener, self.api_tls, "api", api_failures);
         // ETag/If-None-Match on reads, then gzip when the client accepts it (outermost, so tags are of the
         // uncompressed resource; they are weak tags, valid for either encoding).
-        let router = api::router(self.api_state)
+        let router = api::router(self.api_state.clone())
+            .merge(crate::model_registry::api::routes(
+                crate::model_registry::api::RegistryApi {
+                    api: self.api_state.clone(),
+                    registry: self.model_registry.clone(),
+                },
+            ))
             .layer(axum::middleware::from_fn(crate::http_cache::etag_reads))
             .layer(tower_http::compression::CompressionLayer::new().gzip(true));
         let mut api_stop = stop_rx.clone();

@@ -79,6 +79,12 @@ pub struct ModelsConfig {
     /// still holds when the hold ends is announced.
     #[serde(default = "default_artifact_hold_secs")]
     pub artifact_hold_secs: u64,
+    /// Seconds between polls of the cloud's model registry for the versions assigned to this edge's wards
+    /// (`edge/src/ml/pull.rs`), 10..=86400; absent = the edge never pulls models. A pulled model is verified like
+    /// one loaded at start, must be newer (SemVer precedence) than the one running, and is kept under
+    /// `dir/pulled/` so a restart runs it.
+    #[serde(default)]
+    pub pull_interval_secs: Option<u64>,
 }
 
 fn default_score_interval_secs() -> u64 {
@@ -98,6 +104,7 @@ impl ModelsConfig {
             score_interval_secs: default_score_interval_secs(),
             deterioration_threshold: None,
             artifact_hold_secs: default_artifact_hold_secs(),
+            pull_interval_secs: None,
         }
     }
 
@@ -114,6 +121,11 @@ impl ModelsConfig {
             && !(t.is_finite() && t > 0.0 && t < 1.0)
         {
             return bad("models.deterioration_threshold must be a probability in (0, 1)");
+        }
+        if let Some(s) = self.pull_interval_secs
+            && !(10..=86_400).contains(&s)
+        {
+            return bad("models.pull_interval_secs must be 10..=86400");
         }
         if self.dir.as_os_str().is_empty() || self.trusted_keys.as_os_str().is_empty() {
             return bad("models.dir and models.trusted_keys must be set");

@@ -168,7 +168,7 @@ impl EdgeNode {
         };
         engine.set_models(models.settings(), models.status().to_vec());
         if config.engine.models.is_some() && models.degraded() {
-            raise_models_unavailable(&outbox, &config, models.status()).await;
+            raise_models_unavailable(&outbox, &config, &models.status()).await;
         }
         let engine = Arc::new(std::sync::Mutex::new(engine));
         let (station_listener, station_addr) = match &config.station {
@@ -273,6 +273,20 @@ impl EdgeNode {
                 }
             })
         });
+        // Model updates from the cloud's registry (issue 5), if `[engine.models] pull_interval_secs` is set.
+        let pull_task = self
+            .config
+            .engine
+            .models
+            .as_ref()
+            .and_then(|m| m.pull_interval_secs)
+            .map(|secs| {
+                tokio::spawn(crate::ml::pull::run(
+                    self.clone(),
+                    std::time::Duration::from_secs(secs),
+                    stopped(stop_rx.clone()),
+                ))
+            });
         let listener = self.station_listener.lock().ok().and_then(|mut l| l.take());
         let station_task = listener.map(|l| {
             tokio::spawn(crate::station::run(
@@ -298,6 +312,9 @@ impl EdgeNode {
             let _ = t.await;
         }
         if let Some(t) = station_task {
+            let _ = t.await;
+        }
+        if let Some(t) = pull_task {
             let _ = t.await;
         }
         self.outbox.close().await;

@@ -252,6 +252,7 @@ pub fn cloud_config(
             token_sha256: Some(setup.token_sha256.clone()),
         }],
         subscriptions: Default::default(),
+        model_registry: None,
     })
 }
 
@@ -382,6 +383,8 @@ pub struct CloudHandle {
     pub sync_stats: Arc<SyncServiceStats>,
     /// Refused TLS handshakes on the sync listener.
     pub sync_tls_failures: Arc<std::sync::atomic::AtomicU64>,
+    /// The model registry, if configured (its counters).
+    pub model_registry: Option<Arc<wardwatch_cloud::model_registry::ModelRegistry>>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -399,6 +402,7 @@ impl CloudHandle {
             store: server.store().clone(),
             sync_stats: server.sync_stats(),
             sync_tls_failures: server.sync_tls_failures(),
+            model_registry: server.model_registry(),
             stop,
             task: tokio::spawn(async move {
                 server
@@ -415,6 +419,13 @@ impl CloudHandle {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
+    }
+
+    /// The model registry's counters, if it is configured.
+    pub fn model_registry_stats(
+        &self,
+    ) -> Option<&wardwatch_cloud::model_registry::ModelRegistryStats> {
+        self.model_registry.as_deref().map(|r| &r.stats)
     }
 }
 

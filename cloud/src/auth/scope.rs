@@ -8,8 +8,9 @@
 use std::fmt;
 
 /// Resource types that a wildcard (`system/*.…`) scope does not reach: they must be named. The audit trail is
-/// for administrators, while `system/*.rs` is what an EHR interface engine is typically granted.
-pub const NAMED_ONLY: &[&str] = &["AuditEvent"];
+/// for administrators, while `system/*.rs` is what an EHR interface engine is typically granted. `WardwatchModel`
+/// is not a FHIR type: it is the model registry's administrator scope (`cloud/src/model_registry/api.rs`).
+pub const NAMED_ONLY: &[&str] = &["AuditEvent", "WardwatchModel"];
 
 /// A set of SMART v2 permissions (`c`, `r`, `u`, `d`, `s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +224,10 @@ mod tests {
         assert!(!any_allows(&s(&["system/Observation.rs"]), "Device"));
         assert!(!any_allows(&s(&["system/*.rs"]), "AuditEvent"));
         assert!(any_allows(&s(&["system/AuditEvent.rs"]), "AuditEvent"));
+        // The model registry's administrator scope must be named too.
+        assert!(!p("system/*.cruds").allows("WardwatchModel", Permissions::CREATE));
+        assert!(p("system/WardwatchModel.c").allows("WardwatchModel", Permissions::CREATE));
+        assert!(!p("system/WardwatchModel.c").allows("WardwatchModel", Permissions::UPDATE));
         assert!(!any_allows(&s(&["patient/Observation.rs"]), "Observation"));
     }
 }

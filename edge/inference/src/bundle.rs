@@ -23,29 +23,18 @@
 //! path, so ONNX "external data" (weights in side files that the hash would not cover) is refused by tract.
 
 use std::fmt;
-use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 use crate::error::{LoadError, ScoreError, panic_message};
 use crate::manifest::{Dim, Manifest, ShapeDisplay};
 use crate::signature::TrustedKeys;
-
-/// File name of the ONNX model in a bundle directory.
-pub const MODEL_FILE: &str = "model.onnx";
-/// File name of the manifest in a bundle directory.
-pub const MANIFEST_FILE: &str = "manifest.json";
-/// File name of the detached signature in a bundle directory.
-pub const SIGNATURE_FILE: &str = "model.onnx.sig";
-
-/// Manifests and signatures are small; anything bigger is refused before it is read.
-const MAX_SMALL_FILE_BYTES: u64 = 1 << 20;
+pub use crate::verify::{MANIFEST_FILE, MODEL_FILE, ModelFiles, SIGNATURE_FILE};
 
 /// How to load a model, and what the slot it is for expects of it.
 #[derive(Debug, Clone)]
@@ -72,54 +61,6 @@ impl Default for LoadOptions {
             expect_features: None,
         }
     }
-}
-
-/// The three files of a bundle, in memory (as read from a directory, or as pulled from the cloud registry).
-#[derive(Debug, Clone)]
-pub struct ModelFiles {
-    pub model: Vec<u8>,
-    pub manifest: Vec<u8>,
-    pub signature: Vec<u8>,
-}
-
-impl ModelFiles {
-    /// Reads `model.onnx`, `manifest.json` and `model.onnx.sig` from `dir`, refusing files above the limits.
-    pub fn read_dir(dir: &Path, max_model_bytes: u64) -> Result<ModelFiles, LoadError> {
-        Ok(ModelFiles {
-            model: read_limited(&dir.join(MODEL_FILE), max_model_bytes, "model.onnx")?,
-            manifest: read_limited(
-                &dir.join(MANIFEST_FILE),
-                MAX_SMALL_FILE_BYTES,
-                "manifest.json",
-            )?,
-            signature: read_limited(
-                &dir.join(SIGNATURE_FILE),
-                MAX_SMALL_FILE_BYTES,
-                "model.onnx.sig",
-            )?,
-        })
-    }
-}
-
-fn read_limited(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>, LoadError> {
-    let io = |source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let mut bytes = Vec::new();
-    // Read one byte past the limit instead of trusting the metadata (the file may grow while it is read).
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > limit {
-        return Err(LoadError::TooLarge {
-            what,
-            size: bytes.len() as u64,
-            limit,
-        });
-    }
-    Ok(bytes)
 }
 
 /// Which model made a prediction: name, version and the sha256 of its ONNX file.
@@ -185,35 +126,10 @@ impl ModelBundle {
         keys: &TrustedKeys,
         options: &LoadOptions,
     ) -> Result<ModelBundle, LoadError> {
-        let size = files.model.len() as u64;
-        if size > options.max_model_bytes {
-            return Err(LoadError::TooLarge {
-                what: "model.onnx",
-                size,
-                limit: options.max_model_bytes,
-            });
-        }
-        for (what, len) in [
-            ("manifest.json", files.manifest.len()),
-            ("model.onnx.sig", files.signature.len()),
-        ] {
-            if len as u64 > MAX_SMALL_FILE_BYTES {
-                return Err(LoadError::TooLarge {
-                    what,
-                    size: len as u64,
-                    limit: MAX_SMALL_FILE_BYTES,
-                });
-            }
-        }
-        let signed_by = keys.verify_manifest(&files.manifest, &files.signature)?;
-        let manifest = Manifest::parse(&files.manifest)?;
-        let found = hex::encode(Sha256::digest(&files.model));
-        if found != manifest.sha256 {
-            return Err(LoadError::HashMismatch {
-                expected: manifest.sha256.clone(),
-                found,
-            });
-        }
+        let crate::verify::VerifiedManifest {
+            manifest,
+            signed_by,
+        } = crate::verify::verify_files(files, keys, options.max_model_bytes)?;
         check_expectations(&manifest, options)?;
         let plans = match catch_unwind(AssertUnwindSafe(|| {
             compile(&files.model, &manifest, options)

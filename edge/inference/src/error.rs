@@ -176,6 +176,7 @@ pub enum KeyError {
 }
 
 /// Turns a caught panic payload into text.
+#[cfg(feature = "tract")]
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()

@@ -16,21 +16,37 @@
 //!   ([`SlotStatus::summary`]: "running old model … because …").
 //!
 //! Bundle layout and checks: [`bundle`]; signature format: [`signature`]; manifest: [`manifest`].
+//!
+//! ## Features
+//!
+//! `tract` (default) builds everything. Without it (`default-features = false`) only the tract-free checks are
+//! built: [`signature`], [`manifest`], [`verify::verify_files`] (sizes, signature, manifest, sha256) and the
+//! version order [`version`]. The cloud's model registry uses that, so the cloud never compiles tract.
 
+#[cfg(feature = "tract")]
 pub mod bundle;
 pub mod error;
 pub mod manifest;
+#[cfg(feature = "tract")]
 pub mod scorer;
 pub mod signature;
+#[cfg(feature = "tract")]
 pub mod slot;
+pub mod verify;
+pub mod version;
 
-pub use bundle::{
-    LoadOptions, MANIFEST_FILE, MODEL_FILE, ModelBundle, ModelFiles, ModelIdentity, ModelRunner,
-    SIGNATURE_FILE,
-};
+#[cfg(feature = "tract")]
+pub use bundle::{LoadOptions, ModelBundle, ModelIdentity, ModelRunner};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{KeyError, LoadError, ScoreError};
 pub use manifest::Manifest;
+#[cfg(feature = "tract")]
 pub use scorer::{Prediction, Scorer, ScorerOptions, ScorerStats, Scores};
 pub use signature::{SIGNATURE_CONTEXT, SignatureEnvelope, TrustedKeys, sign_manifest};
+#[cfg(feature = "tract")]
 pub use slot::{ModelSlot, SlotStatus, SwapFailure};
+pub use verify::{
+    MANIFEST_FILE, MODEL_FILE, ModelFiles, SIGNATURE_FILE, VerifiedManifest, sha256_hex,
+    verify_files,
+};
+pub use version::ModelVersion;

@@ -38,6 +38,7 @@
 mod artifact;
 mod buffer;
 mod deterioration;
+pub mod pull;
 pub mod runtime;
 mod sample;
 

@@ -1,0 +1,533 @@
+//! The model lifecycle (issue 5, part 3) end to end: a real cloud with its model registry and a real edge, in
+//! this process, over the real mutual-TLS link and the real HTTPS API, on SQLite and PostgreSQL.
+//!
+//! Upload a signed v2 → assign it to the edge's ward → the edge pulls it, verifies it and swaps it in; the next
+//! predictions name v2, and a restart keeps it. The cloud refuses tampered uploads (wrong hash, bad signature, too
+//! large, no scope) with an OperationOutcome and audits them. A model the cloud accepts but the edge does not
+//! trust leaves v2 serving and is reported; a downgrade is refused; an edge cannot see or fetch a model assigned
+//! only to another ward.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use base64::Engine as _;
+use wardwatch::{
+    CloudHandle, EdgeHandle, TestDatabase, cloud_config, dev_models, dev_setup, edge_config,
+    https_client, repo_models_dir,
+};
+use wardwatch_cloud::config::ApiClient;
+use wardwatch_cloud::model_registry::ModelRegistryConfig;
+use wardwatch_edge::clinical::models::{DeteriorationRequest, DeteriorationRow};
+use wardwatch_edge::ml::inference::{SigningKey, sign_manifest, signature};
+use wardwatch_edge::ml::pull::{PullOutcome, poll_once};
+use wardwatch_edge::ml::runtime::DETERIORATION_MODEL;
+use wardwatch_edge::ml::{DeteriorationFeatures, N_DETERIORATION_FEATURES};
+use wardwatch_proto::v1::model_distribution_client::ModelDistributionClient;
+use wardwatch_proto::v1::{BedLocation, FetchModelRequest, ListAssignedRequest};
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The committed deterioration model relabelled as `version`, with bytes that differ per version: an unknown
+/// protobuf field (number 1000) appended to the ONNX ModelProto, which ONNX readers skip. So each version has its
+/// own sha256 while the graph stays the committed one.
+fn deterioration_version(version: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+    let src = repo_models_dir().join("deterioration");
+    let mut model = std::fs::read(src.join("model.onnx"))?;
+    let tag = version.as_bytes();
+    model.extend_from_slice(&[0xC2, 0x3E]); // field 1000, wire type 2 (length-delimited)
+    model.push(u8::try_from(tag.len())?);
+    model.extend_from_slice(tag);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("manifest.json"))?)?;
+    manifest["version"] = version.into();
+    manifest["sha256"] = sha256_hex(&model).into();
+    Ok((model, serde_json::to_vec_pretty(&manifest)?))
+}
+
+fn upload_body(manifest: &[u8], signature: &[u8], model: &[u8]) -> serde_json::Value {
+    serde_json::json!({ "manifest": b64(manifest), "signature": b64(signature), "model": b64(model) })
+}
+
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Admin {
+    async fn upload(
+        &self,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> Result<(u16, serde_json::Value)> {
+        let r = self
+            .http
+            .post(&self.base)
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await?))
+    }
+
+    async fn assign(
+        &self,
+        token: &str,
+        ward: &str,
+        version: &str,
+    ) -> Result<(u16, serde_json::Value)> {
+        let r = self
+            .http
+            .put(format!(
+                "{}/assignments/{ward}/{DETERIORATION_MODEL}",
+                self.base
+            ))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "version": version }))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await?))
+    }
+}
+
+fn outcome_text(v: &serde_json::Value) -> String {
+    assert_eq!(v["resourceType"], "OperationOutcome", "{v}");
+    v["issue"][0]["diagnostics"]
+        .as_str()
+        .or(v["issue"][0]["details"]["text"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// One deterioration round scored through the edge's models, the path the engine uses: names the model.
+async fn predict_with(edge: &EdgeHandle) -> Result<String> {
+    let request = DeteriorationRequest {
+        at_unix_ms: wardwatch_proto::now_unix_ms(),
+        rows: vec![DeteriorationRow {
+            patient_id: "P1".into(),
+            location: BedLocation {
+                ward: "7A".into(),
+                bed: "1".into(),
+            },
+            features: DeteriorationFeatures {
+                values: [0.0; N_DETERIORATION_FEATURES],
+                window_start_unix_ms: 0,
+                window_end_unix_ms: 1,
+            },
+            derived_from: Vec::new(),
+        }],
+    };
+    let r = edge
+        .node
+        .models()
+        .score_deterioration(request)
+        .await
+        .context("scoring")?;
+    ensure!(r.probabilities.len() == 1);
+    Ok(r.model.version)
+}
+
+fn engine_version(edge: &EdgeHandle) -> Option<String> {
+    edge.node.engine().lock().ok().and_then(|e| {
+        e.models()
+            .and_then(|m| m.deterioration.as_ref())
+            .map(|u| u.model.version.clone())
+    })
+}
+
+async fn scenario(database_url: Option<String>) -> Result<()> {
+    wardwatch::install_crypto();
+    wardwatch::init_logging("warn");
+    let dir = tempfile::tempdir()?;
+    let dir = dir.path();
+    let setup = dev_setup(dir, &["edge-a", "edge-b"])?;
+    let pki = dir.join("pki");
+    let models_cfg = dev_models(&pki, &repo_models_dir(), &dir.join("edge-a").join("models"))?;
+    let release =
+        signature::parse_signing_key(&std::fs::read_to_string(pki.join("model-release-dev.key"))?)
+            .map_err(|e| anyhow::anyhow!(e))?;
+    // A release key the cloud trusts but the edge does not (e.g. another site's key added to the cloud only).
+    let cloud_only = SigningKey::from_bytes(&[9u8; 32]);
+    let release_keys = dir.join("cloud-release-keys.pub");
+    std::fs::write(
+        &release_keys,
+        format!(
+            "# dev release key\n{}\n# cloud-only key\n{}\n",
+            hex(release.verifying_key().as_bytes()),
+            hex(cloud_only.verifying_key().as_bytes())
+        ),
+    )?;
+
+    let any = "127.0.0.1:0".parse()?;
+    let mut cfg = cloud_config(
+        &setup,
+        &dir.join("cloud"),
+        database_url,
+        any,
+        any,
+        &[("edge-a", &["7A"]), ("edge-b", &["8B"])],
+    )?;
+    cfg.model_registry = Some(ModelRegistryConfig {
+        release_keys,
+        max_model_bytes: 1 << 20,
+    });
+    cfg.api_clients[0]
+        .scopes
+        .push("system/WardwatchModel.cru".into());
+    let ehr_token = "ehr-only-static-token-0123456789abcdef";
+    cfg.api_clients.push(ApiClient {
+        client_id: "ehr-only".into(),
+        scopes: vec!["system/*.cruds".into()],
+        jwks: None,
+        jwks_path: Some(setup.smart_jwks_path.clone()),
+        token_sha256: Some(sha256_hex(ehr_token.as_bytes())),
+    });
+    let cloud = CloudHandle::start(cfg).await?;
+    let admin = Admin {
+        http: https_client(&setup.pki.ca_cert)?,
+        base: format!("https://localhost:{}/admin/models", cloud.api_addr.port()),
+    };
+    let token = setup.token.as_str();
+
+    let mut ecfg = edge_config(
+        &setup,
+        &dir.join("edge-a"),
+        "edge-a",
+        &["7A"],
+        cloud.sync_addr,
+    )?;
+    let mut pulling = models_cfg.clone();
+    // The task polls once at start (nothing is assigned yet); the test then polls itself, step by step.
+    pulling.pull_interval_secs = Some(3600);
+    ecfg.engine.models = Some(pulling);
+    let edge = EdgeHandle::start(ecfg.clone()).await?;
+    wardwatch::wait_until(Duration::from_secs(30), "first registry poll", || async {
+        Ok(edge.node.models().pull_stats.polls.load(Ordering::Relaxed) >= 1)
+    })
+    .await?;
+    assert_eq!(predict_with(&edge).await?, "1.0.0");
+
+    // --- The cloud refuses bad uploads, each with its reason. ---
+    let (v2_model, v2_manifest) = deterioration_version("2.0.0")?;
+    let v2_sig = sign_manifest(&release, &v2_manifest);
+    let good = upload_body(&v2_manifest, &v2_sig, &v2_model);
+    // No registry scope (even system/*.cruds does not reach it).
+    let (status, body) = admin.upload(ehr_token, &good).await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(outcome_text(&body).contains("WardwatchModel.c"), "{body}");
+    // No token at all.
+    let r = admin.http.post(&admin.base).json(&good).send().await?;
+    assert_eq!(r.status().as_u16(), 401);
+    // Model bytes changed after signing.
+    let mut tampered = v2_model.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    let (status, body) = admin
+        .upload(token, &upload_body(&v2_manifest, &v2_sig, &tampered))
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(outcome_text(&body).contains("hash mismatch"), "{body}");
+    // Manifest changed after signing (relabelled as 5.0.0).
+    let relabelled = String::from_utf8(v2_manifest.clone())?.replace("2.0.0", "5.0.0");
+    let (status, body) = admin
+        .upload(
+            token,
+            &upload_body(relabelled.as_bytes(), &v2_sig, &v2_model),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(outcome_text(&body).contains("bad signature"), "{body}");
+    // Signed by a key the cloud does not trust.
+    let stranger = SigningKey::from_bytes(&[5u8; 32]);
+    let (status, body) = admin
+        .upload(
+            token,
+            &upload_body(
+                &v2_manifest,
+                &sign_manifest(&stranger, &v2_manifest),
+                &v2_model,
+            ),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(outcome_text(&body).contains("unknown key"), "{body}");
+    // Larger than [model_registry] max_model_bytes (1 MiB here).
+    let big = vec![0u8; (1 << 20) + 1];
+    let mut big_manifest: serde_json::Value = serde_json::from_slice(&v2_manifest)?;
+    big_manifest["sha256"] = sha256_hex(&big).into();
+    let big_manifest = serde_json::to_vec(&big_manifest)?;
+    let (status, body) = admin
+        .upload(
+            token,
+            &upload_body(&big_manifest, &sign_manifest(&release, &big_manifest), &big),
+        )
+        .await?;
+    assert_eq!(status, 413, "{body}");
+    // Not JSON.
+    let r = admin
+        .http
+        .post(&admin.base)
+        .bearer_auth(token)
+        .body("model.onnx")
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 400);
+    let stats = cloud
+        .model_registry_stats()
+        .context("registry configured")?;
+    assert_eq!(stats.uploads_accepted.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.uploads_refused.load(Ordering::Relaxed), 5);
+
+    // --- A signed v2 is stored, assigned and pulled; the next predictions name v2. ---
+    let (status, body) = admin.upload(token, &good).await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["sha256"], sha256_hex(&v2_model));
+    let (status, body) = admin.upload(token, &good).await?;
+    assert_eq!(
+        (status, &body["already_stored"]),
+        (200, &true.into()),
+        "{body}"
+    );
+    // A version is immutable: 2.0.0 with other (validly signed) bytes is refused.
+    let (other_model, mut other_manifest) = deterioration_version("2.0.0-other")?;
+    other_manifest = String::from_utf8(other_manifest)?
+        .replace("2.0.0-other", "2.0.0")
+        .into_bytes();
+    let (status, body) = admin
+        .upload(
+            token,
+            &upload_body(
+                &other_manifest,
+                &sign_manifest(&release, &other_manifest),
+                &other_model,
+            ),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(outcome_text(&body).contains("immutable"), "{body}");
+    // Assigning a version that is not stored.
+    let (status, _) = admin.assign(token, "7A", "4.0.0").await?;
+    assert_eq!(status, 404);
+    let (status, _) = admin.assign(ehr_token, "7A", "2.0.0").await?;
+    assert_eq!(status, 403);
+    let (status, body) = admin.assign(token, "7A", "2.0.0").await?;
+    assert_eq!(status, 200, "{body}");
+
+    let mut refused = HashSet::new();
+    let outcomes = poll_once(&edge.node, &mut refused).await?;
+    assert!(
+        matches!(outcomes.as_slice(), [(n, PullOutcome::Installed(id))] if n == DETERIORATION_MODEL && id.contains("2.0.0")),
+        "{outcomes:?}"
+    );
+    assert_eq!(predict_with(&edge).await?, "2.0.0");
+    assert_eq!(engine_version(&edge).as_deref(), Some("2.0.0"));
+    let models = edge.node.models().clone();
+    assert_eq!(models.pull_stats.installed.load(Ordering::Relaxed), 1);
+    let det_status = &models.status()[0];
+    assert!(
+        det_status.running && det_status.detail.contains("2.0.0"),
+        "{det_status:?}"
+    );
+    let pulled = dir.join("edge-a/models/pulled/deterioration");
+    assert_eq!(std::fs::read(pulled.join("model.onnx"))?, v2_model);
+    // Polling again changes nothing.
+    let outcomes = poll_once(&edge.node, &mut refused).await?;
+    assert!(
+        matches!(outcomes.as_slice(), [(_, PullOutcome::Current)]),
+        "{outcomes:?}"
+    );
+
+    // --- Accepted by the cloud, refused by the edge (signed by a key the edge does not trust): v2 keeps
+    // serving, and the edge says so. ---
+    let (v3_model, v3_manifest) = deterioration_version("3.0.0")?;
+    let (status, body) = admin
+        .upload(
+            token,
+            &upload_body(
+                &v3_manifest,
+                &sign_manifest(&cloud_only, &v3_manifest),
+                &v3_model,
+            ),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(admin.assign(token, "7A", "3.0.0").await?.0, 200);
+    let outcomes = poll_once(&edge.node, &mut refused).await?;
+    match outcomes.as_slice() {
+        [(_, PullOutcome::Refused(reason))] => {
+            assert!(reason.contains("unknown key"), "{reason}")
+        }
+        other => bail!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(predict_with(&edge).await?, "2.0.0");
+    assert_eq!(engine_version(&edge).as_deref(), Some("2.0.0"));
+    assert_eq!(models.pull_stats.refused.load(Ordering::Relaxed), 1);
+    let det_status = &models.status()[0];
+    assert!(
+        det_status.running
+            && det_status.detail.contains("2.0.0")
+            && det_status.detail.contains("still running this model")
+            && det_status.detail.contains("3.0.0")
+            && det_status.detail.contains("unknown key"),
+        "{det_status:?}"
+    );
+    // The same refused version is not fetched again.
+    let fetches = stats.fetches.load(Ordering::Relaxed);
+    let outcomes = poll_once(&edge.node, &mut refused).await?;
+    assert!(
+        matches!(outcomes.as_slice(), [(_, PullOutcome::SkippedRefused)]),
+        "{outcomes:?}"
+    );
+    assert_eq!(stats.fetches.load(Ordering::Relaxed), fetches);
+
+    // --- A downgrade is refused. ---
+    let v1_dir = repo_models_dir().join("deterioration");
+    let v1_manifest = std::fs::read(v1_dir.join("manifest.json"))?;
+    let v1_model = std::fs::read(v1_dir.join("model.onnx"))?;
+    let (status, body) = admin
+        .upload(
+            token,
+            &upload_body(
+                &v1_manifest,
+                &sign_manifest(&release, &v1_manifest),
+                &v1_model,
+            ),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(admin.assign(token, "7A", "1.0.0").await?.0, 200);
+    let outcomes = poll_once(&edge.node, &mut refused).await?;
+    match outcomes.as_slice() {
+        [(_, PullOutcome::Refused(reason))] => {
+            assert!(reason.contains("not newer"), "{reason}")
+        }
+        other => bail!("expected a downgrade refusal, got {other:?}"),
+    }
+    assert_eq!(
+        models.pull_stats.downgrades_refused.load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(predict_with(&edge).await?, "2.0.0");
+
+    // --- An edge cannot see or fetch a model assigned only to another ward. ---
+    let (v9_model, v9_manifest) = deterioration_version("9.0.0")?;
+    let (status, _) = admin
+        .upload(
+            token,
+            &upload_body(
+                &v9_manifest,
+                &sign_manifest(&release, &v9_manifest),
+                &v9_model,
+            ),
+        )
+        .await?;
+    assert_eq!(status, 201);
+    assert_eq!(admin.assign(token, "8B", "9.0.0").await?.0, 200);
+    let mut client_a = ModelDistributionClient::new(wardwatch_edge::sync::connect(&ecfg).await?);
+    let listed = client_a
+        .list_assigned(ListAssignedRequest { wards: Vec::new() })
+        .await?
+        .into_inner()
+        .models;
+    assert!(listed.iter().all(|m| m.ward == "7A"), "{listed:?}");
+    let err = client_a
+        .list_assigned(ListAssignedRequest {
+            wards: vec!["8B".into()],
+        })
+        .await
+        .expect_err("a foreign ward is refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let err = client_a
+        .fetch_model(FetchModelRequest {
+            name: DETERIORATION_MODEL.into(),
+            version: "9.0.0".into(),
+        })
+        .await
+        .expect_err("another ward's model is not served");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    // The edge of ward 8B does get it.
+    let ecfg_b = edge_config(
+        &setup,
+        &dir.join("edge-b"),
+        "edge-b",
+        &["8B"],
+        cloud.sync_addr,
+    )?;
+    let mut client_b = ModelDistributionClient::new(wardwatch_edge::sync::connect(&ecfg_b).await?);
+    let mut stream = client_b
+        .fetch_model(FetchModelRequest {
+            name: DETERIORATION_MODEL.into(),
+            version: "9.0.0".into(),
+        })
+        .await?
+        .into_inner();
+    let mut chunks = 0;
+    while stream.message().await?.is_some() {
+        chunks += 1;
+    }
+    assert!(chunks >= 2, "a header and the model bytes");
+    // The 8B assignment never reaches edge-a's models.
+    poll_once(&edge.node, &mut refused).await?;
+    assert_eq!(predict_with(&edge).await?, "2.0.0");
+
+    // --- Every upload and assignment is audited, refusals included. ---
+    assert!(cloud.store.audit_count("ehr-only").await? >= 2);
+    let audited = cloud.store.audit_count(wardwatch::DEV_CLIENT_ID).await?;
+    assert!(audited >= 14, "{audited} audit records");
+
+    // --- A restart runs the pulled version, not the original. ---
+    edge.stop().await;
+    let mut restart = ecfg.clone();
+    restart.engine.models = Some(models_cfg);
+    let edge = EdgeHandle::start(restart).await?;
+    assert_eq!(predict_with(&edge).await?, "2.0.0");
+    edge.stop().await;
+    cloud.stop().await;
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_lifecycle_sqlite() -> Result<()> {
+    scenario(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_lifecycle_postgres() -> Result<()> {
+    let Some(db) = TestDatabase::create("model_registry").await? else {
+        return Ok(()); // TestDatabase printed a SKIPPED line (and fails instead on CI).
+    };
+    let result = scenario(Some(db.url.clone())).await;
+    db.drop_now().await?;
+    result
+}
+
+#[test]
+fn the_test_bundles_differ_per_version() -> Result<()> {
+    let (a, _) = deterioration_version("2.0.0")?;
+    let (b, _) = deterioration_version("3.0.0")?;
+    ensure!(sha256_hex(&a) != sha256_hex(&b));
+    ensure!(
+        Path::new(&repo_models_dir())
+            .join("deterioration/model.onnx")
+            .is_file()
+    );
+    Ok(())
+}
