@@ -2606,6 +2606,71 @@ mod tests {
     }
 
     #[test]
+    fn include_history_and_explicit_refusals_are_parsed() {
+        let s = parse_observation_search(Some("patient=A&_include=Observation:device")).unwrap();
+        assert!(s.include_device);
+        assert!(
+            s.echo
+                .iter()
+                .any(|(k, v)| k == "_include" && v == "Observation:device"),
+            "next links keep the _include"
+        );
+        assert!(
+            parse_observation_search(Some("_include=Observation:device:Device"))
+                .unwrap()
+                .include_device
+        );
+        assert!(!parse_observation_search(None).unwrap().include_device);
+        for bad in [
+            "_include=Observation:subject",
+            "_include=*",
+            "_revinclude=Provenance:target",
+            "encounter=Encounter/1",
+        ] {
+            assert!(
+                matches!(
+                    parse_observation_search(Some(bad)),
+                    Err(CloudError::NotSupported(_))
+                ),
+                "{bad}"
+            );
+        }
+        let why = |e: CloudError| e.to_string();
+        assert!(why(unsupported("Device", "_revinclude")).contains("_revinclude is not supported"));
+        assert!(why(unsupported("Observation", "encounter")).contains("no encounter"));
+        assert!(why(unsupported("Device", "foo")).contains("_count"));
+
+        assert_eq!(parse_history_params(None).unwrap(), (DEFAULT_COUNT, None));
+        assert_eq!(
+            parse_history_params(Some("_count=2&_cursor=7")).unwrap(),
+            (2, Some(7))
+        );
+        for bad in ["_cursor=0", "_cursor=x", "_count=0"] {
+            assert!(
+                matches!(
+                    parse_history_params(Some(bad)),
+                    Err(CloudError::InvalidArgument(_))
+                ),
+                "{bad}"
+            );
+        }
+        for bad in ["_since=2024", "_at=2024", "_summary=count"] {
+            assert!(
+                matches!(
+                    parse_history_params(Some(bad)),
+                    Err(CloudError::NotSupported(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(split_params(Some("_summary=count")).unwrap().count_only);
+        assert!(matches!(
+            split_params(Some("_summary=true")),
+            Err(CloudError::NotSupported(_))
+        ));
+    }
+
+    #[test]
     fn scopes_cover_only_what_they_name() {
         let s = |v: &[&str]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert!(scope_allows(&s(&["system/Observation.rs"]), "Observation"));

@@ -896,12 +896,16 @@ pub fn channel_to_fhir(
     stamp_version(res, &version, None)
 }
 
-/// A version id that is a digest of a resource's content (its JSON without `meta`): `h` and 24 hex digits.
+/// A version id that is a digest of a resource's JSON (everything but `meta.versionId`, so `meta.lastUpdated`
+/// counts): `h` and 24 hex digits.
 pub fn content_version(resource: &serde_json::Value) -> String {
     use sha2::{Digest, Sha256};
     let mut content = resource.clone();
-    if let Some(o) = content.as_object_mut() {
-        o.remove("meta");
+    if let Some(m) = content
+        .get_mut("meta")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        m.remove("versionId");
     }
     let d = Sha256::digest(content.to_string().as_bytes());
     format!("h{}", hex::encode(&d[..12]))
@@ -946,6 +950,82 @@ mod tests {
         ] {
             assert!(parse_lineage_id(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn versions_are_numbers_from_one_and_pages_go_newest_first() {
+        assert_eq!(version_number("3"), Some(3));
+        for bad in ["0", "", "-1", "+1", "1.0", "x", "99999999999999999999999"] {
+            assert_eq!(version_number(bad), None, "{bad}");
+        }
+        assert_eq!(versioning("Observation"), Some(Versioning::Single));
+        assert_eq!(versioning("DeviceMetric"), Some(Versioning::CurrentOnly));
+        assert_eq!(versioning("DetectedIssue"), Some(Versioning::Kept));
+        assert_eq!(versioning("Patient"), None);
+        for t in READABLE_TYPES {
+            assert!(versioning(t).is_some(), "{t} has a version rule");
+        }
+        // Version n is built from the first n events; pages go newest first and say where to continue.
+        let events: Vec<EventRow> = (1..=5)
+            .map(|i| EventRow {
+                edge_id: "e".into(),
+                sequence: i,
+                kind: "alarm".into(),
+                payload: Payload::Alarm(Default::default()),
+                received_at_ms: i,
+                event_ms: i,
+            })
+            .collect();
+        let build = |prefix: &[EventRow]| Ok(serde_json::json!(prefix.len()));
+        let all = kept_versions(&events, None, 50, build).unwrap();
+        assert_eq!(
+            (all.total, all.versions.clone(), all.next_before),
+            (
+                5,
+                (1..=5).rev().map(|n| serde_json::json!(n)).collect(),
+                None
+            )
+        );
+        let p1 = kept_versions(&events, None, 2, build).unwrap();
+        assert_eq!(p1.versions, [serde_json::json!(5), serde_json::json!(4)]);
+        assert_eq!(p1.next_before, Some(4));
+        let p2 = kept_versions(&events, Some(4), 2, build).unwrap();
+        assert_eq!(p2.versions, [serde_json::json!(3), serde_json::json!(2)]);
+        let p3 = kept_versions(&events, Some(2), 2, build).unwrap();
+        assert_eq!(
+            (p3.versions, p3.next_before),
+            (vec![serde_json::json!(1)], None)
+        );
+        assert!(
+            kept_versions(&events, Some(1), 2, build)
+                .unwrap()
+                .versions
+                .is_empty()
+        );
+        // A cursor beyond the newest starts at the newest.
+        assert_eq!(
+            kept_versions(&events, Some(99), 1, build).unwrap().versions,
+            [serde_json::json!(5)]
+        );
+    }
+
+    #[test]
+    fn content_versions_change_exactly_with_the_resource() {
+        let a = serde_json::json!({"resourceType": "DeviceMetric", "id": "d.1", "unit": "x", "meta": {"lastUpdated": "2026-01-01T00:00:00Z"}});
+        let mut b = a.clone();
+        b["meta"]["lastUpdated"] = "2027-01-01T00:00:00Z".into();
+        assert_ne!(content_version(&a), content_version(&b), "last seen moved");
+        let mut stamped = a.clone();
+        stamped["meta"]["versionId"] = content_version(&a).into();
+        assert_eq!(
+            content_version(&a),
+            content_version(&stamped),
+            "the stamp itself does not count"
+        );
+        let mut c = a.clone();
+        c["unit"] = "y".into();
+        assert_ne!(content_version(&a), content_version(&c));
+        assert!(is_fhir_id(&content_version(&a)));
     }
 
     #[test]

@@ -154,8 +154,26 @@ fn device_report(base: &DeviceInfo, model: &str, state: OperationalState, at: i6
 }
 
 fn alarm(state: AlarmState, at: i64, by: &str, patient: &str) -> Payload {
+    alarm_of(
+        "edge-7a-alarm-1",
+        AlarmPriority::High,
+        state,
+        at,
+        by,
+        patient,
+    )
+}
+
+fn alarm_of(
+    id: &str,
+    priority: AlarmPriority,
+    state: AlarmState,
+    at: i64,
+    by: &str,
+    patient: &str,
+) -> Payload {
     let mut a = Alarm {
-        alarm_id: "edge-7a-alarm-1".into(),
+        alarm_id: id.into(),
         patient_id: patient.into(),
         location: location(),
         device_id: "mon-7A-1".into(),
@@ -165,14 +183,18 @@ fn alarm(state: AlarmState, at: i64, by: &str, patient: &str) -> Payload {
         ..Default::default()
     };
     a.set_kind(AlarmKind::VitalThreshold);
-    a.set_priority(AlarmPriority::High);
+    a.set_priority(priority);
     a.set_state(state);
     Payload::Alarm(a)
 }
 
 fn infusion(state: InfusionState, at: i64, infused: f64, patient: &str) -> Payload {
+    infusion_of("ORD-1", state, at, infused, patient)
+}
+
+fn infusion_of(order: &str, state: InfusionState, at: i64, infused: f64, patient: &str) -> Payload {
     let mut i = InfusionStatus {
-        order_id: "ORD-1".into(),
+        order_id: order.into(),
         patient_id: patient.into(),
         location: location(),
         device_id: "pump-7A-1".into(),
@@ -221,7 +243,254 @@ fn history_versions(bundle: &Value) -> Result<Vec<String>> {
     Ok(out)
 }
 
-async fn versions_scenario(f: &Fixture) -> Result<()> {
+/// The ids of a searchset Bundle's entries with this search mode, in order.
+fn ids_with_mode(bundle: &Value, mode: &str) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter(|e| e["search"]["mode"] == mode)
+                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `_include=Observation:device`, the new search parameters and `_summary=count`, on the data
+/// [`versions_scenario`] stored.
+async fn search_scenario(f: &Fixture, patient: &str, dev: &str) -> Result<()> {
+    // ---- _include: every referenced Device once, as its current version, after the matches.
+    let g = f
+        .get(&format!(
+            "Observation?patient={patient}&_include=Observation:device&_count=1000"
+        ))
+        .await?;
+    assert_eq!(g.status, 200, "{}", g.body);
+    let entries = g.body["entry"].as_array().context("entries")?;
+    let referenced: std::collections::BTreeSet<String> = entries
+        .iter()
+        .filter(|e| e["search"]["mode"] == "match")
+        .filter_map(|e| e["resource"]["device"]["reference"].as_str())
+        .filter_map(|r| r.strip_prefix("Device/").map(str::to_string))
+        .collect();
+    assert!(referenced.contains(dev), "{referenced:?}");
+    let included = ids_with_mode(&g.body, "include");
+    let unique: std::collections::BTreeSet<String> = included.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        included.len(),
+        "each Device once: {included:?}"
+    );
+    assert_eq!(unique, referenced, "exactly the referenced Devices");
+    let first_include = entries
+        .iter()
+        .position(|e| e["search"]["mode"] == "include")
+        .context("an include")?;
+    assert!(
+        entries[first_include..]
+            .iter()
+            .all(|e| e["search"]["mode"] == "include"),
+        "included resources follow the matches"
+    );
+    let inc = entries
+        .iter()
+        .find(|e| e["search"]["mode"] == "include" && e["resource"]["id"] == dev)
+        .context("the device included")?;
+    assert_eq!(
+        inc["resource"],
+        f.ok_versioned(&format!("Device/{dev}")).await?,
+        "an included Device is its current version"
+    );
+    assert!(
+        inc["fullUrl"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(&format!("/Device/{dev}")))
+    );
+    // Paging keeps the _include.
+    let g = f
+        .get(&format!(
+            "Observation?patient={patient}&_include=Observation:device&_count=2"
+        ))
+        .await?;
+    let next = g.body["link"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+        .and_then(|l| l["url"].as_str())
+        .context("a next link")?;
+    assert!(next.contains("_include=Observation%3Adevice"), "{next}");
+    assert!(!ids_with_mode(&g.body, "include").is_empty());
+    // Without Device scope: the Observations, no Devices, and a warning saying why.
+    let g = f
+        .get_as(
+            OBS_ONLY_TOKEN,
+            &format!("Observation?patient={patient}&_include=Observation:device&_count=5"),
+        )
+        .await?;
+    assert_eq!(g.status, 200, "{}", g.body);
+    assert_eq!(ids_with_mode(&g.body, "match").len(), 5);
+    assert!(ids_with_mode(&g.body, "include").is_empty());
+    let last = g.body["entry"]
+        .as_array()
+        .and_then(|e| e.last())
+        .context("entries")?;
+    assert_eq!(last["search"]["mode"], "outcome");
+    assert_eq!(last["resource"]["resourceType"], "OperationOutcome");
+    assert_eq!(last["resource"]["issue"][0]["severity"], "warning");
+    assert!(
+        last["resource"]["issue"][0]["diagnostics"]
+            .as_str()
+            .is_some_and(|d| d.contains("Device")),
+        "{last}"
+    );
+    // Infusion Observations reference their pump.
+    let g = f
+        .get("Observation?category=therapy&_include=Observation:device")
+        .await?;
+    assert_eq!(g.status, 200, "{}", g.body);
+    // Refused, never ignored.
+    for (q, needle) in [
+        ("Observation?_revinclude=Provenance:target", "_revinclude"),
+        ("DetectedIssue?_revinclude=Provenance:target", "_revinclude"),
+        ("Observation?encounter=Encounter/1", "encounter"),
+        (
+            "Observation?category=survey&encounter=Encounter/1",
+            "encounter",
+        ),
+        (
+            "Observation?_include=Observation:patient",
+            "Observation:device",
+        ),
+        ("DetectedIssue?priority=urgent", "high, medium"),
+        ("DetectedIssue?status=active", "preliminary"),
+        ("MedicationAdministration?status=running", "in-progress"),
+        ("Device?_summary=data", "count"),
+    ] {
+        let why = f.refused(&f.token, q, 400).await?;
+        assert!(why.contains(needle), "{q}: {why}");
+    }
+
+    // ---- DetectedIssue by current status and priority.
+    let search_ids = |q: String| async move {
+        let g = f.get(&q).await?;
+        assert_eq!(g.status, 200, "{q}: {}", g.body);
+        anyhow::Ok(ids_with_mode(&g.body, "match"))
+    };
+    assert_eq!(
+        search_ids(format!("DetectedIssue?patient={patient}&status=final")).await?,
+        ["edge-7a-alarm-1"]
+    );
+    assert_eq!(
+        search_ids(format!(
+            "DetectedIssue?patient={patient}&status=preliminary"
+        ))
+        .await?,
+        ["edge-7a-alarm-2"]
+    );
+    assert_eq!(
+        search_ids("DetectedIssue?priority=high".into()).await?,
+        ["edge-7a-alarm-1"]
+    );
+    assert_eq!(
+        search_ids(
+            "DetectedIssue?priority=urn:wardwatch:fhir:extension:alarm-priority|medium".into()
+        )
+        .await?,
+        ["edge-7a-alarm-2"]
+    );
+    assert!(
+        search_ids("DetectedIssue?priority=medium&status=final".into())
+            .await?
+            .is_empty()
+    );
+    assert_eq!(
+        search_ids("DetectedIssue?status=preliminary,final&_count=10".into())
+            .await?
+            .len(),
+        2
+    );
+
+    // ---- MedicationAdministration by current status.
+    for (status, want) in [
+        ("completed", vec!["ORD-1"]),
+        ("in-progress", vec!["ORD-2"]),
+        ("on-hold", vec!["ORD-3"]),
+        ("stopped", vec![]),
+    ] {
+        assert_eq!(
+            search_ids(format!(
+                "MedicationAdministration?patient={patient}&status={status}"
+            ))
+            .await?,
+            want,
+            "{status}"
+        );
+    }
+
+    // ---- _summary=count on every searchable type agrees with the search itself.
+    for q in [
+        format!("DetectedIssue?patient={patient}"),
+        "DetectedIssue?status=preliminary".to_string(),
+        "MedicationAdministration?status=completed,on-hold".to_string(),
+        format!("Device?location=Location/{WARD}"),
+        format!("DeviceMetric?source=Device/{dev}"),
+        format!("Location?partof=Location/{WARD}"),
+        format!("RiskAssessment?patient={patient}"),
+        format!("Observation?patient={patient}"),
+    ] {
+        let all = search_ids(format!("{q}&_count=1000")).await?.len();
+        let g = f.get(&format!("{q}&_summary=count")).await?;
+        assert_eq!(g.status, 200, "{q}: {}", g.body);
+        assert_eq!(g.body["total"].as_u64(), Some(all as u64), "{q}");
+        assert!(g.body.get("entry").is_none(), "{q}: no entries");
+    }
+
+    // ---- The CapabilityStatement says so.
+    let cs = f.get("metadata").await?.body;
+    let res = |t: &str| {
+        cs["rest"][0]["resource"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["type"] == t))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let obs = res("Observation");
+    assert_eq!(
+        obs["searchInclude"],
+        serde_json::json!(["Observation:device"])
+    );
+    assert!(obs.get("searchRevInclude").is_none());
+    let names = |r: &Value| -> Vec<String> {
+        r["searchParam"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|p| p["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(!names(&obs).contains(&"encounter".to_string()));
+    let di = res("DetectedIssue");
+    for n in ["status", "priority", "_summary"] {
+        assert!(names(&di).contains(&n.to_string()), "{n}: {di}");
+    }
+    assert!(names(&res("MedicationAdministration")).contains(&"status".to_string()));
+    for t in wardwatch_cloud::resources::READABLE_TYPES {
+        let r = res(t);
+        let interactions: Vec<&str> = r["interaction"]
+            .as_array()
+            .map(|i| i.iter().filter_map(|i| i["code"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            interactions.contains(&"vread") && interactions.contains(&"history-instance"),
+            "{t}: {interactions:?}"
+        );
+        assert_eq!(r["versioning"], "versioned", "{t}");
+    }
+    Ok(())
+}
+
+async fn versions_scenario(f: &Fixture) -> Result<(String, String)> {
     let now = wardwatch_proto::now_unix_ms();
     let devices = simulated_devices(WARD, 1, 5);
     let vitals = simulated_vitals(WARD, 1, 5, 12);
@@ -265,6 +534,17 @@ async fn versions_scenario(f: &Fixture) -> Result<()> {
         infusion(InfusionState::Running, now - 120_000, 10.0, &patient),
         infusion(InfusionState::Running, now - 60_000, 12.0, &patient),
         infusion(InfusionState::Completed, now - 1_000, 1000.0, &patient),
+        // For the searches: an active medium alarm, a running and a paused order.
+        alarm_of(
+            "edge-7a-alarm-2",
+            AlarmPriority::Medium,
+            AlarmState::Raised,
+            now - 500,
+            "system",
+            &patient,
+        ),
+        infusion_of("ORD-2", InfusionState::Running, now - 2_000, 5.0, &patient),
+        infusion_of("ORD-3", InfusionState::Paused, now - 3_000, 7.0, &patient),
     ];
     let second_items = items(&second, n_first + 1);
     f.cloud.store.ingest(EDGE, &second_items).await?;
@@ -469,7 +749,7 @@ async fn versions_scenario(f: &Fixture) -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 304);
-    Ok(())
+    Ok((patient, dev))
 }
 
 impl Fixture {
@@ -484,22 +764,26 @@ impl Fixture {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn versions_on_sqlite() -> Result<()> {
+async fn history_and_searches_on_sqlite() -> Result<()> {
     wardwatch::install_crypto();
     let dir = tempfile::tempdir()?;
     let f = Fixture::start(dir.path(), None).await?;
-    versions_scenario(&f).await
+    let (patient, dev) = versions_scenario(&f).await?;
+    search_scenario(&f, &patient, &dev).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn versions_on_postgres() -> Result<()> {
+async fn history_and_searches_on_postgres() -> Result<()> {
     wardwatch::install_crypto();
     let Some(db) = TestDatabase::create("fhir_history").await? else {
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
     let f = Fixture::start(dir.path(), Some(db.url.clone())).await?;
-    let result = versions_scenario(&f).await;
+    let result = match versions_scenario(&f).await {
+        Ok((patient, dev)) => search_scenario(&f, &patient, &dev).await,
+        Err(e) => Err(e),
+    };
     f.cloud.stop().await;
     db.drop_now().await?;
     result

@@ -437,7 +437,7 @@ const ALARM_LATEST: &str = " AND alarm_id IN (SELECT e.alarm_id FROM edge_events
 /// An order's latest report by event time (the one its MedicationAdministration's status comes from).
 const ORDER_LATEST: &str = " AND order_id IN (SELECT e.order_id FROM edge_events e WHERE e.kind = 'infusion' \
     AND e.order_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM edge_events l WHERE l.kind = 'infusion' \
-    AND l.order_id = e.order_id AND (l.event_ms > e.event_ms OR (l.event_ms = e.event_ms AND l.sequence > e.sequence))))";
+    AND l.order_id = e.order_id AND (l.event_ms > e.event_ms OR (l.event_ms = e.event_ms AND l.sequence > e.sequence)))";
 /// Whether the latest report `e` makes the order completed (see `resources::order_to_fhir`).
 const ORDER_COMPLETED: &str = "(e.code = 'completed' OR (e.code = 'kvo' AND EXISTS (SELECT 1 FROM edge_events c \
     WHERE c.kind = 'infusion' AND c.order_id = e.order_id AND c.code = 'completed')))";
