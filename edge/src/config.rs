@@ -248,6 +248,9 @@ impl EdgeConfig {
             .alarms
             .validate()
             .map_err(ConfigError::Invalid)?;
+        if let Some(st) = &self.station {
+            st.validate().map_err(ConfigError::Invalid)?;
+        }
         if let Some(h) = &self.hl7_mllp {
             h.validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;

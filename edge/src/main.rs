@@ -14,8 +14,29 @@ use clap::Parser;
 )]
 struct Cli {
     /// TOML config file (see edge/src/config.rs).
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "command")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Reads a nurse station password from standard input (one line; never from the command line, where other
+    /// users could see it) and prints its argon2id hash for `password_hash` in `[[station.users]]`.
+    HashPassword,
+}
+
+/// `hash-password`: one line from stdin, hashed; the password itself is never printed or stored.
+fn hash_password() -> Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    println!(
+        "{}",
+        wardwatch_edge::station::auth::hash_password(password)?
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -35,6 +56,10 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command {
+        return hash_password();
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,h2=warn"));
@@ -42,7 +67,10 @@ async fn main() -> Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let cfg = wardwatch_edge::EdgeConfig::from_file(&Cli::parse().config)?;
+    let Some(config) = cli.config else {
+        anyhow::bail!("--config is required");
+    };
+    let cfg = wardwatch_edge::EdgeConfig::from_file(&config)?;
     let node = wardwatch_edge::EdgeNode::start(cfg).await?;
     node.run(shutdown_signal()).await;
     Ok(())

@@ -42,6 +42,9 @@ pub enum StartError {
     /// The outbox could not be opened.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// The nurse station's TLS material could not be loaded (or its config is invalid).
+    #[error(transparent)]
+    Station(#[from] crate::station::StationError),
     /// The nurse station could not bind its address.
     #[error("cannot bind the nurse station on {addr}: {source}")]
     Bind {
@@ -108,6 +111,8 @@ pub struct EdgeNode {
     station_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
     /// The nurse station's address, if served.
     station_addr: Option<std::net::SocketAddr>,
+    /// The nurse station's users, sessions, TLS and counters, prepared at start (before binding), if served.
+    station: Option<Arc<crate::station::Station>>,
     /// The HL7 MLLP listener, bound at start; taken by `run`.
     hl7_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
     /// The HL7 listener's address, if served.
@@ -171,6 +176,13 @@ impl EdgeNode {
             raise_models_unavailable(&outbox, &config, &models.status()).await;
         }
         let engine = Arc::new(std::sync::Mutex::new(engine));
+        // Users and TLS material are checked and loaded before the station's port is bound.
+        let station = config
+            .station
+            .as_ref()
+            .map(crate::station::Station::prepare)
+            .transpose()?
+            .map(Arc::new);
         let (station_listener, station_addr) = match &config.station {
             Some(st) => {
                 let l = tokio::net::TcpListener::bind(st.listen)
@@ -208,6 +220,7 @@ impl EdgeNode {
             engine,
             station_listener: std::sync::Mutex::new(station_listener),
             station_addr,
+            station,
             config,
             outbox,
             sync_stats: Arc::new(SyncStats::default()),
@@ -288,9 +301,10 @@ impl EdgeNode {
                 ))
             });
         let listener = self.station_listener.lock().ok().and_then(|mut l| l.take());
-        let station_task = listener.map(|l| {
+        let station_task = listener.zip(self.station.clone()).map(|(l, station)| {
             tokio::spawn(crate::station::run(
                 l,
+                station,
                 self.clone(),
                 self.engine.clone(),
                 stopped(stop_rx.clone()),
@@ -348,6 +362,11 @@ impl EdgeNode {
     /// Where the nurse station listens, if served.
     pub fn station_addr(&self) -> Option<std::net::SocketAddr> {
         self.station_addr
+    }
+
+    /// The nurse station's sign-in and refusal counters, if served.
+    pub fn station_stats(&self) -> Option<&Arc<crate::station::StationStats>> {
+        self.station.as_ref().map(|s| s.stats())
     }
 
     /// The node's configuration.

@@ -4,7 +4,9 @@
 
 use crate::ids::{DeviceId, Label, PatientId, WardId};
 use crate::metrics::{self, ValueKind};
-use crate::v1::{BedLocation, EdgeEvent, RejectReason, VitalSign, edge_event::Payload};
+use crate::v1::{
+    BedLocation, EdgeEvent, RejectReason, Spo2ScaleChange, VitalSign, edge_event::Payload,
+};
 
 /// Why an event was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,7 +100,48 @@ pub fn event(e: &EdgeEvent) -> Result<WardId, Rejection> {
             DeviceId::new(d.device_id.clone()).map_err(|e| invalid(e.to_string()))?;
             location(d.location.as_ref(), false)
         }
+        Some(Payload::Spo2Scale(s)) => spo2_scale_change(s),
     }
+}
+
+/// Validates an SpO2-scale decision: patient, ward, scales 1 or 2, the deciding user, the time and the reason.
+pub fn spo2_scale_change(s: &Spo2ScaleChange) -> Result<WardId, Rejection> {
+    PatientId::new(s.patient_id.clone()).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(s.scale, 1 | 2) || !matches!(s.previous_scale, 1 | 2) {
+        return Err(invalid(format!(
+            "SpO2 scale must be 1 or 2 (scale {}, previous {})",
+            s.scale, s.previous_scale
+        )));
+    }
+    let user_ok = (1..=64).contains(&s.changed_by.len())
+        && s.changed_by
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !user_ok {
+        return Err(invalid(
+            "changed_by must be the signed-in user id (1-64 of A-Z a-z 0-9 . _ -)",
+        ));
+    }
+    let printable = |t: &str| !t.chars().any(char::is_control);
+    if s.changed_by_name.chars().count() > 100 || !printable(&s.changed_by_name) {
+        return Err(invalid(
+            "changed_by_name must be at most 100 printable characters",
+        ));
+    }
+    if s.changed_by_role.len() > 32 || !printable(&s.changed_by_role) {
+        return Err(invalid(
+            "changed_by_role must be at most 32 printable characters",
+        ));
+    }
+    if s.reason.chars().count() > 500 || s.reason.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(invalid(
+            "reason must be at most 500 characters without control characters",
+        ));
+    }
+    if s.changed_at_unix_ms <= 0 {
+        return Err(invalid("changed_at_unix_ms is missing"));
+    }
+    location(s.location.as_ref(), false)
 }
 
 fn location(l: Option<&BedLocation>, bed_required: bool) -> Result<WardId, Rejection> {
@@ -290,6 +333,76 @@ mod tests {
         bp.components.pop();
         bp.components[1].value = f64::NAN;
         assert_eq!(vital(&bp).unwrap_err().reason, RejectReason::NotFinite);
+    }
+
+    fn scale_change() -> Spo2ScaleChange {
+        Spo2ScaleChange {
+            patient_id: "MRN1".into(),
+            location: Some(BedLocation {
+                ward: "7A".into(),
+                bed: "3".into(),
+            }),
+            scale: 2,
+            previous_scale: 1,
+            changed_by: "a.jones".into(),
+            changed_by_name: "Alex Jones, RN".into(),
+            changed_by_role: "nurse".into(),
+            changed_at_unix_ms: 1_700_000_000_000,
+            reason: "COPD, target 88-92 % per respiratory team".into(),
+        }
+    }
+
+    #[test]
+    fn spo2_scale_change_is_checked() {
+        let env = |s: Spo2ScaleChange| EdgeEvent {
+            idempotency_key: "spo2-scale:MRN1:1".into(),
+            payload: Some(Payload::Spo2Scale(s)),
+            ..Default::default()
+        };
+        assert_eq!(
+            event(&env(scale_change())).map(|w| w.to_string()),
+            Ok("7A".to_string())
+        );
+        type Spoil = Box<dyn Fn(&mut Spo2ScaleChange)>;
+        let bad: Vec<(&str, Spoil)> = vec![
+            ("scale 3", Box::new(|s| s.scale = 3)),
+            ("scale 0", Box::new(|s| s.scale = 0)),
+            ("previous 0", Box::new(|s| s.previous_scale = 0)),
+            ("no user", Box::new(|s| s.changed_by.clear())),
+            (
+                "user with space",
+                Box::new(|s| s.changed_by = "a jones".into()),
+            ),
+            ("long user", Box::new(|s| s.changed_by = "x".repeat(65))),
+            ("no patient", Box::new(|s| s.patient_id.clear())),
+            ("no location", Box::new(|s| s.location = None)),
+            ("no time", Box::new(|s| s.changed_at_unix_ms = 0)),
+            ("long reason", Box::new(|s| s.reason = "r".repeat(501))),
+            (
+                "control in reason",
+                Box::new(|s| s.reason = "a\u{7}b".into()),
+            ),
+            (
+                "control in name",
+                Box::new(|s| s.changed_by_name = "A\tB".into()),
+            ),
+        ];
+        for (what, f) in bad {
+            let mut s = scale_change();
+            f(&mut s);
+            assert_eq!(
+                event(&env(s)).map_err(|r| r.reason),
+                Err(RejectReason::Invalid),
+                "{what}"
+            );
+        }
+        let mut s = scale_change();
+        s.reason = "line one\nline two".into();
+        s.location = Some(BedLocation {
+            ward: "7A".into(),
+            bed: String::new(),
+        });
+        assert!(event(&env(s)).is_ok());
     }
 
     #[test]

@@ -1,11 +1,15 @@
-// Drives the nurse station in headless Chromium: waits for the ward to render, checks beds, vitals, NEWS2,
+// Drives the nurse station in headless Chromium: signs in through the form (a wrong password first, which must be
+// refused and show no patient data), waits for the ward to render, checks beds, vitals, NEWS2,
 // infusion remaining volume/ETA and an alarm, acknowledges the alarm by clicking, verifies the page shows the
 // acknowledgement, and saves a screenshot.
-// Usage: node station.mjs <station-url> <screenshot.png>
+// Usage: STATION_USER=... STATION_PASSWORD=... node station.mjs <station-url> <screenshot.png>
 import { chromium } from "playwright-core";
 
 const [url, shot] = process.argv.slice(2);
-if (!url || !shot) { console.error("usage: node station.mjs <url> <screenshot.png>"); process.exit(2); }
+const { STATION_USER: user, STATION_PASSWORD: password } = process.env;
+if (!url || !shot || !user || !password) {
+  console.error("usage: STATION_USER=... STATION_PASSWORD=... node station.mjs <url> <screenshot.png>"); process.exit(2);
+}
 const fail = (msg) => { console.error("FAIL: " + msg); process.exitCode = 1; };
 
 const browser = await chromium.launch({
@@ -17,6 +21,21 @@ try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   page.on("pageerror", (e) => fail("page error: " + e.message));
   await page.goto(url);
+  // Signed out: the sign-in form, no beds.
+  await page.waitForSelector("#signin:not([hidden])", { timeout: 10000 });
+  if (await page.locator("section.bed").count() !== 0) fail("beds shown before sign-in");
+  await page.fill("#signin-user", user);
+  await page.fill("#signin-password", password + "-wrong");
+  await page.click("#signin button[type=submit]");
+  await page.waitForFunction(() => /wrong user id or password/.test(document.querySelector("#signin-error").textContent), null, { timeout: 10000 });
+  if (await page.locator("section.bed").count() !== 0) fail("beds shown after a wrong password");
+  console.log("wrong password refused");
+  await page.fill("#signin-password", password);
+  await page.click("#signin button[type=submit]");
+  await page.waitForSelector("#who:not([hidden])", { timeout: 10000 });
+  const who = await page.locator("#who-name").innerText();
+  if (!who.includes(user)) fail("header does not show who is signed in: " + who);
+  console.log(`signed in: ${who}`);
   await page.waitForSelector("section.bed", { timeout: 20000 });
   const beds = await page.locator("section.bed").count();
   console.log(`beds rendered: ${beds}`);
@@ -38,6 +57,15 @@ try {
     return !el || el.classList.contains("acknowledged");
   }, alarmId, { timeout: 10000 });
   console.log(`acknowledged ${alarmId} by clicking`);
+  const by = await page.locator(`[data-alarm="${alarmId}"]`).innerText().catch(() => "");
+  if (by && !by.includes(`ack ${user}`)) fail("acknowledgement does not name the signed-in user: " + by);
+  // Sign out: back to the form, the ward gone.
+  await page.click("#signout");
+  await page.waitForSelector("#signin:not([hidden])", { timeout: 10000 });
+  if (await page.locator("section.bed").count() !== 0) fail("beds still shown after sign-out");
+  const r = await page.evaluate(async () => (await fetch("/api/ward")).status);
+  if (r !== 401) fail(`GET /api/ward after sign-out answered ${r}`);
+  console.log("signed out");
 } catch (e) {
   fail(e.message);
 } finally {

@@ -366,6 +366,129 @@ pub fn edge_config(
     })
 }
 
+/// The development nurse station user (the demo's and the tests').
+pub const DEV_STATION_USER: &str = "dev-nurse";
+
+/// A nurse station sign-in: user id and password.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StationLogin {
+    /// User id.
+    pub user: String,
+    /// Password (only ever in development setups; configs hold its argon2id hash).
+    pub password: String,
+}
+
+/// A `[[station.users]]` entry for `id` with `password` hashed (argon2id).
+pub fn station_user(
+    id: &str,
+    name: &str,
+    role: wardwatch_edge::station::Role,
+    password: &str,
+) -> Result<wardwatch_edge::station::StationUser> {
+    Ok(wardwatch_edge::station::StationUser {
+        id: id.into(),
+        name: name.into(),
+        role,
+        password_hash: wardwatch_edge::station::auth::hash_password(password)?,
+    })
+}
+
+/// A development nurse station on `listen` (plain HTTP, so loopback only) with one nurse, [`DEV_STATION_USER`],
+/// whose password is random (returned, for the demo's `--info` file and the tests).
+pub fn dev_station(
+    listen: SocketAddr,
+) -> Result<(wardwatch_edge::station::StationConfig, StationLogin)> {
+    let password = wardwatch_edge::station::auth::random_token()[..20].to_string();
+    let user = station_user(
+        DEV_STATION_USER,
+        "Development nurse",
+        wardwatch_edge::station::Role::Nurse,
+        &password,
+    )?;
+    Ok((
+        wardwatch_edge::station::StationConfig::new(listen, vec![user]),
+        StationLogin {
+            user: DEV_STATION_USER.into(),
+            password,
+        },
+    ))
+}
+
+/// A signed-in nurse station session over HTTP(S): the session cookie and the CSRF token, as the page keeps them.
+#[derive(Debug, Clone)]
+pub struct StationSession {
+    /// The station's base URL (ending in `/`).
+    pub base: String,
+    /// `wardwatch_session=...`, for the `Cookie` header.
+    pub cookie: String,
+    /// The session's anti-CSRF token.
+    pub csrf: String,
+    /// What `POST /api/sign-in` answered (user, name, role, ...).
+    pub view: serde_json::Value,
+    client: reqwest::Client,
+}
+
+impl StationSession {
+    /// Signs in with `user` and `password` at the station `base`; fails unless the answer is 200 with a session
+    /// cookie.
+    pub async fn sign_in(
+        client: &reqwest::Client,
+        base: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<Self> {
+        let r = client
+            .post(format!("{base}api/sign-in"))
+            .json(&serde_json::json!({"user": user, "password": password}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status() == reqwest::StatusCode::OK,
+            "sign-in as {user}: {}",
+            r.status()
+        );
+        let cookie = r
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| {
+                v.split(';')
+                    .next()
+                    .filter(|c| c.starts_with("wardwatch_session="))
+            })
+            .context("no session cookie")?
+            .to_string();
+        let view: serde_json::Value = r.json().await?;
+        let csrf = view["csrf_token"]
+            .as_str()
+            .context("no csrf_token")?
+            .to_string();
+        Ok(Self {
+            base: base.to_string(),
+            cookie,
+            csrf,
+            view,
+            client: client.clone(),
+        })
+    }
+
+    /// A GET of `path` (relative to the base, no leading `/`) with the session cookie.
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .header(reqwest::header::COOKIE, &self.cookie)
+    }
+
+    /// A POST of `path` with the session cookie and the CSRF token.
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::COOKIE, &self.cookie)
+            .header("x-csrf-token", &self.csrf)
+    }
+}
+
 /// A running cloud inside this process.
 #[derive(Debug)]
 pub struct CloudHandle {
@@ -668,6 +791,9 @@ pub fn sim_event_json(e: &wardwatch_edge::simulator::SimEvent) -> serde_json::Va
             serde_json::json!({"type": "alarm", "alarm_id": a.alarm_id, "message": a.message})
         }
         Payload::Risk(r) => serde_json::json!({"type": "risk", "patient_id": r.patient_id}),
+        Payload::Spo2Scale(s) => serde_json::json!({
+            "type": "spo2_scale", "patient_id": s.patient_id, "scale": s.scale, "changed_by": s.changed_by,
+        }),
     };
     serde_json::json!({"idempotency_key": e.idempotency_key, "event": body})
 }

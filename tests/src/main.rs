@@ -170,9 +170,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
         &[DEMO_WARD],
         cloud.sync_addr,
     )?;
-    edge_cfg.station = Some(wardwatch_edge::station::StationConfig {
-        listen: args.station_listen,
-    });
+    // The nurse station requires sign-in: one development nurse with a random password, written to --info.
+    let (station_cfg, station_login) = wardwatch::dev_station(args.station_listen)?;
+    edge_cfg.station = Some(station_cfg);
     // The edge models: the committed ones, signed now with the development release key the edge trusts. If that
     // fails the edge still starts (NEWS2 and threshold alarms) and says why the models do not run.
     let models_src = args
@@ -271,6 +271,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
             "ca_cert": ca,
             "sync": format!("localhost:{}", cloud.sync_addr.port()),
             "nurse_station": station,
+            "nurse_station_login": station_login,
             "hl7_mllp": edge.node.hl7_addr().map(|a| a.to_string()),
             "mqtt": mqtt_broker.as_ref().map(|(h, p)| format!("{h}:{p}")),
             "edge_id": DEMO_EDGE,
@@ -316,6 +317,17 @@ async fn demo(args: DemoArgs) -> Result<()> {
     println!("FHIR base: {fhir_base}");
     if let Some(s) = &station {
         println!("Nurse station: {s}");
+        match &args.info {
+            Some(info) => println!(
+                "  sign in as {} (password: nurse_station_login in {})",
+                station_login.user,
+                info.display()
+            ),
+            None => println!(
+                "  sign in as {} with password {} (development user; pass --info FILE to get it in a file)",
+                station_login.user, station_login.password
+            ),
+        }
     }
     for m in edge.node.models().status() {
         println!(
@@ -377,8 +389,18 @@ async fn demo(args: DemoArgs) -> Result<()> {
 
 /// Writes the `--info` file atomically (write a temporary file, then rename), so a reader never sees half of it.
 fn write_info(info: &std::path::Path, doc: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = info.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(doc)?)
+    let bytes = serde_json::to_vec_pretty(doc)?;
+    // Owner-only: the file holds an access token and the development nurse station password.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&bytes))
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, info).with_context(|| format!("writing {}", info.display()))?;
     Ok(())

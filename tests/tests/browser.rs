@@ -1,6 +1,7 @@
 //! The nurse station in headless Chromium (Debian's chromium driven by playwright-core, tests/browser): the real
 //! edge serves it with a simulated ward; the page must show beds, NEWS2, infusion volume and ETA and an alarm,
-//! and acknowledging the alarm by clicking must work. Skipped loudly where node, playwright-core or chromium
+//! and acknowledging the alarm by clicking must work. The page is signed in to through its form (a wrong
+//! password first, which must be refused), as the development nurse `wardwatch::dev_station` creates. Skipped loudly where node, playwright-core or chromium
 //! are missing, except on CI (`CI` set), where that is a failure. Set `WARDWATCH_UPDATE_SCREENSHOT=1` to refresh
 //! docs/nurse-station.png.
 
@@ -8,7 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result, bail};
 use wardwatch::{CloudHandle, EdgeHandle, cloud_config, dev_setup, edge_config};
 use wardwatch_edge::node::Incoming;
 use wardwatch_edge::simulator::{WardSimConfig, WardSimulator};
@@ -60,7 +63,8 @@ async fn nurse_station_in_headless_chromium() -> Result<()> {
         &["7A"],
         cloud.sync_addr,
     )?;
-    cfg.station = Some(wardwatch_edge::station::StationConfig { listen: any });
+    let (station_cfg, login) = wardwatch::dev_station(any)?;
+    cfg.station = Some(station_cfg);
     let edge = EdgeHandle::start(cfg).await?;
     let station = edge
         .node
@@ -127,6 +131,8 @@ async fn nurse_station_in_headless_chromium() -> Result<()> {
         .arg("station.mjs")
         .arg(&station)
         .arg(&shot)
+        .env("STATION_USER", &login.user)
+        .env("STATION_PASSWORD", &login.password)
         .output()
         .await?;
     eprintln!(
@@ -136,8 +142,12 @@ async fn nurse_station_in_headless_chromium() -> Result<()> {
     );
     assert!(out.status.success(), "browser test failed");
     assert!(shot.exists(), "no screenshot");
-    // The acknowledgement reached the outbox and the cloud as an alarm event.
+    // The acknowledgement reached the outbox and the cloud as an alarm event, and the wrong password was counted.
     edge.wait_drained(Duration::from_secs(30)).await?;
+    let stats = edge.node.station_stats().context("station stats")?;
+    assert_eq!(stats.sign_in_failures.load(Ordering::Relaxed), 1);
+    assert!(stats.sign_ins.load(Ordering::Relaxed) >= 1);
+    assert!(stats.actions.load(Ordering::Relaxed) >= 1);
     edge.stop().await;
     cloud.stop().await;
     Ok(())

@@ -75,18 +75,26 @@ async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
         .context("nurse_station")?
         .to_string();
     let plain = client.clone();
+    // Patient data only after sign-in, with the development nurse the info file names.
+    let unauthenticated = plain.get(format!("{station}api/ward")).send().await?;
+    assert_eq!(unauthenticated.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let login = &doc["nurse_station_login"];
+    let session = wardwatch::StationSession::sign_in(
+        &plain,
+        &station,
+        login["user"].as_str().context("nurse_station_login.user")?,
+        login["password"]
+            .as_str()
+            .context("nurse_station_login.password")?,
+    )
+    .await?;
     wardwatch::wait_until(
         Duration::from_secs(20),
         "the nurse station to show 40 beds",
         || {
-            let (plain, station) = (plain.clone(), station.clone());
+            let session = session.clone();
             async move {
-                let w: serde_json::Value = plain
-                    .get(format!("{station}api/ward"))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
+                let w: serde_json::Value = session.get("api/ward").send().await?.json().await?;
                 Ok(w["beds"].as_array().is_some_and(|b| b.len() == 40))
             }
         },

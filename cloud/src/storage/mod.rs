@@ -380,6 +380,7 @@ pub(crate) fn event_kind(p: &Payload) -> &'static str {
         Payload::Alarm(_) => "alarm",
         Payload::Risk(_) => "risk",
         Payload::Device(_) => "device",
+        Payload::Spo2Scale(_) => "spo2_scale",
     }
 }
 
@@ -700,6 +701,7 @@ pub(crate) fn patient_ward(p: &Payload) -> (Option<String>, Option<String>) {
         Payload::Alarm(a) => (patient(&a.patient_id), ward(&a.location)),
         Payload::Risk(r) => (patient(&r.patient_id), ward(&r.location)),
         Payload::Device(d) => (None, ward(&d.location)),
+        Payload::Spo2Scale(s) => (patient(&s.patient_id), ward(&s.location)),
     }
 }
 

@@ -253,7 +253,7 @@ pub fn triggers(edge_id: &str, sequence: u64, payload: &Payload) -> Vec<Trigger>
                 });
             }
         }
-        Payload::Vital(_) | Payload::Infusion(_) | Payload::Device(_) => {}
+        Payload::Vital(_) | Payload::Infusion(_) | Payload::Device(_) | Payload::Spo2Scale(_) => {}
     }
     out
 }

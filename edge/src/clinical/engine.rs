@@ -500,6 +500,17 @@ impl ClinicalEngine {
         }
     }
 
+    /// Where patient `patient` was last seen and whether they are on SpO2 scale 2; `None` for a patient this
+    /// engine has not seen (the nurse station records an SpO2-scale decision only for a patient on its ward).
+    pub fn patient_location_and_scale(&self, patient: &str) -> Option<(BedLocation, bool)> {
+        self.patients.get(patient).map(|p| {
+            (
+                p.location.clone(),
+                self.scale_of(patient) == SpO2Scale::Scale2,
+            )
+        })
+    }
+
     /// Sets a patient's NEWS2 SpO2 scale (a clinical decision, e.g. from the nurse station).
     pub fn set_spo2_scale(&mut self, patient: &str, scale_2: bool) {
         self.cfg.spo2_scale_2_patients.retain(|p| p != patient);
@@ -547,7 +558,8 @@ impl ClinicalEngine {
             Payload::Vital(v) => self.on_vital(idempotency_key, v),
             Payload::Infusion(i) => self.on_infusion(i),
             Payload::Device(d) => self.on_device(d),
-            Payload::Alarm(_) | Payload::Risk(_) => Vec::new(),
+            // A nurse station SpO2-scale decision is applied by the station once it is durable.
+            Payload::Alarm(_) | Payload::Risk(_) | Payload::Spo2Scale(_) => Vec::new(),
         }
     }
 

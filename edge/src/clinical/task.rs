@@ -34,6 +34,10 @@ pub fn produced_key(p: &Payload) -> String {
             ),
             _ => format!("news2:{}:{}", r.patient_id, r.computed_at_unix_ms),
         },
+        Payload::Spo2Scale(s) => format!(
+            "spo2-scale:{}:{}:{}",
+            s.patient_id, s.changed_by, s.changed_at_unix_ms
+        ),
         other => format!("engine:{other:?}").chars().take(120).collect(),
     }
 }
