@@ -737,6 +737,44 @@ async fn versions_scenario(f: &Fixture) -> Result<(String, String)> {
         .await?;
     assert_eq!(g.status, 200);
 
+    // ---- Audited like reads: who, which version or history, and the patient whose data it returned.
+    let audit = f
+        .cloud
+        .store
+        .search_audit(&wardwatch_cloud::storage::AuditQuery {
+            patient: Some(patient.clone()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await?;
+    for want in [
+        "edge-7a-alarm-1/_history/2",
+        "edge-7a-alarm-1/_history",
+        "ORD-1/_history/2",
+    ] {
+        assert!(
+            audit
+                .iter()
+                .any(|r| r.action == "read" && r.query == want && r.status == 200),
+            "audited: {want}"
+        );
+    }
+    let refused = f
+        .cloud
+        .store
+        .search_audit(&wardwatch_cloud::storage::AuditQuery {
+            client_id: Some("ehr-observations-only".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await?;
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.resource_type == "Device" && r.status == 403),
+        "a refused version read is audited too"
+    );
+
     // ---- If-None-Match on a version read.
     let r = f
         .http
