@@ -25,8 +25,10 @@ use wardwatch_edge::ml::inference::{SigningKey, sign_manifest, signature};
 use wardwatch_edge::ml::pull::{PullOutcome, poll_once};
 use wardwatch_edge::ml::runtime::DETERIORATION_MODEL;
 use wardwatch_edge::ml::{DeteriorationFeatures, N_DETERIORATION_FEATURES};
+use wardwatch_edge::node::Incoming;
+use wardwatch_proto::v1::edge_event::Payload;
 use wardwatch_proto::v1::model_distribution_client::ModelDistributionClient;
-use wardwatch_proto::v1::{BedLocation, FetchModelRequest, ListAssignedRequest};
+use wardwatch_proto::v1::{BedLocation, FetchModelRequest, ListAssignedRequest, VitalSign};
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -141,6 +143,44 @@ async fn predict_with(edge: &EdgeHandle) -> Result<String> {
     Ok(r.model.version)
 }
 
+/// A heart rate for patient P1 in ward 7A, so the engine keeps a feature buffer for P1 and scores it every round
+/// (and at once after a model swap).
+async fn feed_heart_rate(edge: &EdgeHandle, key: &str) -> Result<()> {
+    let mdc = 147_842; // MDC_ECG_HEART_RATE
+    let report = edge
+        .node
+        .accept(vec![Incoming {
+            idempotency_key: key.into(),
+            payload: Payload::Vital(VitalSign {
+                patient_id: "P1".into(),
+                location: Some(BedLocation {
+                    ward: "7A".into(),
+                    bed: "1".into(),
+                }),
+                device_id: "mon-1".into(),
+                metric_mdc: mdc,
+                value: 82.0,
+                unit_ucum: wardwatch_proto::metrics::by_mdc(mdc)
+                    .map_or("", |m| m.unit)
+                    .into(),
+                measured_at_unix_ms: wardwatch_proto::now_unix_ms(),
+                ..Default::default()
+            }),
+        }])
+        .await?;
+    ensure!(report.rejected.is_empty(), "{:?}", report.rejected);
+    Ok(())
+}
+
+/// Waits until the cloud serves a FHIR search result (as text) containing `needle`.
+async fn wait_for_fhir(http: &reqwest::Client, token: &str, url: &str, needle: &str) -> Result<()> {
+    wardwatch::wait_until(Duration::from_secs(60), needle, || async {
+        let found = wardwatch::fhir_search_all(http, token, url).await?;
+        Ok(found.iter().any(|r| r.to_string().contains(needle)))
+    })
+    .await
+}
+
 fn engine_version(edge: &EdgeHandle) -> Option<String> {
     edge.node.engine().lock().ok().and_then(|e| {
         e.models()
@@ -220,6 +260,15 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
     })
     .await?;
     assert_eq!(predict_with(&edge).await?, "1.0.0");
+    feed_heart_rate(&edge, "hr-1").await?;
+    let risk_url = format!("{}/RiskAssessment?patient=P1", cloud.fhir_base);
+    wait_for_fhir(
+        &admin.http,
+        token,
+        &risk_url,
+        "wardwatch-deterioration 1.0.0",
+    )
+    .await?;
 
     // --- The cloud refuses bad uploads, each with its reason. ---
     let (v2_model, v2_manifest) = deterioration_version("2.0.0")?;
@@ -335,6 +384,14 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
     );
     assert_eq!(predict_with(&edge).await?, "2.0.0");
     assert_eq!(engine_version(&edge).as_deref(), Some("2.0.0"));
+    // The engine's next round (due at once after the swap) makes risk events naming 2.0.0, synced to the cloud.
+    wait_for_fhir(
+        &admin.http,
+        token,
+        &risk_url,
+        "wardwatch-deterioration 2.0.0",
+    )
+    .await?;
     let models = edge.node.models().clone();
     assert_eq!(models.pull_stats.installed.load(Ordering::Relaxed), 1);
     let det_status = &models.status()[0];
@@ -385,6 +442,14 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
             && det_status.detail.contains("unknown key"),
         "{det_status:?}"
     );
+    // The refusal is a technical alarm that reaches the cloud (DetectedIssue code model-unavailable).
+    wait_for_fhir(
+        &admin.http,
+        token,
+        &format!("{}/DetectedIssue?code=model-unavailable", cloud.fhir_base),
+        "Model update refused",
+    )
+    .await?;
     // The same refused version is not fetched again.
     let fetches = stats.fetches.load(Ordering::Relaxed);
     let outcomes = poll_once(&edge.node, &mut refused).await?;
@@ -393,6 +458,38 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
         "{outcomes:?}"
     );
     assert_eq!(stats.fetches.load(Ordering::Relaxed), fetches);
+
+    // Validly signed by a key the edge trusts, but built for another feature layout (a renamed input column):
+    // refused at the edge's interface check, 2.0.0 keeps serving.
+    let (v4_model, v4_manifest) = deterioration_version("4.0.0")?;
+    let mut v4: serde_json::Value = serde_json::from_slice(&v4_manifest)?;
+    v4["features"][0]["name"] = "renamed_feature".into();
+    let v4_manifest = serde_json::to_vec_pretty(&v4)?;
+    let (status, body) = admin
+        .upload(
+            token,
+            &upload_body(
+                &v4_manifest,
+                &sign_manifest(&release, &v4_manifest),
+                &v4_model,
+            ),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(admin.assign(token, "7A", "4.0.0").await?.0, 200);
+    let outcomes = poll_once(&edge.node, &mut refused).await?;
+    match outcomes.as_slice() {
+        [(_, PullOutcome::Refused(reason))] => {
+            assert!(reason.contains("feature layout"), "{reason}")
+        }
+        other => bail!("expected an interface refusal, got {other:?}"),
+    }
+    assert_eq!(models.pull_stats.refused.load(Ordering::Relaxed), 2);
+    assert_eq!(predict_with(&edge).await?, "2.0.0");
+    assert!(
+        !dir.join("edge-a/models/.staging/deterioration-4.0.0")
+            .exists()
+    );
 
     // --- A downgrade is refused. ---
     let v1_dir = repo_models_dir().join("deterioration");
