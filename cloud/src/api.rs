@@ -1748,6 +1748,17 @@ async fn group_page(
     Ok((rows.into_iter().map(|(id, _)| id).collect(), next))
 }
 
+/// The code of a token search value `[system|]code` whose system, when given, must be `system`.
+fn token_code<'a>(param: &str, token: &'a str, system: &str) -> Result<&'a str, CloudError> {
+    match token.split_once('|') {
+        Some((sys, c)) if sys.is_empty() || sys == system => Ok(c),
+        Some((sys, _)) => Err(CloudError::NotSupported(format!(
+            "{param}: system {sys:?} is not supported on DetectedIssue (use {system})"
+        ))),
+        None => Ok(token),
+    }
+}
+
 async fn search_alarms(state: &ApiState, params: &Params) -> Result<Found, CloudError> {
     let mut q = crate::storage::GroupQuery::default();
     for (k, v) in &params.pairs {
@@ -1756,20 +1767,7 @@ async fn search_alarms(state: &ApiState, params: &Params) -> Result<Found, Cloud
             "identified" => q.first.intersect(parse_date_param("identified", v)?),
             "code" => {
                 for t in v.split(',') {
-                    let code = match t.split_once('|') {
-                        Some((sys, c))
-                            if sys.is_empty() || sys == wardwatch_fhir::ALARM_KIND_SYSTEM =>
-                        {
-                            c
-                        }
-                        Some((sys, _)) => {
-                            return Err(CloudError::NotSupported(format!(
-                                "code system {sys:?} is not supported on DetectedIssue (use {})",
-                                wardwatch_fhir::ALARM_KIND_SYSTEM
-                            )));
-                        }
-                        None => t,
-                    };
+                    let code = token_code("code", t, wardwatch_fhir::ALARM_KIND_SYSTEM)?;
                     if code.is_empty() || code.len() > 64 {
                         return Err(CloudError::InvalidArgument(format!(
                             "code {t:?} is not a code"
@@ -1793,21 +1791,7 @@ async fn search_alarms(state: &ApiState, params: &Params) -> Result<Found, Cloud
             }
             "priority" => {
                 for t in v.split(',') {
-                    let code = match t.split_once('|') {
-                        Some((sys, c))
-                            if sys.is_empty() || sys == wardwatch_fhir::ALARM_PRIORITY_EXT =>
-                        {
-                            c
-                        }
-                        Some((sys, _)) => {
-                            return Err(CloudError::NotSupported(format!(
-                                "priority system {sys:?} is not supported (the priority is the code of the {} extension)",
-                                wardwatch_fhir::ALARM_PRIORITY_EXT
-                            )));
-                        }
-                        None => t,
-                    };
-                    let p = match code {
+                    let p = match token_code("priority", t, wardwatch_fhir::ALARM_PRIORITY_EXT)? {
                         "high" => AlarmPriority::High,
                         "medium" => AlarmPriority::Medium,
                         "low" => AlarmPriority::Low,

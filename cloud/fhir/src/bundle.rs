@@ -142,7 +142,7 @@ pub(crate) fn insert_resources(
 }
 
 /// A `Bundle.link`.
-fn link(relation: &str, url: String) -> Result<BundleLink, FhirError> {
+pub(crate) fn link(relation: &str, url: String) -> Result<BundleLink, FhirError> {
     BundleLink::builder()
         .relation(relation.to_owned())
         .url(url)

@@ -6,11 +6,10 @@
 //! agree.
 
 use fhir_sdk::r4b::codes::{BundleType, HTTPVerb};
-use fhir_sdk::r4b::resources::{
-    Bundle, BundleEntry, BundleEntryRequest, BundleEntryResponse, BundleLink,
-};
+use fhir_sdk::r4b::resources::{Bundle, BundleEntry, BundleEntryRequest, BundleEntryResponse};
 
 use crate::FhirError;
+use crate::bundle::link;
 use crate::util::{build_err, instant_from_unix_ms, invalid, require_id, require_uri, ser_err};
 
 /// The version a resource is in.
@@ -162,14 +161,6 @@ pub fn history_bundle(page: HistoryPage) -> Result<serde_json::Value, FhirError>
     let mut json = serde_json::to_value(&bundle).map_err(ser_err("Bundle"))?;
     crate::bundle::insert_resources(&mut json, resources)?;
     Ok(json)
-}
-
-fn link(relation: &str, url: String) -> Result<BundleLink, FhirError> {
-    BundleLink::builder()
-        .relation(relation.to_owned())
-        .url(url)
-        .build()
-        .map_err(build_err("Bundle.link"))
 }
 
 #[cfg(test)]

@@ -497,6 +497,30 @@ macro_rules! push_current {
     }};
 }
 
+/// Appends `<id column><extra> FROM edge_events WHERE …filters… GROUP BY <id column> HAVING …first time…`: the
+/// alarms or orders a [`GroupQuery`] selects (without its cursor, order and limit).
+macro_rules! push_groups {
+    ($qb:expr, $group:expr, $q:expr, $extra:expr) => {{
+        let group: GroupKind = $group;
+        let q: &GroupQuery = $q;
+        let col = group.column();
+        $qb.push(col)
+            .push($extra)
+            .push(" FROM edge_events WHERE kind = ")
+            .push_bind(group.event_kind())
+            .push(" AND ")
+            .push(col)
+            .push(" IS NOT NULL");
+        if let Some(p) = &q.patient {
+            $qb.push(" AND patient_id = ").push_bind(p.clone());
+        }
+        push_codes!($qb, "code", &q.codes);
+        push_current!($qb, group, q);
+        $qb.push(" GROUP BY ").push(col).push(" HAVING 1=1");
+        push_range!($qb, "MIN(event_ms)", q.first);
+    }};
+}
+
 impl Store {
     /// Reads the non-vital event an edge synced under `sequence`.
     pub async fn event_by_lineage(
@@ -609,26 +633,10 @@ impl Store {
         group: GroupKind,
         q: &GroupQuery,
     ) -> Result<i64, StorageError> {
-        let (col, kind) = match group {
-            GroupKind::Alarm => ("alarm_id", "alarm"),
-            GroupKind::Order => ("order_id", "infusion"),
-        };
         macro_rules! run {
             ($p:expr, $db:ty) => {{
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT COUNT(*) FROM (SELECT ");
-                qb.push(col)
-                    .push(" FROM edge_events WHERE kind = ")
-                    .push_bind(kind)
-                    .push(" AND ")
-                    .push(col)
-                    .push(" IS NOT NULL");
-                if let Some(p) = &q.patient {
-                    qb.push(" AND patient_id = ").push_bind(p.clone());
-                }
-                push_codes!(qb, "code", &q.codes);
-                push_current!(qb, group, q);
-                qb.push(" GROUP BY ").push(col).push(" HAVING 1=1");
-                push_range!(qb, "MIN(event_ms)", q.first);
+                push_groups!(qb, group, q, "");
                 qb.push(") AS g");
                 qb.build_query_scalar().fetch_one($p).await?
             }};
@@ -646,26 +654,11 @@ impl Store {
         group: GroupKind,
         q: &GroupQuery,
     ) -> Result<Vec<(String, i64)>, StorageError> {
-        let (col, kind) = match group {
-            GroupKind::Alarm => ("alarm_id", "alarm"),
-            GroupKind::Order => ("order_id", "infusion"),
-        };
+        let col = group.column();
         macro_rules! run {
             ($p:expr, $db:ty) => {{
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
-                qb.push(col)
-                    .push(", MIN(event_ms) AS first_ms FROM edge_events WHERE kind = ")
-                    .push_bind(kind)
-                    .push(" AND ")
-                    .push(col)
-                    .push(" IS NOT NULL");
-                if let Some(p) = &q.patient {
-                    qb.push(" AND patient_id = ").push_bind(p.clone());
-                }
-                push_codes!(qb, "code", &q.codes);
-                push_current!(qb, group, q);
-                qb.push(" GROUP BY ").push(col).push(" HAVING 1=1");
-                push_range!(qb, "MIN(event_ms)", q.first);
+                push_groups!(qb, group, q, ", MIN(event_ms) AS first_ms");
                 if let Some((ms, id)) = &q.after {
                     qb.push(" AND (MIN(event_ms) < ")
                         .push_bind(*ms)
@@ -933,6 +926,24 @@ pub enum GroupKind {
     Order,
 }
 
+impl GroupKind {
+    /// The `edge_events` column that names the group.
+    fn column(self) -> &'static str {
+        match self {
+            Self::Alarm => "alarm_id",
+            Self::Order => "order_id",
+        }
+    }
+
+    /// The `edge_events.kind` of the group's events.
+    fn event_kind(self) -> &'static str {
+        match self {
+            Self::Alarm => "alarm",
+            Self::Order => "infusion",
+        }
+    }
+}
+
 // ---- Issue 6: resource versions (migration 0009), for vread and `_history`. ----
 
 const DEVICE_VERSION_COLUMNS: &str = "SELECT device_id, edge_id, kind, manufacturer, model, serial, udi, ward, bed, \
@@ -1031,19 +1042,15 @@ impl Store {
         id: &str,
         limit: Option<u32>,
     ) -> Result<Vec<EventRow>, StorageError> {
-        let (col, kind) = match group {
-            GroupKind::Alarm => ("alarm_id", "alarm"),
-            GroupKind::Order => ("order_id", "infusion"),
-        };
         macro_rules! run {
             ($p:expr, $db:ty) => {{
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new(EVENT_COLUMNS);
                 qb.push(" WHERE ")
-                    .push(col)
+                    .push(group.column())
                     .push(" = ")
                     .push_bind(id)
                     .push(" AND kind = ")
-                    .push_bind(kind)
+                    .push_bind(group.event_kind())
                     .push(" ORDER BY received_at_ms, sequence, edge_id");
                 if let Some(l) = limit {
                     qb.push(" LIMIT ").push_bind(i64::from(l));
