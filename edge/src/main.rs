@@ -14,7 +14,7 @@ use clap::Parser;
 )]
 struct Cli {
     /// TOML config file (see edge/src/config.rs).
-    #[arg(long, required_unless_present = "command")]
+    #[arg(long)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -68,7 +68,7 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let Some(config) = cli.config else {
-        anyhow::bail!("--config is required");
+        anyhow::bail!("--config FILE is required (or the hash-password subcommand)");
     };
     let cfg = wardwatch_edge::EdgeConfig::from_file(&config)?;
     let node = wardwatch_edge::EdgeNode::start(cfg).await?;

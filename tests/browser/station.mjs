@@ -59,6 +59,17 @@ try {
   console.log(`acknowledged ${alarmId} by clicking`);
   const by = await page.locator(`[data-alarm="${alarmId}"]`).innerText().catch(() => "");
   if (by && !by.includes(`ack ${user}`)) fail("acknowledgement does not name the signed-in user: " + by);
+  // A SpO2-scale decision through the page: asks for a reason, recorded for the signed-in user.
+  const scaleBtn = page.locator('button[data-scale][data-to="2"]').first();
+  await scaleBtn.waitFor({ timeout: 10000 });
+  const mrn = await scaleBtn.getAttribute("data-scale");
+  page.once("dialog", (d) => d.accept("COPD, target 88-92 % (browser test)"));
+  const [resp] = await Promise.all([
+    page.waitForResponse((r) => r.url().includes("/spo2-scale"), { timeout: 10000 }),
+    scaleBtn.click(),
+  ]);
+  if (resp.status() !== 200) fail(`SpO2 scale for ${mrn} answered ${resp.status()}`);
+  console.log(`SpO2 scale 2 set for ${mrn}`);
   // Sign out: back to the form, the ward gone.
   await page.click("#signout");
   await page.waitForSelector("#signin:not([hidden])", { timeout: 10000 });

@@ -147,7 +147,24 @@ async fn nurse_station_in_headless_chromium() -> Result<()> {
     let stats = edge.node.station_stats().context("station stats")?;
     assert_eq!(stats.sign_in_failures.load(Ordering::Relaxed), 1);
     assert!(stats.sign_ins.load(Ordering::Relaxed) >= 1);
-    assert!(stats.actions.load(Ordering::Relaxed) >= 1);
+    assert!(stats.actions.load(Ordering::Relaxed) >= 2);
+    // The SpO2-scale decision made in the page reached the cloud, naming the signed-in nurse.
+    let rows = cloud
+        .store
+        .search_events(&wardwatch_cloud::storage::EventQuery {
+            kind: "spo2_scale",
+            limit: 10,
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    match &rows[0].payload {
+        Payload::Spo2Scale(s) => {
+            assert_eq!((s.scale, s.changed_by.as_str()), (2, login.user.as_str()));
+            assert_eq!(s.reason, "COPD, target 88-92 % (browser test)");
+        }
+        other => panic!("not an SpO2-scale event: {other:?}"),
+    }
     edge.stop().await;
     cloud.stop().await;
     Ok(())
