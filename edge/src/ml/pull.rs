@@ -174,6 +174,8 @@ async fn update_one(
 ) -> PullOutcome {
     let running = models.running(&a.name);
     if running.as_ref().is_some_and(|r| r.sha256 == a.sha256) {
+        // The assignment is (again) the model running: an earlier refusal no longer applies.
+        models.clear_refusal(&a.name);
         return PullOutcome::Current;
     }
     let key = (a.name.clone(), a.version.clone(), a.sha256.clone());
@@ -453,4 +455,66 @@ async fn persist(dir: &Path, kind: &str, staged: &Path) -> std::io::Result<()> {
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assigned(ward: &str, version: &str) -> AssignedModel {
+        AssignedModel {
+            ward: ward.into(),
+            name: "m".into(),
+            version: version.into(),
+            sha256: format!("{version}-sha"),
+            size_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn the_newest_assignment_of_the_edges_wards_wins_by_semver_precedence() {
+        let list = vec![
+            assigned("7A", "1.10.0"),
+            assigned("7B", "1.9.0"),
+            assigned("7C", "2.0.0-rc.1"),
+            AssignedModel {
+                name: "other".into(),
+                ..assigned("7A", "9.0.0")
+            },
+        ];
+        let chosen = choose("m", &list).expect("assigned").expect("orderable");
+        assert_eq!(chosen.version, "2.0.0-rc.1");
+        let list = vec![assigned("7A", "1.10.0"), assigned("7B", "1.9.0")];
+        assert_eq!(
+            choose("m", &list).expect("assigned").expect("ok").version,
+            "1.10.0"
+        );
+        assert!(choose("absent", &list).is_none());
+    }
+
+    #[test]
+    fn pull_interval_is_optional_and_range_checked() {
+        let mut c = crate::config::ModelsConfig::new("m".into(), "k".into());
+        assert!(c.validate().is_ok(), "absent: no pulling");
+        c.pull_interval_secs = Some(5);
+        assert!(c.validate().is_err());
+        c.pull_interval_secs = Some(300);
+        assert!(c.validate().is_ok());
+        let parsed: Result<crate::config::ModelsConfig, _> =
+            toml::from_str("dir = 'm'\ntrusted_keys = 'k'\npull_interval = 300\n");
+        assert!(parsed.is_err(), "a misspelt key is refused");
+        let parsed: crate::config::ModelsConfig =
+            toml::from_str("dir = 'm'\ntrusted_keys = 'k'\npull_interval_secs = 300\n")
+                .expect("parses");
+        assert_eq!(parsed.pull_interval_secs, Some(300));
+    }
+
+    #[test]
+    fn an_assignment_that_cannot_be_ordered_is_an_error() {
+        let list = vec![assigned("7A", "1.0.0"), assigned("7B", "latest")];
+        let err = choose("m", &list)
+            .expect("assigned")
+            .expect_err("not SemVer");
+        assert!(err.contains("SemVer"), "{err}");
+    }
 }

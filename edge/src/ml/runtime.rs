@@ -387,6 +387,15 @@ impl EdgeModels {
         }
     }
 
+    /// Clears a recorded refusal for `name` (its assignment is back to the model running).
+    pub fn clear_refusal(&self, name: &str) {
+        if let Some(h) = self.handle(name)
+            && h.slot.current().is_some()
+        {
+            h.set_problem(None);
+        }
+    }
+
     /// Verifies, compiles and swaps in a pulled bundle for `name` (on the blocking pool). The model in service
     /// keeps serving until the swap, and keeps serving if the bundle is refused; the reason is then recorded.
     pub async fn install(
