@@ -8,9 +8,10 @@
 use std::io::Write;
 
 use wardwatch_fhir::{
-    Coding, DeviceRecord, FhirError, IssueCode, IssueSeverity, LOINC, MDC, ObservationComponent,
-    SNOMED, SearchPage, VitalSignRecord, device, operation_outcome, searchset_bundle,
-    vital_sign_observation,
+    Coding, DeviceRecord, FhirError, HistoryPage, IssueCode, IssueSeverity, LOINC, MDC,
+    ObservationComponent, SNOMED, SearchPage, VersionMeta, VitalSignRecord, device, history_bundle,
+    operation_outcome, searchset_bundle, searchset_bundle_with, vital_sign_observation,
+    with_version,
 };
 
 /// 2026-11-23T19:00:00.123Z
@@ -247,11 +248,62 @@ fn samples() -> Result<Vec<serde_json::Value>, FhirError> {
         entries: vec![
             ("https://fhir.example.invalid/Observation/obs-hr-1".to_owned(), out[0].clone()),
             ("https://fhir.example.invalid/Observation/obs-bp-1".to_owned(), out[4].clone()),
-            ("https://fhir.example.invalid/Device/dev-7a-12".to_owned(), monitor),
+            ("https://fhir.example.invalid/Device/dev-7a-12".to_owned(), monitor.clone()),
         ],
         timestamp_unix_ms: T0 + 5_000,
     })?;
     out.push(bundle);
+
+    // Versions: a versioned Device, its history, and a search with the Device included plus a warning.
+    let version = |n: &str, ms: i64| {
+        with_version(
+            monitor.clone(),
+            &VersionMeta {
+                version_id: n,
+                last_updated_unix_ms: Some(ms),
+            },
+        )
+    };
+    let v2 = version("2", T0 + 60_000)?;
+    out.push(v2.clone());
+    out.push(history_bundle(HistoryPage {
+        self_url: "https://fhir.example.invalid/Device/dev-7a-12/_history".to_owned(),
+        next_url: None,
+        total: 2,
+        entries: vec![
+            (
+                "https://fhir.example.invalid/Device/dev-7a-12/_history/2".to_owned(),
+                v2.clone(),
+            ),
+            (
+                "https://fhir.example.invalid/Device/dev-7a-12/_history/1".to_owned(),
+                version("1", T0)?,
+            ),
+        ],
+        timestamp_unix_ms: T0 + 70_000,
+    })?);
+    out.push(searchset_bundle_with(
+        SearchPage {
+            self_url: "https://fhir.example.invalid/Observation?_include=Observation:device"
+                .to_owned(),
+            next_url: None,
+            total: None,
+            entries: vec![(
+                "https://fhir.example.invalid/Observation/obs-hr-1".to_owned(),
+                out[0].clone(),
+            )],
+            timestamp_unix_ms: T0 + 5_000,
+        },
+        vec![(
+            "https://fhir.example.invalid/Device/dev-7a-12".to_owned(),
+            v2,
+        )],
+        Some(operation_outcome(
+            IssueSeverity::Warning,
+            IssueCode::Forbidden,
+            "sample warning about the search",
+        )),
+    )?);
 
     out.push(operation_outcome(
         IssueSeverity::Error,

@@ -989,20 +989,6 @@ impl Store {
         })
     }
 
-    /// One version of a device, `None` when it has no such version.
-    pub async fn device_version(
-        &self,
-        device_id: &str,
-        version: i64,
-    ) -> Result<Option<DeviceRow>, StorageError> {
-        Ok(self
-            .device_versions(device_id, version.checked_add(1), 1)
-            .await?
-            .into_iter()
-            .find(|(v, _)| *v == version)
-            .map(|(_, d)| d))
-    }
-
     /// The current version of each of these devices (one query; devices without versions are left out).
     pub async fn current_device_versions(
         &self,
