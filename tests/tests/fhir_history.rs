@@ -801,6 +801,87 @@ impl Fixture {
     }
 }
 
+/// Device versions stay numbered 1, 2, … without gaps or duplicates when ingest transactions touching the same
+/// device run concurrently (on PostgreSQL they really overlap; the trigger numbers under the row lock), and
+/// each version is newer than the one before: a report that lost the race to a newer one makes no version.
+async fn concurrent_device_reports(f: &Fixture) -> Result<()> {
+    let base = simulated_devices(WARD, 1, 9)
+        .into_iter()
+        .find_map(|e| match e.payload {
+            Payload::Device(d) => Some(d),
+            _ => None,
+        })
+        .context("a simulated device")?;
+    let dev = base.device_id.clone();
+    let t0 = base.reported_at_unix_ms;
+    const N: u64 = 12;
+    let mut tasks = Vec::new();
+    for i in 1..=N {
+        let store = f.cloud.store.clone();
+        let report = device_report(
+            &base,
+            &format!("M-{i}"),
+            OperationalState::On,
+            t0 + i as i64 * 1_000,
+        );
+        tasks.push(tokio::spawn(async move {
+            store.ingest(EDGE, &items(&[report], 1_000 + i)).await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let h = f
+        .ok_history(&format!("Device/{dev}/_history?_count=1000"))
+        .await?;
+    let versions = history_versions(&h)?;
+    let n = versions.len();
+    assert!((1..=N as usize).contains(&n), "{versions:?}");
+    assert_eq!(h["total"].as_u64(), Some(n as u64));
+    let want: Vec<String> = (1..=n).rev().map(|v| v.to_string()).collect();
+    assert_eq!(versions, want, "numbered without gaps or duplicates");
+    let updated: Vec<&str> = h["entry"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter_map(|e| e["resource"]["meta"]["lastUpdated"].as_str())
+        .collect();
+    assert!(
+        updated.windows(2).all(|w| w[0] > w[1]),
+        "each version is newer than the one before: {updated:?}"
+    );
+    let read = f.ok_versioned(&format!("Device/{dev}")).await?;
+    assert_eq!(
+        read["modelNumber"],
+        format!("M-{N}"),
+        "the newest report wins"
+    );
+    assert_eq!(read, h["entry"][0]["resource"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_device_reports_on_sqlite() -> Result<()> {
+    wardwatch::install_crypto();
+    let dir = tempfile::tempdir()?;
+    let f = Fixture::start(dir.path(), None).await?;
+    concurrent_device_reports(&f).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_device_reports_on_postgres() -> Result<()> {
+    wardwatch::install_crypto();
+    let Some(db) = TestDatabase::create("fhir_history_conc").await? else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let f = Fixture::start(dir.path(), Some(db.url.clone())).await?;
+    let result = concurrent_device_reports(&f).await;
+    f.cloud.stop().await;
+    db.drop_now().await?;
+    result
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_and_searches_on_sqlite() -> Result<()> {
     wardwatch::install_crypto();
