@@ -188,6 +188,25 @@ async fn station_sign_in_roles_csrf_and_synced_actions() -> Result<()> {
         "{cookie}"
     );
     assert!(!cookie.contains("Secure"), "{cookie}");
+    // Signing in again from a browser that has a session gives a new one and ends the old one.
+    let again = StationSession::sign_in(&c, &base, NURSE.0, NURSE.1).await?;
+    let r = c
+        .post(format!("{base}api/sign-in"))
+        .header("cookie", &again.cookie)
+        .json(&serde_json::json!({"user": NURSE.0, "password": NURSE.1}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !v.contains(again.cookie.as_str()))
+    );
+    assert_eq!(
+        again.get("api/ward").send().await?.status(),
+        StatusCode::UNAUTHORIZED
+    );
 
     // Signed in: the ward, with the alarm of bed 1.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -531,7 +531,12 @@ async fn sign_in(
             if let Ok(mut t) = st.throttle.lock() {
                 t.success(&u.id, ip);
             }
+            // A new session on every sign-in (no fixation); one this browser already had is ended.
+            let previous = session_cookie_of(&headers).map(str::to_string);
             let opened = st.sessions.lock().map(|mut m| {
+                if let Some(old) = &previous {
+                    m.close(old);
+                }
                 m.prune(now);
                 m.open(&u.id, &u.name, u.role, now)
             });
