@@ -34,6 +34,11 @@ pub struct StationConfig {
     /// TLS certificate and key; absent = plain HTTP, loopback only.
     #[serde(default)]
     pub tls: Option<StationTlsConfig>,
+    /// The `https://host[:port]` origin browsers use when a TLS-terminating reverse proxy on the same host forwards
+    /// to a loopback `listen`: state-changing requests must come from it, and the session cookie is `Secure`.
+    /// Absent: the station's own scheme and `Host`.
+    #[serde(default)]
+    pub public_origin: Option<String>,
     /// The station's users (at least one).
     #[serde(default)]
     pub users: Vec<StationUser>,
@@ -105,6 +110,7 @@ impl StationConfig {
         Self {
             listen,
             tls: None,
+            public_origin: None,
             users,
             session_idle_secs: default_idle(),
             session_max_secs: default_lifetime(),
@@ -127,6 +133,19 @@ impl StationConfig {
             && (t.cert.as_os_str().is_empty() || t.key.as_os_str().is_empty())
         {
             return Err("station.tls.cert and station.tls.key must both be set".into());
+        }
+        if let Some(o) = &self.public_origin {
+            let host = o.strip_prefix("https://").unwrap_or("");
+            if host.is_empty()
+                || o.len() > 255
+                || host.chars().any(|c| {
+                    !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+                })
+            {
+                return Err(format!(
+                    "station.public_origin {o:?} must be https://host[:port] (no path, no trailing slash)"
+                ));
+            }
         }
         if !(1..=43_200).contains(&self.session_idle_secs) {
             return Err("station.session_idle_secs must be 1..=43200".into());
@@ -234,6 +253,31 @@ mod tests {
             key: "k.pem".into(),
         });
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn public_origin_must_be_an_https_origin() {
+        for ok in [
+            "https://ward7a.hospital.example",
+            "https://ward7a:8443",
+            "https://[fd00::1]:443",
+        ] {
+            let mut c = toml_cfg("").unwrap();
+            c.public_origin = Some(ok.into());
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://ward7a",
+            "https://",
+            "https://ward7a/",
+            "https://ward7a/path",
+            "ward7a",
+            "https://a b",
+        ] {
+            let mut c = toml_cfg("").unwrap();
+            c.public_origin = Some(bad.into());
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub struct Station {
     stats: Arc<StationStats>,
     verifying: tokio::sync::Semaphore,
     idle: Duration,
+    public_origin: Option<String>,
 }
 
 impl std::fmt::Debug for Station {
@@ -151,6 +152,7 @@ impl Station {
             stats: Arc::default(),
             verifying: tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
             idle,
+            public_origin: cfg.public_origin.clone(),
         })
     }
 
@@ -162,6 +164,12 @@ impl Station {
     /// Whether the station is served over TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// Whether browsers reach the station over HTTPS (served over TLS, or behind a TLS proxy at `public_origin`):
+    /// the session cookie is then `Secure`.
+    pub fn secure_cookie(&self) -> bool {
+        self.tls.is_some() || self.public_origin.is_some()
     }
 }
 
@@ -347,8 +355,14 @@ fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
 }
 
 /// A state-changing request must come from the station's own page: `Sec-Fetch-Site` (when the browser sends it)
-/// must be `same-origin` or `none`, and `Origin` (when sent) must be this station's scheme and host.
-fn same_origin(headers: &HeaderMap, uri: &Uri, tls: bool) -> Result<(), String> {
+/// must be `same-origin` or `none`, and `Origin` (when sent) must be the station's `public_origin` if configured
+/// (behind a TLS-terminating proxy), else this station's own scheme and host.
+fn same_origin(
+    headers: &HeaderMap,
+    uri: &Uri,
+    tls: bool,
+    public_origin: Option<&str>,
+) -> Result<(), String> {
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("");
         if !matches!(site, "same-origin" | "none") {
@@ -357,9 +371,14 @@ fn same_origin(headers: &HeaderMap, uri: &Uri, tls: bool) -> Result<(), String> 
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
-        let scheme = if tls { "https" } else { "http" };
-        let ok = request_host(headers, uri)
-            .is_some_and(|host| origin.eq_ignore_ascii_case(&format!("{scheme}://{host}")));
+        let ok = match public_origin {
+            Some(p) => origin.eq_ignore_ascii_case(p),
+            None => {
+                let scheme = if tls { "https" } else { "http" };
+                request_host(headers, uri)
+                    .is_some_and(|host| origin.eq_ignore_ascii_case(&format!("{scheme}://{host}")))
+            }
+        };
         if !ok {
             return Err(format!("request from another origin ({origin})"));
         }
@@ -381,7 +400,13 @@ fn check_csrf(
         warn!(route, user = %a.who.user, why = %why, "nurse station request refused: CSRF check");
         err(StatusCode::FORBIDDEN, format!("refused: {why}"))
     };
-    same_origin(headers, uri, s.station.is_tls()).map_err(refuse)?;
+    same_origin(
+        headers,
+        uri,
+        s.station.is_tls(),
+        s.station.public_origin.as_deref(),
+    )
+    .map_err(refuse)?;
     let sent = headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -478,7 +503,7 @@ async fn sign_in(
     body: Bytes,
 ) -> Response {
     let st = &s.station;
-    if let Err(why) = same_origin(&headers, &uri, st.is_tls()) {
+    if let Err(why) = same_origin(&headers, &uri, st.is_tls(), st.public_origin.as_deref()) {
         bump(&st.stats.csrf_refused);
         warn!(peer = %peer, why = %why, "nurse station sign-in refused: CSRF check");
         return err(StatusCode::FORBIDDEN, format!("refused: {why}"));
@@ -546,8 +571,10 @@ async fn sign_in(
             bump(&st.stats.sign_ins);
             info!(peer = %peer, user = %u.id, role = u.role.as_str(), "nurse station sign-in");
             let mut r = Json(session_view(st, &who)).into_response();
-            r.headers_mut()
-                .insert(header::SET_COOKIE, set_cookie(&token, st.is_tls(), false));
+            r.headers_mut().insert(
+                header::SET_COOKIE,
+                set_cookie(&token, st.secure_cookie(), false),
+            );
             r
         }
         _ => {
@@ -582,8 +609,10 @@ async fn sign_out(State(s): State<AppState>, uri: Uri, headers: HeaderMap) -> Re
     bump(&s.station.stats.sign_outs);
     info!(user = %a.who.user, "nurse station sign-out");
     let mut r = Json(serde_json::json!({"signed_out": a.who.user})).into_response();
-    r.headers_mut()
-        .insert(header::SET_COOKIE, set_cookie("", s.station.is_tls(), true));
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie("", s.station.secure_cookie(), true),
+    );
     r
 }
 
@@ -929,13 +958,36 @@ mod tests {
         assert!(c.to_str().unwrap().contains("Max-Age=0"));
     }
 
+    fn direct(h: &HeaderMap, uri: &Uri, tls: bool) -> Result<(), String> {
+        same_origin(h, uri, tls, None)
+    }
+
+    #[test]
+    fn behind_a_tls_proxy_only_the_public_origin_is_accepted() {
+        let uri: Uri = "/api/sign-in".parse().unwrap();
+        let public = Some("https://ward7a.hospital.example");
+        let with = |o: &str| h(&[("host", "127.0.0.1:8080"), ("origin", o)]);
+        assert!(
+            same_origin(
+                &with("https://ward7a.hospital.example"),
+                &uri,
+                false,
+                public
+            )
+            .is_ok()
+        );
+        assert!(same_origin(&with("http://127.0.0.1:8080"), &uri, false, public).is_err());
+        assert!(same_origin(&with("https://evil.example"), &uri, false, public).is_err());
+        assert!(same_origin(&h(&[("sec-fetch-site", "cross-site")]), &uri, false, public).is_err());
+    }
+
     #[test]
     fn same_origin_rules() {
         let uri: Uri = "/api/sign-in".parse().unwrap();
         // No Origin, no Sec-Fetch-Site (a non-browser client): allowed; the CSRF token still applies.
-        assert!(same_origin(&h(&[("host", "127.0.0.1:8080")]), &uri, false).is_ok());
+        assert!(direct(&h(&[("host", "127.0.0.1:8080")]), &uri, false).is_ok());
         assert!(
-            same_origin(
+            direct(
                 &h(&[
                     ("host", "127.0.0.1:8080"),
                     ("origin", "http://127.0.0.1:8080"),
@@ -947,7 +999,7 @@ mod tests {
             .is_ok()
         );
         assert!(
-            same_origin(
+            direct(
                 &h(&[
                     ("host", "127.0.0.1:8080"),
                     ("origin", "http://evil.example")
@@ -958,7 +1010,7 @@ mod tests {
             .is_err()
         );
         assert!(
-            same_origin(
+            direct(
                 &h(&[("host", "127.0.0.1:8080"), ("origin", "null")]),
                 &uri,
                 false
@@ -967,7 +1019,7 @@ mod tests {
         );
         // Scheme must match: an http page may not post to the https station.
         assert!(
-            same_origin(
+            direct(
                 &h(&[("host", "ward:8443"), ("origin", "http://ward:8443")]),
                 &uri,
                 true
@@ -975,7 +1027,7 @@ mod tests {
             .is_err()
         );
         assert!(
-            same_origin(
+            direct(
                 &h(&[("host", "ward:8443"), ("origin", "https://ward:8443")]),
                 &uri,
                 true
@@ -983,7 +1035,7 @@ mod tests {
             .is_ok()
         );
         assert!(
-            same_origin(
+            direct(
                 &h(&[("host", "ward:8443"), ("sec-fetch-site", "cross-site")]),
                 &uri,
                 true
@@ -991,7 +1043,7 @@ mod tests {
             .is_err()
         );
         assert!(
-            same_origin(
+            direct(
                 &h(&[("host", "ward:8443"), ("sec-fetch-site", "same-site")]),
                 &uri,
                 true
@@ -1000,6 +1052,6 @@ mod tests {
         );
         // HTTP/2: no Host header, the authority is in the URI.
         let abs: Uri = "https://ward:8443/api/sign-in".parse().unwrap();
-        assert!(same_origin(&h(&[("origin", "https://ward:8443")]), &abs, true).is_ok());
+        assert!(direct(&h(&[("origin", "https://ward:8443")]), &abs, true).is_ok());
     }
 }
