@@ -174,7 +174,7 @@ async fn feed_heart_rate(edge: &EdgeHandle, key: &str) -> Result<()> {
 
 /// Waits until the cloud serves a FHIR search result (as text) containing `needle`.
 async fn wait_for_fhir(http: &reqwest::Client, token: &str, url: &str, needle: &str) -> Result<()> {
-    wardwatch::wait_until(Duration::from_secs(60), needle, || async {
+    wardwatch::wait_until(Duration::from_secs(120), needle, || async {
         let found = wardwatch::fhir_search_all(http, token, url).await?;
         Ok(found.iter().any(|r| r.to_string().contains(needle)))
     })
@@ -580,6 +580,48 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
     // The 8B assignment never reaches edge-a's models.
     poll_once(&edge.node, &mut refused).await?;
     assert_eq!(predict_with(&edge).await?, "2.0.0");
+
+    // --- The registry lists what it holds and where it is assigned (read scope needed). ---
+    let r = admin
+        .http
+        .get(&admin.base)
+        .bearer_auth(ehr_token)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 403);
+    let listing: serde_json::Value = admin
+        .http
+        .get(&admin.base)
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let versions: Vec<&str> = listing["versions"]
+        .as_array()
+        .context("versions")?
+        .iter()
+        .filter_map(|v| v["version"].as_str())
+        .collect();
+    for v in ["1.0.0", "2.0.0", "3.0.0", "4.0.0", "9.0.0"] {
+        assert!(versions.contains(&v), "{listing}");
+    }
+    let assignments: Vec<(String, String)> = listing["assignments"]
+        .as_array()
+        .context("assignments")?
+        .iter()
+        .map(|a| {
+            (
+                a["ward"].as_str().unwrap_or_default().to_string(),
+                a["version"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        assignments,
+        vec![("7A".into(), "1.0.0".into()), ("8B".into(), "9.0.0".into())]
+    );
 
     // --- Every upload and assignment is audited, refusals included. ---
     assert!(cloud.store.audit_count("ehr-only").await? >= 2);
