@@ -150,7 +150,12 @@ pub(crate) fn authorize(
 }
 
 pub(crate) fn fhir_json(status: StatusCode, body: &serde_json::Value) -> Response {
-    let mut resp = (status, body.to_string()).into_response();
+    fhir_json_text(status, body.to_string())
+}
+
+/// A response with an already serialized FHIR JSON body.
+pub(crate) fn fhir_json_text(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/fhir+json"),
@@ -890,16 +895,17 @@ async fn search_observations(
     };
     let more = rows.len() > search.count as usize;
     rows.truncate(search.count as usize);
-    let mut entries = Vec::with_capacity(rows.len());
-    let mut patients = BTreeSet::new();
-    for r in &rows {
-        patients.insert(r.patient_id.clone());
-        let res = vital_to_observation(r, &state.config.mrn_system)?;
-        entries.push((
-            format!("{}/Observation/{}", state.base_url, observation_id(r)),
-            res,
-        ));
-    }
+    let patients: BTreeSet<String> = rows.iter().map(|r| r.patient_id.clone()).collect();
+    let (rows, entries) = {
+        let (base, mrn_system) = (state.base_url.clone(), state.config.mrn_system.clone());
+        map_off_runtime(rows, move |r| {
+            Ok((
+                format!("{base}/Observation/{}", observation_id(r)),
+                vital_to_observation(r, &mrn_system)?,
+            ))
+        })
+        .await?
+    };
     let link = |extra: Option<Cursor>| {
         let mut params = search.echo.clone();
         if let Some(c) = extra {
@@ -932,8 +938,12 @@ async fn search_observations(
         entries,
         timestamp_unix_ms: wardwatch_proto::now_unix_ms(),
     };
-    let bundle = wardwatch_fhir::searchset_bundle_with(page, included, warning)
-        .map_err(|e| CloudError::Unavailable(e.to_string()))?;
+    let body = render_off_runtime(page.entries.len(), move || {
+        wardwatch_fhir::searchset_bundle_with(page, included, warning)
+            .map(|bundle| bundle.to_string())
+            .map_err(|e| CloudError::Unavailable(e.to_string()))
+    })
+    .await?;
     audit(
         &state,
         &caller,
@@ -944,7 +954,61 @@ async fn search_observations(
         StatusCode::OK,
     )
     .await;
-    Ok(fhir_json(StatusCode::OK, &bundle))
+    Ok(fhir_json_text(StatusCode::OK, body))
+}
+
+/// Pages with at most this many resources are mapped and rendered on the async runtime: each resource costs
+/// tens of µs, and async code should block for at most about 500 µs (ARCHITECTURE.md).
+const INLINE_RESOURCES: usize = 16;
+
+/// Maps `rows` with `f`, keeping their order, and gives the rows back. More than [`INLINE_RESOURCES`] rows are
+/// mapped on the blocking pool, split across the machine's cores (a 24-hour page is about 700 Observations).
+async fn map_off_runtime<T, U, F>(rows: Vec<T>, f: F) -> Result<(Vec<T>, Vec<U>), CloudError>
+where
+    T: Send + Sync + 'static,
+    U: Send + 'static,
+    F: Fn(&T) -> Result<U, CloudError> + Send + Sync + 'static,
+{
+    if rows.len() <= INLINE_RESOURCES {
+        let out = rows.iter().map(&f).collect::<Result<Vec<U>, _>>()?;
+        return Ok((rows, out));
+    }
+    tokio::task::spawn_blocking(move || {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .clamp(1, 4);
+        let chunk = rows.len().div_ceil(threads).max(INLINE_RESOURCES);
+        let map_chunk = |c: &[T]| c.iter().map(&f).collect::<Result<Vec<U>, CloudError>>();
+        let mapped = std::thread::scope(|scope| {
+            let mut chunks = rows.chunks(chunk);
+            let first = chunks.next().unwrap_or(&[]);
+            let others: Vec<_> = chunks.map(|c| scope.spawn(move || map_chunk(c))).collect();
+            let mut out = map_chunk(first)?;
+            for h in others {
+                out.extend(h.join().map_err(|_| {
+                    CloudError::Unavailable("a resource mapping thread panicked".into())
+                })??);
+            }
+            Ok::<_, CloudError>(out)
+        })?;
+        Ok((rows, mapped))
+    })
+    .await
+    .map_err(|e| CloudError::Unavailable(format!("resource mapping task failed: {e}")))?
+}
+
+/// Runs `render` (building and serializing a Bundle of `resources` entries) on the blocking pool when the Bundle
+/// is large, inline otherwise.
+async fn render_off_runtime<F>(resources: usize, render: F) -> Result<String, CloudError>
+where
+    F: FnOnce() -> Result<String, CloudError> + Send + 'static,
+{
+    if resources <= INLINE_RESOURCES {
+        return render();
+    }
+    tokio::task::spawn_blocking(render)
+        .await
+        .map_err(|e| CloudError::Unavailable(format!("bundle rendering task failed: {e}")))?
 }
 
 async fn read_device(
@@ -2430,6 +2494,36 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_pages_are_mapped_off_the_runtime_in_order_and_errors_surface() {
+        // Small pages inline, large ones split across threads: either way the order of the rows is kept.
+        for n in [0usize, 3, INLINE_RESOURCES, INLINE_RESOURCES + 1, 700] {
+            let rows: Vec<usize> = (0..n).collect();
+            let (back, mapped) = map_off_runtime(rows, |r| Ok(r * 2)).await.expect("mapped");
+            assert_eq!(back, (0..n).collect::<Vec<_>>());
+            assert_eq!(
+                mapped,
+                (0..n).map(|r| r * 2).collect::<Vec<_>>(),
+                "{n} rows"
+            );
+        }
+        // One unmappable row in any chunk fails the page with that row's error, not a panic.
+        let err = map_off_runtime((0..700usize).collect(), |r| {
+            if *r == 650 {
+                Err(CloudError::Unavailable("row 650 cannot be mapped".into()))
+            } else {
+                Ok(*r)
+            }
+        })
+        .await
+        .expect_err("a bad row");
+        assert!(err.to_string().contains("row 650"), "{err}");
+        let body = render_off_runtime(500, || Ok("{}".to_string()))
+            .await
+            .expect("rendered");
+        assert_eq!(body, "{}");
+    }
 
     #[test]
     fn fhir_dates_cover_their_precision_and_impossible_dates_are_refused() {
