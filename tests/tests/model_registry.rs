@@ -253,6 +253,8 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
     let mut pulling = models_cfg.clone();
     // The task polls once at start (nothing is assigned yet); the test then polls itself, step by step.
     pulling.pull_interval_secs = Some(3600);
+    // Deterioration rounds every 10 s (the engine's shortest), so the first prediction does not wait a minute.
+    pulling.score_interval_secs = 10;
     ecfg.engine.models = Some(pulling);
     let edge = EdgeHandle::start(ecfg.clone()).await?;
     wardwatch::wait_until(Duration::from_secs(30), "first registry poll", || async {
