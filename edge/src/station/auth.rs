@@ -294,6 +294,7 @@ pub struct Throttle {
     by_addr: HashMap<IpAddr, Failures>,
     max_failures: u32,
     lockout: Duration,
+    by_address: bool,
 }
 
 /// A refusal because of a lockout.
@@ -313,7 +314,15 @@ impl Throttle {
             by_addr: HashMap::new(),
             max_failures: max_failures.max(1),
             lockout,
+            by_address: true,
         }
+    }
+
+    /// No per-address limit: for a station behind a reverse proxy, where every client has the proxy's address
+    /// (a limit on it would let anyone lock the whole ward out). The per-user limit stays.
+    pub fn without_address_limit(mut self) -> Self {
+        self.by_address = false;
+        self
     }
 
     fn locked(f: Option<&Failures>, now: Instant) -> Option<Duration> {
@@ -325,7 +334,7 @@ impl Throttle {
     /// Refuses a sign-in attempt for `user` from `addr` while either is locked. `user` is `None` for an
     /// unknown user id (only the address is checked and counted, so unknown ids do not fill the table).
     pub fn check(&self, user: Option<&str>, addr: IpAddr, now: Instant) -> Result<(), Locked> {
-        if let Some(d) = Self::locked(self.by_addr.get(&addr), now) {
+        if let Some(d) = Self::locked(self.by_addr.get(&addr), now).filter(|_| self.by_address) {
             return Err(Locked {
                 retry_after: d,
                 address: true,
@@ -372,8 +381,10 @@ impl Throttle {
             let f = self.by_user.entry(u.to_string()).or_insert(fresh);
             locked |= Self::bump(f, max, lockout, now);
         }
-        let f = self.by_addr.entry(addr).or_insert(fresh);
-        locked |= Self::bump(f, max.saturating_mul(ADDRESS_FAILURE_FACTOR), lockout, now);
+        if self.by_address {
+            let f = self.by_addr.entry(addr).or_insert(fresh);
+            locked |= Self::bump(f, max.saturating_mul(ADDRESS_FAILURE_FACTOR), lockout, now);
+        }
         locked
     }
 
@@ -557,6 +568,24 @@ mod tests {
         let l = th.check(Some("fresh"), addr, t0).unwrap_err();
         assert!(l.address);
         assert!(th.check(Some("fresh"), other, t0).is_ok());
+    }
+
+    #[test]
+    fn behind_a_proxy_only_user_ids_are_locked() {
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        let mut th = Throttle::new(2, Duration::from_secs(60)).without_address_limit();
+        for i in 0..(2 * ADDRESS_FAILURE_FACTOR * 3) {
+            assert!(
+                !th.failure(None, proxy, t0),
+                "attempt {i} locked the proxy address"
+            );
+        }
+        assert!(th.check(Some("n"), proxy, t0).is_ok());
+        assert!(!th.failure(Some("n"), proxy, t0));
+        assert!(th.failure(Some("n"), proxy, t0));
+        assert!(!th.check(Some("n"), proxy, t0).unwrap_err().address);
+        assert!(th.check(Some("m"), proxy, t0).is_ok());
     }
 
     #[test]

@@ -144,10 +144,18 @@ impl Station {
                 idle,
                 Duration::from_secs(cfg.session_max_secs),
             )),
-            throttle: Mutex::new(auth::Throttle::new(
-                cfg.max_failed_logins,
-                Duration::from_secs(cfg.lockout_secs),
-            )),
+            throttle: Mutex::new({
+                let t = auth::Throttle::new(
+                    cfg.max_failed_logins,
+                    Duration::from_secs(cfg.lockout_secs),
+                );
+                // Behind a proxy every client has the proxy's address: limit user ids only.
+                if cfg.public_origin.is_some() {
+                    t.without_address_limit()
+                } else {
+                    t
+                }
+            }),
             tls,
             stats: Arc::default(),
             verifying: tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
