@@ -11,6 +11,7 @@
 
 mod events;
 mod ledger;
+mod nodelay;
 mod partitions;
 mod postgres;
 mod sqlite;
@@ -403,9 +404,16 @@ impl Store {
             Ok(store)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
+            let port = opts.get_port();
             let pool = PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(10))
+                .after_connect(move |_conn, _meta| {
+                    Box::pin(async move {
+                        nodelay::set_on_connections_to(port);
+                        Ok(())
+                    })
+                })
                 .connect_with(opts)
                 .await?;
             sqlx::migrate!("migrations/postgres").run(&pool).await?;
