@@ -499,27 +499,15 @@ impl EdgeNode {
         } else {
             info!("technical alarm cleared: outbox below near-full threshold");
         }
-        let ward = self
-            .config
-            .wards
-            .first()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        let alarm = Alarm {
-            alarm_id: format!("{}-outbox-near-full", self.config.edge_id),
-            kind: AlarmKind::OutboxNearFull as i32,
-            priority: AlarmPriority::Medium as i32,
-            state: state as i32,
-            patient_id: String::new(),
-            location: Some(BedLocation {
-                ward,
-                bed: String::new(),
-            }),
-            device_id: String::new(),
+        let alarm = technical_alarm(
+            &self.config,
+            "outbox-near-full",
+            AlarmKind::OutboxNearFull,
+            AlarmPriority::Medium,
+            state,
             message,
-            changed_at_unix_ms: now,
-            changed_by: "system".into(),
-        };
+            now,
+        );
         let event = NewEvent {
             idempotency_key: format!(
                 "{}-outbox-near-full-{now}-{}",
@@ -563,6 +551,38 @@ impl EdgeNode {
     }
 }
 
+/// A technical alarm of this edge (no patient; the edge's first ward), `{edge_id}-{id_suffix}`: the outbox nearing
+/// its budget, models that did not load, a refused model update.
+pub(crate) fn technical_alarm(
+    config: &EdgeConfig,
+    id_suffix: &str,
+    kind: AlarmKind,
+    priority: AlarmPriority,
+    state: AlarmState,
+    message: String,
+    now_ms: i64,
+) -> Alarm {
+    Alarm {
+        alarm_id: format!("{}-{id_suffix}", config.edge_id),
+        kind: kind as i32,
+        priority: priority as i32,
+        state: state as i32,
+        patient_id: String::new(),
+        location: Some(BedLocation {
+            ward: config
+                .wards
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            bed: String::new(),
+        }),
+        device_id: String::new(),
+        message,
+        changed_at_unix_ms: now_ms,
+        changed_by: "system".into(),
+    }
+}
+
 /// Records the technical alarm for configured edge models that did not load (LOW priority: NEWS2 and the
 /// threshold alarms do not depend on them). Raised once per start; the status stays visible on the nurse station.
 async fn raise_models_unavailable(
@@ -581,25 +601,15 @@ async fn raise_models_unavailable(
         refused.join("; ")
     );
     warn!(%message, "technical alarm: edge models unavailable");
-    let alarm = Alarm {
-        alarm_id: format!("{}-models-unavailable", config.edge_id),
-        kind: AlarmKind::ModelUnavailable as i32,
-        priority: AlarmPriority::Low as i32,
-        state: AlarmState::Raised as i32,
-        patient_id: String::new(),
-        location: Some(BedLocation {
-            ward: config
-                .wards
-                .first()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            bed: String::new(),
-        }),
-        device_id: String::new(),
+    let alarm = technical_alarm(
+        config,
+        "models-unavailable",
+        AlarmKind::ModelUnavailable,
+        AlarmPriority::Low,
+        AlarmState::Raised,
         message,
-        changed_at_unix_ms: now,
-        changed_by: "system".into(),
-    };
+        now,
+    );
     let event = NewEvent {
         idempotency_key: format!("{}-models-unavailable-{now}", config.edge_id),
         accepted_at_unix_ms: now,

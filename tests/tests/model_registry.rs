@@ -522,6 +522,31 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
     );
     assert_eq!(predict_with(&edge).await?, "2.0.0");
 
+    // --- The ward's assignment back to the model running resolves the refusals: the technical alarm is
+    // cleared (DetectedIssue status final) and nothing is fetched. ---
+    assert_eq!(admin.assign(token, "7A", "2.0.0").await?.0, 200);
+    let fetches = stats.fetches.load(Ordering::Relaxed);
+    let outcomes = poll_once(&edge.node, &mut refused).await?;
+    assert!(
+        matches!(outcomes.as_slice(), [(_, PullOutcome::Current)]),
+        "{outcomes:?}"
+    );
+    assert_eq!(stats.fetches.load(Ordering::Relaxed), fetches);
+    assert!(
+        refused.is_empty(),
+        "refusals of the model forgotten: {refused:?}"
+    );
+    wait_for_fhir(
+        &admin.http,
+        token,
+        &format!(
+            "{}/DetectedIssue?code=model-unavailable&status=final",
+            cloud.fhir_base
+        ),
+        "Model update resolved",
+    )
+    .await?;
+
     // --- An edge cannot see or fetch a model assigned only to another ward. ---
     let (v9_model, v9_manifest) = deterioration_version("9.0.0")?;
     let (status, _) = admin
@@ -622,7 +647,8 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
         .collect();
     assert_eq!(
         assignments,
-        vec![("7A".into(), "1.0.0".into()), ("8B".into(), "9.0.0".into())]
+        vec![("7A".into(), "2.0.0".into()), ("8B".into(), "9.0.0".into())],
+        "7A back on 2.0.0 after the refused downgrade to 1.0.0"
     );
 
     // --- Every upload and assignment is audited, refusals included. ---

@@ -20,7 +20,9 @@
 //! A refused update leaves the old model serving and says so: a `warn` log line, [`super::runtime::PullStats`]
 //! (`refused`, `downgrades_refused`, `last_error`), the model's line in `/api/health` and the ward snapshot
 //! ("still running this model because …"), and a LOW-priority `ALARM_KIND_MODEL_UNAVAILABLE` technical alarm
-//! that syncs to the cloud. A refused (name, version, sha256) is not fetched again until the edge restarts.
+//! that syncs to the cloud. A refused (name, version, sha256) is not fetched again until the edge restarts or the
+//! model runs as assigned again (a newer version installed, or the assignment back to the running model), which
+//! also clears that alarm.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -35,8 +37,7 @@ use wardwatch_proto::v1::edge_event::Payload;
 use wardwatch_proto::v1::model_chunk::Part;
 use wardwatch_proto::v1::model_distribution_client::ModelDistributionClient;
 use wardwatch_proto::v1::{
-    Alarm, AlarmKind, AlarmPriority, AlarmState, AssignedModel, BedLocation, FetchModelRequest,
-    ListAssignedRequest,
+    AlarmKind, AlarmPriority, AlarmState, AssignedModel, FetchModelRequest, ListAssignedRequest,
 };
 
 use super::runtime::{EdgeModels, PULLED_DIR};
@@ -173,9 +174,10 @@ async fn update_one(
     refused: &mut HashSet<(String, String, String)>,
 ) -> PullOutcome {
     let running = models.running(&a.name);
-    if running.as_ref().is_some_and(|r| r.sha256 == a.sha256) {
+    if let Some(r) = running.as_ref().filter(|r| r.sha256 == a.sha256) {
         // The assignment is (again) the model running: an earlier refusal no longer applies.
         models.clear_refusal(&a.name);
+        resolve_refusals(node, refused, &a.name, &r.to_string()).await;
         return PullOutcome::Current;
     }
     let key = (a.name.clone(), a.version.clone(), a.sha256.clone());
@@ -233,6 +235,7 @@ async fn update_one(
                 .note(&models.pull_stats.installed, None::<String>);
             info!(model = %id, previous = ?running.as_ref().map(ToString::to_string), "pulled model installed");
             refresh_engine(node, models);
+            resolve_refusals(node, refused, &a.name, &id.to_string()).await;
             PullOutcome::Installed(id.to_string())
         }
         Err(reason) => {
@@ -266,7 +269,36 @@ async fn refuse(
     );
     warn!(model = name, %reason, %still, "model update refused; the old model keeps running");
     refresh_engine(node, models);
-    raise_update_refused(node, name, &format!("{reason}; {still}")).await;
+    update_alarm(
+        node,
+        name,
+        AlarmState::Raised,
+        format!("Model update refused: {reason}; {still}"),
+    )
+    .await;
+}
+
+/// Once `name` runs what it is assigned (a new version installed, or the assignment back to the model running),
+/// its refused-update technical alarm is cleared and its earlier refusals forgotten: a version refused before is
+/// checked again (and refused again, with a new alarm) only if it is assigned again.
+async fn resolve_refusals(
+    node: &Arc<EdgeNode>,
+    refused: &mut HashSet<(String, String, String)>,
+    name: &str,
+    running: &str,
+) {
+    let before = refused.len();
+    refused.retain(|(n, _, _)| n != name);
+    if refused.len() != before {
+        info!(model = name, %running, "refused model update resolved; technical alarm cleared");
+        update_alarm(
+            node,
+            name,
+            AlarmState::Cleared,
+            format!("Model update resolved: {running} runs as assigned"),
+        )
+        .await;
+    }
 }
 
 /// The engine reads thresholds and model identities from its settings: refresh them after a swap or refusal.
@@ -277,33 +309,22 @@ fn refresh_engine(node: &Arc<EdgeNode>, models: &Arc<EdgeModels>) {
     }
 }
 
-async fn raise_update_refused(node: &Arc<EdgeNode>, name: &str, message: &str) {
+/// Raises or clears the LOW technical alarm of a refused update of `name` (one alarm id per model), synced to
+/// the cloud like every alarm state change.
+async fn update_alarm(node: &Arc<EdgeNode>, name: &str, state: AlarmState, message: String) {
     let cfg = node.config();
     let now = wardwatch_proto::now_unix_ms();
-    let alarm = Alarm {
-        alarm_id: format!("{}-model-update-{name}", cfg.edge_id),
-        kind: AlarmKind::ModelUnavailable as i32,
-        priority: AlarmPriority::Low as i32,
-        state: AlarmState::Raised as i32,
-        patient_id: String::new(),
-        location: Some(BedLocation {
-            ward: cfg
-                .wards
-                .first()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            bed: String::new(),
-        }),
-        device_id: String::new(),
-        message: format!("Model update refused: {message}")
-            .chars()
-            .take(1000)
-            .collect(),
-        changed_at_unix_ms: now,
-        changed_by: "system".into(),
-    };
+    let alarm = crate::node::technical_alarm(
+        cfg,
+        &format!("model-update-{name}"),
+        AlarmKind::ModelUnavailable,
+        AlarmPriority::Low,
+        state,
+        message.chars().take(1000).collect(),
+        now,
+    );
     let event = Incoming {
-        idempotency_key: format!("{}-model-update-{name}-{now}", cfg.edge_id),
+        idempotency_key: format!("{}-model-update-{name}-{now}-{}", cfg.edge_id, state as i32),
         payload: Payload::Alarm(alarm),
     };
     match node.accept(vec![event]).await {
