@@ -1099,39 +1099,60 @@ async fn vread_any(
     );
     let read =
         crate::resources::read_version(&state.store, &state.config, resource_type, id, vid).await;
-    let (status, patients, result) = match read {
+    let result = match read {
         Ok(crate::resources::VersionRead::Found(r)) => {
-            (StatusCode::OK, patients_of(&r).unwrap_or_default(), Ok(r))
+            let patients = patients_of(&r).unwrap_or_default();
+            Ok((r, patients))
         }
-        Ok(crate::resources::VersionRead::NoResource) => (
-            StatusCode::NOT_FOUND,
-            String::new(),
-            Err(CloudError::NotFound(format!(
-                "{resource_type}/{} is not known",
-                id.chars().take(200).collect::<String>()
-            ))),
-        ),
-        Ok(crate::resources::VersionRead::NoVersion(why)) => (
-            StatusCode::NOT_FOUND,
-            String::new(),
-            Err(CloudError::NotFound(why)),
-        ),
-        Err(e) => (e.http_status(), String::new(), Err(e)),
+        Ok(crate::resources::VersionRead::NoResource) => Err(CloudError::NotFound(format!(
+            "{resource_type}/{} is not known",
+            id.chars().take(200).collect::<String>()
+        ))),
+        Ok(crate::resources::VersionRead::NoVersion(why)) => Err(CloudError::NotFound(why)),
+        Err(e) => Err(e),
+    };
+    audited_read(
+        state,
+        &caller,
+        resource_type,
+        &shown,
+        result,
+        Some("version read"),
+    )
+    .await
+}
+
+/// Answers a read-like request (read, vread, instance history): audits it as a `read` of `shown` with the
+/// patients the answer names (none on an error, with the error's status), then returns the resource or the
+/// error, logging the refusal as `refused` when given.
+async fn audited_read(
+    state: &ApiState,
+    caller: &Caller,
+    resource_type: &'static str,
+    shown: &str,
+    result: Result<(serde_json::Value, String), CloudError>,
+    refused: Option<&str>,
+) -> Result<Response, CloudError> {
+    let (status, patients) = match &result {
+        Ok((_, p)) => (StatusCode::OK, p.clone()),
+        Err(e) => (e.http_status(), String::new()),
     };
     audit(
         state,
-        &caller,
+        caller,
         "read",
         resource_type,
-        &shown,
+        shown,
         patients,
         status,
     )
     .await;
     match result {
-        Ok(r) => Ok(fhir_json(StatusCode::OK, &r)),
+        Ok((resource, _)) => Ok(fhir_json(StatusCode::OK, &resource)),
         Err(e) => {
-            tracing::info!(resource = resource_type, id = %shown, error = %e, "version read refused");
+            if let Some(what) = refused {
+                tracing::info!(resource = resource_type, id = %shown, error = %e, "{what} refused");
+            }
             Err(e)
         }
     }
@@ -1174,27 +1195,15 @@ async fn history_any(
     let caller = authorize(state, headers, remote, resource_type)?;
     let shown = format!("{}/_history", id.chars().take(200).collect::<String>());
     let result = history_bundle_of(state, resource_type, id, raw).await;
-    let (status, patients) = match &result {
-        Ok((_, p)) => (StatusCode::OK, p.clone()),
-        Err(e) => (e.http_status(), String::new()),
-    };
-    audit(
+    audited_read(
         state,
         &caller,
-        "read",
         resource_type,
         &shown,
-        patients,
-        status,
+        result,
+        Some("history"),
     )
-    .await;
-    match result {
-        Ok((bundle, _)) => Ok(fhir_json(StatusCode::OK, &bundle)),
-        Err(e) => {
-            tracing::info!(resource = resource_type, id = %shown, error = %e, "history refused");
-            Err(e)
-        }
-    }
+    .await
 }
 
 async fn history_bundle_of(
@@ -1276,41 +1285,19 @@ async fn read_any(
 ) -> Result<Response, CloudError> {
     let caller = authorize(state, headers, remote, resource_type)?;
     let shown: String = id.chars().take(200).collect();
-    let found =
+    let result =
         match crate::resources::read_resource(&state.store, &state.config, resource_type, id).await
         {
-            Ok(f) => f,
-            Err(e) => {
-                audit(
-                    state,
-                    &caller,
-                    "read",
-                    resource_type,
-                    &shown,
-                    String::new(),
-                    e.http_status(),
-                )
-                .await;
-                return Err(e);
+            Ok(Some(r)) => {
+                let patients = patients_of(&r).unwrap_or_default();
+                Ok((r, patients))
             }
+            Ok(None) => Err(CloudError::NotFound(format!(
+                "{resource_type}/{shown} is not known"
+            ))),
+            Err(e) => Err(e),
         };
-    let (status, patients) = match &found {
-        Some(r) => (StatusCode::OK, patients_of(r).unwrap_or_default()),
-        None => (StatusCode::NOT_FOUND, String::new()),
-    };
-    audit(
-        state,
-        &caller,
-        "read",
-        resource_type,
-        &shown,
-        patients,
-        status,
-    )
-    .await;
-    let resource = found
-        .ok_or_else(|| CloudError::NotFound(format!("{resource_type}/{shown} is not known")))?;
-    Ok(fhir_json(StatusCode::OK, &resource))
+    audited_read(state, &caller, resource_type, &shown, result, None).await
 }
 
 /// A search route for `resource_type`.
