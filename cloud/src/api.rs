@@ -345,19 +345,7 @@ fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, Clou
                     s.codes.push(parse_code(token)?);
                 }
             }
-            "_count" => {
-                let n: u32 = v.parse().map_err(|_| {
-                    CloudError::InvalidArgument(format!(
-                        "_count must be a whole number 1..={MAX_COUNT}, got {v:?}"
-                    ))
-                })?;
-                if n == 0 || n > MAX_COUNT {
-                    return Err(CloudError::InvalidArgument(format!(
-                        "_count must be 1..={MAX_COUNT}, got {n}"
-                    )));
-                }
-                s.count = n;
-            }
+            "_count" => s.count = parse_count(&v)?,
             "_cursor" => {
                 let c = Cursor::parse(&v).ok_or_else(|| {
                     CloudError::InvalidArgument(format!(
@@ -1494,14 +1482,19 @@ fn unsupported(resource_type: &str, name: &str) -> CloudError {
 }
 
 fn parse_count(v: &str) -> Result<u32, CloudError> {
+    parse_bounded("_count", v, MAX_COUNT)
+}
+
+/// A whole-number parameter `name` in `1..=max` (`_count`, `$lastn`'s `max`), or a 400 saying what it must be.
+pub(crate) fn parse_bounded(name: &str, v: &str, max: u32) -> Result<u32, CloudError> {
     let n: u32 = v.parse().map_err(|_| {
         CloudError::InvalidArgument(format!(
-            "_count must be a whole number 1..={MAX_COUNT}, got {v:?}"
+            "{name} must be a whole number 1..={max}, got {v:?}"
         ))
     })?;
-    if n == 0 || n > MAX_COUNT {
+    if n == 0 || n > max {
         return Err(CloudError::InvalidArgument(format!(
-            "_count must be 1..={MAX_COUNT}, got {n}"
+            "{name} must be 1..={max}, got {n}"
         )));
     }
     Ok(n)

@@ -70,19 +70,7 @@ pub fn parse_lastn(raw: Option<&str>) -> Result<LastN, CloudError> {
                     codes.push(parse_code(token)?);
                 }
             }
-            "max" => {
-                let n: u32 = v.parse().map_err(|_| {
-                    CloudError::InvalidArgument(format!(
-                        "max must be a whole number 1..={MAX_PER_CODE}, got {v:?}"
-                    ))
-                })?;
-                if n == 0 || n > MAX_PER_CODE {
-                    return Err(CloudError::InvalidArgument(format!(
-                        "max must be 1..={MAX_PER_CODE}, got {n}"
-                    )));
-                }
-                max = Some(n);
-            }
+            "max" => max = Some(crate::api::parse_bounded("max", &v, MAX_PER_CODE)?),
             other => {
                 return Err(CloudError::InvalidArgument(format!(
                     "$lastn parameter {other:?} is not supported (supported: patient, subject, category, code, max)"
