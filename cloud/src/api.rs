@@ -11,7 +11,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use wardwatch_fhir::{Coding, DeviceRecord, ObservationComponent, SearchPage, VitalSignRecord};
+use wardwatch_fhir::{
+    Coding, DeviceRecord, DeviceReference, ObservationComponent, SearchPage, VitalSignRecord,
+};
 use wardwatch_proto::ids::{DeviceId, EdgeId, PatientId};
 use wardwatch_proto::metrics;
 use wardwatch_proto::v1::{AlarmPriority, DeviceKind, OperationalState, QualityFlag};
@@ -168,7 +170,8 @@ pub(crate) fn fhir_json_text(status: StatusCode, body: String) -> Response {
 struct ObservationSearch {
     patient: Option<String>,
     codes: Vec<CodeFilter>,
-    device: Option<String>,
+    /// `device`: the Device (MDS, VMD or channel) or DeviceMetric named, resolved when the search runs.
+    device: Option<DeviceTarget>,
     /// `date` bounds on effectiveDateTime, all of them combined.
     measured: TimeRange,
     /// `_lastUpdated` bounds.
@@ -178,8 +181,8 @@ struct ObservationSearch {
     no_match: bool,
     /// `_summary=count`: the total only.
     count_only: bool,
-    /// `_include=Observation:device`.
-    include_device: bool,
+    /// `_include=Observation:device` and `_include:iterate=DeviceMetric:source`.
+    include: IncludeSpec,
     count: u32,
     cursor: Option<Cursor>,
     /// The parameters to repeat in the `next` link (everything but `_cursor`).
@@ -358,10 +361,7 @@ fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, Clou
             "date" => s.measured.intersect(parse_date_param("date", &v)?),
             "_lastUpdated" => s.received.intersect(parse_date_param("_lastUpdated", &v)?),
             "device" => {
-                let id = v.strip_prefix("Device/").unwrap_or(&v);
-                let id = DeviceId::new(id)
-                    .map_err(|e| CloudError::InvalidArgument(format!("device: {e}")))?;
-                if s.device.replace(id.to_string()).is_some() {
+                if s.device.replace(DeviceTarget::parse(&v)?).is_some() {
                     return Err(CloudError::InvalidArgument(
                         "device given more than once".into(),
                     ));
@@ -400,30 +400,193 @@ fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, Clou
                 }
                 s.count_only = true;
             }
-            "_include" => s.include_device |= parse_include(&v)?,
+            "_include" | "_include:iterate" => s.include.parse(&k, &v)?,
             other => {
                 if let Some(e) = explicitly_unsupported(other) {
                     return Err(e);
                 }
                 return Err(CloudError::NotSupported(format!(
                     "search parameter {other:?} is not supported on Observation (supported: patient, subject, code, \
-                     date, device, category, _lastUpdated, _sort, _summary=count, _include=Observation:device, _count)"
+                     date, device, category, _lastUpdated, _sort, _summary=count, _include=Observation:device, \
+                     _include:iterate=DeviceMetric:source, _count)"
                 )));
             }
         }
         s.echo.push((k, v));
     }
+    s.include.check()?;
     Ok(s)
 }
 
-/// `_include` on Observation: only `Observation:device` (optionally `:Device`) is served.
-fn parse_include(v: &str) -> Result<bool, CloudError> {
-    match v {
-        "Observation:device" | "Observation:device:Device" => Ok(true),
-        other => Err(CloudError::NotSupported(format!(
-            "_include={other} is not supported (supported: Observation:device)"
-        ))),
+/// What an Observation search's `device` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DeviceTarget {
+    /// `Device/<id>`: an MDS (all of the device's Observations), or a VMD or channel (those of its metrics).
+    Device(String),
+    /// `DeviceMetric/<id>`: that metric's Observations.
+    Metric(String),
+}
+
+impl DeviceTarget {
+    /// `Device/<id>`, `DeviceMetric/<id>`, or a bare id: a device id (no `.`) or a VMD or channel id
+    /// (`<device>.vmd-<group>`, `<device>.chan-<group>`) is a Device, any other id with a `.` a DeviceMetric.
+    fn parse(v: &str) -> Result<Self, CloudError> {
+        let (explicit, id) = if let Some(id) = v.strip_prefix("DeviceMetric/") {
+            (Some(true), id)
+        } else if let Some(id) = v.strip_prefix("Device/") {
+            (Some(false), id)
+        } else {
+            (None, v)
+        };
+        if !crate::resources::is_fhir_id(id) {
+            return Err(CloudError::InvalidArgument(format!(
+                "device {:?} is not Device/<id>, DeviceMetric/<id> or a FHIR id",
+                v.chars().take(100).collect::<String>()
+            )));
+        }
+        let metric = explicit.unwrap_or_else(|| {
+            id.contains('.') && !matches!(crate::resources::parse_device_id(id), Some((_, Some(_))))
+        });
+        Ok(if metric {
+            Self::Metric(id.to_string())
+        } else {
+            Self::Device(id.to_string())
+        })
     }
+}
+
+/// Resolves an Observation search's `device` against the stored channels into the device id and codes to
+/// search (the codes of the named metrics that the `code` filters, if any, also allow). `None`: nothing can
+/// match.
+async fn resolve_device_target(
+    state: &ApiState,
+    target: &DeviceTarget,
+    codes: &[CodeFilter],
+) -> Result<Option<(String, Vec<CodeFilter>)>, CloudError> {
+    let restrict = |device: String, metrics: Vec<i64>| {
+        let kept: Vec<CodeFilter> = metrics
+            .into_iter()
+            .filter(|m| {
+                codes.is_empty()
+                    || codes.iter().any(|c| match c {
+                        CodeFilter::Mdc(x) => x == m,
+                        CodeFilter::Loinc(l) => u32::try_from(*m)
+                            .ok()
+                            .and_then(metrics::by_mdc)
+                            .is_some_and(|x| x.loinc == l),
+                    })
+            })
+            .map(CodeFilter::Mdc)
+            .collect();
+        (!kept.is_empty()).then_some((device, kept))
+    };
+    match target {
+        DeviceTarget::Device(id) => match crate::resources::parse_device_id(id) {
+            None => Ok(None),
+            Some((part, None)) => Ok(Some((part.to_string(), codes.to_vec()))),
+            Some((part, Some(component))) => {
+                let found =
+                    crate::resources::resolve_device_part(&state.store, part, &id[part.len()..])
+                        .await?;
+                Ok(found.and_then(|(device, channels)| {
+                    let metrics = channels
+                        .iter()
+                        .filter(|c| {
+                            wardwatch_fhir::containment::group_of(
+                                u32::try_from(c.metric_mdc).unwrap_or(0),
+                            )
+                            .key == component.group().key
+                        })
+                        .map(|c| c.metric_mdc)
+                        .collect();
+                    restrict(device, metrics)
+                }))
+            }
+        },
+        DeviceTarget::Metric(id) => {
+            let Some((part, code)) = id.split_once('.') else {
+                return Ok(None);
+            };
+            let Ok(code) = code.parse::<i64>() else {
+                return Ok(None);
+            };
+            let suffix = &id[part.len()..];
+            // A device's own id needs no stored channel (Observations stored before its channel row still
+            // name it); a shortened one is looked up.
+            let device = match DeviceId::new(part) {
+                Ok(d) if crate::resources::tree_device_part(d.as_str(), suffix) == part => {
+                    Some(d.to_string())
+                }
+                _ => crate::resources::resolve_device_part(&state.store, part, suffix)
+                    .await?
+                    .map(|(d, _)| d),
+            };
+            Ok(device
+                .filter(|d| crate::resources::metric_id(d, code) == *id)
+                .and_then(|d| restrict(d, vec![code])))
+        }
+    }
+}
+
+/// `_include=Observation:device` (the DeviceMetrics the Observations reference) and
+/// `_include:iterate=DeviceMetric:source` (their MDS Devices too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct IncludeSpec {
+    metrics: bool,
+    sources: bool,
+}
+
+impl IncludeSpec {
+    fn parse(&mut self, key: &str, v: &str) -> Result<(), CloudError> {
+        match (key, v) {
+            ("_include", "Observation:device" | "Observation:device:DeviceMetric") => {
+                self.metrics = true;
+            }
+            ("_include:iterate", "DeviceMetric:source" | "DeviceMetric:source:Device") => {
+                self.sources = true;
+            }
+            ("_include", "Observation:device:Device") => {
+                return Err(CloudError::NotSupported(
+                    "_include=Observation:device:Device would include nothing: Observation.device references the \
+                     DeviceMetric that measured it; use _include=Observation:device (DeviceMetrics) and \
+                     _include:iterate=DeviceMetric:source (their Devices)"
+                        .into(),
+                ));
+            }
+            ("_include", "DeviceMetric:source" | "DeviceMetric:source:Device") => {
+                return Err(CloudError::NotSupported(
+                    "DeviceMetric:source applies to included DeviceMetrics: use _include:iterate=DeviceMetric:source \
+                     together with _include=Observation:device"
+                        .into(),
+                ));
+            }
+            (k, other) => {
+                return Err(CloudError::NotSupported(format!(
+                    "{k}={other} is not supported (supported: _include=Observation:device, \
+                     _include:iterate=DeviceMetric:source)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The iterate include needs the DeviceMetrics it iterates on.
+    fn check(&self) -> Result<(), CloudError> {
+        if self.sources && !self.metrics {
+            return Err(CloudError::InvalidArgument(
+                "_include:iterate=DeviceMetric:source needs _include=Observation:device (it includes the source \
+                 Devices of the included DeviceMetrics)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The caller's scopes for what `_include` may add: DeviceMetric and Device (each `Err` when not granted).
+struct IncludeScopes {
+    metric: Result<Caller, CloudError>,
+    device: Result<Caller, CloudError>,
 }
 
 /// Search parameters EHRs commonly send that Wardwatch refuses with a specific reason (never ignored).
@@ -443,48 +606,87 @@ fn explicitly_unsupported(name: &str) -> Option<CloudError> {
     }
 }
 
-/// `_include=Observation:device`: the current version of each Device the page's resources reference, once
-/// each, as `(fullUrl, resource)`. A caller whose scopes do not cover Device gets none of them and a warning
-/// OperationOutcome instead (the Observations are still returned); a referenced device the cloud has no
-/// DeviceInfo for cannot be included.
-async fn included_devices(
+/// `_include=Observation:device`: the current version of each DeviceMetric the page's Observations reference,
+/// once each; with `_include:iterate=DeviceMetric:source`, also the current version of each of their source
+/// Devices (the MDS). A caller whose scopes do not cover DeviceMetric (or Device) gets none of those and one
+/// warning OperationOutcome instead (the Observations are still returned).
+async fn included_resources(
     state: &ApiState,
     resources: &[&serde_json::Value],
-    device_scope: &Result<Caller, CloudError>,
+    include: IncludeSpec,
+    scopes: &IncludeScopes,
 ) -> Result<(Vec<(String, serde_json::Value)>, Option<serde_json::Value>), CloudError> {
-    if let Err(e) = device_scope {
-        tracing::info!(error = %e, "_include=Observation:device omitted: no Device scope");
-        return Ok((
-            Vec::new(),
-            Some(wardwatch_fhir::operation_outcome(
-                wardwatch_fhir::IssueSeverity::Warning,
-                wardwatch_fhir::IssueCode::Forbidden,
-                &format!(
-                    "_include=Observation:device: the referenced Devices are omitted because the client may not \
-                     read Device ({e}); the Observations are complete"
-                ),
-            )),
-        ));
+    let mut out = Vec::new();
+    let mut omitted = Vec::new();
+    if !include.metrics {
+        return Ok((out, None));
     }
-    let ids: BTreeSet<String> = resources
-        .iter()
-        .filter_map(|r| {
-            r.get("device")?
-                .get("reference")?
-                .as_str()?
-                .strip_prefix("Device/")
-                .map(str::to_string)
-        })
-        .collect();
-    let ids: Vec<String> = ids.into_iter().collect();
-    let mut out = Vec::with_capacity(ids.len());
-    for (v, row) in state.store.current_device_versions(&ids).await? {
-        out.push((
-            format!("{}/Device/{}", state.base_url, row.device_id),
-            device_to_fhir(&row, v, &state.config.device_id_system)?,
-        ));
+    let referenced = |rs: &[&serde_json::Value], element: &str, prefix: &str| -> BTreeSet<String> {
+        rs.iter()
+            .filter_map(|r| {
+                r.get(element)?
+                    .get("reference")?
+                    .as_str()?
+                    .strip_prefix(prefix)
+                    .map(str::to_string)
+            })
+            .collect()
+    };
+    match &scopes.metric {
+        Err(e) => {
+            tracing::info!(error = %e, "_include=Observation:device omitted: no DeviceMetric scope");
+            omitted.push(format!(
+                "the referenced DeviceMetrics are omitted because the client may not read DeviceMetric ({e})"
+            ));
+        }
+        Ok(_) => {
+            for id in referenced(resources, "device", "DeviceMetric/") {
+                if let Some(m) = crate::resources::read_resource(
+                    &state.store,
+                    &state.config,
+                    "DeviceMetric",
+                    &id,
+                )
+                .await?
+                {
+                    out.push((format!("{}/DeviceMetric/{id}", state.base_url), m));
+                }
+            }
+        }
     }
-    Ok((out, None))
+    if include.sources {
+        match &scopes.device {
+            Err(e) => {
+                tracing::info!(error = %e, "_include:iterate=DeviceMetric:source omitted: no Device scope");
+                omitted.push(format!(
+                    "the DeviceMetrics' source Devices are omitted because the client may not read Device ({e})"
+                ));
+            }
+            Ok(_) => {
+                let metrics: Vec<&serde_json::Value> = out.iter().map(|(_, r)| r).collect();
+                let ids: Vec<String> = referenced(&metrics, "source", "Device/")
+                    .into_iter()
+                    .collect();
+                for (v, row) in state.store.current_device_versions(&ids).await? {
+                    out.push((
+                        format!("{}/Device/{}", state.base_url, row.device_id),
+                        device_to_fhir(&row, v, &state.config.device_id_system)?,
+                    ));
+                }
+            }
+        }
+    }
+    let warning = (!omitted.is_empty()).then(|| {
+        wardwatch_fhir::operation_outcome(
+            wardwatch_fhir::IssueSeverity::Warning,
+            wardwatch_fhir::IssueCode::Forbidden,
+            &format!(
+                "_include: {}; the Observations are complete",
+                omitted.join("; ")
+            ),
+        )
+    });
+    Ok((out, warning))
 }
 
 pub(crate) fn parse_code(token: &str) -> Result<CodeFilter, CloudError> {
@@ -592,11 +794,14 @@ pub fn vital_to_observation(
         metrics::ValueKind::Numeric => row.value,
         _ => None,
     };
+    // The measuring DeviceMetric (Point-of-Care Device shape), `<device>.<MDC code>`.
+    let measured_by = (!row.device_id.is_empty())
+        .then(|| crate::resources::metric_id(&row.device_id, row.metric_mdc));
     let record = VitalSignRecord {
         id: &id,
         patient_system: mrn_system,
         patient_id: &row.patient_id,
-        device_id: Some(&row.device_id),
+        device: measured_by.as_deref().map(DeviceReference::DeviceMetric),
         code: [
             Coding {
                 system: wardwatch_fhir::LOINC,
@@ -637,6 +842,30 @@ pub fn vital_to_observation(
     )
 }
 
+/// The `urn:wardwatch:device-kind` code of a stored `DeviceKind` value (`None` when unspecified).
+pub fn device_kind_code(kind: i64) -> Option<&'static str> {
+    match DeviceKind::try_from(i32::try_from(kind).unwrap_or(0)).ok()? {
+        DeviceKind::BedsideMonitor => Some("bedside-monitor"),
+        DeviceKind::Wearable => Some("wearable"),
+        DeviceKind::DripMonitor => Some("drip-monitor"),
+        DeviceKind::InfusionPump => Some("infusion-pump"),
+        DeviceKind::Unspecified => None,
+    }
+}
+
+/// `Device.status` and the operational-status text of a stored `OperationalState` value.
+pub fn device_status(state: i64) -> (&'static str, &'static str) {
+    let state = OperationalState::try_from(i32::try_from(state).unwrap_or(0))
+        .unwrap_or(OperationalState::Unspecified);
+    match state {
+        OperationalState::On => ("active", "on"),
+        OperationalState::Off => ("inactive", "off"),
+        OperationalState::Standby => ("active", "standby"),
+        OperationalState::NotReporting => ("unknown", "not-reporting"),
+        OperationalState::Unspecified => ("unknown", "unknown"),
+    }
+}
+
 /// Maps one version of a stored device (migration 0009's `device_versions`) to a FHIR Device.
 pub fn device_to_fhir(
     row: &DeviceRow,
@@ -645,24 +874,18 @@ pub fn device_to_fhir(
 ) -> Result<serde_json::Value, CloudError> {
     let kind = DeviceKind::try_from(i32::try_from(row.kind).unwrap_or(0))
         .unwrap_or(DeviceKind::Unspecified);
-    let (kind_display, kind_mdc) = match kind {
-        // MDC_DEV_ANALY_SAT_O2_MDS-style codes are not asserted here; only display text is given for kinds
-        // without a verified code.
-        DeviceKind::BedsideMonitor => ("Multi-parameter bedside monitor", None),
-        DeviceKind::Wearable => ("Wearable vital-signs monitor", None),
-        DeviceKind::DripMonitor => ("Drip rate monitor", None),
-        DeviceKind::InfusionPump => ("Infusion pump", None),
-        DeviceKind::Unspecified => ("Medical device", None),
+    let kind_display = match kind {
+        DeviceKind::BedsideMonitor => "Multi-parameter bedside monitor",
+        DeviceKind::Wearable => "Wearable vital-signs monitor",
+        DeviceKind::DripMonitor => "Drip rate monitor",
+        DeviceKind::InfusionPump => "Infusion pump",
+        DeviceKind::Unspecified => "Medical device",
     };
-    let state = OperationalState::try_from(i32::try_from(row.state).unwrap_or(0))
-        .unwrap_or(OperationalState::Unspecified);
-    let (status, operational) = match state {
-        OperationalState::On => ("active", "on"),
-        OperationalState::Off => ("inactive", "off"),
-        OperationalState::Standby => ("active", "standby"),
-        OperationalState::NotReporting => ("unknown", "not-reporting"),
-        OperationalState::Unspecified => ("unknown", "unknown"),
-    };
+    // The MDS's MDC device type where the containment table has one for this kind.
+    let kind_mdc = device_kind_code(row.kind)
+        .and_then(wardwatch_fhir::containment::mds_type)
+        .map(|t| (t.code, t.reference_id));
+    let (status, operational) = device_status(row.state);
     let location = format!("Ward {}, bed {}", row.ward, row.bed);
     let loc_id = crate::resources::location_id(&row.ward, &row.bed);
     fn opt(s: &str) -> Option<&str> {
@@ -753,8 +976,11 @@ async fn search_observations(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, CloudError> {
     let caller = authorize(&state, &headers, remote.as_deref(), "Observation")?;
-    // Only consulted for `_include=Observation:device`.
-    let device_scope = authorize(&state, &headers, remote.as_deref(), "Device");
+    // Only consulted for `_include=Observation:device` and `_include:iterate=DeviceMetric:source`.
+    let scopes = IncludeScopes {
+        metric: authorize(&state, &headers, remote.as_deref(), "DeviceMetric"),
+        device: authorize(&state, &headers, remote.as_deref(), "Device"),
+    };
     let query_text = raw.clone().unwrap_or_default();
     // NEWS2 scores and infusion measurements are Observations too, stored as events (issue 6).
     let family = match observation_family(raw.as_deref()) {
@@ -774,8 +1000,7 @@ async fn search_observations(
         }
     };
     if let Some(family) = family {
-        return match search_event_observations(&state, family, raw.as_deref(), &device_scope).await
-        {
+        return match search_event_observations(&state, family, raw.as_deref(), &scopes).await {
             Ok((bundle, patients)) => {
                 audit(
                     &state,
@@ -820,10 +1045,18 @@ async fn search_observations(
             return Err(e);
         }
     };
+    // `device` narrows to one device and, for a VMD, channel or DeviceMetric, to its metrics.
+    let (device, codes, device_no_match) = match &search.device {
+        None => (None, search.codes.clone(), false),
+        Some(t) => match resolve_device_target(&state, t, &search.codes).await? {
+            Some((d, codes)) => (Some(d), codes, false),
+            None => (None, search.codes.clone(), true),
+        },
+    };
     let mut q = VitalQuery {
         patient: search.patient.clone(),
-        codes: search.codes.clone(),
-        device: search.device.clone(),
+        codes,
+        device,
         measured: search.measured,
         received: search.received,
         sort: search.sort,
@@ -843,6 +1076,7 @@ async fn search_observations(
         }
     }
     let empty = search.no_match
+        || device_no_match
         || matches!((q.measured.from_ms, q.measured.before_ms), (Some(f), Some(b)) if f >= b)
         || matches!((q.received.from_ms, q.received.before_ms), (Some(f), Some(b)) if f >= b);
     if search.count_only {
@@ -902,11 +1136,9 @@ async fn search_observations(
         let qs = serde_urlencoded::to_string(&params).unwrap_or_default();
         format!("{}/Observation?{qs}", state.base_url)
     };
-    let (included, warning) = if search.include_device {
+    let (included, warning) = {
         let resources: Vec<&serde_json::Value> = entries.iter().map(|(_, r)| r).collect();
-        included_devices(&state, &resources, &device_scope).await?
-    } else {
-        (Vec::new(), None)
+        included_resources(&state, &resources, search.include, &scopes).await?
     };
     let page = SearchPage {
         self_url: link(search.cursor),
@@ -1006,8 +1238,14 @@ async fn read_device(
     Path(id): Path<String>,
 ) -> Result<Response, CloudError> {
     authorize(&state, &headers, remote.as_deref(), "Device")?;
-    let id = DeviceId::new(id).map_err(|e| CloudError::InvalidArgument(e.to_string()))?;
-    read_any(&state, &headers, remote.as_deref(), "Device", id.as_str()).await
+    // A device id (the MDS) or a VMD or channel id, `<device>.vmd-<group>` / `<device>.chan-<group>`.
+    if !crate::resources::is_fhir_id(&id) {
+        return Err(CloudError::InvalidArgument(format!(
+            "Device id {:?} is not a FHIR id ([A-Za-z0-9-.]{{1,64}})",
+            id.chars().take(100).collect::<String>()
+        )));
+    }
+    read_any(&state, &headers, remote.as_deref(), "Device", &id).await
 }
 
 // ---- Issue 6: reads and searches of the device-mapping resources, and /metadata. ----
@@ -1355,7 +1593,11 @@ const SEARCH_PARAMS: &[(&str, &[ParamDoc])] = &[
                 "vital-signs (default family), survey (NEWS2) or therapy (infusion measurements)",
             ),
             ("date", "date", "effectiveDateTime with eq/ge/gt/le/lt"),
-            ("device", "reference", "Device id (vital signs only)"),
+            (
+                "device",
+                "reference",
+                "Vital signs only: Device/<device> (all its Observations), Device/<VMD or channel id> (those of its metrics), DeviceMetric/<id> (that metric's); a bare id is a Device when it has no '.' or is a VMD/channel id, else a DeviceMetric",
+            ),
             (
                 "_lastUpdated",
                 "date",
@@ -1435,7 +1677,12 @@ const SEARCH_PARAMS: &[(&str, &[ParamDoc])] = &[
             (
                 "type",
                 "token",
-                "urn:wardwatch:device-kind|bedside-monitor, wearable, drip-monitor or infusion-pump",
+                "urn:wardwatch:device-kind|bedside-monitor, wearable, drip-monitor or infusion-pump (MDS), or an MDC device type urn:iso:std:iso:11073:10101|<code>: an MDS code (69965, 69985) or a VMD or channel code (e.g. 69642 MDC_DEV_ANALY_SAT_O2_VMD)",
+            ),
+            (
+                "parent",
+                "reference",
+                "Device/<id>: the VMDs of an MDS, the channel of a VMD",
             ),
             ("_summary", "special", "count: the total only"),
         ],
@@ -1940,9 +2187,72 @@ fn device_kind_value(code: &str) -> Option<i64> {
 }
 
 async fn search_devices(state: &ApiState, params: &Params) -> Result<Found, CloudError> {
+    use crate::resources::Component;
+    use wardwatch_fhir::containment::DeviceTypeMatch;
     let mut q = crate::storage::DeviceQuery::default();
+    // VMD/channel criteria: `parent`, or an MDC `type` naming a VMD or channel.
+    let mut parent: Option<String> = None;
+    let mut components: Vec<Component> = Vec::new();
+    let mut mds_criteria = false;
     for (k, v) in &params.pairs {
         match k.as_str() {
+            "parent" => {
+                let id = v.strip_prefix("Device/").unwrap_or(v);
+                if !crate::resources::is_fhir_id(id) || parent.replace(id.to_string()).is_some() {
+                    return Err(CloudError::InvalidArgument(format!(
+                        "parent {v:?} is not one Device/<id>"
+                    )));
+                }
+            }
+            "type" => {
+                for t in v.split(',') {
+                    let (sys, code) = t.split_once('|').unwrap_or(("", t));
+                    if sys == wardwatch_fhir::MDC
+                        || (sys.is_empty() && code.bytes().all(|b| b.is_ascii_digit()))
+                    {
+                        let n: u32 = code.parse().map_err(|_| {
+                            CloudError::InvalidArgument(format!("type {t:?} is not an MDC code"))
+                        })?;
+                        let matches = wardwatch_fhir::containment::device_type_matches(n);
+                        if matches.is_empty() {
+                            return Err(CloudError::InvalidArgument(format!(
+                                "type {t:?} is no MDC device type this server assigns (MDS 69965, 69985; \
+                                 VMDs and channels: see docs/fhir-mapping.md)"
+                            )));
+                        }
+                        for m in matches {
+                            match m {
+                                DeviceTypeMatch::Mds(kind) => {
+                                    mds_criteria = true;
+                                    q.kinds.push(device_kind_value(kind).ok_or_else(|| {
+                                        CloudError::Unavailable(format!("device kind {kind}"))
+                                    })?);
+                                }
+                                DeviceTypeMatch::Vmd(g) => components.push(Component::Vmd(g)),
+                                DeviceTypeMatch::Channel(g) => {
+                                    components.push(Component::Channel(g));
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    let code = match (sys, code) {
+                        ("urn:wardwatch:device-kind" | "", c) => c,
+                        (sys, _) => {
+                            return Err(CloudError::NotSupported(format!(
+                                "type system {sys:?} is not supported on Device (use urn:wardwatch:device-kind or {})",
+                                wardwatch_fhir::MDC
+                            )));
+                        }
+                    };
+                    mds_criteria = true;
+                    q.kinds.push(device_kind_value(code).ok_or_else(|| {
+                        CloudError::InvalidArgument(format!(
+                            "type {code:?} is not one of bedside-monitor, wearable, drip-monitor, infusion-pump"
+                        ))
+                    })?);
+                }
+            }
             "patient" => parse_patient(k, v, &mut q.patient)?,
             "location" => {
                 let id = v.strip_prefix("Location/").unwrap_or(v);
@@ -1955,27 +2265,17 @@ async fn search_devices(state: &ApiState, params: &Params) -> Result<Found, Clou
                 q.ward = Some(ward.to_string());
                 q.bed = (!bed.is_empty()).then(|| bed.to_string());
             }
-            "type" => {
-                for t in v.split(',') {
-                    let code = match t.split_once('|') {
-                        Some(("urn:wardwatch:device-kind" | "", c)) => c,
-                        Some((sys, _)) => {
-                            return Err(CloudError::NotSupported(format!(
-                                "type system {sys:?} is not supported on Device (use urn:wardwatch:device-kind)"
-                            )));
-                        }
-                        None => t,
-                    };
-                    q.kinds.push(device_kind_value(code).ok_or_else(|| {
-                        CloudError::InvalidArgument(format!(
-                            "type {code:?} is not one of bedside-monitor, wearable, drip-monitor, infusion-pump"
-                        ))
-                    })?);
-                }
-            }
             "_count" | "_summary" => {}
             other => return Err(unsupported("Device", other)),
         }
+    }
+    if parent.is_some() || !components.is_empty() {
+        // VMDs and channels have no patient, location or device kind of their own (the MDS has them).
+        let mds_only = mds_criteria || q.patient.is_some() || q.ward.is_some();
+        if mds_only {
+            return Ok(empty_found(params));
+        }
+        return search_device_components(state, params, parent.as_deref(), &components).await;
     }
     if params.count_only {
         // Devices number in the thousands at most: count them by walking the keyset pages.
@@ -2012,6 +2312,142 @@ async fn search_devices(state: &ApiState, params: &Params) -> Result<Found, Clou
             device_to_fhir(r, *v, &state.config.device_id_system)?,
         ));
     }
+    Ok(Page { entries, next }.into())
+}
+
+/// An empty result (a page, or a count of 0).
+fn empty_found(params: &Params) -> Found {
+    if params.count_only {
+        Found::Count(0)
+    } else {
+        Page {
+            entries: Vec::new(),
+            next: None,
+        }
+        .into()
+    }
+}
+
+/// `Device?parent=` and `Device?type=<MDC VMD or channel code>`: the VMD and channel Devices of the containment
+/// trees, in (device, table order) order, paged by the cursor `<device>~<rank>`.
+async fn search_device_components(
+    state: &ApiState,
+    params: &Params,
+    parent: Option<&str>,
+    wanted: &[crate::resources::Component],
+) -> Result<Found, CloudError> {
+    use crate::resources::Component;
+    let after: Option<(String, usize)> = match &params.cursor {
+        Some(c) => {
+            let (d, r) = c.rsplit_once('~').ok_or_else(|| bad_cursor(c))?;
+            let r: usize = r.parse().map_err(|_| bad_cursor(c))?;
+            Some((DeviceId::new(d).map_err(|_| bad_cursor(c))?.to_string(), r))
+        }
+        None => None,
+    };
+    let limit = if params.count_only {
+        usize::MAX
+    } else {
+        params.count as usize
+    };
+    // The devices to look at, in order, and which of their components qualify.
+    let (devices, level_of_parent): (Vec<String>, Option<Option<Component>>) = match parent {
+        Some(p) => {
+            let Some((part, component)) = crate::resources::parse_device_id(p) else {
+                return Ok(empty_found(params));
+            };
+            let found =
+                crate::resources::resolve_device_part(&state.store, part, &p[part.len()..]).await?;
+            match found {
+                Some((d, _)) => (vec![d], Some(component)),
+                None => return Ok(empty_found(params)),
+            }
+        }
+        None => {
+            let mut metrics: Vec<i64> = wanted
+                .iter()
+                .flat_map(|c| c.group().metrics.iter().map(|m| i64::from(*m)))
+                .collect();
+            metrics.sort_unstable();
+            metrics.dedup();
+            let mut devices = Vec::new();
+            let mut from = after.as_ref().map(|(d, _)| {
+                // Start at the cursor's device itself (it may have more components after the rank).
+                let mut before = d.clone();
+                before.pop();
+                before
+            });
+            loop {
+                let page = state
+                    .store
+                    .devices_with_metrics(&metrics, from.as_deref(), MAX_COUNT)
+                    .await?;
+                let full = page.len() == MAX_COUNT as usize;
+                from = page.last().cloned();
+                devices.extend(
+                    page.into_iter()
+                        .filter(|d| after.as_ref().is_none_or(|(ad, _)| d >= ad)),
+                );
+                if !full || devices.len() > limit.saturating_add(1) {
+                    break;
+                }
+            }
+            (devices, None)
+        }
+    };
+    let mut out: Vec<(String, usize, serde_json::Value)> = Vec::new();
+    let mut more = false;
+    'devices: for d in &devices {
+        let channels = state.store.device_channels(d).await?;
+        let row = state.store.device(d).await?;
+        for (component, cs) in crate::resources::components_of(&channels) {
+            let qualifies = match level_of_parent {
+                // Children of an MDS are its VMDs; of a VMD, its channel; a channel has none.
+                Some(None) => matches!(component, Component::Vmd(_)),
+                Some(Some(Component::Vmd(g))) => component == Component::Channel(g),
+                Some(Some(Component::Channel(_))) => false,
+                None => true,
+            } && (wanted.is_empty() || wanted.contains(&component));
+            if !qualifies {
+                continue;
+            }
+            if let Some((ad, ar)) = &after
+                && d == ad
+                && component.rank() <= *ar
+            {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break 'devices;
+            }
+            let res = if params.count_only {
+                serde_json::Value::Null
+            } else {
+                crate::resources::component_to_fhir(d, component, &cs, row.as_ref())?
+            };
+            out.push((d.clone(), component.rank(), res));
+        }
+    }
+    if params.count_only {
+        return Ok(Found::Count(out.len() as u64));
+    }
+    let next = if more {
+        out.last().map(|(d, r, _)| format!("{d}~{r}"))
+    } else {
+        None
+    };
+    let entries = out
+        .into_iter()
+        .map(|(_, _, res)| {
+            let id = res
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            (id, res)
+        })
+        .collect();
     Ok(Page { entries, next }.into())
 }
 
@@ -2212,7 +2648,7 @@ async fn search_event_observations(
     state: &ApiState,
     family: &'static str,
     raw: Option<&str>,
-    device_scope: &Result<Caller, CloudError>,
+    scopes: &IncludeScopes,
 ) -> Result<(serde_json::Value, String), CloudError> {
     let params = split_params(raw)?;
     let mut q = crate::storage::EventQuery {
@@ -2229,7 +2665,7 @@ async fn search_event_observations(
         ..Default::default()
     };
     let mut suffixes: Vec<&'static str> = Vec::new();
-    let mut include_device = false;
+    let mut include = IncludeSpec::default();
     for (k, v) in &params.pairs {
         match k.as_str() {
             "patient" | "subject" => parse_patient(k, v, &mut q.patient)?,
@@ -2245,13 +2681,13 @@ async fn search_event_observations(
             }
             "_count" => {}
             "_summary" if v == "count" => {}
-            "_include" => include_device |= parse_include(v)?,
+            "_include" | "_include:iterate" => include.parse(k, v)?,
             other => {
                 if let Some(e) = explicitly_unsupported(other) {
                     return Err(e);
                 }
                 return Err(CloudError::NotSupported(format!(
-                    "search parameter {other:?} is not supported on {} Observations (supported: patient, subject, code, category, date, _summary=count, _include=Observation:device, _count)",
+                    "search parameter {other:?} is not supported on {} Observations (supported: patient, subject, code, category, date, _summary=count, _include=Observation:device, _include:iterate=DeviceMetric:source, _count)",
                     if family == "news2" {
                         "NEWS2"
                     } else {
@@ -2261,6 +2697,7 @@ async fn search_event_observations(
             }
         }
     }
+    include.check()?;
     if params
         .pairs
         .iter()
@@ -2313,11 +2750,9 @@ async fn search_event_observations(
             }
         }
     }
-    let (included, warning) = if include_device {
+    let (included, warning) = {
         let resources: Vec<&serde_json::Value> = entries.iter().map(|(_, r)| r).collect();
-        included_devices(state, &resources, device_scope).await?
-    } else {
-        (Vec::new(), None)
+        included_resources(state, &resources, include, scopes).await?
     };
     page_bundle(
         state,
@@ -2357,7 +2792,7 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
         let (profiles, doc): (Vec<&str>, &str) = match *t {
             "Observation" => (
                 vec![wardwatch_fhir::VITAL_SIGNS_PROFILE],
-                "Vital signs (vital-signs profile), NEWS2 scores (survey) and infusion measurements (therapy); ids <edge>.<sequence>[.rate|.infused|.remaining]; one version each. _include=Observation:device adds the referenced Devices (omitted, with a warning OperationOutcome, when the client may not read Device); _revinclude is refused. encounter is not supported: edges send no encounter with their data.",
+                "Vital signs (vital-signs profile), NEWS2 scores (survey) and infusion measurements (therapy); ids <edge>.<sequence>[.rate|.infused|.remaining]; one version each. device references the measuring DeviceMetric. _include=Observation:device adds the referenced DeviceMetrics and _include:iterate=DeviceMetric:source their MDS Devices (each omitted, with a warning OperationOutcome, when the client may not read that type); _revinclude is refused. encounter is not supported: edges send no encounter with their data.",
             ),
             "DetectedIssue" => (
                 Vec::new(),
@@ -2369,11 +2804,11 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
             ),
             "Device" => (
                 Vec::new(),
-                "One version per DeviceInfo report that changed the device (history kept since migration 0009)",
+                "Point-of-Care Device containment tree: Device/<device> is the MDS (MDC type 69965 or 69985 where the kind has one; one version per DeviceInfo report that changed it, history kept since migration 0009); Device/<device>.vmd-<group> and Device/<device>.chan-<group> are its VMDs and channels (Device.parent; derived from the metrics it reports: only the current version is known, a content digest). A search without parent or an MDC VMD/channel type returns MDS Devices only.",
             ),
             "DeviceMetric" => (
                 Vec::new(),
-                "Derived from the channel's latest sighting and the device's state: only the current version is known (its versionId is a content digest)",
+                "One per metric a device reports, id <device>.<MDC code>: source the MDS Device, parent its channel Device. Derived from the channel's latest sighting and the device's state: only the current version is known (its versionId is a content digest)",
             ),
             "RiskAssessment" => (
                 Vec::new(),
@@ -2401,7 +2836,7 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
             documentation: doc,
             versioned: true,
             search_include: if *t == "Observation" {
-                vec!["Observation:device"]
+                vec!["Observation:device", "DeviceMetric:source"]
             } else {
                 Vec::new()
             },
@@ -2664,22 +3099,77 @@ mod tests {
     }
 
     #[test]
+    fn observation_device_names_a_device_or_a_metric() {
+        let t = |v: &str| DeviceTarget::parse(v).unwrap();
+        assert_eq!(
+            t("Device/mon-7A-1"),
+            DeviceTarget::Device("mon-7A-1".into())
+        );
+        assert_eq!(t("mon-7A-1"), DeviceTarget::Device("mon-7A-1".into()));
+        assert_eq!(
+            t("mon-7A-1.vmd-spo2"),
+            DeviceTarget::Device("mon-7A-1.vmd-spo2".into())
+        );
+        assert_eq!(
+            t("Device/mon-7A-1.chan-nibp"),
+            DeviceTarget::Device("mon-7A-1.chan-nibp".into())
+        );
+        assert_eq!(
+            t("DeviceMetric/mon-7A-1.150456"),
+            DeviceTarget::Metric("mon-7A-1.150456".into())
+        );
+        assert_eq!(
+            t("mon-7A-1.150456"),
+            DeviceTarget::Metric("mon-7A-1.150456".into())
+        );
+        for bad in ["Device/a b", "", "Patient/x", &"x".repeat(65)] {
+            assert!(
+                matches!(
+                    DeviceTarget::parse(bad),
+                    Err(CloudError::InvalidArgument(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn include_history_and_explicit_refusals_are_parsed() {
         let s = parse_observation_search(Some("patient=A&_include=Observation:device")).unwrap();
-        assert!(s.include_device);
+        assert_eq!(
+            s.include,
+            IncludeSpec {
+                metrics: true,
+                sources: false
+            }
+        );
         assert!(
             s.echo
                 .iter()
                 .any(|(k, v)| k == "_include" && v == "Observation:device"),
             "next links keep the _include"
         );
+        let both = parse_observation_search(Some(
+            "_include=Observation:device:DeviceMetric&_include:iterate=DeviceMetric:source",
+        ))
+        .unwrap();
+        assert!(both.include.metrics && both.include.sources);
         assert!(
-            parse_observation_search(Some("_include=Observation:device:Device"))
-                .unwrap()
-                .include_device
+            both.echo
+                .iter()
+                .any(|(k, v)| k == "_include:iterate" && v == "DeviceMetric:source")
         );
-        assert!(!parse_observation_search(None).unwrap().include_device);
+        assert_eq!(
+            parse_observation_search(None).unwrap().include,
+            IncludeSpec::default()
+        );
+        assert!(matches!(
+            parse_observation_search(Some("_include:iterate=DeviceMetric:source")),
+            Err(CloudError::InvalidArgument(_))
+        ));
         for bad in [
+            "_include=DeviceMetric:source",
+            "_include=Observation:device:Device",
             "_include=Observation:subject",
             "_include=*",
             "_revinclude=Provenance:target",

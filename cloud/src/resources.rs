@@ -11,13 +11,16 @@
 //! - `RiskAssessment/<edge>.<sequence>` and `Provenance/<edge>.<sequence>`: a model prediction.
 //! - `DetectedIssue/<alarm id>`: an alarm, versioned by its state changes ([`alarm_resource_id`]).
 //! - `MedicationAdministration/<order id>`: the infusion of one medication order.
-//! - `Device/<device id>`, `DeviceMetric/<device id>.<MDC code>`.
+//! - `Device/<device id>` (the MDS), `Device/<device id>.vmd-<group>` and `Device/<device id>.chan-<group>` (its
+//!   VMDs and channels, [`wardwatch_fhir::containment`]), `DeviceMetric/<device id>.<MDC code>`; the device part
+//!   is shortened for long device ids ([`tree_device_part`]).
 //! - `Location/<ward>` and `Location/<ward>.<bed>`.
 
+use wardwatch_fhir::containment::{self, MetricGroup};
 use wardwatch_fhir::{
-    AlarmChange, AlarmRecord, Coding, DeviceMetricRecord, InfusionObservationRecord,
-    LocationRecord, MedicationAdministrationRecord, ModelProvenanceRecord, News2Parameter,
-    News2Record, RiskAssessmentRecord,
+    AlarmChange, AlarmRecord, Coding, DeviceComponentRecord, DeviceMetricRecord, DeviceReference,
+    InfusionObservationRecord, LocationRecord, MedicationAdministrationRecord,
+    ModelProvenanceRecord, News2Parameter, News2Record, RiskAssessmentRecord,
 };
 use wardwatch_proto::ids::{DeviceId, EdgeId};
 use wardwatch_proto::metrics;
@@ -29,7 +32,7 @@ use wardwatch_proto::v1::{
 use crate::config::ApiConfig;
 use crate::error::CloudError;
 use crate::storage::{
-    ChannelRow, EventRow, GroupKind, INFUSION_INFUSED_MDC, INFUSION_RATE_MDC,
+    ChannelRow, DeviceRow, EventRow, GroupKind, INFUSION_INFUSED_MDC, INFUSION_RATE_MDC,
     INFUSION_REMAINING_MDC, OrderSummary, Store, alarm_kind_code, alarm_state_code,
     infusion_state_code,
 };
@@ -103,6 +106,188 @@ pub fn location_id(ward: &str, bed: &str) -> Option<String> {
         return None;
     };
     is_fhir_id(&id).then_some(id)
+}
+
+// ---- The containment tree's ids (docs/fhir-mapping.md, "Point-of-Care Device shape"). ----
+
+/// Characters of a long device id kept in a shortened device part.
+const SHORT_PREFIX: usize = 36;
+
+/// The device part of a containment-tree id `<device part><suffix>` (VMD, channel, DeviceMetric): the device
+/// id itself when the whole id fits FHIR's 64 characters, else its first 36 characters, `-` and 12 hex digits
+/// of its SHA-256 (49 characters, so any suffix up to 15 characters fits). Device ids never contain `.`, so
+/// the first `.` of a tree id always ends the device part.
+pub fn tree_device_part(device_id: &str, suffix: &str) -> String {
+    if device_id.len() + suffix.len() <= 64 {
+        return device_id.to_string();
+    }
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(device_id.as_bytes());
+    let prefix: String = device_id.chars().take(SHORT_PREFIX).collect();
+    format!("{prefix}-{}", &hex::encode(&d[..6]))
+}
+
+fn tree_id(device_id: &str, suffix: &str) -> String {
+    format!("{}{suffix}", tree_device_part(device_id, suffix))
+}
+
+/// `Device` id of a device's VMD for `group`: `<device>.vmd-<key>`.
+pub fn vmd_id(device_id: &str, group: &MetricGroup) -> String {
+    tree_id(device_id, &format!(".vmd-{}", group.key))
+}
+
+/// `Device` id of a device's channel for `group`: `<device>.chan-<key>`.
+pub fn channel_id(device_id: &str, group: &MetricGroup) -> String {
+    tree_id(device_id, &format!(".chan-{}", group.key))
+}
+
+/// `DeviceMetric` id of one metric of a device: `<device>.<MDC code>`.
+pub fn metric_id(device_id: &str, metric_mdc: i64) -> String {
+    tree_id(device_id, &format!(".{metric_mdc}"))
+}
+
+/// A level of the containment tree below the MDS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// The VMD of a group.
+    Vmd(&'static MetricGroup),
+    /// The channel of a group.
+    Channel(&'static MetricGroup),
+}
+
+impl Component {
+    /// The group.
+    pub fn group(self) -> &'static MetricGroup {
+        match self {
+            Self::Vmd(g) | Self::Channel(g) => g,
+        }
+    }
+
+    /// The `Device` id of this component of `device_id`.
+    pub fn id(self, device_id: &str) -> String {
+        match self {
+            Self::Vmd(g) => vmd_id(device_id, g),
+            Self::Channel(g) => channel_id(device_id, g),
+        }
+    }
+
+    /// Listing order within a device: each group's VMD, then its channel, in table order.
+    pub fn rank(self) -> usize {
+        match self {
+            Self::Vmd(g) => 2 * g.rank(),
+            Self::Channel(g) => 2 * g.rank() + 1,
+        }
+    }
+}
+
+/// A `Device` id split into its device part and, for a VMD or channel, which one; `None` if it cannot be
+/// one of ours.
+pub fn parse_device_id(id: &str) -> Option<(&str, Option<Component>)> {
+    if !is_fhir_id(id) {
+        return None;
+    }
+    let Some((part, rest)) = id.split_once('.') else {
+        return Some((id, None));
+    };
+    let component = if let Some(key) = rest.strip_prefix("vmd-") {
+        Component::Vmd(containment::group_by_key(key)?)
+    } else if let Some(key) = rest.strip_prefix("chan-") {
+        Component::Channel(containment::group_by_key(key)?)
+    } else {
+        return None;
+    };
+    Some((part, Some(component)))
+}
+
+/// The device a tree id's device part names (`suffix` is the rest of the id, `.` included): the device
+/// itself when it has channels, else the long device whose shortened part this is. `None` when no device
+/// with channels matches.
+pub async fn resolve_device_part(
+    store: &Store,
+    part: &str,
+    suffix: &str,
+) -> Result<Option<(String, Vec<ChannelRow>)>, CloudError> {
+    if let Ok(d) = DeviceId::new(part)
+        && tree_device_part(d.as_str(), suffix) == part
+    {
+        let channels = store.device_channels(d.as_str()).await?;
+        if !channels.is_empty() {
+            return Ok(Some((d.to_string(), channels)));
+        }
+    }
+    if part.len() != SHORT_PREFIX + 13 || !part.is_ascii() {
+        return Ok(None);
+    }
+    for candidate in store
+        .channel_devices_with_prefix(&part[..SHORT_PREFIX])
+        .await?
+    {
+        if tree_device_part(&candidate, suffix) == part {
+            let channels = store.device_channels(&candidate).await?;
+            return Ok(Some((candidate, channels)));
+        }
+    }
+    Ok(None)
+}
+
+/// The VMDs and channels a device's channels make, in listing order, each with its channels.
+pub fn components_of(channels: &[ChannelRow]) -> Vec<(Component, Vec<&ChannelRow>)> {
+    let mut groups: std::collections::BTreeMap<usize, (&'static MetricGroup, Vec<&ChannelRow>)> =
+        std::collections::BTreeMap::new();
+    for c in channels {
+        let g = containment::group_of(u32::try_from(c.metric_mdc).unwrap_or(0));
+        groups.entry(g.rank()).or_insert((g, Vec::new())).1.push(c);
+    }
+    let mut out = Vec::with_capacity(groups.len() * 2);
+    for (g, cs) in groups.into_values() {
+        out.push((Component::Vmd(g), cs.clone()));
+        out.push((Component::Channel(g), cs));
+    }
+    out
+}
+
+/// A VMD or channel `Device` of `device_id` (current version only: derived from the channels' latest
+/// sightings and the device's state, which are updated in place; the version is a content digest).
+pub fn component_to_fhir(
+    device_id: &str,
+    component: Component,
+    channels: &[&ChannelRow],
+    device: Option<&DeviceRow>,
+) -> Result<serde_json::Value, CloudError> {
+    let id = component.id(device_id);
+    let group = component.group();
+    let kind = device.and_then(|d| crate::api::device_kind_code(d.kind));
+    let (mdc, text, parent) = match component {
+        Component::Vmd(g) => (
+            g.vmd_type(kind),
+            g.display.to_string(),
+            device_id.to_string(),
+        ),
+        Component::Channel(g) => (
+            g.channel_type(kind),
+            format!("{} channel", g.display),
+            vmd_id(device_id, group),
+        ),
+    };
+    let code = mdc.map(|t| t.code.to_string());
+    let status = device.map_or("unknown", |d| crate::api::device_status(d.state).0);
+    let last = channels.iter().map(|c| c.last_seen_ms).max().unwrap_or(0);
+    let rec = DeviceComponentRecord {
+        id: &id,
+        type_code: mdc.zip(code.as_deref()).map(|(t, code)| Coding {
+            system: wardwatch_fhir::MDC,
+            code,
+            display: t.reference_id,
+        }),
+        type_text: &text,
+        parent_id: &parent,
+        status,
+        last_updated_unix_ms: last,
+    };
+    let res = wardwatch_fhir::device_component(&rec)
+        .map_err(|e| unmappable(&format!("Device {id}"), e))?;
+    let version = content_version(&res);
+    stamp_version(res, &version, None)
 }
 
 fn unmappable(what: &str, e: impl std::fmt::Display) -> CloudError {
@@ -204,34 +389,57 @@ pub async fn read_resource(
             }
         }
         "Device" => {
-            let Ok(id) = DeviceId::new(id) else {
+            let Some((part, component)) = parse_device_id(id) else {
                 return Ok(None);
             };
-            match store.device_versions(id.as_str(), None, 1).await?.first() {
-                Some((version, row)) => Ok(Some(crate::api::device_to_fhir(
-                    row,
-                    *version,
-                    &cfg.device_id_system,
-                )?)),
+            let Some(component) = component else {
+                let Ok(id) = DeviceId::new(id) else {
+                    return Ok(None);
+                };
+                return match store.device_versions(id.as_str(), None, 1).await?.first() {
+                    Some((version, row)) => Ok(Some(crate::api::device_to_fhir(
+                        row,
+                        *version,
+                        &cfg.device_id_system,
+                    )?)),
+                    None => Ok(None),
+                };
+            };
+            let suffix = &id[part.len()..];
+            let Some((device, channels)) = resolve_device_part(store, part, suffix).await? else {
+                return Ok(None);
+            };
+            let row = store.device(&device).await?;
+            let found = components_of(&channels)
+                .into_iter()
+                .find(|(c, _)| *c == component);
+            match found {
+                Some((c, cs)) => Ok(Some(component_to_fhir(&device, c, &cs, row.as_ref())?)),
                 None => Ok(None),
             }
         }
         "DeviceMetric" => {
-            let Some((device, mdc)) = id.rsplit_once('.') else {
+            if !is_fhir_id(id) {
+                return Ok(None);
+            }
+            let Some((part, mdc)) = id.split_once('.') else {
                 return Ok(None);
             };
-            let (Ok(device), Ok(mdc)) = (DeviceId::new(device), mdc.parse::<i64>()) else {
+            let Ok(mdc) = mdc.parse::<i64>() else {
                 return Ok(None);
             };
-            let channel = store
-                .device_channels(device.as_str())
-                .await?
-                .into_iter()
-                .find(|c| c.metric_mdc == mdc);
-            let Some(channel) = channel else {
+            let Some((device, channels)) =
+                resolve_device_part(store, part, &id[part.len()..]).await?
+            else {
                 return Ok(None);
             };
-            let state = store.device(device.as_str()).await?.map(|d| d.state);
+            let Some(channel) = channels.into_iter().find(|c| c.metric_mdc == mdc) else {
+                return Ok(None);
+            };
+            if metric_id(&device, mdc) != id {
+                return Ok(None);
+            }
+            let state = store.device(&device).await?.map(|d| d.state);
             Ok(Some(channel_to_fhir(&channel, state)?))
         }
         "Location" => {
@@ -276,6 +484,15 @@ pub fn versioning(resource_type: &str) -> Option<Versioning> {
         "Device" | "DetectedIssue" | "MedicationAdministration" => Some(Versioning::Kept),
         _ => None,
     }
+}
+
+/// How the resource `resource_type/id` is versioned: as its type, except that a VMD or channel `Device`
+/// (derived, like a DeviceMetric) has only its current version.
+pub fn versioning_of(resource_type: &str, id: &str) -> Option<Versioning> {
+    if resource_type == "Device" && id.contains('.') {
+        return Some(Versioning::CurrentOnly);
+    }
+    versioning(resource_type)
 }
 
 /// The outcome of a version read.
@@ -327,7 +544,8 @@ pub async fn read_version(
             vid.chars().take(64).collect::<String>()
         ))
     };
-    match versioning(resource_type) {
+    let versioned = versioning_of(resource_type, id);
+    match versioned {
         None => Err(CloudError::NotSupported(format!(
             "resource type {resource_type:?} is not served (served: {})",
             READABLE_TYPES.join(", ")
@@ -339,7 +557,7 @@ pub async fn read_version(
             let have = version_of(&current).unwrap_or_default().to_string();
             if have == vid {
                 Ok(VersionRead::Found(current))
-            } else if versioning(resource_type) == Some(Versioning::Single) {
+            } else if versioned == Some(Versioning::Single) {
                 Ok(no_version(format!(
                     "it is made from immutable data and has exactly one version, {have:?}"
                 )))
@@ -386,7 +604,7 @@ pub async fn read_history(
         },
         next_before: None,
     };
-    match (resource_type, versioning(resource_type)) {
+    match (resource_type, versioning_of(resource_type, id)) {
         (_, None) => Err(CloudError::NotSupported(format!(
             "resource type {resource_type:?} is not served (served: {})",
             READABLE_TYPES.join(", ")
@@ -697,11 +915,12 @@ pub fn infusion_observation_to_fhir(
     };
     let code = mdc.to_string();
     let lineage = lineage_uri(&ev.edge_id, ev.sequence);
+    let metric = metric_id(&i.device_id, i64::from(mdc));
     let rec = InfusionObservationRecord {
         id: &id,
         patient_system: &cfg.mrn_system,
         patient_id: &i.patient_id,
-        device_id: &i.device_id,
+        device: DeviceReference::DeviceMetric(&metric),
         code: vec![Coding {
             system: wardwatch_fhir::MDC,
             code: &code,
@@ -842,8 +1061,9 @@ pub fn channel_to_fhir(
     c: &ChannelRow,
     device_state: Option<i64>,
 ) -> Result<serde_json::Value, CloudError> {
-    let id = format!("{}.{}", c.device_id, c.metric_mdc);
+    let id = metric_id(&c.device_id, c.metric_mdc);
     let mdc = u32::try_from(c.metric_mdc).unwrap_or(0);
+    let parent = channel_id(&c.device_id, containment::group_of(mdc));
     let code = mdc.to_string();
     let metric = metrics::by_mdc(mdc);
     let (mdc_ref, loinc, loinc_display) = match metric {
@@ -885,6 +1105,7 @@ pub fn channel_to_fhir(
         type_codes: codes,
         unit: Some(c.unit.as_str()).filter(|u| !u.is_empty()),
         device_id: &c.device_id,
+        parent_id: Some(&parent),
         operational_status: status,
         last_seen_unix_ms: c.last_seen_ms,
     };
@@ -1026,6 +1247,117 @@ mod tests {
         c["unit"] = "y".into();
         assert_ne!(content_version(&a), content_version(&c));
         assert!(is_fhir_id(&content_version(&a)));
+    }
+
+    fn chan(device: &str, mdc: i64) -> ChannelRow {
+        ChannelRow {
+            device_id: device.into(),
+            metric_mdc: mdc,
+            unit: String::new(),
+            patient_id: "P1".into(),
+            ward: "7A".into(),
+            bed: "1".into(),
+            first_seen_ms: 1_000,
+            last_seen_ms: 1_000 + mdc,
+        }
+    }
+
+    #[test]
+    fn tree_ids_are_stable_and_fit_fhir_ids_for_long_devices() {
+        let spo2 = containment::group_of(150_456);
+        assert_eq!(vmd_id("mon-7A-1", spo2), "mon-7A-1.vmd-spo2");
+        assert_eq!(channel_id("mon-7A-1", spo2), "mon-7A-1.chan-spo2");
+        assert_eq!(metric_id("mon-7A-1", 150_456), "mon-7A-1.150456");
+        assert_eq!(
+            parse_device_id("mon-7A-1.vmd-spo2"),
+            Some(("mon-7A-1", Some(Component::Vmd(spo2))))
+        );
+        assert_eq!(
+            parse_device_id("mon-7A-1.chan-other"),
+            Some((
+                "mon-7A-1",
+                Some(Component::Channel(&containment::OTHER_GROUP))
+            ))
+        );
+        assert_eq!(parse_device_id("mon-7A-1"), Some(("mon-7A-1", None)));
+        for bad in ["mon.vmd-nope", "mon.150456", "mon.x", "a b", ""] {
+            assert_eq!(parse_device_id(bad), None, "{bad}");
+        }
+        // A 64-character device id: every tree id is shortened, still unique per device and valid.
+        let long = "d".repeat(64);
+        let other = format!("{}e", "d".repeat(63));
+        for id in [
+            vmd_id(&long, spo2),
+            channel_id(&long, &containment::METRIC_GROUPS[5]),
+            metric_id(&long, 157_993),
+        ] {
+            assert!(is_fhir_id(&id), "{id}");
+            assert!(id.len() <= 64, "{id}");
+            assert!(id.starts_with(&"d".repeat(36)), "{id}");
+        }
+        assert_ne!(metric_id(&long, 1), metric_id(&other, 1));
+        assert_eq!(metric_id(&long, 1), metric_id(&long, 1), "stable");
+        let long_channel = channel_id(&long, spo2);
+        let (part, c) = parse_device_id(&long_channel).expect("parses");
+        assert_eq!(part, tree_device_part(&long, ".chan-spo2"));
+        assert_eq!(c, Some(Component::Channel(spo2)));
+        // Ids that fit are never shortened.
+        let fits = "f".repeat(50);
+        assert_eq!(vmd_id(&fits, spo2), format!("{fits}.vmd-spo2"));
+        assert_eq!(metric_id(&fits, 150_456), format!("{fits}.150456"));
+    }
+
+    #[test]
+    fn components_follow_the_table_and_keep_unknown_metrics() {
+        let channels = [
+            chan("m", 150_456),
+            chan("m", 149_530),
+            chan("m", 150_021),
+            chan("m", 192_512),
+            chan("m", 424_242),
+        ];
+        let got: Vec<(String, usize)> = components_of(&channels)
+            .into_iter()
+            .map(|(c, cs)| (c.id("m"), cs.len()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("m.vmd-spo2".to_string(), 2),
+                ("m.chan-spo2".to_string(), 2),
+                ("m.vmd-nibp".to_string(), 1),
+                ("m.chan-nibp".to_string(), 1),
+                ("m.vmd-other".to_string(), 2),
+                ("m.chan-other".to_string(), 2),
+            ]
+        );
+        let comps = components_of(&channels);
+        let (c, cs) = &comps[1];
+        let channel = component_to_fhir("m", *c, cs, None).expect("maps");
+        assert_eq!(channel["parent"]["reference"], "Device/m.vmd-spo2");
+        assert_eq!(channel["type"]["coding"][0]["code"], "69643");
+        assert_eq!(channel["status"], "unknown");
+        assert!(
+            channel["meta"]["versionId"]
+                .as_str()
+                .is_some_and(|v| v.starts_with('h'))
+        );
+        let (c, cs) = &comps[4];
+        let vmd = component_to_fhir("m", *c, cs, None).expect("maps");
+        assert_eq!(vmd["parent"]["reference"], "Device/m");
+        assert!(
+            vmd["type"].get("coding").is_none(),
+            "no MDC code for the generic group"
+        );
+        // A metric's parent is its channel, its source the MDS.
+        let m = channel_to_fhir(&chan("m", 192_512), None).expect("maps");
+        assert_eq!(m["parent"]["reference"], "Device/m.chan-other");
+        assert_eq!(m["source"]["reference"], "Device/m");
+        assert_eq!(
+            versioning_of("Device", "m.vmd-spo2"),
+            Some(Versioning::CurrentOnly)
+        );
+        assert_eq!(versioning_of("Device", "m"), Some(Versioning::Kept));
     }
 
     #[test]

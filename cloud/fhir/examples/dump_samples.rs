@@ -28,7 +28,9 @@ fn base<'a>(
         id,
         patient_system: "urn:oid:1.2.36.146.595.217.0.1",
         patient_id: "MRN-000123",
-        device_id: Some("dev-7a-12"),
+        device: Some(wardwatch_fhir::DeviceReference::DeviceMetric(
+            "dev-7a-12.150456",
+        )),
         code,
         value,
         unit,
@@ -195,7 +197,7 @@ fn samples() -> Result<Vec<serde_json::Value>, FhirError> {
         "",
     );
     acvpu.category = "exam";
-    acvpu.device_id = None;
+    acvpu.device = None;
     acvpu.value_enumerated = Some(Coding {
         system: SNOMED,
         code: "248234008",
@@ -208,7 +210,7 @@ fn samples() -> Result<Vec<serde_json::Value>, FhirError> {
         identifier_system: "urn:wardwatch:device",
         identifier_value: "edge-7a/monitor-12",
         kind_display: "Multi-parameter bedside monitor",
-        kind_mdc: Some(69_798),
+        kind_mdc: Some((69_965, "MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS")),
         manufacturer: Some("Acme Medical"),
         model: Some("VitalView 3"),
         serial: Some("SN-0042"),

@@ -5,8 +5,8 @@ use fhir_sdk::r4b::resources::{Device, DeviceUdiCarrier};
 use fhir_sdk::r4b::types::{Annotation, CodeableConcept, Meta, Reference};
 
 use crate::util::{
-    build_err, codeable_concept, identifier, instant_from_unix_ms, invalid, opt_string, require_id,
-    require_string, ser_err, single_coding_concept,
+    build_err, coding, identifier, instant_from_unix_ms, invalid,
+    literal_reference, opt_string, require_id, require_string, ser_err, single_coding_concept,
 };
 use crate::{Coding, DEVICE_STATUS_REASON, FhirError, MDC};
 
@@ -21,11 +21,11 @@ pub struct DeviceRecord<'a> {
     /// The device's business identifier.
     pub identifier_value: &'a str,
     /// Kind of device, e.g. `Multi-parameter bedside monitor`; becomes
-    /// `Device.type.text` (and the display of the MDC coding).
+    /// `Device.type.text`.
     pub kind_display: &'a str,
-    /// MDC code of the device type when known; becomes a `Device.type`
-    /// coding in the [`MDC`] system.
-    pub kind_mdc: Option<u32>,
+    /// MDC device-type code and its reference id (the coding's display) when known, e.g.
+    /// `(69965, "MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS")`; becomes a `Device.type` coding in the [`MDC`] system.
+    pub kind_mdc: Option<(u32, &'a str)>,
     /// `Device.manufacturer`.
     pub manufacturer: Option<&'a str>,
     /// `Device.modelNumber`.
@@ -81,23 +81,19 @@ pub fn device(r: &DeviceRecord<'_>) -> Result<serde_json::Value, FhirError> {
     })?;
     require_string("kind_display", r.kind_display)?;
 
-    let kind = match r.kind_mdc {
-        Some(mdc) => {
-            let code = mdc.to_string();
-            codeable_concept(
-                "Device.type",
-                &[Coding {
-                    system: MDC,
-                    code: &code,
-                    display: r.kind_display,
-                }],
-            )?
-        }
-        None => CodeableConcept::builder()
-            .text(r.kind_display.to_owned())
-            .build()
-            .map_err(build_err("Device.type"))?,
-    };
+    let mut kind = CodeableConcept::builder().text(r.kind_display.to_owned());
+    if let Some((mdc, reference_id)) = r.kind_mdc {
+        let code = mdc.to_string();
+        kind = kind.coding(vec![Some(coding(
+            "Device.type",
+            &Coding {
+                system: MDC,
+                code: &code,
+                display: reference_id,
+            },
+        )?)]);
+    }
+    let kind = kind.build().map_err(build_err("Device.type"))?;
     let meta = Meta::builder()
         .last_updated(instant_from_unix_ms(
             "last_updated_unix_ms",
@@ -163,6 +159,63 @@ pub fn device(r: &DeviceRecord<'_>) -> Result<serde_json::Value, FhirError> {
     serde_json::to_value(&device).map_err(ser_err("Device"))
 }
 
+/// A VMD or channel of a device's containment tree ([`crate::containment`]), to map to a FHIR `Device` with
+/// `parent`. It has no patient, location, manufacturer or identifiers of its own (the PoCD IG's channel profile
+/// prohibits patient and location; they are the MDS's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceComponentRecord<'a> {
+    /// FHIR logical id.
+    pub id: &'a str,
+    /// MDC device-type coding, when one is known (`Device.type.coding`).
+    pub type_code: Option<Coding<'a>>,
+    /// `Device.type.text`, e.g. `Pulse oximetry`.
+    pub type_text: &'a str,
+    /// FHIR id of the parent `Device` (the MDS for a VMD, the VMD for a channel).
+    pub parent_id: &'a str,
+    /// `Device.status`: `active`, `inactive`, `entered-in-error` or `unknown`.
+    pub status: &'a str,
+    /// `Device.meta.lastUpdated`, Unix milliseconds.
+    pub last_updated_unix_ms: i64,
+}
+
+/// Build the `Device` of a VMD or channel. See [`DeviceComponentRecord`].
+///
+/// # Errors
+/// [`FhirError::InvalidInput`] for an invalid id or parent id, an unknown status, an empty type text or an
+/// unrepresentable time; [`FhirError::Build`] if `fhir-sdk` fails (not expected).
+pub fn device_component(r: &DeviceComponentRecord<'_>) -> Result<serde_json::Value, FhirError> {
+    require_id("Device.id", r.id)?;
+    require_id("Device.parent id", r.parent_id)?;
+    require_string("type_text", r.type_text)?;
+    let status: FHIRDeviceStatus = r.status.parse().map_err(|_| {
+        invalid(format!(
+            "Device.status {:?} is not one of active, inactive, entered-in-error, unknown",
+            r.status
+        ))
+    })?;
+    let mut kind = CodeableConcept::builder().text(r.type_text.to_owned());
+    if let Some(c) = &r.type_code {
+        kind = kind.coding(vec![Some(coding("Device.type", c)?)]);
+    }
+    let kind = kind.build().map_err(build_err("Device.type"))?;
+    let meta = Meta::builder()
+        .last_updated(instant_from_unix_ms(
+            "last_updated_unix_ms",
+            r.last_updated_unix_ms,
+        )?)
+        .build()
+        .map_err(build_err("Meta"))?;
+    let device = Device::builder()
+        .id(r.id.to_owned())
+        .meta(meta)
+        .status(status)
+        .r#type(kind)
+        .parent(literal_reference("Device", r.parent_id)?)
+        .build()
+        .map_err(build_err("Device"))?;
+    serde_json::to_value(&device).map_err(ser_err("Device"))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -178,7 +231,7 @@ mod tests {
             identifier_system: "urn:wardwatch:device",
             identifier_value: "edge-7a/monitor-12",
             kind_display: "Multi-parameter bedside monitor",
-            kind_mdc: Some(69_798),
+            kind_mdc: Some((69_965, "MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS")),
             manufacturer: Some("Acme Medical"),
             model: Some("VitalView 3"),
             serial: Some("SN-0042"),
@@ -207,8 +260,8 @@ mod tests {
             "type": {
                 "coding": [{
                     "system": "urn:iso:std:iso:11073:10101",
-                    "code": "69798",
-                    "display": "Multi-parameter bedside monitor"
+                    "code": "69965",
+                    "display": "MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS"
                 }],
                 "text": "Multi-parameter bedside monitor"
             },
@@ -259,6 +312,64 @@ mod tests {
                 "{absent} should be absent: {json}"
             );
         }
+    }
+
+    #[test]
+    fn vmd_and_channel_devices_have_type_and_parent_only() {
+        let vmd = device_component(&DeviceComponentRecord {
+            id: "mon-7A-1.vmd-spo2",
+            type_code: Some(Coding {
+                system: MDC,
+                code: "69642",
+                display: "MDC_DEV_ANALY_SAT_O2_VMD",
+            }),
+            type_text: "Pulse oximetry",
+            parent_id: "mon-7A-1",
+            status: "active",
+            last_updated_unix_ms: T0,
+        })
+        .expect("valid VMD");
+        assert_eq!(
+            vmd,
+            json!({
+                "resourceType": "Device",
+                "id": "mon-7A-1.vmd-spo2",
+                "meta": {"lastUpdated": "2026-11-23T19:00:00.123Z"},
+                "status": "active",
+                "type": {
+                    "coding": [{
+                        "system": "urn:iso:std:iso:11073:10101",
+                        "code": "69642",
+                        "display": "MDC_DEV_ANALY_SAT_O2_VMD"
+                    }],
+                    "text": "Pulse oximetry"
+                },
+                "parent": {"reference": "Device/mon-7A-1"}
+            })
+        );
+        let chan = device_component(&DeviceComponentRecord {
+            id: "mon-7A-1.chan-other",
+            type_code: None,
+            type_text: "Other measurements channel",
+            parent_id: "mon-7A-1.vmd-other",
+            status: "unknown",
+            last_updated_unix_ms: T0,
+        })
+        .expect("valid channel");
+        assert_eq!(chan["type"], json!({"text": "Other measurements channel"}));
+        assert_eq!(chan["parent"]["reference"], "Device/mon-7A-1.vmd-other");
+        let bad = DeviceComponentRecord {
+            id: "x.vmd-spo2",
+            type_code: None,
+            type_text: "x",
+            parent_id: "not an id",
+            status: "active",
+            last_updated_unix_ms: T0,
+        };
+        assert!(matches!(
+            device_component(&bad),
+            Err(FhirError::InvalidInput(_))
+        ));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::util::{
     opt_string, require_id, require_string, require_uri, ser_err, single_coding_concept,
     ucum_quantity,
 };
-use crate::{Coding, FhirError, OBSERVATION_CATEGORY};
+use crate::{Coding, DeviceReference, FhirError, OBSERVATION_CATEGORY};
 
 /// Identifier system of medication orders (the order ids edges report).
 pub const ORDER_SYSTEM: &str = "urn:wardwatch:order";
@@ -30,8 +30,8 @@ pub struct InfusionObservationRecord<'a> {
     pub patient_system: &'a str,
     /// Patient MRN.
     pub patient_id: &'a str,
-    /// The pump or drip monitor (`device`).
-    pub device_id: &'a str,
+    /// What measured it (`device`): the pump's or drip monitor's `DeviceMetric` for this measurement.
+    pub device: DeviceReference<'a>,
     /// `code` codings (the MDC coding).
     pub code: Vec<Coding<'a>>,
     /// The value.
@@ -58,7 +58,6 @@ pub fn infusion_observation(
     r: &InfusionObservationRecord<'_>,
 ) -> Result<serde_json::Value, FhirError> {
     require_id("Observation.id", r.id)?;
-    require_id("device_id", r.device_id)?;
     let mut b = Observation::builder()
         .id(r.id.to_owned())
         .status(ObservationStatus::Final)
@@ -73,7 +72,7 @@ pub fn infusion_observation(
             instant_from_unix_ms("effective_unix_ms", r.effective_unix_ms)?,
         )))
         .issued(instant_from_unix_ms("issued_unix_ms", r.issued_unix_ms)?)
-        .device(literal_reference("Device", r.device_id)?)
+        .device(r.device.to_reference()?)
         .value(ObservationValue::Quantity(ucum_quantity(
             "Observation.valueQuantity",
             r.value,
@@ -247,7 +246,7 @@ mod tests {
             id: "edge-7a.9.rate",
             patient_system: "urn:wardwatch:mrn",
             patient_id: "SIM000004",
-            device_id: "drip-7A-4",
+            device: DeviceReference::DeviceMetric("drip-7A-4.157784"),
             code: vec![Coding {
                 system: MDC,
                 code: "157784",

@@ -13,7 +13,9 @@
 //! * [`vital_sign_observation`]: an `Observation` conforming to the FHIR R4
 //!   vital-signs profile (or a plain `Observation` for other categories such
 //!   as `exam`).
-//! * [`device`]: a `Device`.
+//! * [`device`]: a `Device` (the MDS of a device's containment tree) and [`device_component`] (its VMDs and
+//!   channels, linked by `Device.parent`); [`containment`] is the table of which metric belongs to which VMD
+//!   and channel, with the MDC device-type codes.
 //! * [`searchset_bundle`]: a `Bundle` of type `searchset` ([`searchset_bundle_with`]: plus `_include`d
 //!   resources and a warning `OperationOutcome`).
 //! * [`with_version`] (`meta.versionId`/`lastUpdated`) and [`history_bundle`]: versions and `_history`.
@@ -38,6 +40,7 @@ mod alarm;
 mod audit;
 mod bundle;
 mod capability;
+pub mod containment;
 mod device;
 mod history;
 mod infusion;
@@ -58,7 +61,7 @@ pub use bundle::{SearchPage, searchset_bundle, searchset_bundle_with};
 pub use capability::{
     CapabilityRecord, CapabilityResource, CapabilitySearchParam, capability_statement,
 };
-pub use device::{DeviceRecord, device};
+pub use device::{DeviceComponentRecord, DeviceRecord, device, device_component};
 pub use history::{HistoryPage, VersionMeta, history_bundle, with_version};
 pub use infusion::{
     InfusionObservationRecord, MedicationAdministrationRecord, ORDER_SYSTEM, infusion_observation,
@@ -104,6 +107,28 @@ pub enum FhirError {
     /// The input record cannot be represented as a valid FHIR resource.
     #[error("invalid input for FHIR resource: {0}")]
     InvalidInput(String),
+}
+
+/// What an `Observation.device` points at: the measuring `DeviceMetric` (the Point-of-Care Device shape) or a
+/// `Device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceReference<'a> {
+    /// `{"reference": "Device/<id>"}`.
+    Device(&'a str),
+    /// `{"reference": "DeviceMetric/<id>"}`.
+    DeviceMetric(&'a str),
+}
+
+impl DeviceReference<'_> {
+    /// The literal reference, after checking the id.
+    pub(crate) fn to_reference(self) -> Result<fhir_sdk::r4b::types::Reference, FhirError> {
+        let (t, id) = match self {
+            Self::Device(id) => ("Device", id),
+            Self::DeviceMetric(id) => ("DeviceMetric", id),
+        };
+        util::require_id("device id", id)?;
+        util::literal_reference(t, id)
+    }
 }
 
 /// One coding (`system` + `code` + human `display`) of a FHIR

@@ -10,10 +10,9 @@ use fhir_sdk::r4b::types::{Annotation, CodeableConcept, Meta, Reference};
 
 use crate::util::{
     build_err, codeable_concept, identifier, instant_from_unix_ms, invalid, is_valid_id,
-    literal_reference, opt_string, require_id, require_uri, ser_err, single_coding_concept,
-    ucum_quantity,
+    opt_string, require_id, require_uri, ser_err, single_coding_concept, ucum_quantity,
 };
-use crate::{Coding, FhirError, LOINC, OBSERVATION_CATEGORY, VITAL_SIGNS_PROFILE};
+use crate::{Coding, DeviceReference, FhirError, LOINC, OBSERVATION_CATEGORY, VITAL_SIGNS_PROFILE};
 
 /// One component of a panel observation, e.g. the systolic pressure
 /// (LOINC `8480-6`) of a blood-pressure panel.
@@ -38,9 +37,9 @@ pub struct VitalSignRecord<'a> {
     pub patient_system: &'a str,
     /// The patient's MRN.
     pub patient_id: &'a str,
-    /// FHIR id of the measuring `Device`; becomes
-    /// `Observation.device = {"reference": "Device/<id>"}`.
-    pub device_id: Option<&'a str>,
+    /// What measured it: normally the `DeviceMetric` (Point-of-Care Device shape); becomes
+    /// `Observation.device = {"reference": "DeviceMetric/<id>"}` (or `Device/<id>`).
+    pub device: Option<DeviceReference<'a>>,
     /// Codings of `Observation.code`, in order: the LOINC coding first (the
     /// vital-signs profile requires it), then e.g. the MDC coding.
     pub code: Vec<Coding<'a>>,
@@ -228,9 +227,8 @@ pub fn vital_sign_observation(r: &VitalSignRecord<'_>) -> Result<serde_json::Val
     if let Some(meta) = meta(profiles, r.source_lineage)? {
         b = b.meta(meta);
     }
-    if let Some(device_id) = r.device_id {
-        require_id("device_id", device_id)?;
-        b = b.device(literal_reference("Device", device_id)?);
+    if let Some(device) = r.device {
+        b = b.device(device.to_reference()?);
     }
     if let Some(value) = r.value {
         b = b.value(ObservationValue::Quantity(ucum_quantity(
@@ -398,7 +396,7 @@ mod tests {
             id: "obs-hr-1",
             patient_system: MRN_SYSTEM,
             patient_id: "MRN-000123",
-            device_id: Some("dev-7a-12"),
+            device: Some(DeviceReference::DeviceMetric("dev-7a-12.150456")),
             code: vec![
                 Coding {
                     system: LOINC,
@@ -477,7 +475,7 @@ mod tests {
     fn consciousness() -> VitalSignRecord<'static> {
         VitalSignRecord {
             id: "obs-acvpu-1",
-            device_id: None,
+            device: None,
             code: vec![Coding {
                 system: LOINC,
                 code: "67775-7",
@@ -539,7 +537,7 @@ mod tests {
             },
             "effectiveDateTime": "2026-11-23T19:00:00.123Z",
             "issued": "2026-11-23T19:00:02.123Z",
-            "device": {"reference": "Device/dev-7a-12"},
+            "device": {"reference": "DeviceMetric/dev-7a-12.150456"},
             "valueQuantity": {
                 "value": 72.0,
                 "unit": "beats/minute",
@@ -677,8 +675,8 @@ mod tests {
         assert_invalid(&r, "valid FHIR id");
 
         let mut r = heart_rate();
-        r.device_id = Some("dev 1");
-        assert_invalid(&r, "device_id");
+        r.device = Some(DeviceReference::DeviceMetric("dev 1"));
+        assert_invalid(&r, "device id");
 
         let mut r = heart_rate();
         r.code.reverse();

@@ -22,8 +22,10 @@ pub struct DeviceMetricRecord<'a> {
     pub type_codes: Vec<Coding<'a>>,
     /// UCUM unit code, if the metric has a unit.
     pub unit: Option<&'a str>,
-    /// The device (`source`).
+    /// The device (`source`): the MDS of the containment tree.
     pub device_id: &'a str,
+    /// The channel `Device` the metric belongs to (`parent`), see [`crate::containment`].
+    pub parent_id: Option<&'a str>,
     /// `on`, `off`, `standby` or `None` (unknown).
     pub operational_status: Option<&'a str>,
     /// Last time the metric was seen, Unix ms (`meta.lastUpdated`).
@@ -51,6 +53,10 @@ pub fn device_metric(r: &DeviceMetricRecord<'_>) -> Result<serde_json::Value, Fh
         .r#type(codeable_concept("DeviceMetric.type", &r.type_codes)?)
         .source(literal_reference("Device", r.device_id)?)
         .category(DeviceMetricCategory::Measurement);
+    if let Some(parent) = r.parent_id {
+        require_id("DeviceMetric.parent id", parent)?;
+        b = b.parent(literal_reference("Device", parent)?);
+    }
     if let Some(unit) = r.unit.filter(|u| !u.is_empty()) {
         b = b.unit(single_coding_concept(UCUM, unit, unit)?);
     }
@@ -142,11 +148,13 @@ mod tests {
             }],
             unit: Some("%"),
             device_id: "mon-7A-1",
+            parent_id: Some("mon-7A-1.chan-spo2"),
             operational_status: Some("on"),
             last_seen_unix_ms: 1_795_460_400_000,
         })
         .expect("valid");
         assert_eq!(j["source"]["reference"], "Device/mon-7A-1");
+        assert_eq!(j["parent"]["reference"], "Device/mon-7A-1.chan-spo2");
         assert_eq!(j["unit"]["coding"][0]["code"], "%");
         assert_eq!(j["operationalStatus"], "on");
         assert_eq!(j["category"], "measurement");

@@ -807,6 +807,57 @@ impl Store {
         })
     }
 
+    /// Devices (ids, in order, after `after`) with at least one channel of these metrics: the devices whose
+    /// containment tree has the VMD (and channel) these metrics belong to.
+    pub async fn devices_with_metrics(
+        &self,
+        metrics: &[i64],
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, StorageError> {
+        if metrics.is_empty() {
+            return Ok(Vec::new());
+        }
+        macro_rules! run {
+            ($p:expr, $db:ty) => {{
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT DISTINCT device_id FROM device_channels WHERE metric_mdc IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for m in metrics {
+                    sep.push_bind(*m);
+                }
+                qb.push(")");
+                if let Some(a) = after {
+                    qb.push(" AND device_id > ").push_bind(a.to_string());
+                }
+                qb.push(" ORDER BY device_id LIMIT ")
+                    .push_bind(i64::from(limit));
+                let rows: Vec<(String,)> = qb.build_query_as().fetch_all($p).await?;
+                rows.into_iter().map(|(d,)| d).collect()
+            }};
+        }
+        Ok(match self {
+            Self::Sqlite(p) => run!(p, sqlx::Sqlite),
+            Self::Postgres(p) => run!(p, sqlx::Postgres),
+        })
+    }
+
+    /// Devices with channels whose id starts with these 36 characters and is longer: the candidates for a
+    /// shortened device part of a containment-tree id (`resources::tree_device_part`).
+    pub async fn channel_devices_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<String>, StorageError> {
+        const SQL: &str = "SELECT DISTINCT device_id FROM device_channels \
+            WHERE substr(device_id, 1, 36) = $1 AND length(device_id) > 36 ORDER BY device_id LIMIT 1000";
+        let rows: Vec<(String,)> = match self {
+            Self::Sqlite(p) => sqlx::query_as(SQL).bind(prefix).fetch_all(p).await?,
+            Self::Postgres(p) => sqlx::query_as(SQL).bind(prefix).fetch_all(p).await?,
+        };
+        Ok(rows.into_iter().map(|(d,)| d).collect())
+    }
+
     /// Searches devices in device-id order.
     pub async fn search_devices(&self, q: &DeviceQuery) -> Result<Vec<DeviceRow>, StorageError> {
         macro_rules! run {
