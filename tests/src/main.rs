@@ -2,6 +2,8 @@
 //! ward simulator as a command, and `cloud`/`edge` to run either side from a config file. Thin: parses arguments,
 //! installs signal handling, calls the libraries.
 
+mod broker;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -108,10 +110,15 @@ struct DemoArgs {
     /// HL7 v2 / IHE PCD-01 over MLLP listen address (2575 is MLLP's registered port).
     #[arg(long, default_value = "127.0.0.1:2575")]
     hl7_listen: SocketAddr,
-    /// MQTT broker for device telemetry: `auto` uses 127.0.0.1:1883 if a broker answers there, `off` disables,
-    /// or `host:port`. The simulated ward itself is injected directly into the edge, not through MQTT.
-    #[arg(long, default_value = "auto")]
+    /// MQTT broker the edge subscribes to for device telemetry: `embedded` starts an MQTT 3.1.1 broker inside
+    /// the demo (rumqttd, on `--mqtt-listen`), `off` runs without MQTT, `host:port` uses an external broker such
+    /// as Mosquitto. The simulated ward itself is injected directly into the edge, not through MQTT.
+    #[arg(long, default_value = "embedded")]
     mqtt_broker: String,
+    /// Where the embedded MQTT broker listens (loopback only). If that port is taken (e.g. by Mosquitto), an
+    /// ephemeral loopback port is used instead; the real one is printed and written to `--info` as `mqtt`.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_listen: SocketAddr,
     /// The edge models to run (`deterioration/`, `artifact/` bundles): signed at start with the development
     /// release key under `<data-dir>/pki/` and copied to `<data-dir>/edge/models/`. Default: the repository's
     /// `models/`.
@@ -194,18 +201,33 @@ async fn demo(args: DemoArgs) -> Result<()> {
         listen: args.hl7_listen,
         ..Default::default()
     });
+    // MQTT: the embedded broker starts before the edge so that the edge's first connection finds it. A broker
+    // that cannot start is reported and the demo runs on without MQTT ingest.
+    let mut embedded_broker = None;
     let mqtt_broker = match args.mqtt_broker.as_str() {
         "off" => None,
-        "auto" => std::net::TcpStream::connect_timeout(
-            &([127, 0, 0, 1], 1883).into(),
-            Duration::from_millis(300),
-        )
-        .ok()
-        .map(|_| ("127.0.0.1".to_string(), 1883u16)),
+        "embedded" => {
+            let mut settings = broker::BrokerSettings::new(args.mqtt_listen);
+            settings.max_packet_bytes =
+                wardwatch_edge::sources::mqtt::config::MqttSourceConfig::default()
+                    .transport_max_packet_bytes();
+            match broker::EmbeddedBroker::start(&settings).await {
+                Ok(b) => {
+                    let addr = b.addr();
+                    embedded_broker = Some(b);
+                    Some((addr.ip().to_string(), addr.port()))
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "the embedded MQTT broker did not start; the demo runs without MQTT ingest");
+                    None
+                }
+            }
+        }
         other => {
             let (h, p) = other
                 .rsplit_once(':')
-                .context("--mqtt-broker must be auto, off or host:port")?;
+                .filter(|(h, _)| !h.is_empty())
+                .context("--mqtt-broker must be embedded, off or host:port")?;
             Some((h.to_string(), p.parse().context("--mqtt-broker port")?))
         }
     };
@@ -340,12 +362,15 @@ async fn demo(args: DemoArgs) -> Result<()> {
     if let Some(a) = edge.node.hl7_addr() {
         println!("HL7 v2 (IHE PCD-01) over MLLP: {a}");
     }
-    match &mqtt_broker {
-        Some((h, p)) => println!(
-            "MQTT: subscribed at {h}:{p} to wardwatch/v1/<ward>/<bed>/<device>/vitals|infusion"
+    match (&mqtt_broker, &embedded_broker) {
+        (Some((h, p)), Some(_)) => println!(
+            "MQTT: embedded broker at {h}:{p}; the edge subscribes to wardwatch/v1/<ward>/<bed>/<device>/vitals|infusion"
         ),
-        None => println!(
-            "MQTT: no broker (pass --mqtt-broker host:port); the simulated ward is injected directly"
+        (Some((h, p)), None) => println!(
+            "MQTT: external broker {h}:{p}; the edge subscribes to wardwatch/v1/<ward>/<bed>/<device>/vitals|infusion"
+        ),
+        (None, _) => println!(
+            "MQTT: none (--mqtt-broker embedded or host:port); the simulated ward is injected directly"
         ),
     }
     println!(
@@ -382,6 +407,10 @@ async fn demo(args: DemoArgs) -> Result<()> {
     // Give the edge a moment to hand over what the simulator produced last.
     let _ = edge.wait_drained(Duration::from_secs(3)).await;
     edge.stop().await;
+    // After the edge, whose MQTT client has sent its DISCONNECT by now.
+    if let Some(b) = embedded_broker {
+        b.stop().await;
+    }
     cloud.stop().await;
     println!("Wardwatch demo stopped.");
     Ok(())
@@ -476,7 +505,10 @@ async fn run_edge(
 #[tokio::main]
 async fn main() -> Result<()> {
     wardwatch::install_crypto();
-    wardwatch::init_logging("info,sqlx=warn,h2=warn,hyper=warn,tower=warn");
+    // rumqttd logs every connection at info and ordinary ones (a client's DISCONNECT, the end of a connection at
+    // shutdown) at error level: off unless RUST_LOG asks for it. The embedded broker's own start, address and
+    // failures are logged by tests/src/broker.rs.
+    wardwatch::init_logging("info,sqlx=warn,h2=warn,hyper=warn,tower=warn,rumqttd=off");
     match Cli::parse().command {
         Command::Demo(args) => demo(args).await,
         Command::Certs { out, edges, hosts } => {

@@ -1,10 +1,12 @@
 //! The README's demo command: starts on an empty data directory, writes its `--info` file once serving, serves
-//! FHIR with the token it names, and stops cleanly with exit code 0 after `--duration`.
+//! FHIR with the token it names, and stops cleanly with exit code 0 after `--duration`. By default it runs an
+//! embedded MQTT broker whose address is `mqtt` in the info file: a vital sign published there reaches FHIR.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
@@ -118,6 +120,143 @@ async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
     }
     assert!(out.contains("FHIR base: https://localhost:"), "{out}");
     assert!(out.contains("curl --cacert"), "{out}");
+    assert!(out.contains("Wardwatch demo stopped."), "{out}");
+    Ok(())
+}
+
+/// The demo's default MQTT setup: the embedded broker, here on a free port that is not 1883 (Mosquitto listens
+/// there on this machine and in CI, so the published message can only have gone through the embedded broker).
+/// A device publishes a heart rate with QoS 1 on the documented topic for the demo's ward; it comes out of the
+/// FHIR API as an Observation of a patient the simulator does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_embedded_mqtt_broker_carries_a_device_message_to_fhir() -> Result<()> {
+    wardwatch::install_crypto();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let info = dir.path().join("info.json");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    assert_ne!(port, 1883);
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wardwatch"))
+        .args([
+            "demo",
+            "--duration",
+            "25",
+            "--beds",
+            "4",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--sync-listen",
+            "127.0.0.1:0",
+            "--station-listen",
+            "127.0.0.1:0",
+            "--hl7-listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            &listen,
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--info")
+        .arg(&info)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    wardwatch::wait_until(Duration::from_secs(30), "the info file", || {
+        let exists = info.exists();
+        async move { Ok(exists) }
+    })
+    .await?;
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&info)?)?;
+    assert_eq!(doc["mqtt"].as_str(), Some(listen.as_str()), "{doc}");
+    let (host, mqtt_port) = doc["mqtt"]
+        .as_str()
+        .and_then(|m| m.rsplit_once(':'))
+        .context("mqtt host:port")?;
+
+    // A device on the ward publishes, as docs/mqtt.md says, with QoS 1.
+    let mrn = format!("MQTT-DEMO-{}", std::process::id());
+    let measured_at = wardwatch_proto::now_unix_ms();
+    let payload = serde_json::json!({
+        "patient_id": mrn,
+        "measured_at": measured_at,
+        "samples": [{ "mdc": 147842, "value": 77, "unit": "/min" }],
+    });
+    let mut opts = MqttOptions::new("demo-test-device", host, mqtt_port.parse()?);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut events) = AsyncClient::new(opts, 10);
+    client
+        .publish(
+            "wardwatch/v1/7A/MQTT-1/monitor-demo-test/vitals",
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&payload)?,
+        )
+        .await?;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => bail!("MQTT publish to the demo's broker: {e}"),
+            }
+        }
+    })
+    .await
+    .context("no PUBACK from the demo's MQTT broker")??;
+    client.disconnect().await?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(e) = events.poll().await {
+            if matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+
+    // Through the edge and the sync to the cloud's FHIR API.
+    let base = doc["fhir_base"].as_str().context("fhir_base")?.to_string();
+    let token = doc["token"].as_str().context("token")?.to_string();
+    let ca = doc["ca_cert"].as_str().context("ca_cert")?.to_string();
+    let http = wardwatch::https_client(std::path::Path::new(&ca))?;
+    let url = format!("{base}/Observation?patient={mrn}&code=http://loinc.org|8867-4");
+    wardwatch::wait_until(
+        Duration::from_secs(20),
+        "the MQTT heart rate as an Observation",
+        || {
+            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            async move {
+                let b: serde_json::Value = http
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                Ok(b["entry"].as_array().is_some_and(|e| {
+                    e.len() == 1
+                        && e[0]["resource"]["valueQuantity"]["value"].as_f64() == Some(77.0)
+                }))
+            }
+        },
+    )
+    .await?;
+
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait()).await??;
+    assert!(status.success(), "demo exited with {status}");
+    let mut out = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        use tokio::io::AsyncReadExt;
+        s.read_to_string(&mut out).await?;
+    }
+    assert!(
+        out.contains(&format!("MQTT: embedded broker at {listen}")),
+        "{out}"
+    );
     assert!(out.contains("Wardwatch demo stopped."), "{out}");
     Ok(())
 }
