@@ -511,16 +511,16 @@ async fn resolve_device_target(
                 return Ok(None);
             };
             let suffix = &id[part.len()..];
-            // A device's own id needs no stored channel (Observations stored before its channel row still
-            // name it); a shortened one is looked up.
-            let device = match DeviceId::new(part) {
-                Ok(d) if crate::resources::tree_device_part(d.as_str(), suffix) == part => {
-                    Some(d.to_string())
-                }
-                _ => crate::resources::resolve_device_part(&state.store, part, suffix)
-                    .await?
-                    .map(|(d, _)| d),
-            };
+            // A device with stored channels, or the long device a shortened part names; failing both, the
+            // device's own id needs no stored channel (Observations stored before its channel row still name it).
+            let device =
+                match crate::resources::resolve_device_part(&state.store, part, suffix).await? {
+                    Some((d, _)) => Some(d),
+                    None => DeviceId::new(part)
+                        .ok()
+                        .map(|d| d.to_string())
+                        .filter(|d| crate::resources::tree_device_part(d, suffix) == part),
+                };
             Ok(device
                 .filter(|d| crate::resources::metric_id(d, code) == *id)
                 .and_then(|d| restrict(d, vec![code])))

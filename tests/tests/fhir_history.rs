@@ -259,10 +259,12 @@ fn ids_with_mode(bundle: &Value, mode: &str) -> Vec<String> {
 /// `_include=Observation:device`, the new search parameters and `_summary=count`, on the data
 /// [`versions_scenario`] stored.
 async fn search_scenario(f: &Fixture, patient: &str, dev: &str) -> Result<()> {
-    // ---- _include: every referenced Device once, as its current version, after the matches.
+    // ---- _include: every referenced DeviceMetric once (Observation.device is the measuring DeviceMetric), as
+    // its current version, after the matches; with _include:iterate=DeviceMetric:source their MDS Devices too.
     let g = f
         .get(&format!(
-            "Observation?patient={patient}&_include=Observation:device&_count=1000"
+            "Observation?patient={patient}&_include=Observation:device\
+             &_include:iterate=DeviceMetric:source&_count=1000"
         ))
         .await?;
     assert_eq!(g.status, 200, "{}", g.body);
@@ -271,17 +273,40 @@ async fn search_scenario(f: &Fixture, patient: &str, dev: &str) -> Result<()> {
         .iter()
         .filter(|e| e["search"]["mode"] == "match")
         .filter_map(|e| e["resource"]["device"]["reference"].as_str())
-        .filter_map(|r| r.strip_prefix("Device/").map(str::to_string))
+        .filter_map(|r| r.strip_prefix("DeviceMetric/").map(str::to_string))
         .collect();
-    assert!(referenced.contains(dev), "{referenced:?}");
-    let included = ids_with_mode(&g.body, "include");
+    assert!(
+        referenced.iter().any(|m| m.starts_with(&format!("{dev}."))),
+        "{referenced:?}"
+    );
+    let included_of = |t: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| e["search"]["mode"] == "include" && e["resource"]["resourceType"] == t)
+            .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let included = included_of("DeviceMetric");
     let unique: std::collections::BTreeSet<String> = included.iter().cloned().collect();
     assert_eq!(
         unique.len(),
         included.len(),
-        "each Device once: {included:?}"
+        "each DeviceMetric once: {included:?}"
     );
-    assert_eq!(unique, referenced, "exactly the referenced Devices");
+    assert_eq!(unique, referenced, "exactly the referenced DeviceMetrics");
+    let devices = included_of("Device");
+    assert!(
+        devices.contains(&dev.to_string()),
+        "the DeviceMetrics' source MDS: {devices:?}"
+    );
+    assert_eq!(
+        devices
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        devices.len(),
+        "each Device once"
+    );
     let first_include = entries
         .iter()
         .position(|e| e["search"]["mode"] == "include")
@@ -306,6 +331,16 @@ async fn search_scenario(f: &Fixture, patient: &str, dev: &str) -> Result<()> {
             .as_str()
             .is_some_and(|u| u.ends_with(&format!("/Device/{dev}")))
     );
+    let metric = included.first().context("a DeviceMetric included")?;
+    let inc_metric = entries
+        .iter()
+        .find(|e| e["search"]["mode"] == "include" && e["resource"]["id"] == metric.as_str())
+        .context("the metric included")?;
+    assert_eq!(
+        inc_metric["resource"],
+        f.ok_versioned(&format!("DeviceMetric/{metric}")).await?,
+        "an included DeviceMetric is its current version"
+    );
     // Paging keeps the _include.
     let g = f
         .get(&format!(
@@ -319,7 +354,7 @@ async fn search_scenario(f: &Fixture, patient: &str, dev: &str) -> Result<()> {
         .context("a next link")?;
     assert!(next.contains("_include=Observation%3Adevice"), "{next}");
     assert!(!ids_with_mode(&g.body, "include").is_empty());
-    // Without Device scope: the Observations, no Devices, and a warning saying why.
+    // Without DeviceMetric scope: the Observations, no DeviceMetrics, and a warning saying why.
     let g = f
         .get_as(
             OBS_ONLY_TOKEN,
@@ -339,10 +374,10 @@ async fn search_scenario(f: &Fixture, patient: &str, dev: &str) -> Result<()> {
     assert!(
         last["resource"]["issue"][0]["diagnostics"]
             .as_str()
-            .is_some_and(|d| d.contains("Device")),
+            .is_some_and(|d| d.contains("DeviceMetric")),
         "{last}"
     );
-    // Infusion Observations reference their pump.
+    // Infusion Observations reference their pump's DeviceMetric.
     let g = f
         .get("Observation?category=therapy&_include=Observation:device")
         .await?;
@@ -444,6 +479,26 @@ async fn search_scenario(f: &Fixture, patient: &str, dev: &str) -> Result<()> {
         assert!(g.body.get("entry").is_none(), "{q}: no entries");
     }
 
+    // ---- A VMD (and a channel) Device is derived: only its current version is known, like a DeviceMetric.
+    let vmds = f.get(&format!("Device?parent=Device/{dev}")).await?;
+    assert_eq!(vmds.status, 200, "{}", vmds.body);
+    let vmd = vmds.body["entry"][0]["resource"]["id"]
+        .as_str()
+        .context("a VMD of the device")?
+        .to_string();
+    let current = f.ok_versioned(&format!("Device/{vmd}")).await?;
+    let vid = current["meta"]["versionId"].as_str().context("versionId")?;
+    assert!(vid.starts_with('h'), "a content digest: {vid}");
+    assert_eq!(
+        f.ok_versioned(&format!("Device/{vmd}/_history/{vid}"))
+            .await?,
+        current
+    );
+    let why = f
+        .refused(&f.token, &format!("Device/{vmd}/_history/1"), 404)
+        .await?;
+    assert!(why.contains("only the current version"), "{why}");
+
     // ---- The CapabilityStatement says so.
     let cs = f.get("metadata").await?.body;
     let res = |t: &str| {
@@ -456,7 +511,7 @@ async fn search_scenario(f: &Fixture, patient: &str, dev: &str) -> Result<()> {
     let obs = res("Observation");
     assert_eq!(
         obs["searchInclude"],
-        serde_json::json!(["Observation:device"])
+        serde_json::json!(["Observation:device", "DeviceMetric:source"])
     );
     assert!(obs.get("searchRevInclude").is_none());
     let names = |r: &Value| -> Vec<String> {

@@ -258,6 +258,42 @@ async fn every_served_resource_validates() -> Result<()> {
         push_bundle(&metrics, &mut lines) >= 5,
         "monitor channels: {metrics}"
     );
+    // The Point-of-Care Device containment tree: the MDS with its MDC type, its VMDs and channels
+    // (Device.parent), each DeviceMetric's parent channel, and Observations whose device is the DeviceMetric.
+    let mds = get(format!("{base}/Device/mon-7A-1")).await?;
+    assert_eq!(
+        mds["type"]["coding"][0]["code"], "69965",
+        "monitor MDS type: {mds}"
+    );
+    let vmds = get(format!("{base}/Device?parent=Device/mon-7A-1")).await?;
+    assert!(
+        push_bundle(&vmds, &mut lines) >= 4,
+        "monitor VMDs (ECG, SpO2, NIBP, temperature, respiration, other): {vmds}"
+    );
+    for e in vmds["entry"].as_array().context("VMD entries")? {
+        let vmd_id = e["resource"]["id"].as_str().context("VMD id")?;
+        assert_eq!(e["resource"]["parent"]["reference"], "Device/mon-7A-1");
+        let channels = get(format!("{base}/Device?parent=Device/{vmd_id}")).await?;
+        assert_eq!(
+            push_bundle(&channels, &mut lines),
+            1,
+            "one channel per VMD: {channels}"
+        );
+    }
+    for m in metrics["entry"].as_array().context("metric entries")? {
+        let parent = m["resource"]["parent"]["reference"]
+            .as_str()
+            .context("DeviceMetric.parent")?;
+        assert!(parent.starts_with("Device/mon-7A-1.chan-"), "{m}");
+        lines.push(get(format!("{base}/{parent}")).await?.to_string());
+    }
+    let pump_vmd = get(format!("{base}/Device?type={}|69986", wardwatch_fhir::MDC)).await?;
+    push_bundle(&pump_vmd, &mut lines);
+    let spo2_vmds = get(format!("{base}/Device?type={}|69642", wardwatch_fhir::MDC)).await?;
+    assert!(
+        push_bundle(&spo2_vmds, &mut lines) >= 1,
+        "SpO2 VMDs by MDC type: {spo2_vmds}"
+    );
     // Versions: a history Bundle of an alarm and of a device, one version read, and an Observation search with
     // its Devices included (search.mode include).
     let alarm_id = alarms["entry"][0]["resource"]["id"]
@@ -274,14 +310,27 @@ async fn every_served_resource_validates() -> Result<()> {
             .to_string(),
     );
     let with_devices = get(format!(
-        "{base}/Observation?patient={patient}&_include=Observation:device&_count=5"
+        "{base}/Observation?patient={patient}&_include=Observation:device\
+         &_include:iterate=DeviceMetric:source&_count=5"
     ))
     .await?;
+    let included: Vec<&str> = with_devices["entry"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .filter_map(|e| e["resource"]["resourceType"].as_str())
+        .collect();
     assert!(
-        with_devices["entry"]
-            .as_array()
-            .is_some_and(|e| e.iter().any(|e| e["search"]["mode"] == "include")),
-        "included Devices: {with_devices}"
+        included.contains(&"DeviceMetric") && included.contains(&"Device"),
+        "included DeviceMetrics and their MDS Devices: {with_devices}"
+    );
+    let first = &with_devices["entry"][0]["resource"];
+    assert!(
+        first["device"]["reference"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("DeviceMetric/")),
+        "Observation.device is the DeviceMetric: {first}"
     );
     push_bundle(&with_devices, &mut lines);
     let locations = get(format!("{base}/Location?partof=Location/{WARD}")).await?;
@@ -339,6 +388,12 @@ async fn every_served_resource_validates() -> Result<()> {
         ("/Observation?_revinclude=Provenance:target", 400),
         ("/Observation?encounter=Encounter/1", 400),
         ("/Observation?_include=Observation:subject", 400),
+        ("/Observation?_include=Observation:device:Device", 400),
+        ("/Observation?_include:iterate=DeviceMetric:source", 400),
+        ("/Device?type=urn:iso:std:iso:11073:10101|1", 400),
+        ("/Device?parent=Device/a%20b", 400),
+        ("/Device/mon-7A-1.vmd-nope", 404),
+        ("/Device/mon-7A-1.vmd-spo2/_history/1", 404),
         ("/Observation/_history", 400),
         ("/Device/mon-7A-1/_history?_since=2024", 400),
         ("/Device/mon-7A-1/_history/999", 404),

@@ -194,7 +194,7 @@ async fn ten_thousand_samples(database_url: Option<String>) -> Result<()> {
         assert_eq!(&read, o, "Observation/{id} reads as it was found");
     }
 
-    // The device that measured it is readable.
+    // The device that measured it (its DeviceMetric, Point-of-Care Device shape) is readable.
     let device = one["device"]["reference"]
         .as_str()
         .context("device reference")?;
@@ -205,7 +205,7 @@ async fn ten_thousand_samples(database_url: Option<String>) -> Result<()> {
         .await?;
     assert_eq!(resp.status(), 200);
     let d: serde_json::Value = resp.json().await?;
-    assert_eq!(d["resourceType"], "Device");
+    assert_eq!(d["resourceType"], "DeviceMetric");
     assert!(
         cloud.store.audit_count(wardwatch::DEV_CLIENT_ID).await? >= 3,
         "reads are audited"

@@ -284,6 +284,17 @@ def check_device_mapping(res: dict, where: str, p: Problems) -> None:
     elif rtype == "DeviceMetric":
         if not str((res.get("source") or {}).get("reference", "")).startswith("Device/"):
             p.add(where, "DeviceMetric.source must reference a Device")
+        # Point-of-Care Device shape: the metric's parent is its channel Device.
+        if not str((res.get("parent") or {}).get("reference", "")).startswith("Device/"):
+            p.add(where, "DeviceMetric.parent must reference its channel Device")
+    elif rtype == "Device" and res.get("parent"):
+        # A VMD or channel: a type, a parent Device, and no patient or location of its own.
+        if not str(res["parent"].get("reference", "")).startswith("Device/"):
+            p.add(where, "Device.parent must reference a Device")
+        if not (res.get("type") or {}).get("text"):
+            p.add(where, "a VMD or channel Device needs a type")
+        if res.get("patient") or res.get("location"):
+            p.add(where, "a VMD or channel Device has no patient or location")
     elif rtype == "Location":
         bed = has_coding(res.get("physicalType"), "http://terminology.hl7.org/CodeSystem/location-physical-type", "bd")
         if bed and not res.get("partOf"):
