@@ -20,11 +20,17 @@ use wardwatch::{
 };
 use wardwatch_cloud::config::ApiClient;
 use wardwatch_cloud::model_registry::ModelRegistryConfig;
-use wardwatch_edge::clinical::models::{DeteriorationRequest, DeteriorationRow};
+use wardwatch_edge::clinical::alarms::ConditionKey;
+use wardwatch_edge::clinical::models::{ArtifactRequest, DeteriorationRequest, DeteriorationRow};
 use wardwatch_edge::ml::inference::{SigningKey, sign_manifest, signature};
 use wardwatch_edge::ml::pull::{PullOutcome, poll_once};
-use wardwatch_edge::ml::runtime::DETERIORATION_MODEL;
-use wardwatch_edge::ml::{DeteriorationFeatures, N_DETERIORATION_FEATURES};
+use wardwatch_edge::ml::runtime::{
+    ARTIFACT_DIR, ARTIFACT_MODEL, DETERIORATION_DIR, DETERIORATION_MODEL,
+};
+use wardwatch_edge::ml::{
+    ARTIFACT_WINDOW_MS, ArtifactFeatures, ContinuousSignal, DeteriorationFeatures,
+    N_ARTIFACT_FEATURES, N_DETERIORATION_FEATURES,
+};
 use wardwatch_edge::node::Incoming;
 use wardwatch_proto::v1::edge_event::Payload;
 use wardwatch_proto::v1::model_distribution_client::ModelDistributionClient;
@@ -42,11 +48,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The committed deterioration model relabelled as `version`, with bytes that differ per version: an unknown
+/// The committed bundle in `models/<dir>` relabelled as `version`, with bytes that differ per version: an unknown
 /// protobuf field (number 1000) appended to the ONNX ModelProto, which ONNX readers skip. So each version has its
 /// own sha256 while the graph stays the committed one.
-fn deterioration_version(version: &str) -> Result<(Vec<u8>, Vec<u8>)> {
-    let src = repo_models_dir().join("deterioration");
+fn bundle_version(dir: &str, version: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+    let src = repo_models_dir().join(dir);
     let mut model = std::fs::read(src.join("model.onnx"))?;
     let tag = version.as_bytes();
     model.extend_from_slice(&[0xC2, 0x3E]); // field 1000, wire type 2 (length-delimited)
@@ -57,6 +63,11 @@ fn deterioration_version(version: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     manifest["version"] = version.into();
     manifest["sha256"] = sha256_hex(&model).into();
     Ok((model, serde_json::to_vec_pretty(&manifest)?))
+}
+
+/// The committed deterioration model relabelled as `version` (see [`bundle_version`]).
+fn deterioration_version(version: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+    bundle_version(DETERIORATION_DIR, version)
 }
 
 fn upload_body(manifest: &[u8], signature: &[u8], model: &[u8]) -> serde_json::Value {
@@ -91,12 +102,20 @@ impl Admin {
         ward: &str,
         version: &str,
     ) -> Result<(u16, serde_json::Value)> {
+        self.assign_model(token, ward, DETERIORATION_MODEL, version)
+            .await
+    }
+
+    async fn assign_model(
+        &self,
+        token: &str,
+        ward: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<(u16, serde_json::Value)> {
         let r = self
             .http
-            .put(format!(
-                "{}/assignments/{ward}/{DETERIORATION_MODEL}",
-                self.base
-            ))
+            .put(format!("{}/assignments/{ward}/{name}", self.base))
             .bearer_auth(token)
             .json(&serde_json::json!({ "version": version }))
             .send()
@@ -104,6 +123,55 @@ impl Admin {
         let status = r.status().as_u16();
         Ok((status, r.json().await?))
     }
+}
+
+impl Admin {
+    async fn unassign(
+        &self,
+        token: &str,
+        ward: &str,
+        name: &str,
+    ) -> Result<(u16, serde_json::Value)> {
+        let r = self
+            .http
+            .delete(format!("{}/assignments/{ward}/{name}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await?))
+    }
+}
+
+/// One artifact verdict scored through the edge's models, the path the alarm manager uses: names the model.
+async fn artifact_verdict_model(edge: &EdgeHandle) -> Result<String> {
+    let now = wardwatch_proto::now_unix_ms();
+    let request = ArtifactRequest {
+        key: ConditionKey {
+            scope: "P1".into(),
+            kind: 0,
+            detail: "hr-high".into(),
+        },
+        patient_id: "P1".into(),
+        features: ArtifactFeatures {
+            values: [0.0; N_ARTIFACT_FEATURES],
+            query: ContinuousSignal::HeartRate,
+            window_start_unix_ms: now - ARTIFACT_WINDOW_MS,
+            window_end_unix_ms: now,
+        },
+    };
+    let results = edge
+        .node
+        .models()
+        .score_artifact(vec![request])
+        .await
+        .map_err(|e| anyhow::anyhow!("artifact scoring: {e}"))?;
+    let [result] = results.as_slice() else {
+        bail!("one verdict expected, got {}", results.len());
+    };
+    ensure!(result.model.name == ARTIFACT_MODEL, "{:?}", result.model);
+    ensure!(result.probability.is_finite());
+    Ok(result.model.version.clone())
 }
 
 fn outcome_text(v: &serde_json::Value) -> String {
@@ -227,7 +295,7 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
     });
     cfg.api_clients[0]
         .scopes
-        .push("system/WardwatchModel.cru".into());
+        .push("system/WardwatchModel.crud".into());
     let ehr_token = "ehr-only-static-token-0123456789abcdef";
     cfg.api_clients.push(ApiClient {
         client_id: "ehr-only".into(),
@@ -659,9 +727,101 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
     // --- A restart runs the pulled version, not the original. ---
     edge.stop().await;
     let mut restart = ecfg.clone();
+    restart.engine.models = Some(models_cfg.clone());
+    let edge = EdgeHandle::start(restart).await?;
+    assert_eq!(predict_with(&edge).await?, "2.0.0");
+
+    // --- The artifact model takes updates the same way: a signed 2.0.0 pulled, verified and swapped in; its
+    // verdicts name it, and it is kept for restarts. ---
+    assert_eq!(artifact_verdict_model(&edge).await?, "1.0.0");
+    let (a2_model, a2_manifest) = bundle_version(ARTIFACT_DIR, "2.0.0")?;
+    let (status, body) = admin
+        .upload(
+            token,
+            &upload_body(
+                &a2_manifest,
+                &sign_manifest(&release, &a2_manifest),
+                &a2_model,
+            ),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = admin
+        .assign_model(token, "7A", ARTIFACT_MODEL, "2.0.0")
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let mut refused = HashSet::new();
+    let outcomes = poll_once(&edge.node, &mut refused).await?;
+    assert!(
+        outcomes.iter().any(|(n, o)| n == ARTIFACT_MODEL
+            && matches!(o, PullOutcome::Installed(id) if id.contains("2.0.0"))),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|(n, o)| n == DETERIORATION_MODEL && matches!(o, PullOutcome::Current)),
+        "{outcomes:?}"
+    );
+    assert_eq!(artifact_verdict_model(&edge).await?, "2.0.0");
+    assert_eq!(
+        std::fs::read(dir.join("edge-a/models/pulled/artifact/model.onnx"))?,
+        a2_model
+    );
+
+    // --- Unassigning: needs the delete scope, names what was assigned, is audited; the edge keeps running
+    // the version it runs (no rollback) and pulls nothing for that model any more. ---
+    let audited_before = cloud.store.audit_count(wardwatch::DEV_CLIENT_ID).await?;
+    let (status, body) = admin.unassign(ehr_token, "7A", ARTIFACT_MODEL).await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(outcome_text(&body).contains("WardwatchModel.d"), "{body}");
+    let (status, body) = admin.unassign(token, "7A", ARTIFACT_MODEL).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], "2.0.0", "{body}");
+    let (status, body) = admin.unassign(token, "7A", ARTIFACT_MODEL).await?;
+    assert_eq!(status, 404, "{body}");
+    assert!(outcome_text(&body).contains("no assignment"), "{body}");
+    let outcomes = poll_once(&edge.node, &mut refused).await?;
+    assert!(
+        outcomes.iter().all(|(n, _)| n != ARTIFACT_MODEL),
+        "nothing assigned for the artifact model: {outcomes:?}"
+    );
+    assert_eq!(artifact_verdict_model(&edge).await?, "2.0.0");
+    let listing: serde_json::Value = admin
+        .http
+        .get(&admin.base)
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let artifact_assigned = listing["assignments"]
+        .as_array()
+        .context("assignments")?
+        .iter()
+        .any(|a| a["name"] == ARTIFACT_MODEL);
+    assert!(!artifact_assigned, "{listing}");
+    let versions_kept = listing["versions"]
+        .as_array()
+        .context("versions")?
+        .iter()
+        .any(|v| v["name"] == ARTIFACT_MODEL && v["version"] == "2.0.0");
+    assert!(versions_kept, "versions are never deleted: {listing}");
+    let audited = cloud.store.audit_count(wardwatch::DEV_CLIENT_ID).await?;
+    // Unassigned, not found and listed by the administrator (the refused call is the EHR client's).
+    assert!(
+        audited >= audited_before + 3,
+        "{audited_before} -> {audited}"
+    );
+    edge.stop().await;
+
+    // A restart runs both pulled versions.
+    let mut restart = ecfg.clone();
     restart.engine.models = Some(models_cfg);
     let edge = EdgeHandle::start(restart).await?;
     assert_eq!(predict_with(&edge).await?, "2.0.0");
+    assert_eq!(artifact_verdict_model(&edge).await?, "2.0.0");
     edge.stop().await;
     cloud.stop().await;
     Ok(())

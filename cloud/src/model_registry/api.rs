@@ -7,12 +7,20 @@
 //! | `POST /admin/models` | `system/WardwatchModel.c` | `{"manifest": b64, "signature": b64, "model": b64}` (the three bundle files, standard base64) |
 //! | `GET /admin/models` | `system/WardwatchModel.r` | — |
 //! | `PUT /admin/models/assignments/{ward}/{name}` | `system/WardwatchModel.u` | `{"version": "2.0.0"}` |
+//! | `DELETE /admin/models/assignments/{ward}/{name}` | `system/WardwatchModel.d` | — |
 //!
 //! Refusals are FHIR OperationOutcomes with the reason (`cloud/src/error.rs`): 400 `invalid` for a bundle that
 //! fails verification (bad signature, unknown release key, sha256 mismatch, manifest, version), 409-like
 //! conflicts as 400 too (a version is immutable), 413 `too-costly` above the size limit. Every call, accepted or
 //! refused, is written to the audit trail (resource type `WardwatchModel`, action `upload`, `assign` or `list`,
 //! with the reason).
+//!
+//! **Unassigning** stops a ward's edges from pulling anything new for that model; it does not roll them back:
+//! they keep running the version they run (an edge never installs an older version). To move a ward off a bad
+//! version, upload the previous model again under a higher version and assign that.
+//!
+//! **Versions are never deleted.** A version that ran on a ward made predictions whose Provenance names its
+//! sha256; the registry keeps its exact bytes so that any RiskAssessment can be traced to the model that made it.
 
 use std::sync::Arc;
 
@@ -55,7 +63,7 @@ pub fn routes(state: RegistryApi) -> Router {
         .route(PATH, get(list).post(upload))
         .route(
             &format!("{PATH}/assignments/{{ward}}/{{name}}"),
-            put(assign),
+            put(assign).delete(unassign),
         )
         .with_state(state)
 }
@@ -99,6 +107,7 @@ fn require(c: &Caller, needed: Permissions, what: &str) -> Result<(), CloudError
             match what {
                 "uploading a model" => "system/WardwatchModel.c",
                 "assigning a model to a ward" => "system/WardwatchModel.u",
+                "unassigning a model from a ward" => "system/WardwatchModel.d",
                 _ => "system/WardwatchModel.r",
             },
             c.scopes.join(" ")
@@ -424,5 +433,66 @@ async fn assign_inner(
     Ok((
         StatusCode::OK,
         serde_json::json!({ "ward": ward.as_str(), "name": name, "version": body.version }),
+    ))
+}
+
+async fn unassign(
+    State(state): State<RegistryApi>,
+    headers: HeaderMap,
+    remote: Option<axum::Extension<RemoteAddr>>,
+    Path((ward, name)): Path<(String, String)>,
+) -> Response {
+    let what: String = format!("{ward} {name}").chars().take(300).collect();
+    let caller = match authenticate(&state, &headers, remote.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return finish(&state, None, remote.as_deref(), "unassign", &what, Err(e)).await,
+    };
+    if let Err(e) = require(
+        &caller,
+        Permissions::DELETE,
+        "unassigning a model from a ward",
+    ) {
+        return finish(&state, Some(&caller), None, "unassign", &what, Err(e)).await;
+    }
+    let result = unassign_inner(&state, &caller, &ward, &name).await;
+    let what = match &result {
+        Ok((_, v)) => format!("{what} {}", v["version"].as_str().unwrap_or("")),
+        Err(_) => what,
+    };
+    finish(&state, Some(&caller), None, "unassign", &what, result).await
+}
+
+async fn unassign_inner(
+    state: &RegistryApi,
+    caller: &Caller,
+    ward: &str,
+    name: &str,
+) -> Result<(StatusCode, serde_json::Value), CloudError> {
+    let reg = registry(state)?;
+    let ward = WardId::new(ward)
+        .map_err(|e| CloudError::InvalidArgument(format!("ward {ward:?}: {e}")))?;
+    let removed = state
+        .api
+        .store
+        .unassign_model(ward.as_str(), name)
+        .await
+        .map_err(|e| CloudError::Unavailable(format!("storage: {e}")))?;
+    let Some(version) = removed else {
+        return Err(CloudError::NotFound(format!(
+            "ward {} has no assignment for model {name}",
+            ward.as_str()
+        )));
+    };
+    ModelRegistryStats::bump(&reg.stats.unassignments);
+    info!(ward = %ward, name, %version, client = %caller.client_id, "model assignment removed from ward");
+    Ok((
+        StatusCode::OK,
+        serde_json::json!({
+            "ward": ward.as_str(),
+            "name": name,
+            "version": version,
+            "unassigned": true,
+            "note": "edges of the ward keep running the version they run; they pull nothing new for this model",
+        }),
     ))
 }

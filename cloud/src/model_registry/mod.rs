@@ -123,6 +123,8 @@ pub struct ModelRegistryStats {
     pub uploads_refused: AtomicU64,
     /// Ward assignments made.
     pub assignments: AtomicU64,
+    /// Ward assignments removed.
+    pub unassignments: AtomicU64,
     /// Models sent to edges.
     pub fetches: AtomicU64,
     /// ListAssigned/FetchModel calls refused (unknown edge, foreign ward, not assigned).

@@ -218,6 +218,36 @@ impl Store {
         Ok(n >= 1)
     }
 
+    /// Removes the assignment of `name` from `ward`. `Ok(Some(version))` names the version that was assigned,
+    /// `Ok(None)` if the ward had no assignment for `name`. The stored versions stay (see `api`: versions are
+    /// never deleted).
+    pub async fn unassign_model(
+        &self,
+        ward: &str,
+        name: &str,
+    ) -> Result<Option<String>, StorageError> {
+        let sql =
+            "DELETE FROM model_assignments WHERE ward_id = $1 AND name = $2 RETURNING version";
+        macro_rules! run {
+            ($p:expr) => {{
+                use sqlx::Row;
+                match sqlx::query(sql)
+                    .bind(ward)
+                    .bind(name)
+                    .fetch_optional($p)
+                    .await?
+                {
+                    Some(r) => Some(r.try_get::<String, _>(0)?),
+                    None => None,
+                }
+            }};
+        }
+        Ok(match self {
+            Self::Sqlite(p) => run!(p),
+            Self::Postgres(p) => run!(p),
+        })
+    }
+
     /// The assignments of `wards` (every ward when `None`), by ward then name.
     pub async fn model_assignments(
         &self,

@@ -23,6 +23,11 @@
 //! that syncs to the cloud. A refused (name, version, sha256) is not fetched again until the edge restarts or the
 //! model runs as assigned again (a newer version installed, or the assignment back to the running model), which
 //! also clears that alarm.
+//!
+//! Refusals are remembered in memory on purpose: the edge's trust (`trusted_keys`) and limits change only with a
+//! restart, so a restarted edge checks a still-assigned refused version once more — it may be acceptable now —
+//! and, if it is refused again, raises the same technical alarm again. A version that stays refused costs one
+//! fetch per restart.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
