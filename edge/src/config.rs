@@ -79,6 +79,11 @@ pub struct ModelsConfig {
     /// still holds when the hold ends is announced.
     #[serde(default = "default_artifact_hold_secs")]
     pub artifact_hold_secs: u64,
+    /// Seconds a condition may be held back in all, from its first artifact verdict, however often later verdicts
+    /// renew the hold while the disturbance goes on; `artifact_hold_secs..=600`, default 120. Bounds how long an
+    /// artifact judgement can delay a medium/low alarm (high-priority alarms are never held).
+    #[serde(default = "default_artifact_max_hold_secs")]
+    pub artifact_max_hold_secs: u64,
     /// Seconds between polls of the cloud's model registry for the versions assigned to this edge's wards
     /// (`edge/src/ml/pull.rs`), 10..=86400; absent = the edge never pulls models. A pulled model is verified like
     /// one loaded at start, must be newer (SemVer precedence) than the one running, and is kept under
@@ -95,6 +100,10 @@ fn default_artifact_hold_secs() -> u64 {
     30
 }
 
+fn default_artifact_max_hold_secs() -> u64 {
+    120
+}
+
 impl ModelsConfig {
     /// The development default: `dir` with the given key file, every other setting at its default.
     pub fn new(dir: PathBuf, trusted_keys: PathBuf) -> Self {
@@ -104,6 +113,7 @@ impl ModelsConfig {
             score_interval_secs: default_score_interval_secs(),
             deterioration_threshold: None,
             artifact_hold_secs: default_artifact_hold_secs(),
+            artifact_max_hold_secs: default_artifact_max_hold_secs(),
             pull_interval_secs: None,
         }
     }
@@ -116,6 +126,9 @@ impl ModelsConfig {
         }
         if !(1..=300).contains(&self.artifact_hold_secs) {
             return bad("models.artifact_hold_secs must be 1..=300");
+        }
+        if !(self.artifact_hold_secs..=600).contains(&self.artifact_max_hold_secs) {
+            return bad("models.artifact_max_hold_secs must be artifact_hold_secs..=600");
         }
         if let Some(t) = self.deterioration_threshold
             && !(t.is_finite() && t > 0.0 && t < 1.0)

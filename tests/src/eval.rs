@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use wardwatch_edge::clinical::engine::{ClinicalEngine, EngineConfig};
 use wardwatch_edge::clinical::thresholds::{ThresholdConfig, naive_out_of_range};
+use wardwatch_edge::ml::runtime::{ARTIFACT_MODEL, DETERIORATION_MODEL, EdgeModels};
 use wardwatch_edge::simulator::{
     GroundTruthLabel, RandomScenarioMix, ScenarioKind, WardSimConfig, WardSimulator,
 };
@@ -25,6 +26,9 @@ pub struct EvalConfig {
     pub seed: u64,
     /// Scenario mix (default: `RandomScenarioMix::default()` over the evaluated hours).
     pub mix: Option<RandomScenarioMix>,
+    /// The edge models to run in the loop (deterioration and artifact bundles, verified and loaded as an edge
+    /// loads them), or `None` for the engine without models.
+    pub models: Option<wardwatch_edge::config::ModelsConfig>,
 }
 
 /// One announced alarm.
@@ -61,7 +65,7 @@ pub struct EvalReport {
     /// Alarms announced by the alarm manager (distinct alarm ids; an upgrade of the same alarm is not counted
     /// again).
     pub manager_alarms: u64,
-    /// Of which physiological (vital threshold and NEWS2) alarms.
+    /// Of which physiological alarms (vital threshold, NEWS2 and, with models, deterioration risk).
     pub manager_physiological: u64,
     /// Alarm episodes naive fixed thresholds would have sounded (each entry of a parameter into out-of-range).
     pub naive_alarms: u64,
@@ -73,6 +77,14 @@ pub struct EvalReport {
     pub end_unix_ms: i64,
     /// Conditions that ended within their delay (never announced).
     pub suppressed_transient: u64,
+    /// The models that ran in the loop (`name version`), empty without models.
+    pub models_running: Vec<String>,
+    /// Pending threshold conditions the artifact model held back.
+    pub artifact_holds: u64,
+    /// Artifact questions scored.
+    pub artifact_questions: u64,
+    /// Deterioration rounds scored.
+    pub deterioration_rounds: u64,
 }
 
 fn rank(p: AlarmPriority) -> u8 {
@@ -89,7 +101,10 @@ fn matches_label(kind: ScenarioKind, alarm: AlarmKind) -> bool {
         ScenarioKind::SepsisDeterioration
         | ScenarioKind::RespiratoryFailureOnOxygen
         | ScenarioKind::Hypovolaemia => {
-            matches!(alarm, AlarmKind::VitalThreshold | AlarmKind::News2Response)
+            matches!(
+                alarm,
+                AlarmKind::VitalThreshold | AlarmKind::News2Response | AlarmKind::DeteriorationRisk
+            )
         }
         ScenarioKind::DripSpedUp => alarm == AlarmKind::InfusionTooFast,
         ScenarioKind::LineOccluded => matches!(
@@ -100,12 +115,61 @@ fn matches_label(kind: ScenarioKind, alarm: AlarmKind) -> bool {
         ScenarioKind::MotionArtifact
         | ScenarioKind::ProbeOff
         | ScenarioKind::TransientCoughOrTurn => {
+            // Alarms about the disturbed signal; the deterioration model's risk looks at hours, not at the artefact.
             matches!(alarm, AlarmKind::VitalThreshold | AlarmKind::News2Response)
         }
     }
 }
 
+/// The edge models in the evaluation loop: scored synchronously at the simulated instant the engine asks (a live
+/// edge answers within milliseconds on its scoring threads; here the answer is applied before the next event).
+struct LoopModels {
+    models: EdgeModels,
+    runtime: tokio::runtime::Runtime,
+    artifact_questions: u64,
+    deterioration_rounds: u64,
+}
+
+impl LoopModels {
+    /// Scores what the engine asked for and hands the answers back; returns what the engine produced.
+    fn serve(&mut self, engine: &mut ClinicalEngine) -> Vec<Payload> {
+        let work = engine.take_ml_work();
+        let mut out = Vec::new();
+        if work.is_empty() {
+            return out;
+        }
+        if !work.artifact.is_empty() {
+            self.artifact_questions += work.artifact.len() as u64;
+            match self
+                .runtime
+                .block_on(self.models.score_artifact(work.artifact))
+            {
+                Ok(results) => out.extend(engine.on_artifact_results(results)),
+                Err(e) => tracing::warn!(error = %e, "artifact verdicts not scored"),
+            }
+        }
+        if let Some(request) = work.deterioration {
+            self.deterioration_rounds += 1;
+            match self
+                .runtime
+                .block_on(self.models.score_deterioration(request))
+            {
+                Ok(r) => out.extend(engine.on_deterioration_result(r)),
+                Err(e) => {
+                    engine.on_deterioration_failure();
+                    tracing::warn!(error = %e, "deterioration round not scored");
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Runs the evaluation.
+///
+/// # Panics
+/// If `cfg.models` is set and a model cannot be loaded (the evaluation would otherwise silently measure the
+/// engine without it), or the scoring runtime cannot start.
 pub fn run(cfg: &EvalConfig) -> EvalReport {
     let start = 1_800_000_000_000_i64;
     let horizon = i64::from(cfg.hours) * 3_600_000;
@@ -135,6 +199,31 @@ pub fn run(cfg: &EvalConfig) -> EvalReport {
         },
         "eval",
     );
+    let mut models = cfg.models.as_ref().map(|m| {
+        let models = EdgeModels::load(m);
+        let status = models.status();
+        assert!(
+            !status.is_empty() && status.iter().all(|s| s.running),
+            "the evaluation's models must run: {status:?}"
+        );
+        engine.set_models(models.settings(), status);
+        LoopModels {
+            models,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime for the scoring replies"),
+            artifact_questions: 0,
+            deterioration_rounds: 0,
+        }
+    });
+    let models_running: Vec<String> = models.as_ref().map_or_else(Vec::new, |m| {
+        [ARTIFACT_MODEL, DETERIORATION_MODEL]
+            .iter()
+            .filter_map(|n| m.models.running(n))
+            .map(|id| id.to_string())
+            .collect()
+    });
     let mut order_patient: HashMap<String, String> = HashMap::new();
     let mut announced: Vec<Announced> = Vec::new();
     let mut seen_ids: HashMap<String, usize> = HashMap::new();
@@ -201,9 +290,17 @@ pub fn run(cfg: &EvalConfig) -> EvalReport {
             }
             let out = engine.on_event(&e.idempotency_key, &e.payload);
             record(out, &mut announced, &mut seen_ids);
+            if let Some(m) = models.as_mut() {
+                let out = m.serve(&mut engine);
+                record(out, &mut announced, &mut seen_ids);
+            }
         }
         let out = engine.tick(t);
         record(out, &mut announced, &mut seen_ids);
+        if let Some(m) = models.as_mut() {
+            let out = m.serve(&mut engine);
+            record(out, &mut announced, &mut seen_ids);
+        }
     }
     let labels = sim
         .labels()
@@ -229,7 +326,12 @@ pub fn run(cfg: &EvalConfig) -> EvalReport {
         .collect();
     let manager_physiological = announced
         .iter()
-        .filter(|a| matches!(a.kind, AlarmKind::VitalThreshold | AlarmKind::News2Response))
+        .filter(|a| {
+            matches!(
+                a.kind,
+                AlarmKind::VitalThreshold | AlarmKind::News2Response | AlarmKind::DeteriorationRisk
+            )
+        })
         .count() as u64;
     EvalReport {
         config: cfg.clone(),
@@ -240,6 +342,10 @@ pub fn run(cfg: &EvalConfig) -> EvalReport {
         events,
         end_unix_ms: end,
         suppressed_transient: engine.alarm_stats().suppressed_transient,
+        models_running,
+        artifact_holds: engine.stats().artifact_holds + engine.stats().artifact_news2_holds,
+        artifact_questions: models.as_ref().map_or(0, |m| m.artifact_questions),
+        deterioration_rounds: models.as_ref().map_or(0, |m| m.deterioration_rounds),
     }
 }
 
@@ -283,8 +389,22 @@ impl EvalReport {
         let per_bed_day = |n: u64| n as f64 / f64::from(self.config.beds) / days;
         let mut s = String::new();
         s.push_str(&format!(
-            "Simulated ward: {} beds × {} h, seed {}, {} events.\n\n",
-            self.config.beds, self.config.hours, self.config.seed, self.events
+            "Simulated ward: {} beds × {} h, seed {}, {} events. Edge models in the loop: {}.\n\n",
+            self.config.beds,
+            self.config.hours,
+            self.config.seed,
+            self.events,
+            if self.models_running.is_empty() {
+                "none".to_string()
+            } else {
+                format!(
+                    "{} ({} artifact questions, {} held back; {} deterioration rounds)",
+                    self.models_running.join(", "),
+                    self.artifact_questions,
+                    self.artifact_holds,
+                    self.deterioration_rounds
+                )
+            }
         ));
         s.push_str("| alarms | total | per bed per day |\n|---|---:|---:|\n");
         s.push_str(&format!(
@@ -293,7 +413,12 @@ impl EvalReport {
             per_bed_day(self.naive_alarms)
         ));
         s.push_str(&format!(
-            "| Wardwatch, physiological (vital thresholds + NEWS2) | {} | {:.1} |\n",
+            "| Wardwatch, physiological (vital thresholds + NEWS2{}) | {} | {:.1} |\n",
+            if self.models_running.is_empty() {
+                ""
+            } else {
+                " + deterioration model"
+            },
             self.manager_physiological,
             per_bed_day(self.manager_physiological)
         ));

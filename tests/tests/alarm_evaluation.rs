@@ -5,11 +5,10 @@
 use wardwatch::eval::{EvalConfig, run};
 use wardwatch_edge::simulator::{RandomScenarioMix, ScenarioKind};
 
-#[test]
-fn fewer_alarms_no_missed_high_priority_events_fast_over_rate_alarms() {
-    // A dense mix so that a small ward (fast enough for a debug-build test) sees every kind of scenario:
-    // rates are per 40 beds per 24 h, so 20 gives one per 6 beds per 8 h.
-    let mix = RandomScenarioMix {
+/// A dense mix so that a small ward (fast enough for a debug-build test) sees every kind of scenario: rates are
+/// per 40 beds per 24 h, so 20 gives one per 6 beds per 8 h.
+fn dense_mix() -> RandomScenarioMix {
+    RandomScenarioMix {
         sepsis: 20.0,
         respiratory_failure: 20.0,
         hypovolaemia: 20.0,
@@ -19,13 +18,22 @@ fn fewer_alarms_no_missed_high_priority_events_fast_over_rate_alarms() {
         probe_off: 40.0,
         transient_cough_or_turn: 120.0,
         ..RandomScenarioMix::default()
-    };
-    let report = run(&EvalConfig {
+    }
+}
+
+fn small_ward(models: Option<wardwatch_edge::config::ModelsConfig>) -> EvalConfig {
+    EvalConfig {
         beds: 6,
         hours: 8,
         seed: 5,
-        mix: Some(mix),
-    });
+        mix: Some(dense_mix()),
+        models,
+    }
+}
+
+#[test]
+fn fewer_alarms_no_missed_high_priority_events_fast_over_rate_alarms() {
+    let report = run(&small_ward(None));
     for kind in [
         ScenarioKind::SepsisDeterioration,
         ScenarioKind::DripSpedUp,
@@ -73,4 +81,79 @@ fn fewer_alarms_no_missed_high_priority_events_fast_over_rate_alarms() {
             l.label.description
         );
     }
+}
+
+/// Alarms on one kind of labelled scenario (each label counted once).
+fn alarmed(report: &wardwatch::eval::EvalReport, kind: ScenarioKind) -> usize {
+    report
+        .labels
+        .iter()
+        .filter(|l| l.label.kind == kind && l.time_to_alarm_ms.is_some())
+        .count()
+}
+
+/// The committed edge models in the loop of a live simulated ward: the artifact model holds back threshold
+/// alarms built on motion artefacts, and no labelled deterioration loses its alarm or its high priority.
+#[test]
+fn artifact_model_in_the_loop_holds_back_artefact_alarms_and_hides_no_true_event()
+-> anyhow::Result<()> {
+    // Many more motion artefacts than the dense mix, so that enough of them cross a threshold for a delay.
+    let artefacts = |models| EvalConfig {
+        mix: Some(RandomScenarioMix {
+            motion_artifact: 600.0,
+            probe_off: 120.0,
+            ..dense_mix()
+        }),
+        ..small_ward(models)
+    };
+    let without = run(&artefacts(None));
+    eprintln!("{}", without.markdown());
+    let dir = tempfile::tempdir()?;
+    let models = wardwatch::dev_models(
+        &dir.path().join("pki"),
+        &wardwatch::repo_models_dir(),
+        &dir.path().join("models"),
+    )?;
+    let with = run(&artefacts(Some(models)));
+    eprintln!("{}", with.markdown());
+    assert_eq!(with.models_running.len(), 2, "{:?}", with.models_running);
+    assert!(
+        with.artifact_questions > 0,
+        "the engine asked the artifact model nothing"
+    );
+    assert!(
+        with.deterioration_rounds > 0,
+        "no deterioration round was scored"
+    );
+    assert!(
+        with.artifact_holds > 0,
+        "the artifact model held nothing back"
+    );
+    let (before, after) = (
+        alarmed(&without, ScenarioKind::MotionArtifact),
+        alarmed(&with, ScenarioKind::MotionArtifact),
+    );
+    assert!(
+        before > 0 && after < before,
+        "motion artefacts alarmed: {before} without the model, {after} with it"
+    );
+    assert!(
+        with.missed_high().is_empty(),
+        "missed high-priority events with models: {:?}",
+        with.missed_high()
+    );
+    for kind in [
+        ScenarioKind::SepsisDeterioration,
+        ScenarioKind::RespiratoryFailureOnOxygen,
+        ScenarioKind::Hypovolaemia,
+        ScenarioKind::DripSpedUp,
+        ScenarioKind::LineOccluded,
+    ] {
+        assert_eq!(
+            alarmed(&with, kind),
+            alarmed(&without, kind),
+            "{kind:?}: a true event lost its alarm with the models in the loop"
+        );
+    }
+    Ok(())
 }

@@ -177,6 +177,9 @@ struct Record {
     since: i64,
     /// Held back (not announced) before this time, unless the priority is high.
     held_until: Option<i64>,
+    /// Latest time any renewal of the hold may reach, fixed by the first hold: holds delay an alarm by a bounded
+    /// time and never silence it.
+    hold_cap: Option<i64>,
 }
 
 impl Record {
@@ -205,6 +208,8 @@ pub struct AlarmStats {
     pub held_back: u64,
     /// Held conditions that ended while held, never announced.
     pub held_back_suppressed: u64,
+    /// Holds extended by a later artifact verdict (within the first hold's cap).
+    pub hold_renewals: u64,
 }
 
 /// Errors of user actions.
@@ -322,6 +327,7 @@ impl AlarmManager {
                     device_id: c.device_id,
                     since: at,
                     held_until: None,
+                    hold_cap: None,
                 };
                 self.records.insert(c.key.clone(), record);
                 if self.policy.delay(c.priority) == 0 {
@@ -493,33 +499,49 @@ impl AlarmManager {
     }
 
     /// Holds back the pending condition `key` until `until` (announcing it no earlier, if it still holds then).
-    /// Returns whether a hold was applied: only a pending medium- or low-priority condition can be held, never a
-    /// high-priority one, never an alarm already announced, and each condition only once, so a hold delays an
-    /// alarm by a bounded time and never silences it.
-    pub fn hold(&mut self, key: &ConditionKey, until: i64) -> bool {
+    /// Returns whether a hold was applied or extended: only a pending medium- or low-priority condition can be
+    /// held, never a high-priority one, never an alarm already announced. The first hold fixes `cap`; a later
+    /// verdict may extend the hold up to that cap, never past it, so a hold delays an alarm by a bounded time and
+    /// never silences it.
+    pub fn hold(&mut self, key: &ConditionKey, until: i64, cap: i64) -> bool {
         let Some(r) = self.records.get_mut(key) else {
             return false;
         };
         if r.view.priority == AlarmPriority::High
             || !matches!(r.view.phase, Phase::Pending { .. })
             || !r.view.condition_active
-            || r.held_until.is_some()
         {
             return false;
         }
-        r.held_until = Some(until);
-        self.stats.held_back += 1;
-        true
+        match (r.held_until, r.hold_cap) {
+            (None, _) => {
+                r.held_until = Some(until.min(cap));
+                r.hold_cap = Some(cap);
+                self.stats.held_back += 1;
+                true
+            }
+            (Some(held), Some(cap)) if until.min(cap) > held => {
+                r.held_until = Some(until.min(cap));
+                self.stats.hold_renewals += 1;
+                true
+            }
+            _ => false,
+        }
     }
 
-    /// Whether `key` is a pending, active medium- or low-priority condition that was never held: one an artifact
-    /// verdict could still hold back (at `now`, not before the condition started).
+    /// Whether `key` is a pending, active medium- or low-priority condition whose hold could still start or be
+    /// renewed (its cap not yet reached): one an artifact verdict could hold back (at `now`, not before the
+    /// condition started).
     pub fn holdable(&self, key: &ConditionKey, now: i64) -> bool {
         self.records.get(key).is_some_and(|r| {
             matches!(r.view.phase, Phase::Pending { .. })
                 && r.view.condition_active
                 && r.view.priority != AlarmPriority::High
-                && r.held_until.is_none()
+                && match (r.held_until, r.hold_cap) {
+                    (None, _) => true,
+                    (Some(held), Some(cap)) => held < cap,
+                    (Some(_), None) => false,
+                }
                 && now >= r.since
         })
     }
@@ -605,21 +627,37 @@ mod tests {
                 .is_empty()
         );
         let k = key("MRN1", AlarmKind::VitalThreshold, "spo2-low");
-        assert!(m.hold(&k, 40_000));
+        assert!(m.hold(&k, 30_000, 50_000));
+        assert_eq!(m.held_until(&k), Some(30_000));
+        assert!(m.holdable(&k, 10_000), "renewable up to its cap");
+        // A later verdict extends the hold, never past the first hold's cap (a later cap does not move it).
+        assert!(
+            !m.hold(&k, 25_000, 90_000),
+            "a shorter hold changes nothing"
+        );
+        assert!(m.hold(&k, 40_000, 90_000));
         assert_eq!(m.held_until(&k), Some(40_000));
-        assert!(!m.hold(&k, 90_000), "held once only");
+        assert!(m.hold(&k, 70_000, 120_000));
+        assert_eq!(m.held_until(&k), Some(50_000), "capped");
+        assert!(!m.holdable(&k, 45_000), "at its cap");
+        assert!(!m.hold(&k, 80_000, 200_000));
         // Past the 15 s delay but inside the hold: not announced.
         assert!(m.tick(20_000).is_empty());
-        assert!(m.tick(39_999).is_empty());
-        // The hold ends and the condition still holds: announced.
-        assert_eq!(states(&m.tick(40_000)), vec![AlarmState::Raised]);
+        assert!(m.tick(49_999).is_empty());
+        // The hold ends at its cap and the condition still holds: announced.
+        assert_eq!(states(&m.tick(50_000)), vec![AlarmState::Raised]);
         // An announced alarm cannot be held.
-        assert!(!m.hold(&k, 90_000));
+        assert!(!m.hold(&k, 90_000, 90_000));
+        assert!(!m.holdable(&k, 60_000));
 
         // High priority: refused, and raised at once anyway.
         let hr = cond("hr-high", AlarmPriority::High, true, 50_000);
         assert_eq!(states(&m.update(hr)), vec![AlarmState::Raised]);
-        assert!(!m.hold(&key("MRN1", AlarmKind::VitalThreshold, "hr-high"), 99_000));
+        assert!(!m.hold(
+            &key("MRN1", AlarmKind::VitalThreshold, "hr-high"),
+            99_000,
+            99_000
+        ));
 
         // A held medium condition that turns high is announced at once, hold or not.
         assert!(
@@ -627,7 +665,7 @@ mod tests {
                 .is_empty()
         );
         let rr = key("MRN1", AlarmKind::VitalThreshold, "rr-high");
-        assert!(m.hold(&rr, 200_000));
+        assert!(m.hold(&rr, 200_000, 200_000));
         assert_eq!(
             states(&m.update(cond("rr-high", AlarmPriority::High, true, 61_000))),
             vec![AlarmState::Raised]
@@ -639,6 +677,7 @@ mod tests {
         );
         assert!(m.hold(
             &key("MRN1", AlarmKind::VitalThreshold, "temp-high"),
+            100_000,
             100_000
         ));
         assert!(m.tick(90_000).is_empty());
@@ -647,6 +686,7 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(m.stats().held_back, 3);
+        assert_eq!(m.stats().hold_renewals, 2);
         assert_eq!(m.stats().held_back_suppressed, 1);
     }
 

@@ -215,6 +215,8 @@ pub struct EngineStats {
     pub artifact_queries: u64,
     /// Artifact verdicts that held a pending threshold condition back.
     pub artifact_holds: u64,
+    /// Pending NEWS2 response conditions held back with an artifact verdict on one of their inputs.
+    pub artifact_news2_holds: u64,
 }
 
 /// The clinical engine of one edge.
@@ -463,12 +465,13 @@ impl ClinicalEngine {
             return Vec::new();
         };
         for r in results {
-            if f64::from(r.probability) >= use_.threshold
-                && self.alarms.hold(
-                    &r.request.key,
-                    r.request.features.window_end_unix_ms + ml.artifact_hold_ms,
-                )
-            {
+            if f64::from(r.probability) < use_.threshold {
+                continue;
+            }
+            let until = r.request.features.window_end_unix_ms + ml.artifact_hold_ms;
+            // A first hold fixes the cap; later verdicts (the disturbance goes on) extend the hold up to it.
+            let cap = r.request.features.window_end_unix_ms + ml.artifact_max_hold_ms;
+            if self.alarms.hold(&r.request.key, until, cap) {
                 self.stats.artifact_holds += 1;
                 tracing::info!(
                     patient = %r.request.patient_id,
@@ -477,6 +480,24 @@ impl ClinicalEngine {
                     model = %r.model,
                     "threshold alarm held back: the artifact model judged its signal implausible"
                 );
+            }
+            // The patient's NEWS2 is scored from the same newest samples: a pending medium- or low-priority NEWS2
+            // response built on them is held back for the same bounded time (`hold` never holds a high-priority
+            // condition and holds each condition once; if the NEWS2 still calls for a response when the hold ends,
+            // it is announced then).
+            for detail in ["news2", "news2-rising"] {
+                let k = key(&r.request.patient_id, AlarmKind::News2Response, detail);
+                if self.alarms.hold(&k, until, cap) {
+                    self.stats.artifact_news2_holds += 1;
+                    tracing::info!(
+                        patient = %r.request.patient_id,
+                        condition = detail,
+                        signal = %r.request.key.detail,
+                        probability = r.probability,
+                        model = %r.model,
+                        "NEWS2 response held back: the artifact model judged one of its inputs implausible"
+                    );
+                }
             }
         }
         Vec::new()
@@ -1080,6 +1101,7 @@ mod tests {
                 artifact: art.then(|| use_("wardwatch-artifact", 0.9)),
                 score_interval_ms: 60_000,
                 artifact_hold_ms: 30_000,
+                artifact_max_hold_ms: 120_000,
             }),
             Vec::new(),
         );
@@ -1202,7 +1224,7 @@ mod tests {
         );
         // Even a verdict naming the high condition cannot hold it.
         let hr_key = key("P1", AlarmKind::VitalThreshold, "hr-high");
-        assert!(!e.alarms.hold(&hr_key, 99_000));
+        assert!(!e.alarms.hold(&hr_key, 99_000, 99_000));
         // The hold ends (1 s + 30 s) with SpO2 still low: now the medium alarm sounds.
         assert!(raised(&e.tick(30_000), AlarmKind::VitalThreshold).is_empty());
         let a = raised(&e.tick(31_000), AlarmKind::VitalThreshold);

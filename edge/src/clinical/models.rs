@@ -12,9 +12,11 @@
 //!   condition whose message names the model, the probability and the features that pushed it up most.
 //! - **Artifact.** While a medium- or low-priority threshold condition on heart rate, pulse rate, SpO2 or
 //!   respiratory rate is pending (waiting out its delay) and not held, every new sample of a signal it is built on
-//!   puts that signal to the artifact model. A verdict at or above its threshold holds that one condition back for
-//!   `artifact_hold_ms` from the sample, once: if it still holds afterwards it is announced. High-priority conditions are never held
-//!   (the alarm manager refuses), so a high alarm from an independent parameter always sounds.
+//!   puts that signal to the artifact model. A verdict at or above its threshold holds that condition back for
+//!   `artifact_hold_ms` from the sample, and the patient's pending medium/low NEWS2 response too (it is scored from
+//!   the same samples). While the disturbance goes on, later verdicts extend the hold, but never past
+//!   `artifact_max_hold_ms` from the first one: a condition that still holds then is announced. High-priority
+//!   conditions are never held (the alarm manager refuses), so a high alarm always sounds at once.
 //!
 //! **Simulated data only.** The models were trained on simulated patients and are not clinically validated;
 //! every message that shows a prediction says so.
@@ -66,6 +68,8 @@ pub struct MlSettings {
     pub score_interval_ms: i64,
     /// How long an artifact verdict holds a threshold condition back, ms.
     pub artifact_hold_ms: i64,
+    /// The longest a condition may be held back in all, from its first hold, however many verdicts renew it, ms.
+    pub artifact_max_hold_ms: i64,
 }
 
 /// One patient's deterioration row.

@@ -179,6 +179,7 @@ pub struct EdgeModels {
     dir: PathBuf,
     score_interval_ms: i64,
     artifact_hold_ms: i64,
+    artifact_max_hold_ms: i64,
 }
 
 fn model_ref(id: &ModelIdentity) -> ModelRef {
@@ -264,6 +265,8 @@ impl EdgeModels {
                 .unwrap_or(60_000),
             artifact_hold_ms: i64::try_from(cfg.artifact_hold_secs.saturating_mul(1000))
                 .unwrap_or(30_000),
+            artifact_max_hold_ms: i64::try_from(cfg.artifact_max_hold_secs.saturating_mul(1000))
+                .unwrap_or(120_000),
             ..EdgeModels::default()
         };
         let keys = match TrustedKeys::load(&cfg.trusted_keys) {
@@ -355,6 +358,7 @@ impl EdgeModels {
             artifact,
             score_interval_ms: self.score_interval_ms,
             artifact_hold_ms: self.artifact_hold_ms,
+            artifact_max_hold_ms: self.artifact_max_hold_ms,
         })
     }
 
