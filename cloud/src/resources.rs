@@ -1360,6 +1360,99 @@ mod tests {
         assert_eq!(versioning_of("Device", "m"), Some(Versioning::Kept));
     }
 
+    fn device_row(id: &str, kind: i32) -> DeviceRow {
+        DeviceRow {
+            device_id: id.into(),
+            edge_id: "edge-7a".into(),
+            kind: i64::from(kind),
+            manufacturer: "Acme".into(),
+            model: "M1".into(),
+            serial: "S1".into(),
+            udi: String::new(),
+            ward: "7A".into(),
+            bed: "1".into(),
+            state: i64::from(OperationalState::On as i32),
+            reported_at_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn trees_of_each_device_kind() {
+        use wardwatch_proto::v1::DeviceKind;
+        let code =
+            |v: &serde_json::Value| v["type"]["coding"][0]["code"].as_str().map(str::to_string);
+        // MDS types per kind.
+        for (kind, mds) in [
+            (DeviceKind::BedsideMonitor, Some("69965")),
+            (DeviceKind::InfusionPump, Some("69985")),
+            (DeviceKind::DripMonitor, None),
+            (DeviceKind::Wearable, None),
+            (DeviceKind::Unspecified, None),
+        ] {
+            let d = crate::api::device_to_fhir(&device_row("d1", kind as i32), 1, "urn:x")
+                .expect("maps");
+            assert_eq!(code(&d).as_deref(), mds, "{kind:?}");
+            assert!(d["type"]["text"].as_str().is_some_and(|t| !t.is_empty()));
+        }
+        // A monitor's VMDs are coded; a pump's infusion VMD and channel too, a drip monitor's are text only.
+        let monitor = device_row("mon", DeviceKind::BedsideMonitor as i32);
+        let channels = [
+            chan("mon", 150_456),
+            chan("mon", 150_364),
+            chan("mon", 151_562),
+        ];
+        let got: Vec<(String, Option<String>, String)> = components_of(&channels)
+            .into_iter()
+            .map(|(c, cs)| {
+                let r = component_to_fhir("mon", c, &cs, Some(&monitor)).expect("maps");
+                (
+                    r["id"].as_str().unwrap_or_default().to_string(),
+                    code(&r),
+                    r["status"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got.iter()
+                .map(|(i, c, _)| (i.as_str(), c.as_deref()))
+                .collect::<Vec<_>>(),
+            [
+                ("mon.vmd-spo2", Some("69642")),
+                ("mon.chan-spo2", Some("69643")),
+                ("mon.vmd-temp", Some("69902")),
+                ("mon.chan-temp", Some("69903")),
+                ("mon.vmd-resp", Some("69722")),
+                ("mon.chan-resp", Some("69723")),
+            ]
+        );
+        assert!(
+            got.iter().all(|(_, _, s)| s == "active"),
+            "the MDS's status"
+        );
+        for (kind, vmd, channel) in [
+            (DeviceKind::InfusionPump, Some("69986"), Some("126978")),
+            (DeviceKind::DripMonitor, None, None),
+        ] {
+            let row = device_row("p", kind as i32);
+            let cs = [chan("p", 157_784), chan("p", 157_993), chan("p", 157_872)];
+            let comps = components_of(&cs);
+            assert_eq!(
+                comps.len(),
+                2,
+                "one VMD and one channel for the three infusion metrics"
+            );
+            let v = component_to_fhir("p", comps[0].0, &comps[0].1, Some(&row)).expect("maps");
+            let c = component_to_fhir("p", comps[1].0, &comps[1].1, Some(&row)).expect("maps");
+            assert_eq!(
+                (code(&v).as_deref(), code(&c).as_deref()),
+                (vmd, channel),
+                "{kind:?}"
+            );
+            assert_eq!(v["id"], "p.vmd-infusion");
+            assert_eq!(c["parent"]["reference"], "Device/p.vmd-infusion");
+        }
+    }
+
     #[test]
     fn alarm_and_location_ids_stay_in_the_fhir_alphabet() {
         assert_eq!(alarm_resource_id("edge-7a-alarm-3"), "edge-7a-alarm-3");
