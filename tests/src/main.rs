@@ -163,6 +163,29 @@ async fn demo(args: DemoArgs) -> Result<()> {
         args.api_listen,
         &[(DEMO_EDGE, &[DEMO_WARD])],
     )?;
+    // The edge models: the committed ones, signed now with the development release key the edge trusts. If that
+    // fails the edge still starts (NEWS2 and threshold alarms) and says why the models do not run.
+    let models_src = args
+        .models
+        .clone()
+        .unwrap_or_else(wardwatch::repo_models_dir);
+    let models_dir = data.join("edge").join("models");
+    let signed_models = match wardwatch::dev_models(&data.join("pki"), &models_src, &models_dir) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "edge models not signed; the edge runs without them");
+            None
+        }
+    };
+    // The model registry trusts the same development release key; the development client may also ask for the
+    // registry's scopes (its printed token does not carry them). The demo publishes its models there at start.
+    cloud_cfg.model_registry = Some(wardwatch_cloud::model_registry::ModelRegistryConfig {
+        release_keys: data.join("pki").join("model-release-dev.pub"),
+        max_model_bytes: wardwatch_cloud::model_registry::DEFAULT_MAX_MODEL_BYTES,
+    });
+    if let Some(client) = cloud_cfg.api_clients.first_mut() {
+        client.scopes.push("system/WardwatchModel.crud".into());
+    }
     // The demo serves the API the way a hospital would: SMART Backend Services only, no static tokens. Its
     // tokens live an hour (the longest allowed) so that the printed curl line keeps working for a while.
     wardwatch::smart_only(&mut cloud_cfg);
@@ -177,26 +200,20 @@ async fn demo(args: DemoArgs) -> Result<()> {
         &[DEMO_WARD],
         cloud.sync_addr,
     )?;
+    edge_cfg.engine.models = Some(match signed_models.clone() {
+        Some(mut m) => {
+            // The edge polls the registry for its ward's assignments every minute.
+            m.pull_interval_secs = Some(60);
+            m
+        }
+        None => wardwatch_edge::config::ModelsConfig::new(
+            models_dir.clone(),
+            data.join("pki").join("model-release-dev.pub"),
+        ),
+    });
     // The nurse station requires sign-in: one development nurse with a random password, written to --info.
     let (station_cfg, station_login) = wardwatch::dev_station(args.station_listen)?;
     edge_cfg.station = Some(station_cfg);
-    // The edge models: the committed ones, signed now with the development release key the edge trusts. If that
-    // fails the edge still starts (NEWS2 and threshold alarms) and says why the models do not run.
-    let models_src = args
-        .models
-        .clone()
-        .unwrap_or_else(wardwatch::repo_models_dir);
-    let models_dir = data.join("edge").join("models");
-    match wardwatch::dev_models(&data.join("pki"), &models_src, &models_dir) {
-        Ok(m) => edge_cfg.engine.models = Some(m),
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "edge models not signed; the edge runs without them");
-            edge_cfg.engine.models = Some(wardwatch_edge::config::ModelsConfig::new(
-                models_dir,
-                data.join("pki").join("model-release-dev.pub"),
-            ));
-        }
-    }
     edge_cfg.hl7_mllp = Some(wardwatch_edge::sources::hl7::Hl7MllpConfig {
         listen: args.hl7_listen,
         ..Default::default()
@@ -276,6 +293,19 @@ async fn demo(args: DemoArgs) -> Result<()> {
     )
     .await
     .context("getting the development client's access token")?;
+    // The models the edge runs are published in the cloud's registry and assigned to the ward, so the registry
+    // shows what runs where and a newer signed version can be assigned with one call (models/README.md).
+    let model_registry = format!("https://localhost:{}/admin/models", cloud.api_addr.port());
+    if signed_models.is_some() {
+        match publish_demo_models(&http, &cloud, &setup, &models_dir, &model_registry).await {
+            Ok(published) => {
+                tracing::info!(models = %published.join(", "), ward = DEMO_WARD, "edge models published in the registry and assigned")
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "edge models not published in the registry; the edge keeps running them")
+            }
+        }
+    }
     let key_path = setup
         .smart_key_path
         .canonicalize()
@@ -296,6 +326,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
             "nurse_station_login": station_login,
             "hl7_mllp": edge.node.hl7_addr().map(|a| a.to_string()),
             "mqtt": mqtt_broker.as_ref().map(|(h, p)| format!("{h}:{p}")),
+            "model_registry": model_registry,
             "edge_id": DEMO_EDGE,
             "ward": DEMO_WARD,
         });
@@ -572,4 +603,70 @@ async fn main() -> Result<()> {
             accept_burst,
         } => run_edge(config, simulate_beds, accept_burst).await,
     }
+}
+
+/// Uploads the signed bundles under `models_dir` to the cloud's model registry and assigns each to the demo ward,
+/// through the administrator API with a token for the registry's scopes. Returns `name version` of each.
+async fn publish_demo_models(
+    http: &reqwest::Client,
+    cloud: &CloudHandle,
+    setup: &wardwatch::DevSetup,
+    models_dir: &std::path::Path,
+    registry: &str,
+) -> Result<Vec<String>> {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let token = wardwatch::smart_token(
+        http,
+        &cloud.token_endpoint,
+        &setup.smart_client,
+        "system/WardwatchModel.cu",
+    )
+    .await
+    .context("a token for the model registry")?;
+    let mut published = Vec::new();
+    for kind in ["deterioration", "artifact"] {
+        let dir = models_dir.join(kind);
+        let read = |f: &str| {
+            std::fs::read(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()))
+        };
+        let manifest = read("manifest.json")?;
+        let body = serde_json::json!({
+            "manifest": b64(&manifest),
+            "signature": b64(&read("model.onnx.sig")?),
+            "model": b64(&read("model.onnx")?),
+        });
+        let meta: serde_json::Value =
+            serde_json::from_slice(&manifest).context("the bundle's manifest")?;
+        let (name, version) = (
+            meta["name"].as_str().context("manifest name")?,
+            meta["version"].as_str().context("manifest version")?,
+        );
+        let r = http
+            .post(registry)
+            .bearer_auth(&token.access_token)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "uploading {name} {version}: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+        let r = http
+            .put(format!("{registry}/assignments/{DEMO_WARD}/{name}"))
+            .bearer_auth(&token.access_token)
+            .json(&serde_json::json!({ "version": version }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "assigning {name} {version} to {DEMO_WARD}: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+        published.push(format!("{name} {version}"));
+    }
+    Ok(published)
 }

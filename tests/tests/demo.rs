@@ -109,6 +109,51 @@ async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
         "{doc}"
     );
     assert!(doc["mqtt"].is_null(), "{doc}");
+    // The models the edge runs are published in the cloud's registry and assigned to the demo ward; the
+    // development client gets a registry-scoped token through the SMART flow with its key under the data dir.
+    let registry = doc["model_registry"]
+        .as_str()
+        .context("model_registry")?
+        .to_string();
+    let setup = wardwatch::dev_setup(&data, &["edge-7a"])?;
+    let admin = wardwatch::smart_token(
+        &client,
+        doc["token_endpoint"].as_str().context("token_endpoint")?,
+        &setup.smart_client,
+        "system/WardwatchModel.r",
+    )
+    .await?;
+    let listing: serde_json::Value = client
+        .get(&registry)
+        .bearer_auth(&admin.access_token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut assigned: Vec<(String, String)> = listing["assignments"]
+        .as_array()
+        .context("assignments")?
+        .iter()
+        .map(|a| {
+            (
+                a["ward"].as_str().unwrap_or_default().to_string(),
+                a["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assigned.sort();
+    assert_eq!(
+        assigned,
+        vec![
+            ("7A".to_string(), "wardwatch-artifact".to_string()),
+            ("7A".to_string(), "wardwatch-deterioration".to_string())
+        ],
+        "{listing}"
+    );
+    // The printed token is an EHR's: it does not reach the registry.
+    let r = client.get(&registry).bearer_auth(&token).send().await?;
+    assert_eq!(r.status(), reqwest::StatusCode::FORBIDDEN);
     let page = plain.get(&station).send().await?.text().await?;
     assert!(page.contains("Wardwatch · nurse station"));
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
