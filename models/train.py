@@ -26,16 +26,21 @@ import cohort as C  # noqa: E402
 import features as F  # noqa: E402
 import onnx_export  # noqa: E402
 import report  # noqa: E402
+import selection as S  # noqa: E402
 
 # Cohorts: (seed, mix). Held-out cohorts differ in seed AND in scenario mix (see export_cohort.rs `mix`).
 TRAIN = [(101, "train"), (102, "train"), (103, "train")]
-VALIDATION_SEED = 103  # model selection only; the final models are refitted on all training cohorts
-HELDOUT = [(9001, "heldout"), (9002, "heldout")]
+# Artifact model selection only (the deterioration model is chosen by leave-one-cohort-out over all of TRAIN, see
+# selection.py); the final models are refitted on all training cohorts.
+VALIDATION_SEED = 103
+HELDOUT = [(9001, "heldout"), (9002, "heldout"), (9003, "heldout"), (9004, "heldout")]
 BEDS = 40
 HOURS = 48
 HORIZON_H = 4.0
 STEP_MIN = 10
-VERSION = "1.0.0"
+# SemVer per model. Deterioration 1.1.0: chosen among weighted candidates by a rule that includes lead time.
+# Artifact 1.0.1: the same weights and bytes as 1.0.0; its manifest names more held-out cohorts.
+VERSIONS = {"deterioration": "1.1.0", "artifact": "1.0.1"}
 RNG_SEED = 20261123
 
 
@@ -74,7 +79,7 @@ def fit_candidates(Xtr, ytr, Xva, yva, kind: str):
     return res
 
 
-def fit_final(name: str, X, y, kind: str):
+def fit_final(name: str, X, y, kind: str, weights=None):
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
 
@@ -82,13 +87,13 @@ def fit_final(name: str, X, y, kind: str):
     Z = (X - mean) / scale
     if name == "logistic":
         m = LogisticRegression(C=1.0, max_iter=2000)
-        m.fit(Z, y)
+        m.fit(Z, y, sample_weight=weights)
         layers = [(m.coef_.T.copy(), m.intercept_.copy())]
     else:
         hidden = (32, 16) if kind == "deterioration" else (16,)
         m = MLPClassifier(hidden_layer_sizes=hidden, activation="relu", alpha=1e-3, max_iter=300,
                           early_stopping=True, n_iter_no_change=15, random_state=RNG_SEED)
-        m.fit(Z, y)
+        m.fit(Z, y, sample_weight=weights)
         layers = list(zip([w.copy() for w in m.coefs_], [b.copy() for b in m.intercepts_]))
     return m, mean, scale, layers
 
@@ -140,29 +145,45 @@ def main() -> int:
         sel = [d.in_main if main_only else np.ones(len(d.y), bool) for d in ds]
         return (np.concatenate([d.X[m] for d, m in zip(ds, sel)]), np.concatenate([d.y[m] for d, m in zip(ds, sel)]))
 
+    def stack_det_weighted(seeds, scheme):
+        ds = [det[s] for s in seeds]
+        w = [S.sample_weights(d, scheme, HORIZON_H)[d.in_main] for d in ds]
+        return (np.concatenate([d.X[d.in_main] for d in ds]), np.concatenate([d.y[d.in_main] for d in ds]),
+                np.concatenate(w))
+
     def stack_art(seeds):
         ds = [art[s] for s in seeds]
         keep = [~d.ambiguous for d in ds]
         return (np.concatenate([d.X[k] for d, k in zip(ds, keep)]), np.concatenate([d.y[k] for d, k in zip(ds, keep)]))
 
     train_seeds = [s for s, _ in TRAIN]
+    news_idx = [n for n, _ in F.DETERIORATION_FEATURES].index("news2_total")
     fit_seeds = [s for s in train_seeds if s != VALIDATION_SEED]
 
-    log("3/6 deterioration model: selection on the validation cohort, refit on all training cohorts")
-    Xtr, ytr = stack_det(fit_seeds)
-    Xva, yva = stack_det([VALIDATION_SEED])
-    det_sel = fit_candidates(Xtr, ytr, Xva, yva, "deterioration")
-    for name, auc, ap_ in det_sel:
-        log(f"   validation {name}: AUROC {auc:.3f} AUPRC {ap_:.3f}")
-    det_choice = max(det_sel, key=lambda r: r[1])[0]
-    Xall, yall = stack_det(train_seeds)
-    det_model, det_mean, det_scale, det_layers = fit_final(det_choice, Xall, yall, "deterioration")
+    log("3/6 deterioration model: candidates by leave-one-cohort-out on the training cohorts, refit on all")
+    det_sel = []
+    for arch, scheme in S.CANDIDATES:
+        folds = []
+        for val in train_seeds:
+            Xf, yf, wf = stack_det_weighted([s for s in train_seeds if s != val], scheme)
+            m, mean, scale, _ = fit_final(arch, Xf, yf, "deterioration", wf)
+            folds.append(S.validation_metrics(det[val], m.predict_proba((det[val].X - mean) / scale)[:, 1], news_idx))
+        r = S.summarise(folds)
+        det_sel.append((f"{arch}, {scheme}", r))
+        log(f"   {arch:8s} {scheme:16s} AUROC {r['auroc']:.3f} (NEWS2 {r['auroc_news2']:.3f}) lead at NEWS2>=5 rate "
+            f"{r['lead5_model']:.2f} vs {r['lead5_news2']:.2f} h, at NEWS2>=7 rate {r['lead7_model']:.2f} vs "
+            f"{r['lead7_news2']:.2f} h")
+    det_pick = S.choose(det_sel)
+    det_choice, det_scheme = det_pick.split(", ")
+    Xall, yall, wall = stack_det_weighted(train_seeds, det_scheme)
+    det_model, det_mean, det_scale, det_layers = fit_final(det_choice, Xall, yall, "deterioration", wall)
     p_train = det_model.predict_proba((Xall - det_mean) / det_scale)[:, 1]
-    news_idx = [n for n, _ in F.DETERIORATION_FEATURES].index("news2_total")
+    if np.any(p_train.astype(np.float32) >= 1.0):
+        raise SystemExit(f"deterioration {det_pick}: float32 output saturates at 1.0 on training points")
     news_train = Xall[:, news_idx]
     rate5_train = float(np.mean(news_train >= 5))
     det_threshold = float(np.quantile(p_train, 1.0 - rate5_train))
-    log(f"   chose {det_choice}; threshold {det_threshold:.4f} = NEWS2>=5 alert rate on training ({rate5_train:.3%})")
+    log(f"   chose {det_pick}; threshold {det_threshold:.4f} = NEWS2>=5 alert rate on training ({rate5_train:.3%})")
 
     log("4/6 artifact model")
     Xtr, ytr = stack_art(fit_seeds)
@@ -195,7 +216,7 @@ def main() -> int:
         d = os.path.join(out, kind)
         os.makedirs(d, exist_ok=True)
         g = onnx_export.build(mean, scale, layers, f"wardwatch_{kind}",
-                              f"Wardwatch {kind} model {VERSION}. Trained on simulated data; not clinically validated.")
+                              f"Wardwatch {kind} model {VERSIONS[kind]}. Trained on simulated data; not clinically validated.")
         path = os.path.join(d, "model.onnx")
         sha = onnx_export.save(g, path)
         X = stack_det([HELDOUT[0][0]])[0][:2000] if kind == "deterioration" else art[HELDOUT[0][0]].X[:2000]
@@ -218,7 +239,7 @@ def main() -> int:
                                  paths, onnx_probabilities, RNG_SEED)
     elapsed = time.time() - t_start
     common = {
-        "version": VERSION,
+        "versions": VERSIONS,
         "created": dt.date.today().isoformat(),
         "train": TRAIN, "heldout": HELDOUT, "beds": BEDS, "hours": HOURS,
         "train_meta": [cohorts[s].meta for s, _ in TRAIN],
@@ -226,7 +247,8 @@ def main() -> int:
         "elapsed_s": elapsed, "export_s": t_export, "reused_cohorts": bool(args.reuse_cohorts),
     }
     report.write_outputs(out, docs, common, {
-        "deterioration": {"choice": det_choice, "selection": det_sel, "threshold": det_threshold,
+        "deterioration": {"choice": det_choice, "weights": det_scheme, "selection": det_sel,
+                          "selection_rule": S.choose.__doc__, "weights_doc": S.WEIGHTS_DOC, "threshold": det_threshold,
                           "horizon_h": HORIZON_H, "step_min": STEP_MIN, "eval": det_eval,
                           "n_train": int(len(yall)), "pos_train": int(yall.sum()),
                           "path": paths["deterioration"], "layers": [w.shape for w, _ in det_layers]},

@@ -178,8 +178,16 @@ async fn a_deteriorating_simulated_patient_gets_model_risk_events_and_a_medium_a
     };
     assert_eq!(alarm.patient_id, septic);
     assert_eq!(alarm.priority, AlarmPriority::Medium);
+    // The alarm names the committed model and version (read from its manifest, so a retrained model is tested as is).
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo_models().join("deterioration/manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json");
+    let version = manifest["version"].as_str().expect("version");
     assert!(
-        alarm.message.contains("wardwatch-deterioration 1.0.0"),
+        alarm
+            .message
+            .contains(&format!("wardwatch-deterioration {version}")),
         "{}",
         alarm.message
     );
@@ -191,10 +199,6 @@ async fn a_deteriorating_simulated_patient_gets_model_risk_events_and_a_medium_a
     );
 
     // The predictions are durable events (they sync like the rest), each naming its model.
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(repo_models().join("deterioration/manifest.json")).expect("manifest"),
-    )
-    .expect("manifest json");
     let sha = manifest["sha256"].as_str().expect("sha256");
     let threshold = manifest["decision_threshold"].as_f64().expect("threshold");
     let mut deadline = 50;
