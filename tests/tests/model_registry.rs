@@ -70,6 +70,17 @@ fn deterioration_version(version: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     bundle_version(DETERIORATION_DIR, version)
 }
 
+/// The version of the committed bundle in `models/<dir>` (what the edge runs before any pull).
+fn committed_version(dir: &str) -> Result<String> {
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        repo_models_dir().join(dir).join("manifest.json"),
+    )?)?;
+    Ok(manifest["version"]
+        .as_str()
+        .context("manifest version")?
+        .to_string())
+}
+
 fn upload_body(manifest: &[u8], signature: &[u8], model: &[u8]) -> serde_json::Value {
     serde_json::json!({ "manifest": b64(manifest), "signature": b64(signature), "model": b64(model) })
 }
@@ -329,14 +340,16 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
         Ok(edge.node.models().pull_stats.polls.load(Ordering::Relaxed) >= 1)
     })
     .await?;
-    assert_eq!(predict_with(&edge).await?, "1.0.0");
+    let v1 = committed_version(DETERIORATION_DIR)?;
+    let artifact_v1 = committed_version(ARTIFACT_DIR)?;
+    assert_eq!(predict_with(&edge).await?, v1);
     feed_heart_rate(&edge, "hr-1").await?;
     let risk_url = format!("{}/RiskAssessment?patient=P1", cloud.fhir_base);
     wait_for_fhir(
         &admin.http,
         token,
         &risk_url,
-        "wardwatch-deterioration 1.0.0",
+        &format!("wardwatch-deterioration {v1}"),
     )
     .await?;
 
@@ -576,7 +589,7 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
         )
         .await?;
     assert_eq!(status, 201, "{body}");
-    assert_eq!(admin.assign(token, "7A", "1.0.0").await?.0, 200);
+    assert_eq!(admin.assign(token, "7A", &v1).await?.0, 200);
     let outcomes = poll_once(&edge.node, &mut refused).await?;
     match outcomes.as_slice() {
         [(_, PullOutcome::Refused(reason))] => {
@@ -699,7 +712,7 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
         .iter()
         .filter_map(|v| v["version"].as_str())
         .collect();
-    for v in ["1.0.0", "2.0.0", "3.0.0", "4.0.0", "9.0.0"] {
+    for v in [v1.as_str(), "2.0.0", "3.0.0", "4.0.0", "9.0.0"] {
         assert!(versions.contains(&v), "{listing}");
     }
     let assignments: Vec<(String, String)> = listing["assignments"]
@@ -716,7 +729,7 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
     assert_eq!(
         assignments,
         vec![("7A".into(), "2.0.0".into()), ("8B".into(), "9.0.0".into())],
-        "7A back on 2.0.0 after the refused downgrade to 1.0.0"
+        "7A back on 2.0.0 after the refused downgrade to the committed version"
     );
 
     // --- Every upload and assignment is audited, refusals included. ---
@@ -733,7 +746,7 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
 
     // --- The artifact model takes updates the same way: a signed 2.0.0 pulled, verified and swapped in; its
     // verdicts name it, and it is kept for restarts. ---
-    assert_eq!(artifact_verdict_model(&edge).await?, "1.0.0");
+    assert_eq!(artifact_verdict_model(&edge).await?, artifact_v1);
     let (a2_model, a2_manifest) = bundle_version(ARTIFACT_DIR, "2.0.0")?;
     let (status, body) = admin
         .upload(
