@@ -5,8 +5,8 @@ use fhir_sdk::r4b::resources::{Device, DeviceUdiCarrier};
 use fhir_sdk::r4b::types::{Annotation, CodeableConcept, Meta, Reference};
 
 use crate::util::{
-    build_err, coding, identifier, instant_from_unix_ms, invalid,
-    literal_reference, opt_string, require_id, require_string, ser_err, single_coding_concept,
+    build_err, coding, identifier, instant_from_unix_ms, invalid, literal_reference, opt_string,
+    require_id, require_string, ser_err, single_coding_concept,
 };
 use crate::{Coding, DEVICE_STATUS_REASON, FhirError, MDC};
 
