@@ -54,6 +54,11 @@ async fn shutdown_signal() {
     }
 }
 
+/// mimalloc instead of glibc's malloc: a large FHIR Bundle spent most of its time in glibc's free lists (see
+/// docs/benchmarks.md, FHIR search).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -533,6 +533,11 @@ async fn run_edge(
     Ok(())
 }
 
+/// mimalloc instead of glibc's malloc: a large FHIR Bundle spent most of its time in glibc's free lists (see
+/// docs/benchmarks.md, FHIR search).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     wardwatch::install_crypto();

@@ -142,6 +142,10 @@ fn iso(ms: i64) -> Result<String> {
     Ok(t.format(&time::format_description::well_known::Rfc3339)?)
 }
 
+/// mimalloc, as the cloud and demo binaries use (see docs/benchmarks.md, FHIR search).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     wardwatch::install_crypto();

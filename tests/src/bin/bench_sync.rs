@@ -226,6 +226,11 @@ async fn copy_reference(url: &str) -> Result<(u64, f64)> {
     Ok((rows, rate))
 }
 
+/// mimalloc instead of glibc's malloc: a large FHIR Bundle spent most of its time in glibc's free lists (see
+/// docs/benchmarks.md, FHIR search).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     wardwatch::install_crypto();
