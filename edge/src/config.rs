@@ -84,6 +84,12 @@ pub struct ModelsConfig {
     /// artifact judgement can delay a medium/low alarm (high-priority alarms are never held).
     #[serde(default = "default_artifact_max_hold_secs")]
     pub artifact_max_hold_secs: u64,
+    /// Consecutive deterioration rounds (each `score_interval_secs`) at or above the threshold before the
+    /// medium-priority deterioration-risk alarm's condition starts; 1..=60, default 3. Once raised it ends only
+    /// when the probability falls below 0.8 × the threshold. One crossing of a probability hovering at the
+    /// threshold does not raise an alarm each time.
+    #[serde(default = "default_deterioration_alarm_rounds")]
+    pub deterioration_alarm_rounds: u32,
     /// Seconds between polls of the cloud's model registry for the versions assigned to this edge's wards
     /// (`edge/src/ml/pull.rs`), 10..=86400; absent = the edge never pulls models. A pulled model is verified like
     /// one loaded at start, must be newer (SemVer precedence) than the one running, and is kept under
@@ -104,6 +110,10 @@ fn default_artifact_max_hold_secs() -> u64 {
     120
 }
 
+fn default_deterioration_alarm_rounds() -> u32 {
+    3
+}
+
 impl ModelsConfig {
     /// The development default: `dir` with the given key file, every other setting at its default.
     pub fn new(dir: PathBuf, trusted_keys: PathBuf) -> Self {
@@ -114,6 +124,7 @@ impl ModelsConfig {
             deterioration_threshold: None,
             artifact_hold_secs: default_artifact_hold_secs(),
             artifact_max_hold_secs: default_artifact_max_hold_secs(),
+            deterioration_alarm_rounds: default_deterioration_alarm_rounds(),
             pull_interval_secs: None,
         }
     }
@@ -129,6 +140,9 @@ impl ModelsConfig {
         }
         if !(self.artifact_hold_secs..=600).contains(&self.artifact_max_hold_secs) {
             return bad("models.artifact_max_hold_secs must be artifact_hold_secs..=600");
+        }
+        if !(1..=60).contains(&self.deterioration_alarm_rounds) {
+            return bad("models.deterioration_alarm_rounds must be 1..=60");
         }
         if let Some(t) = self.deterioration_threshold
             && !(t.is_finite() && t > 0.0 && t < 1.0)

@@ -167,6 +167,10 @@ pub struct ModelStatusView {
     pub detail: String,
 }
 
+/// A raised deterioration-risk alarm's condition ends only when the probability falls below this fraction of the
+/// model's threshold (hysteresis).
+pub const DETERIORATION_CLEAR_FRACTION: f64 = 0.8;
+
 /// Said wherever a prediction is shown.
 pub const SIMULATED_MODEL_NOTE: &str =
     "model trained on simulated data only; not clinically validated";
@@ -194,6 +198,11 @@ struct PatientState {
     ml: Option<Box<PatientMl>>,
     /// The deterioration model's latest prediction.
     prediction: Option<PredictionView>,
+    /// Consecutive deterioration rounds at or above the model's threshold (held, not counted up, while the
+    /// probability stays above the clear level); the risk alarm's condition is active from
+    /// `deterioration_alarm_rounds` on. Keeps one minute's crossing, and a probability hovering at the threshold,
+    /// from raising alarm after alarm.
+    risk_rounds: u32,
 }
 
 /// Counters.
@@ -384,6 +393,7 @@ impl ClinicalEngine {
         let Some(use_) = self.ml.as_ref().and_then(|m| m.deterioration.clone()) else {
             return Vec::new();
         };
+        let ml_rounds = self.ml.as_ref().map_or(1, |m| m.deterioration_alarm_rounds);
         let mut out = Vec::new();
         let at = r.request.at_unix_ms;
         for (i, row) in r.request.rows.into_iter().enumerate() {
@@ -413,6 +423,22 @@ impl ClinicalEngine {
                 derived_from: row.derived_from,
             }));
             let above = f64::from(p) >= use_.threshold;
+            // Persistence and hysteresis: count rounds at or above the threshold; below the clear level the
+            // count starts again; in between it holds, so a raised alarm stays until the risk has really fallen.
+            let clear_level = use_.threshold * DETERIORATION_CLEAR_FRACTION;
+            let needed = ml_rounds.max(1);
+            let rounds = match self.patients.get_mut(&row.patient_id) {
+                Some(ps) => {
+                    if above {
+                        ps.risk_rounds = ps.risk_rounds.saturating_add(1);
+                    } else if f64::from(p) < clear_level {
+                        ps.risk_rounds = 0;
+                    }
+                    ps.risk_rounds
+                }
+                None => u32::from(above),
+            };
+            let alarm_active = rounds >= needed;
             if let Some(ps) = self.patients.get_mut(&row.patient_id) {
                 ps.prediction = Some(PredictionView {
                     model: r.model.to_string(),
@@ -430,8 +456,8 @@ impl ClinicalEngine {
                     "deterioration-model",
                 ),
                 priority: AlarmPriority::Medium,
-                active: above,
-                message: if above {
+                active: alarm_active,
+                message: if alarm_active {
                     deterioration_message(&r.model, p, use_.threshold, reasons)
                 } else {
                     format!(
@@ -568,6 +594,7 @@ impl ClinicalEngine {
                 latest: BTreeMap::new(),
                 ml: ml_on.then(|| Box::new(PatientMl::new(scale == SpO2Scale::Scale2))),
                 prediction: None,
+                risk_rounds: 0,
             });
         p.location = location.clone();
         p
@@ -1089,6 +1116,10 @@ mod tests {
     }
 
     fn ml_engine(det: bool, art: bool) -> ClinicalEngine {
+        ml_engine_with_rounds(det, art, 1)
+    }
+
+    fn ml_engine_with_rounds(det: bool, art: bool, rounds: u32) -> ClinicalEngine {
         let mut e = ClinicalEngine::new(EngineConfig::default(), "edge");
         let use_ = |name: &str, t: f64| ModelUse {
             model: model(name),
@@ -1102,6 +1133,7 @@ mod tests {
                 score_interval_ms: 60_000,
                 artifact_hold_ms: 30_000,
                 artifact_max_hold_ms: 120_000,
+                deterioration_alarm_rounds: rounds,
             }),
             Vec::new(),
         );
@@ -1185,6 +1217,49 @@ mod tests {
         let snap = e.snapshot(80_000);
         let p1 = snap.beds.iter().find(|b| b.patient_id == "P1").expect("P1");
         assert!(p1.deterioration.as_ref().is_some_and(|d| d.above_threshold));
+    }
+
+    /// The risk alarm needs `deterioration_alarm_rounds` consecutive rounds at or above the threshold (0.15 here),
+    /// holds between the clear level (0.12) and the threshold, and ends below the clear level: a probability
+    /// hovering at the threshold raises one alarm, not one per crossing.
+    #[test]
+    fn the_risk_alarm_needs_consecutive_rounds_and_clears_with_hysteresis() {
+        let mut e = ml_engine_with_rounds(true, false, 3);
+        if let Payload::Vital(mut v) = vital(MDC_RESP_RATE, 18.0, 1_000) {
+            v.patient_id = "P1".into();
+            e.on_event("rr-P1", &Payload::Vital(v));
+        }
+        let mut raised_total = 0;
+        let mut active_after = Vec::new();
+        // Rounds a minute apart; a dip to 0.13 (between the clear level and the threshold) holds the count.
+        for (i, p) in [0.20_f32, 0.20, 0.13, 0.20, 0.16, 0.14, 0.10, 0.20, 0.20]
+            .iter()
+            .enumerate()
+        {
+            let now = 60_000 * (i as i64 + 1);
+            e.tick(now);
+            let req = e.take_ml_work().deterioration.expect("a round is due");
+            let out = e.on_deterioration_result(DeteriorationResult {
+                model: model("wardwatch-deterioration"),
+                probabilities: vec![*p],
+                reasons: vec![Vec::new()],
+                request: req,
+            });
+            raised_total += raised(&out, AlarmKind::DeteriorationRisk).len();
+            // Past the medium delay, before the next round.
+            raised_total += raised(&e.tick(now + 16_000), AlarmKind::DeteriorationRisk).len();
+            active_after.push(
+                e.active_alarms()
+                    .iter()
+                    .any(|a| a.key.kind == AlarmKind::DeteriorationRisk as i32),
+            );
+        }
+        assert_eq!(
+            active_after,
+            vec![false, false, false, true, true, true, false, false, false],
+            "rounds: 0.20 0.20 0.13(hold) 0.20(3rd) 0.16 0.14(held above 0.12) 0.10(clear) 0.20 0.20(only 2)"
+        );
+        assert_eq!(raised_total, 1, "one alarm for the whole episode");
     }
 
     #[test]

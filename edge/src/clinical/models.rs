@@ -6,10 +6,13 @@
 //! - **Deterioration.** Every `score_interval_ms` (default one minute) the engine builds one feature row per
 //!   monitored patient from its [`BedBuffer`](crate::ml::BedBuffer), all beds in one request. Each probability
 //!   becomes a `RiskScore` event carrying a `ModelPrediction` (model name, version, sha256, probability, outcome,
-//!   window) and `derived_from` (the newest sample of each signal in the window). A probability at or above the
+//!   window) and `derived_from` (the newest sample of each signal in the window). Probabilities at or above the
 //!   model's operating threshold (the manifest's `decision_threshold`: the alert rate of NEWS2 ≥ 5 on the training
-//!   cohorts, see `models/deterioration/MODEL_CARD.md`) makes a **medium-priority** `DETERIORATION_RISK`
-//!   condition whose message names the model, the probability and the features that pushed it up most.
+//!   cohorts, see `models/deterioration/MODEL_CARD.md`) in `deterioration_alarm_rounds` consecutive rounds make a
+//!   **medium-priority** `DETERIORATION_RISK` condition whose message names the model, the probability and the
+//!   features that pushed it up most. A round between 0.8 × the threshold and the threshold neither counts nor
+//!   resets; the condition ends when the probability falls below 0.8 × the threshold (hysteresis), so a
+//!   probability hovering at the threshold makes one alarm, not one per crossing.
 //! - **Artifact.** While a medium- or low-priority threshold condition on heart rate, pulse rate, SpO2 or
 //!   respiratory rate is pending (waiting out its delay) and not held, every new sample of a signal it is built on
 //!   puts that signal to the artifact model. A verdict at or above its threshold holds that condition back for
@@ -70,6 +73,8 @@ pub struct MlSettings {
     pub artifact_hold_ms: i64,
     /// The longest a condition may be held back in all, from its first hold, however many verdicts renew it, ms.
     pub artifact_max_hold_ms: i64,
+    /// Consecutive deterioration rounds at or above the threshold before the risk alarm's condition is active.
+    pub deterioration_alarm_rounds: u32,
 }
 
 /// One patient's deterioration row.

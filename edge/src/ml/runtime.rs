@@ -180,6 +180,7 @@ pub struct EdgeModels {
     score_interval_ms: i64,
     artifact_hold_ms: i64,
     artifact_max_hold_ms: i64,
+    deterioration_alarm_rounds: u32,
 }
 
 fn model_ref(id: &ModelIdentity) -> ModelRef {
@@ -267,6 +268,7 @@ impl EdgeModels {
                 .unwrap_or(30_000),
             artifact_max_hold_ms: i64::try_from(cfg.artifact_max_hold_secs.saturating_mul(1000))
                 .unwrap_or(120_000),
+            deterioration_alarm_rounds: cfg.deterioration_alarm_rounds,
             ..EdgeModels::default()
         };
         let keys = match TrustedKeys::load(&cfg.trusted_keys) {
@@ -359,6 +361,7 @@ impl EdgeModels {
             score_interval_ms: self.score_interval_ms,
             artifact_hold_ms: self.artifact_hold_ms,
             artifact_max_hold_ms: self.artifact_max_hold_ms,
+            deterioration_alarm_rounds: self.deterioration_alarm_rounds,
         })
     }
 
