@@ -647,31 +647,35 @@ async fn publish_demo_models(
             meta["name"].as_str().context("manifest name")?,
             meta["version"].as_str().context("manifest version")?,
         );
-        let r = http
-            .post(registry)
-            .bearer_auth(&token.access_token)
-            .json(&body)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            r.status().is_success(),
-            "uploading {name} {version}: {} {}",
-            r.status(),
-            r.text().await.unwrap_or_default()
-        );
-        let r = http
+        let upload = http.post(registry).json(&body);
+        succeed(
+            upload,
+            &token.access_token,
+            &format!("uploading {name} {version}"),
+        )
+        .await?;
+        let assign = http
             .put(format!("{registry}/assignments/{DEMO_WARD}/{name}"))
-            .bearer_auth(&token.access_token)
-            .json(&serde_json::json!({ "version": version }))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            r.status().is_success(),
-            "assigning {name} {version} to {DEMO_WARD}: {} {}",
-            r.status(),
-            r.text().await.unwrap_or_default()
-        );
+            .json(&serde_json::json!({ "version": version }));
+        succeed(
+            assign,
+            &token.access_token,
+            &format!("assigning {name} {version} to {DEMO_WARD}"),
+        )
+        .await?;
         published.push(format!("{name} {version}"));
     }
     Ok(published)
+}
+
+/// Sends an administrator request with `token`; an error names `what` and the server's answer.
+async fn succeed(request: reqwest::RequestBuilder, token: &str, what: &str) -> Result<()> {
+    let r = request.bearer_auth(token).send().await?;
+    let status = r.status();
+    anyhow::ensure!(
+        status.is_success(),
+        "{what}: {status} {}",
+        r.text().await.unwrap_or_default()
+    );
+    Ok(())
 }

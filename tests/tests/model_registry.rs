@@ -137,6 +137,19 @@ impl Admin {
 }
 
 impl Admin {
+    /// `GET /admin/models`: the versions and assignments (fails on any status but 200).
+    async fn list(&self, token: &str) -> Result<serde_json::Value> {
+        Ok(self
+            .http
+            .get(&self.base)
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
     async fn unassign(
         &self,
         token: &str,
@@ -697,15 +710,7 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status().as_u16(), 403);
-    let listing: serde_json::Value = admin
-        .http
-        .get(&admin.base)
-        .bearer_auth(token)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let listing = admin.list(token).await?;
     let versions: Vec<&str> = listing["versions"]
         .as_array()
         .context("versions")?
@@ -800,15 +805,7 @@ async fn scenario(database_url: Option<String>) -> Result<()> {
         "nothing assigned for the artifact model: {outcomes:?}"
     );
     assert_eq!(artifact_verdict_model(&edge).await?, "2.0.0");
-    let listing: serde_json::Value = admin
-        .http
-        .get(&admin.base)
-        .bearer_auth(token)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let listing = admin.list(token).await?;
     let artifact_assigned = listing["assignments"]
         .as_array()
         .context("assignments")?
