@@ -8,20 +8,18 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
-    wardwatch::install_crypto();
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("empty-data");
-    std::fs::create_dir_all(&data)?;
-    let info = dir.path().join("info.json");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wardwatch"))
+/// Starts the demo binary with `args` (after `demo`; every listener on an ephemeral loopback port), `data` as its
+/// data directory and `info` as its info file, and waits until that file is written. Returns the child (its
+/// stdout piped) and the info document.
+async fn start_demo(
+    args: &[&str],
+    data: &std::path::Path,
+    info: &std::path::Path,
+) -> Result<(tokio::process::Child, serde_json::Value)> {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wardwatch"))
+        .arg("demo")
+        .args(args)
         .args([
-            "demo",
-            "--duration",
-            "12",
-            "--beds",
-            "40",
             "--api-listen",
             "127.0.0.1:0",
             "--sync-listen",
@@ -30,13 +28,11 @@ async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
             "127.0.0.1:0",
             "--hl7-listen",
             "127.0.0.1:0",
-            "--mqtt-broker",
-            "off",
         ])
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data)
         .arg("--info")
-        .arg(&info)
+        .arg(info)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -46,7 +42,23 @@ async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
         async move { Ok(exists) }
     })
     .await?;
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&info)?)?;
+    let doc = serde_json::from_slice(&std::fs::read(info)?)?;
+    Ok((child, doc))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_for_a_duration_on_an_empty_data_dir() -> Result<()> {
+    wardwatch::install_crypto();
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("empty-data");
+    std::fs::create_dir_all(&data)?;
+    let info = dir.path().join("info.json");
+    let (mut child, doc) = start_demo(
+        &["--duration", "12", "--beds", "40", "--mqtt-broker", "off"],
+        &data,
+        &info,
+    )
+    .await?;
     let base = doc["fhir_base"].as_str().context("fhir_base")?.to_string();
     let token = doc["token"].as_str().context("token")?.to_string();
     let ca = doc["ca_cert"].as_str().context("ca_cert")?.to_string();
@@ -185,38 +197,12 @@ async fn demo_embedded_mqtt_broker_carries_a_device_message_to_fhir() -> Result<
     };
     assert_ne!(port, 1883);
     let listen = format!("127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wardwatch"))
-        .args([
-            "demo",
-            "--duration",
-            "25",
-            "--beds",
-            "4",
-            "--api-listen",
-            "127.0.0.1:0",
-            "--sync-listen",
-            "127.0.0.1:0",
-            "--station-listen",
-            "127.0.0.1:0",
-            "--hl7-listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            &listen,
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--info")
-        .arg(&info)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    wardwatch::wait_until(Duration::from_secs(30), "the info file", || {
-        let exists = info.exists();
-        async move { Ok(exists) }
-    })
+    let (mut child, doc) = start_demo(
+        &["--duration", "25", "--beds", "4", "--mqtt-listen", &listen],
+        &data,
+        &info,
+    )
     .await?;
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&info)?)?;
     // The port picked above may be taken by another process's outgoing connection before the demo binds it;
     // the broker then falls back to an ephemeral loopback port, still not Mosquitto's 1883.
     let mqtt = doc["mqtt"].as_str().context("mqtt")?;

@@ -65,6 +65,23 @@ const STATUS_REASONS: &[(&str, &str)] = &[
     ("off", "Off"),
 ];
 
+/// `Device.status` from its code.
+fn device_status(code: &str) -> Result<FHIRDeviceStatus, FhirError> {
+    code.parse().map_err(|_| {
+        invalid(format!(
+            "Device.status {code:?} is not one of active, inactive, entered-in-error, unknown"
+        ))
+    })
+}
+
+/// `meta` with only `lastUpdated` (every Device shape: MDS, VMD, channel).
+fn last_updated_meta(unix_ms: i64) -> Result<Meta, FhirError> {
+    Meta::builder()
+        .last_updated(instant_from_unix_ms("last_updated_unix_ms", unix_ms)?)
+        .build()
+        .map_err(build_err("Meta"))
+}
+
 /// Build a FHIR R4 `Device`. See [`DeviceRecord`] for where each field goes.
 ///
 /// # Errors
@@ -73,12 +90,7 @@ const STATUS_REASONS: &[(&str, &str)] = &[
 /// [`FhirError::Build`] if `fhir-sdk` fails (not expected).
 pub fn device(r: &DeviceRecord<'_>) -> Result<serde_json::Value, FhirError> {
     require_id("Device.id", r.id)?;
-    let status: FHIRDeviceStatus = r.status.parse().map_err(|_| {
-        invalid(format!(
-            "Device.status {:?} is not one of active, inactive, entered-in-error, unknown",
-            r.status
-        ))
-    })?;
+    let status = device_status(r.status)?;
     require_string("kind_display", r.kind_display)?;
 
     let mut kind = CodeableConcept::builder().text(r.kind_display.to_owned());
@@ -94,13 +106,7 @@ pub fn device(r: &DeviceRecord<'_>) -> Result<serde_json::Value, FhirError> {
         )?)]);
     }
     let kind = kind.build().map_err(build_err("Device.type"))?;
-    let meta = Meta::builder()
-        .last_updated(instant_from_unix_ms(
-            "last_updated_unix_ms",
-            r.last_updated_unix_ms,
-        )?)
-        .build()
-        .map_err(build_err("Meta"))?;
+    let meta = last_updated_meta(r.last_updated_unix_ms)?;
 
     let mut b = Device::builder()
         .id(r.id.to_owned())
@@ -187,24 +193,13 @@ pub fn device_component(r: &DeviceComponentRecord<'_>) -> Result<serde_json::Val
     require_id("Device.id", r.id)?;
     require_id("Device.parent id", r.parent_id)?;
     require_string("type_text", r.type_text)?;
-    let status: FHIRDeviceStatus = r.status.parse().map_err(|_| {
-        invalid(format!(
-            "Device.status {:?} is not one of active, inactive, entered-in-error, unknown",
-            r.status
-        ))
-    })?;
+    let status = device_status(r.status)?;
     let mut kind = CodeableConcept::builder().text(r.type_text.to_owned());
     if let Some(c) = &r.type_code {
         kind = kind.coding(vec![Some(coding("Device.type", c)?)]);
     }
     let kind = kind.build().map_err(build_err("Device.type"))?;
-    let meta = Meta::builder()
-        .last_updated(instant_from_unix_ms(
-            "last_updated_unix_ms",
-            r.last_updated_unix_ms,
-        )?)
-        .build()
-        .map_err(build_err("Meta"))?;
+    let meta = last_updated_meta(r.last_updated_unix_ms)?;
     let device = Device::builder()
         .id(r.id.to_owned())
         .meta(meta)
