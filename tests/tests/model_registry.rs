@@ -96,15 +96,7 @@ impl Admin {
         token: &str,
         body: &serde_json::Value,
     ) -> Result<(u16, serde_json::Value)> {
-        let r = self
-            .http
-            .post(&self.base)
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await?))
+        answer(self.http.post(&self.base).json(body), token).await
     }
 
     async fn assign(
@@ -124,19 +116,13 @@ impl Admin {
         name: &str,
         version: &str,
     ) -> Result<(u16, serde_json::Value)> {
-        let r = self
+        let put = self
             .http
             .put(format!("{}/assignments/{ward}/{name}", self.base))
-            .bearer_auth(token)
-            .json(&serde_json::json!({ "version": version }))
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await?))
+            .json(&serde_json::json!({ "version": version }));
+        answer(put, token).await
     }
-}
 
-impl Admin {
     /// `GET /admin/models`: the versions and assignments (fails on any status but 200).
     async fn list(&self, token: &str) -> Result<serde_json::Value> {
         Ok(self
@@ -156,15 +142,18 @@ impl Admin {
         ward: &str,
         name: &str,
     ) -> Result<(u16, serde_json::Value)> {
-        let r = self
+        let delete = self
             .http
-            .delete(format!("{}/assignments/{ward}/{name}", self.base))
-            .bearer_auth(token)
-            .send()
-            .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await?))
+            .delete(format!("{}/assignments/{ward}/{name}", self.base));
+        answer(delete, token).await
     }
+}
+
+/// Sends an administrator request with `token`: its status and JSON body (a result or an OperationOutcome).
+async fn answer(request: reqwest::RequestBuilder, token: &str) -> Result<(u16, serde_json::Value)> {
+    let r = request.bearer_auth(token).send().await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await?))
 }
 
 /// One artifact verdict scored through the edge's models, the path the alarm manager uses: names the model.
