@@ -5,7 +5,9 @@
 //! Unit conversions live in one table here; metric codes and canonical units live in `proto/src/metrics.rs`.
 
 use wardwatch_proto::metrics::{self, ValueKind};
-use wardwatch_proto::v1::{BedLocation, QualityFlag, RejectReason, VitalComponent, VitalSign};
+use wardwatch_proto::v1::{
+    BedLocation, EncounterId, QualityFlag, RejectReason, VitalComponent, VitalSign,
+};
 use wardwatch_proto::validate::{self, Rejection};
 
 /// A vital sign as a source decoded it, before normalization.
@@ -34,6 +36,9 @@ pub struct RawVital {
     pub measured_at_unix_ms: i64,
     /// Signal-quality flags.
     pub quality: Vec<QualityFlag>,
+    /// The encounter (visit) the patient was in, when the source knows it (HL7 PV1-19, MQTT `encounter`), so the
+    /// sample's FHIR Observation can name its encounter. Passed through unchanged; validation checks it.
+    pub encounter: Option<EncounterId>,
 }
 
 /// A unit the normalizer understands: which canonical UCUM unit it converts to, and how.
@@ -173,6 +178,11 @@ pub fn normalize_vital(raw: RawVital) -> Result<VitalSign, Rejection> {
             .enumerated
             .map(|e| e.trim().to_ascii_uppercase())
             .unwrap_or_default(),
+        // An empty encounter means "not known": sent as no encounter at all (an authority without a visit number
+        // is kept, and refused by validation).
+        encounter: raw
+            .encounter
+            .filter(|e| !(e.visit_number.is_empty() && e.assigning_authority.is_empty())),
     };
     validate::vital(&v)?;
     Ok(v)
@@ -276,5 +286,37 @@ mod tests {
         let mut c = raw(WARDWATCH_ACVPU, 0.0, "");
         c.enumerated = Some(" v ".into());
         assert_eq!(normalize_vital(c).unwrap().enumerated, "V");
+    }
+
+    #[test]
+    fn carries_the_encounter_and_checks_it() {
+        assert_eq!(
+            normalize_vital(raw(MDC_ECG_HEART_RATE, 72.0, "/min"))
+                .unwrap()
+                .encounter,
+            None
+        );
+        let visit = EncounterId {
+            visit_number: "V2024-17".into(),
+            assigning_authority: "HOSP".into(),
+        };
+        let mut r = raw(MDC_ECG_HEART_RATE, 72.0, "/min");
+        r.encounter = Some(visit.clone());
+        assert_eq!(normalize_vital(r).unwrap().encounter, Some(visit));
+        let mut r = raw(MDC_ECG_HEART_RATE, 72.0, "/min");
+        r.encounter = Some(EncounterId::default());
+        assert_eq!(
+            normalize_vital(r).unwrap().encounter,
+            None,
+            "empty: not known"
+        );
+        let mut r = raw(MDC_ECG_HEART_RATE, 72.0, "/min");
+        r.encounter = Some(EncounterId {
+            visit_number: "V 17".into(),
+            assigning_authority: String::new(),
+        });
+        let e = normalize_vital(r).unwrap_err();
+        assert_eq!(e.reason, RejectReason::Invalid);
+        assert!(e.detail.contains("visit number"), "{}", e.detail);
     }
 }

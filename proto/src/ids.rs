@@ -51,6 +51,13 @@ fn label_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ' | '/' | ':')
 }
 
+/// Characters of visit numbers and their assigning authorities: letters, digits and `._-/:` (hospital visit
+/// numbers and OIDs in this alphabet; no whitespace and none of the FHIR search (`|`, `,`, `\`) or HL7 v2
+/// (`^`, `&`, `~`) delimiters, so the value reads the same in every place it appears).
+fn visit_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':')
+}
+
 macro_rules! id_newtype {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $allowed:path) => {
         $(#[$doc])*
@@ -112,6 +119,17 @@ id_newtype!(
     Label, "label", 64, label_char
 );
 
+id_newtype!(
+    /// An encounter's visit number (HL7 v2 PV1-19 CX.1), the key by which an EHR finds one stay's data:
+    /// 1-64 of `[A-Za-z0-9._-/:]`.
+    VisitNumber, "visit number", 64, visit_char
+);
+id_newtype!(
+    /// Who issued a visit number (HL7 v2 CX.4 assigning authority: a namespace id such as `HOSP` or an OID):
+    /// 1-64 of `[A-Za-z0-9._-/:]`.
+    AssigningAuthority, "assigning authority", 64, visit_char
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +149,12 @@ mod tests {
         assert!(Label::new("bed 12/A").is_ok());
         let e = WardId::new("7A;DROP").unwrap_err();
         assert_eq!(e.kind, "ward id");
+        assert!(VisitNumber::new("V2024/000123:1").is_ok());
+        assert!(AssigningAuthority::new("1.2.840.114350").is_ok());
+        for bad in ["V 1", "V|1", "V,1", "V^1", "V&1", "V~1", "V\\1", "Vé"] {
+            assert!(VisitNumber::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(VisitNumber::new("9".repeat(65)).is_err());
+        assert!(VisitNumber::new("").is_err());
     }
 }

@@ -2,10 +2,11 @@
 //! sample is refused at the door), and the cloud runs them again on every synced event (it never trusts an edge
 //! blindly). A failure names the reason as a [`RejectReason`] plus a human-readable detail.
 
-use crate::ids::{DeviceId, Label, PatientId, WardId};
+use crate::ids::{AssigningAuthority, DeviceId, Label, PatientId, VisitNumber, WardId};
 use crate::metrics::{self, ValueKind};
 use crate::v1::{
-    BedLocation, EdgeEvent, RejectReason, Spo2ScaleChange, VitalSign, edge_event::Payload,
+    BedLocation, EdgeEvent, EncounterId, RejectReason, Spo2ScaleChange, VitalSign,
+    edge_event::Payload,
 };
 
 /// Why an event was refused.
@@ -50,6 +51,7 @@ pub fn event(e: &EdgeEvent) -> Result<WardId, Rejection> {
             if i.order_id.is_empty() || i.order_id.len() > 64 {
                 return Err(invalid("order_id must be 1-64 bytes"));
             }
+            encounter(i.encounter.as_ref())?;
             for (name, v) in [
                 ("prescribed_rate_ml_h", i.prescribed_rate_ml_h),
                 ("measured_rate_ml_h", i.measured_rate_ml_h),
@@ -144,6 +146,29 @@ pub fn spo2_scale_change(s: &Spo2ScaleChange) -> Result<WardId, Rejection> {
     location(s.location.as_ref(), false)
 }
 
+/// Validates an optional encounter: absent or an empty visit number means "not known"; otherwise the visit
+/// number and (when given) its assigning authority must be identifiers Wardwatch can store and search by.
+pub fn encounter(e: Option<&EncounterId>) -> Result<(), Rejection> {
+    let Some(e) = e else {
+        return Ok(());
+    };
+    if e.visit_number.is_empty() {
+        if e.assigning_authority.is_empty() {
+            return Ok(());
+        }
+        return Err(invalid(
+            "encounter has an assigning authority but no visit number",
+        ));
+    }
+    VisitNumber::new(e.visit_number.as_str())
+        .map_err(|err| invalid(format!("encounter: {err}")))?;
+    if !e.assigning_authority.is_empty() {
+        AssigningAuthority::new(e.assigning_authority.as_str())
+            .map_err(|err| invalid(format!("encounter: {err}")))?;
+    }
+    Ok(())
+}
+
 fn location(l: Option<&BedLocation>, bed_required: bool) -> Result<WardId, Rejection> {
     let l = l.ok_or_else(|| invalid("location is missing"))?;
     let ward = WardId::new(l.ward.clone()).map_err(|e| invalid(e.to_string()))?;
@@ -159,6 +184,7 @@ pub fn vital(v: &VitalSign) -> Result<WardId, Rejection> {
     PatientId::new(v.patient_id.clone()).map_err(|e| invalid(e.to_string()))?;
     DeviceId::new(v.device_id.clone()).map_err(|e| invalid(e.to_string()))?;
     let ward = location(v.location.as_ref(), true)?;
+    encounter(v.encounter.as_ref())?;
     if v.measured_at_unix_ms <= 0 {
         return Err(invalid("measured_at_unix_ms is missing"));
     }
@@ -308,6 +334,56 @@ mod tests {
         let mut v = hr(72.0);
         v.location = None;
         assert_eq!(vital(&v).unwrap_err().reason, RejectReason::Invalid);
+    }
+
+    #[test]
+    fn encounter_is_optional_but_checked_when_given() {
+        let with = |number: &str, authority: &str| {
+            let mut v = hr(72.0);
+            v.encounter = Some(EncounterId {
+                visit_number: number.into(),
+                assigning_authority: authority.into(),
+            });
+            vital(&v)
+        };
+        assert!(vital(&hr(72.0)).is_ok(), "absent: not known");
+        assert!(with("", "").is_ok(), "empty: not known");
+        assert!(with("V2024-0001", "").is_ok());
+        assert!(with("V2024-0001", "HOSP").is_ok());
+        assert!(with("V2024-0001", "1.2.840.114350.1").is_ok());
+        for (number, authority) in [
+            ("", "HOSP"),
+            ("V 1", ""),
+            ("V|1", ""),
+            (&"9".repeat(65) as &str, ""),
+            ("V1", "HOSP ^X"),
+            ("V1", &"a".repeat(65)),
+        ] {
+            let r = with(number, authority).unwrap_err();
+            assert_eq!(r.reason, RejectReason::Invalid, "{number:?} {authority:?}");
+            assert!(r.detail.contains("encounter"), "{}", r.detail);
+        }
+        // Infusion reports are checked the same way.
+        let infusion = crate::v1::InfusionStatus {
+            order_id: "ORD-1".into(),
+            patient_id: "MRN1".into(),
+            location: Some(BedLocation {
+                ward: "7A".into(),
+                bed: "1".into(),
+            }),
+            device_id: "pump-1".into(),
+            encounter: Some(EncounterId {
+                visit_number: "V 1".into(),
+                assigning_authority: String::new(),
+            }),
+            ..Default::default()
+        };
+        let e = EdgeEvent {
+            idempotency_key: "k".into(),
+            payload: Some(Payload::Infusion(infusion)),
+            ..Default::default()
+        };
+        assert_eq!(event(&e).unwrap_err().reason, RejectReason::Invalid);
     }
 
     #[test]

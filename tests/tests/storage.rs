@@ -145,6 +145,7 @@ fn infusion() -> InfusionStatus {
         volume_remaining_ml: 750.0,
         state: InfusionState::Running as i32,
         measured_at_unix_ms: T0,
+        encounter: None,
     }
 }
 

@@ -995,6 +995,7 @@ mod tests {
             volume_remaining_ml: 500.0,
             state: InfusionState::Running as i32,
             measured_at_unix_ms: t,
+            encounter: None,
         }
     }
 

@@ -1378,6 +1378,7 @@ mod tests {
             quality: vec![],
             components: vec![],
             enumerated: String::new(),
+            encounter: None,
         }
     }
 

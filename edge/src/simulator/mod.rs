@@ -66,8 +66,8 @@ use wardwatch_proto::metrics::{
     MDC_TEMP_BODY, WARDWATCH_ACVPU, WARDWATCH_SUPPLEMENTAL_O2,
 };
 use wardwatch_proto::v1::{
-    BedLocation, DeviceInfo, DeviceKind, InfusionState, InfusionStatus, OperationalState,
-    QualityFlag, VitalComponent, VitalSign, edge_event::Payload,
+    BedLocation, DeviceInfo, DeviceKind, EncounterId, InfusionState, InfusionStatus,
+    OperationalState, QualityFlag, VitalComponent, VitalSign, edge_event::Payload,
 };
 
 use scenarios::{Effect, InfusionPlan, PatientContext, Resolved};
@@ -189,6 +189,19 @@ pub struct WardSimulator {
     static_labels: Vec<GroundTruthLabel>,
     /// Bag completions are labelled at least up to this time (random mix horizon, explicit bag-runs-empty specs).
     label_horizon_unix_ms: i64,
+}
+
+/// The assigning authority of the simulated patients' visit numbers.
+pub const SIM_VISIT_AUTHORITY: &str = "WARDWATCH-SIM";
+
+/// The encounter (visit) of the simulated patient with MRN `mrn`: visit number `<mrn>-V1` (each simulated patient
+/// is in the first stay of their simulated life), issued by [`SIM_VISIT_AUTHORITY`]. Derived from the MRN rather
+/// than drawn from a random stream, so adding it changed none of the simulator's seeded values.
+pub fn sim_encounter(mrn: &str) -> EncounterId {
+    EncounterId {
+        visit_number: format!("{mrn}-V1"),
+        assigning_authority: SIM_VISIT_AUTHORITY.to_string(),
+    }
 }
 
 /// A simulated patient, as far as scoring needs to know upfront.
@@ -778,6 +791,7 @@ impl Bed {
                         volume_remaining_ml: r.remaining_ml,
                         state: r.state as i32,
                         measured_at_unix_ms: t,
+                        encounter: Some(sim_encounter(&self.patient.mrn)),
                     }),
                 });
             }
@@ -797,6 +811,7 @@ impl Bed {
             quality: vec![QualityFlag::Simulated as i32],
             components: Vec::new(),
             enumerated: String::new(),
+            encounter: Some(sim_encounter(&self.patient.mrn)),
         }
     }
 
@@ -1457,14 +1472,18 @@ mod tests {
         let mut n = 0;
         for minute in 1..=60 {
             for e in sim.advance_to(START + minute * MIN) {
-                let (mrn, loc) = match &e.payload {
+                let (mrn, loc, encounter) = match &e.payload {
                     Payload::Vital(v) => {
                         check_vital_ranges(v);
-                        (&v.patient_id, v.location.as_ref().unwrap())
+                        (&v.patient_id, v.location.as_ref().unwrap(), &v.encounter)
                     }
-                    Payload::Infusion(i) => (&i.patient_id, i.location.as_ref().unwrap()),
+                    Payload::Infusion(i) => {
+                        (&i.patient_id, i.location.as_ref().unwrap(), &i.encounter)
+                    }
                     other => panic!("unexpected {other:?}"),
                 };
+                // Every simulated event names the patient's visit, so the demo's Observations have encounters.
+                assert_eq!(encounter.as_ref(), Some(&sim_encounter(mrn)));
                 assert!(
                     mrn.len() == 9
                         && mrn.starts_with("SIM")

@@ -702,6 +702,14 @@ fn content_digest(raw: &RawVital) -> String {
     h.update(raw.enumerated.as_deref().unwrap_or("").as_bytes());
     h.update([0u8]);
     h.update(raw.measured_at_unix_ms.to_be_bytes());
+    // Only when known, so the keys of messages without PV1-19 are what they were before encounters existed (a
+    // resend across an edge upgrade is still recognised).
+    if let Some(e) = &raw.encounter {
+        for part in [&e.visit_number, &e.assigning_authority] {
+            h.update([0u8]);
+            h.update(part.as_bytes());
+        }
+    }
     hex::encode(h.finalize()).chars().take(12).collect()
 }
 
@@ -756,6 +764,14 @@ mod tests {
             ..raw.clone()
         };
         assert_ne!(k, idempotency_key("Mon^ABC^EUI-64", "MSG1", 3, &other));
+        let in_visit = RawVital {
+            encounter: Some(wardwatch_proto::v1::EncounterId {
+                visit_number: "V1".into(),
+                assigning_authority: String::new(),
+            }),
+            ..raw.clone()
+        };
+        assert_ne!(k, idempotency_key("Mon^ABC^EUI-64", "MSG1", 3, &in_visit));
         let long = idempotency_key(&"A".repeat(200), "MSG1", 3, &raw);
         assert!(
             long.starts_with("hl7:sha256:") && long.len() <= MAX_IDEMPOTENCY_KEY,

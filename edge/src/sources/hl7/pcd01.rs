@@ -3,6 +3,10 @@
 //! Mapping:
 //! - patient: PID-3 (the repetition whose CX.5 is `MR`, else the first with a CX.1), MRN = CX.1;
 //! - location: PV1-3 (PL) — PL.1 point of care is the ward, PL.3 the bed (PL.2, the room, when PL.3 is empty);
+//! - encounter: PV1-19 Visit Number (CX) — CX.1 the visit number, CX.4 the assigning authority (HD.1 namespace id,
+//!   else HD.2 universal id), optional; empty means "not known". A visit number Wardwatch cannot store (characters
+//!   outside `[A-Za-z0-9._-/:]`, more than 64, several repetitions, an authority without a number) refuses the
+//!   message with `AE`, like an unusable MRN: its samples would otherwise be filed without their stay;
 //! - one observation per OBX: OBX-3 the MDC metric code (`150456^MDC_PULS_OXIM_SAT_O2^MDC`), OBX-4 the
 //!   containment path (MDS.VMD.channel.metric), OBX-5 the value (NM), OBX-6 the unit (MDC or UCUM),
 //!   OBX-11 the status, OBX-14 the time, OBX-17 the method (`MMEAS` → manual entry), OBX-18 the device (EI.1);
@@ -20,12 +24,12 @@
 
 use std::collections::HashMap;
 
-use wardwatch_proto::ids::{DeviceId, Label, PatientId, WardId};
+use wardwatch_proto::ids::{AssigningAuthority, DeviceId, Label, PatientId, VisitNumber, WardId};
 use wardwatch_proto::metrics::{
     self, MDC_PRESS_BLD_NONINV, MDC_PRESS_BLD_NONINV_DIA, MDC_PRESS_BLD_NONINV_MEAN,
     MDC_PRESS_BLD_NONINV_SYS, ValueKind,
 };
-use wardwatch_proto::v1::QualityFlag;
+use wardwatch_proto::v1::{EncounterId, QualityFlag};
 
 use super::ack::{AckCode, ErrorCode, ErrorLocation, Problem};
 use super::parser::{Field, Header, Message, Segment, parse_dtm_unix_ms, parse_nm};
@@ -43,6 +47,9 @@ pub struct PatientContext {
     pub ward: String,
     /// Bed (PV1-3 PL.3, else PL.2).
     pub bed: String,
+    /// The encounter (PV1-19 visit number and its assigning authority), `None` when PV1-19 is empty: carried
+    /// onto every sample of this patient so its Observation names the stay it belongs to.
+    pub encounter: Option<EncounterId>,
     /// Occurrence of the PID segment in the message.
     pub pid_sequence: usize,
     /// Occurrence of the PV1 segment in the message.
@@ -467,6 +474,7 @@ pub fn decode(msg: &Message<'_>) -> Result<Pcd01Message, MessageRejection> {
             ward: patient.ward.clone(),
             bed: patient.bed.clone(),
             metric_mdc: mdc,
+            encounter: patient.encounter.clone(),
             ..Default::default()
         };
         match metric.kind {
@@ -719,6 +727,7 @@ fn nbp_group(
         enumerated: None,
         measured_at_unix_ms: sys.2.time_ms,
         quality,
+        encounter: patient.encounter.clone(),
     };
     let holder_idx = idx_of(holder);
     for (pos, _, _) in &good {
@@ -1124,6 +1133,108 @@ fn msh_device(msh: &Segment<'_>) -> Option<(String, ErrorLocation)> {
     }
 }
 
+/// Longest PV1-19 (all of it, as sent) looked at: a visit number and its authority fit in far less, and a longer
+/// field is refused without being decoded.
+const MAX_PV1_19_BYTES: usize = 512;
+
+/// PV1-19 Visit Number (CX): CX.1 the number, CX.4 the assigning authority (HD.1, else HD.2). `Ok(None)` when the
+/// field is empty (the encounter is not known); `Err` with the reason when it cannot be stored as it is.
+fn visit_number(pv1: &Segment<'_>) -> Result<Option<EncounterId>, Problem> {
+    let seq = pv1.occurrence();
+    let field = pv1.field(19);
+    let loc = |c: Option<usize>| {
+        let l = ErrorLocation::field("PV1", seq, 19);
+        Some(match c {
+            Some(c) => l.with_component(c),
+            None => l,
+        })
+    };
+    let refuse = |c: Option<usize>, code: ErrorCode, why: String| {
+        Problem::error(
+            loc(c),
+            code,
+            format!("PV1-19 (visit number) {why}: no observation of this message was stored"),
+        )
+    };
+    if field.raw().len() > MAX_PV1_19_BYTES {
+        return Err(refuse(
+            None,
+            ErrorCode::DataType,
+            format!(
+                "is {} bytes long, more than the {MAX_PV1_19_BYTES} accepted",
+                field.raw().len()
+            ),
+        ));
+    }
+    if field.is_empty() {
+        return Ok(None);
+    }
+    let reps: Vec<_> = field
+        .repetitions()
+        .into_iter()
+        .filter(|r| !r.is_empty())
+        .collect();
+    let cx = match reps.as_slice() {
+        [] => return Ok(None),
+        [one] => one,
+        _ => {
+            return Err(refuse(
+                None,
+                ErrorCode::DataType,
+                format!(
+                    "has {} repetitions: a patient visit has one visit number",
+                    reps.len()
+                ),
+            ));
+        }
+    };
+    let number = cx.component(1).text().trim().to_string();
+    let hd = cx.component(4);
+    let authority = [hd.sub(1), hd.sub(2)]
+        .into_iter()
+        .map(|t| t.trim().to_string())
+        .find(|t| !t.is_empty())
+        .unwrap_or_default();
+    if number.is_empty() {
+        if authority.is_empty() {
+            return Ok(None);
+        }
+        return Err(refuse(
+            Some(1),
+            ErrorCode::RequiredFieldMissing,
+            format!("names an assigning authority ({authority:?}) but no ID number (CX.1)"),
+        ));
+    }
+    if let Err(e) = VisitNumber::new(number.clone()) {
+        return Err(refuse(
+            Some(1),
+            ErrorCode::DataType,
+            format!(
+                "{:?} is not usable ({})",
+                number.chars().take(80).collect::<String>(),
+                e.why
+            ),
+        ));
+    }
+    if !authority.is_empty()
+        && let Err(e) = AssigningAuthority::new(authority.clone())
+    {
+        return Err(refuse(
+            Some(4),
+            ErrorCode::DataType,
+            format!(
+                "assigning authority {:?} is not usable ({})",
+                authority.chars().take(80).collect::<String>(),
+                e.why
+            ),
+        ));
+    }
+    Ok(Some(EncounterId {
+        visit_number: number,
+        assigning_authority: authority,
+    }))
+}
+
 fn patient_context(g: &Group<'_, '_>) -> Result<PatientContext, Vec<Problem>> {
     let mut problems = Vec::new();
     let pid_seq = g.pid.occurrence();
@@ -1203,11 +1314,16 @@ fn patient_context(g: &Group<'_, '_>) -> Result<PatientContext, Vec<Problem>> {
             format!("PV1-3 bed {bed:?} is not a bed label ({}): no observation of this message was stored", e.why),
         ));
     }
+    let encounter = visit_number(pv1).unwrap_or_else(|p| {
+        problems.push(p);
+        None
+    });
     if problems.is_empty() {
         Ok(PatientContext {
             patient_id,
             ward,
             bed,
+            encounter,
             pid_sequence: pid_seq,
             pv1_sequence: seq,
         })
@@ -1283,6 +1399,7 @@ mod tests {
                 patient_id: "MRN77".into(),
                 ward: "7A".into(),
                 bed: "3".into(),
+                encounter: None,
                 pid_sequence: 1,
                 pv1_sequence: 1
             }]
@@ -1468,6 +1585,85 @@ mod tests {
         assert_eq!(m.observations[11].outcome, ObxOutcome::Ignored);
         assert_eq!(vital(&m, 13).value, 81.0);
         assert_eq!(m.results().len(), 10);
+    }
+
+    #[test]
+    fn pv1_19_visit_number_becomes_the_encounter() {
+        let h = "MSH|^~\\&|Mon||||20240301||ORU^R01|M2|P|2.6\rPID|||M1\r";
+        let obx = "OBX|1|NM|147842^^MDC||80|/min|||||F|||202403011000||||D1\r";
+        let pv1 = |pv1_19: &str| format!("PV1||I|7A^^1{}{pv1_19}\r", "|".repeat(16));
+        let encounter = |pv1_19: &str| {
+            let m = ok(&format!("{h}{}{obx}", pv1(pv1_19)));
+            let v = vital(&m, 1);
+            assert_eq!(
+                v.encounter, m.patients[0].encounter,
+                "carried onto the sample"
+            );
+            v.encounter
+        };
+        let id = |n: &str, a: &str| {
+            Some(EncounterId {
+                visit_number: n.into(),
+                assigning_authority: a.into(),
+            })
+        };
+        // Not given, or the HL7 null: not known.
+        assert_eq!(encounter(""), None);
+        assert_eq!(encounter("\"\""), None);
+        assert_eq!(encounter("^^^"), None);
+        // CX.1 alone; with a check digit and scheme (ignored); with CX.4 as a namespace id, as an OID only
+        // (HD.2), and as both (HD.1 wins); surrounding spaces trimmed.
+        assert_eq!(encounter("V2024-0017"), id("V2024-0017", ""));
+        assert_eq!(encounter("4711^3^M10^HOSP^VN"), id("4711", "HOSP"));
+        assert_eq!(
+            encounter("4711^^^&1.2.840.114350&ISO^VN"),
+            id("4711", "1.2.840.114350")
+        );
+        assert_eq!(
+            encounter("4711^^^HOSP&1.2.840.114350&ISO^VN"),
+            id("4711", "HOSP")
+        );
+        assert_eq!(encounter(" 4711 ^^^ HOSP "), id("4711", "HOSP"));
+        // The blood-pressure compound built from its component rows carries it too.
+        let nbp = format!(
+            "{h}{}OBX|1|NM|150021^^MDC|1.5.1.1|120|mm[Hg]|||||F|||202403011000||||D1\r\
+             OBX|2|NM|150022^^MDC|1.5.1.2|80|mm[Hg]|||||F|||202403011000||||D1\r",
+            pv1("4711^^^HOSP")
+        );
+        let bp = vital(&ok(&nbp), 1);
+        assert_eq!(bp.metric_mdc, MDC_PRESS_BLD_NONINV);
+        assert_eq!(bp.encounter, id("4711", "HOSP"));
+        // Refused with a reason at PV1-19, never a crash; nothing of the message is stored. (`\T\` decodes to `&`.)
+        for (pv1_19, component, needle) in [
+            ("V 17", Some(1), "not usable"),
+            (&"9".repeat(65) as &str, Some(1), "too long"),
+            ("^^^HOSP", Some(1), "no ID number"),
+            ("4711^^^HO SP", Some(4), "assigning authority"),
+            ("4711~4712", None, "repetitions"),
+            (&"9".repeat(600) as &str, None, "bytes long"),
+            ("V\\T\\17", Some(1), "not usable"),
+        ] {
+            let e = decode_str(&format!("{h}{}{obx}", pv1(pv1_19)))
+                .err()
+                .unwrap_or_else(|| panic!("{pv1_19:?} decoded"));
+            assert_eq!(e.ack, AckCode::Error, "{pv1_19:?}");
+            let p = &e.problems[0];
+            let mut at = ErrorLocation::field("PV1", 1, 19);
+            if let Some(c) = component {
+                at = at.with_component(c);
+            }
+            assert_eq!(p.location, Some(at), "{pv1_19:?}");
+            assert!(
+                p.message.starts_with("PV1-19 (visit number)"),
+                "{}",
+                p.message
+            );
+            assert!(p.message.contains(needle), "{pv1_19:?}: {}", p.message);
+            assert!(
+                p.message
+                    .contains("no observation of this message was stored")
+            );
+        }
     }
 
     #[test]

@@ -10,10 +10,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use wardwatch_proto::ids::{DeviceId, Label, PatientId, WardId};
+use wardwatch_proto::ids::{AssigningAuthority, DeviceId, Label, PatientId, VisitNumber, WardId};
 use wardwatch_proto::metrics::{self, ValueKind};
 use wardwatch_proto::v1::{
-    BedLocation, EdgeEvent, InfusionState, InfusionStatus, QualityFlag, RejectReason,
+    BedLocation, EdgeEvent, EncounterId, InfusionState, InfusionStatus, QualityFlag, RejectReason,
     edge_event::Payload,
 };
 use wardwatch_proto::validate::{self, Rejection};
@@ -156,6 +156,10 @@ pub struct VitalsMessage {
     pub bed: Option<String>,
     /// RFC 3339 string or integer Unix ms.
     pub measured_at: Value,
+    /// The patient's encounter (visit), optional: a visit number string, or `{"visit_number": …,
+    /// "assigning_authority": …}`. It applies to every sample, so each Observation names its stay.
+    #[serde(default)]
+    pub encounter: Option<Value>,
     /// The samples, each decoded on its own so one bad sample does not sink the others.
     pub samples: Vec<Value>,
 }
@@ -263,6 +267,9 @@ pub struct InfusionMessage {
     pub state: InfusionStateJson,
     /// RFC 3339 string or integer Unix ms.
     pub measured_at: Value,
+    /// The patient's encounter (visit), optional, as in [`VitalsMessage::encounter`].
+    #[serde(default)]
+    pub encounter: Option<Value>,
 }
 
 fn json_error(e: &serde_json::Error) -> DecodeError {
@@ -367,6 +374,66 @@ fn check_location(
     }
 }
 
+/// The payload's `encounter`: absent, `null` or `""` (not known), a visit number string, or an object with
+/// `visit_number` and an optional `assigning_authority`. Anything else refuses the message as a whole (it would
+/// apply to every sample), with the reason.
+pub fn encounter(v: Option<&Value>) -> Result<Option<EncounterId>, DecodeError> {
+    let schema = |why: String| DecodeError::Schema(format!("encounter: {why}"));
+    let text = |field: &str, v: &Value| match v {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(schema(format!(
+            "{field} must be a string, not {}",
+            type_name(other)
+        ))),
+    };
+    let (number, authority) = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => (s.clone(), String::new()),
+        Some(Value::Object(o)) => {
+            if let Some(k) = o
+                .keys()
+                .find(|k| !matches!(k.as_str(), "visit_number" | "assigning_authority"))
+            {
+                return Err(schema(format!(
+                    "unknown field {:?} (expected visit_number, assigning_authority)",
+                    clip(k, 40)
+                )));
+            }
+            let number = match o.get("visit_number") {
+                Some(v) => text("visit_number", v)?,
+                None => return Err(schema("visit_number is missing".into())),
+            };
+            let authority = match o.get("assigning_authority") {
+                None | Some(Value::Null) => String::new(),
+                Some(v) => text("assigning_authority", v)?,
+            };
+            (number, authority)
+        }
+        Some(other) => {
+            return Err(schema(format!(
+                "must be a visit number string or an object, not {}",
+                type_name(other)
+            )));
+        }
+    };
+    if number.is_empty() {
+        if authority.is_empty() {
+            return Ok(None);
+        }
+        return Err(schema(
+            "assigning_authority given without a visit_number".into(),
+        ));
+    }
+    VisitNumber::new(number.as_str()).map_err(|e| schema(e.to_string()))?;
+    if !authority.is_empty() {
+        AssigningAuthority::new(authority.as_str()).map_err(|e| schema(e.to_string()))?;
+    }
+    Ok(Some(EncounterId {
+        visit_number: number,
+        assigning_authority: authority,
+    }))
+}
+
 fn quality_flag(s: &str) -> Option<QualityFlag> {
     Some(match s {
         "artifact" => QualityFlag::Artifact,
@@ -427,6 +494,7 @@ fn decode_vitals(
         msg.bed.as_ref(),
         &msg.measured_at,
     )?;
+    let visit = encounter(msg.encounter.as_ref())?;
     if msg.samples.is_empty() || msg.samples.len() > MAX_SAMPLES {
         return Err(DecodeError::Schema(format!(
             "samples must hold 1 to {MAX_SAMPLES} entries, not {}",
@@ -438,7 +506,7 @@ fn decode_vitals(
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            decode_sample(t, &msg.patient_id, measured, v)
+            decode_sample(t, &msg.patient_id, visit.as_ref(), measured, v)
                 .map_err(|r| Rejection::new(r.reason, format!("sample {i}: {}", r.detail)))
         })
         .collect())
@@ -447,6 +515,7 @@ fn decode_vitals(
 fn decode_sample(
     t: &TopicInfo,
     patient_id: &str,
+    visit: Option<&EncounterId>,
     measured: i64,
     v: Value,
 ) -> Result<Incoming, Rejection> {
@@ -514,6 +583,7 @@ fn decode_sample(
         enumerated: s.enumerated,
         measured_at_unix_ms: measured,
         quality,
+        encounter: visit.cloned(),
     };
     let vital = normalize_vital(raw).map_err(ctx)?;
     Ok(Incoming {
@@ -534,12 +604,14 @@ fn decode_infusion(
         msg.bed.as_ref(),
         &msg.measured_at,
     )?;
-    Ok(infusion_event(t, msg, measured))
+    let visit = encounter(msg.encounter.as_ref())?;
+    Ok(infusion_event(t, msg, visit, measured))
 }
 
 fn infusion_event(
     t: &TopicInfo,
     msg: InfusionMessage,
+    visit: Option<EncounterId>,
     measured: i64,
 ) -> Result<Incoming, Rejection> {
     if msg.medication.len() > 256 {
@@ -589,6 +661,7 @@ fn infusion_event(
         volume_remaining_ml: number("volume_remaining_ml", &msg.volume_remaining_ml)?,
         state: InfusionState::from(msg.state) as i32,
         measured_at_unix_ms: measured,
+        encounter: visit,
     };
     let incoming = Incoming {
         idempotency_key: format!("mqtt:{}:infusion:{measured}", t.device_id),
@@ -983,6 +1056,105 @@ mod tests {
             }) => s.clone(),
             other => panic!("expected an infusion, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn mqtt_encounter_is_optional_and_checked() {
+        let with = |encounter: &str| {
+            dec(
+                T,
+                &format!(
+                    r#"{{"patient_id":"MRN1","measured_at":1700000000000,{encounter}"samples":[
+                        {{"mdc":147842,"value":72,"unit":"/min"}},{{"mdc":150456,"value":97,"unit":"%"}}]}}"#
+                ),
+            )
+        };
+        let visit = |n: &str, a: &str| {
+            Some(EncounterId {
+                visit_number: n.into(),
+                assigning_authority: a.into(),
+            })
+        };
+        // Without one (absent, null, empty): no encounter, and the same idempotency key as before encounters.
+        for none in ["", r#""encounter":null,"#, r#""encounter":"","#] {
+            let out = with(none).unwrap_or_else(|e| panic!("{none}: {e}"));
+            assert_eq!(vital(&out[0]).encounter, None, "{none}");
+            match &out[0] {
+                Ok(i) => assert_eq!(i.idempotency_key, "mqtt:mon-1:147842:1700000000000"),
+                Err(r) => panic!("{r}"),
+            }
+        }
+        // A string, or an object with or without the authority: on every sample.
+        for (json, want) in [
+            (r#""encounter":"V2024-17","#, visit("V2024-17", "")),
+            (
+                r#""encounter":{"visit_number":"V2024-17"},"#,
+                visit("V2024-17", ""),
+            ),
+            (
+                r#""encounter":{"visit_number":"V2024-17","assigning_authority":"HOSP"},"#,
+                visit("V2024-17", "HOSP"),
+            ),
+        ] {
+            let out = with(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(out.len(), 2);
+            for r in &out {
+                assert_eq!(vital(r).encounter, want, "{json}");
+            }
+        }
+        // Anything else refuses the whole message as a schema violation, saying what is wrong.
+        for (json, needle) in [
+            (r#""encounter":"V 17","#, "visit number"),
+            (r#""encounter":"V|17","#, "visit number"),
+            (r#""encounter":42,"#, "not a number"),
+            (r#""encounter":{"number":"V1"},"#, "unknown field"),
+            (
+                r#""encounter":{"assigning_authority":"HOSP"},"#,
+                "visit_number is missing",
+            ),
+            (
+                r#""encounter":{"visit_number":"","assigning_authority":"HOSP"},"#,
+                "without a visit_number",
+            ),
+            (r#""encounter":{"visit_number":17},"#, "must be a string"),
+            (
+                r#""encounter":{"visit_number":"V1","assigning_authority":"A B"},"#,
+                "assigning authority",
+            ),
+        ] {
+            let e = with(json)
+                .err()
+                .unwrap_or_else(|| panic!("{json} accepted"));
+            assert_eq!(e.code(), "schema_violation", "{json}");
+            let text = e.to_string();
+            assert!(text.contains("encounter"), "{json}: {text}");
+            assert!(text.contains(needle), "{json}: {text}");
+        }
+        let long = format!(r#""encounter":"{}","#, "9".repeat(65));
+        assert!(with(&long).unwrap_err().to_string().contains("too long"));
+        // Infusion reports carry it the same way.
+        let out = dec(
+            TI,
+            &infusion(
+                "running",
+                r#","measured_rate_ml_h":125,"encounter":{"visit_number":"V2024-17","assigning_authority":"HOSP"}"#,
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status(&out[0]).encounter, visit("V2024-17", "HOSP"));
+        assert_eq!(
+            dec(TI, &infusion("running", r#","measured_rate_ml_h":125"#))
+                .map(|o| status(&o[0]).encounter)
+                .unwrap_or_else(|e| panic!("{e}")),
+            None
+        );
+        assert!(
+            dec(
+                TI,
+                &infusion("running", r#","measured_rate_ml_h":125,"encounter":"V 1""#)
+            )
+            .is_err()
+        );
     }
 
     #[test]
