@@ -12,9 +12,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use wardwatch_fhir::{
-    Coding, DeviceRecord, DeviceReference, ObservationComponent, SearchPage, VitalSignRecord,
+    Coding, DeviceRecord, DeviceReference, EncounterReference, ObservationComponent, SearchPage,
+    VitalSignRecord,
 };
-use wardwatch_proto::ids::{DeviceId, EdgeId, PatientId};
+use wardwatch_proto::ids::{DeviceId, EdgeId, PatientId, VisitNumber};
 use wardwatch_proto::metrics;
 use wardwatch_proto::v1::{AlarmPriority, DeviceKind, OperationalState, QualityFlag};
 
@@ -172,6 +173,8 @@ struct ObservationSearch {
     codes: Vec<CodeFilter>,
     /// `device`: the Device (MDS, VMD or channel) or DeviceMetric named, resolved when the search runs.
     device: Option<DeviceTarget>,
+    /// `encounter:identifier`: the visit number of the encounter whose vital signs are wanted.
+    encounter: Option<String>,
     /// `date` bounds on effectiveDateTime, all of them combined.
     measured: TimeRange,
     /// `_lastUpdated` bounds.
@@ -324,7 +327,48 @@ fn parse_date_param(name: &str, v: &str) -> Result<TimeRange, CloudError> {
     })
 }
 
-fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, CloudError> {
+/// `encounter:identifier=[system|]value`, the R4 `:identifier` modifier on the `encounter` reference parameter:
+/// the visit number of `Observation.encounter.identifier`. A system, when given, must be `visit_system` (every
+/// encounter identifier this server writes has it); `|value` (explicitly no system) therefore matches nothing
+/// and is `Ok(None)`. One value only (no comma list).
+pub(crate) fn parse_encounter_identifier(
+    v: &str,
+    visit_system: &str,
+) -> Result<Option<String>, CloudError> {
+    let shown = || v.chars().take(100).collect::<String>();
+    let (system, value) = match v.split_once('|') {
+        Some((sys, value)) => (Some(sys), value),
+        None => (None, v),
+    };
+    if value.contains(',') {
+        return Err(CloudError::NotSupported(format!(
+            "encounter:identifier {:?}: one visit number per search (a comma-separated list is not supported)",
+            shown()
+        )));
+    }
+    let number = VisitNumber::new(value).map_err(|e| {
+        CloudError::InvalidArgument(format!(
+            "encounter:identifier {:?} is not [system|]visit number: {} (visit numbers are 1-64 of \
+             [A-Za-z0-9._-/:])",
+            shown(),
+            e.why
+        ))
+    })?;
+    match system {
+        None => Ok(Some(number.to_string())),
+        Some("") => Ok(None),
+        Some(sys) if sys == visit_system => Ok(Some(number.to_string())),
+        Some(sys) => Err(CloudError::NotSupported(format!(
+            "encounter:identifier: encounters are identified by visit numbers in {visit_system}, not {:?}",
+            sys.chars().take(100).collect::<String>()
+        ))),
+    }
+}
+
+fn parse_observation_search(
+    raw: Option<&str>,
+    visit_system: &str,
+) -> Result<ObservationSearch, CloudError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
         .map_err(|e| CloudError::InvalidArgument(format!("malformed query string: {e}")))?;
     let mut s = ObservationSearch {
@@ -367,6 +411,18 @@ fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, Clou
                     ));
                 }
             }
+            "encounter:identifier" => {
+                if s.echo.iter().any(|(k, _)| k == "encounter:identifier") {
+                    return Err(CloudError::InvalidArgument(
+                        "encounter:identifier given more than once".into(),
+                    ));
+                }
+                match parse_encounter_identifier(&v, visit_system)? {
+                    Some(number) => s.encounter = Some(number),
+                    // `|value`: an identifier without a system, which no encounter here has.
+                    None => s.no_match = true,
+                }
+            }
             "category" => {
                 let any_vital = v.split(',').any(|t| {
                     let code = t.rsplit_once('|').map_or(t, |(sys, c)| {
@@ -407,8 +463,8 @@ fn parse_observation_search(raw: Option<&str>) -> Result<ObservationSearch, Clou
                 }
                 return Err(CloudError::NotSupported(format!(
                     "search parameter {other:?} is not supported on Observation (supported: patient, subject, code, \
-                     date, device, category, _lastUpdated, _sort, _summary=count, _include=Observation:device, \
-                     _include:iterate=DeviceMetric:source, _count)"
+                     date, device, encounter:identifier, category, _lastUpdated, _sort, _summary=count, \
+                     _include=Observation:device, _include:iterate=DeviceMetric:source, _count)"
                 )));
             }
         }
@@ -597,11 +653,16 @@ fn explicitly_unsupported(name: &str) -> Option<CloudError> {
              searchable resource in a way it indexes"
                 .into(),
         )),
-        "encounter" => Some(CloudError::NotSupported(
-            "encounter is not supported: edges send no encounter (visit) with their data, so no Observation has \
-             one; search by patient and date instead"
+        "encounter" | "encounter:Encounter" => Some(CloudError::NotSupported(
+            "encounter by reference (Encounter/<id>) is not supported: this server serves no Encounter resources; \
+             an Observation names its encounter by visit number, so search with \
+             encounter:identifier=[system|]<visit number> (vital-sign Observations)"
                 .into(),
         )),
+        n if n.starts_with("encounter:") && n != "encounter:identifier" => Some(CloudError::NotSupported(format!(
+            "{n} is not supported: encounter is searched with the :identifier modifier only \
+             (encounter:identifier=[system|]<visit number>, vital-sign Observations)"
+        ))),
         _ => None,
     }
 }
@@ -738,10 +799,12 @@ pub fn observation_id(row: &VitalRow) -> String {
     format!("{}.{}", row.edge_id, row.sequence)
 }
 
-/// Maps a stored vital sign to a FHIR Observation.
+/// Maps a stored vital sign to a FHIR Observation. `mrn_system` and `visit_system` are the identifier systems of
+/// the patient reference and of the encounter reference (`api.mrn_system`, `api.visit_number_system`).
 pub fn vital_to_observation(
     row: &VitalRow,
     mrn_system: &str,
+    visit_system: &str,
 ) -> Result<serde_json::Value, CloudError> {
     let internal = |what: String| {
         CloudError::Unavailable(format!(
@@ -801,6 +864,11 @@ pub fn vital_to_observation(
         id: &id,
         patient_system: mrn_system,
         patient_id: &row.patient_id,
+        encounter: row.encounter.as_deref().map(|value| EncounterReference {
+            system: visit_system,
+            value,
+            assigner: row.encounter_authority.as_deref(),
+        }),
         device: measured_by.as_deref().map(DeviceReference::DeviceMetric),
         code: [
             Coding {
@@ -1029,7 +1097,7 @@ async fn search_observations(
             }
         };
     }
-    let search = match parse_observation_search(raw.as_deref()) {
+    let search = match parse_observation_search(raw.as_deref(), &state.config.visit_number_system) {
         Ok(s) => s,
         Err(e) => {
             audit(
@@ -1057,6 +1125,7 @@ async fn search_observations(
         patient: search.patient.clone(),
         codes,
         device,
+        encounter: search.encounter.clone(),
         measured: search.measured,
         received: search.received,
         sort: search.sort,
@@ -1119,11 +1188,15 @@ async fn search_observations(
     rows.truncate(search.count as usize);
     let patients: BTreeSet<String> = rows.iter().map(|r| r.patient_id.clone()).collect();
     let (rows, entries) = {
-        let (base, mrn_system) = (state.base_url.clone(), state.config.mrn_system.clone());
+        let (base, mrn_system, visit_system) = (
+            state.base_url.clone(),
+            state.config.mrn_system.clone(),
+            state.config.visit_number_system.clone(),
+        );
         map_off_runtime(rows, move |r| {
             Ok((
                 format!("{base}/Observation/{}", observation_id(r)),
-                vital_to_observation(r, &mrn_system)?,
+                vital_to_observation(r, &mrn_system, &visit_system)?,
             ))
         })
         .await?
@@ -1597,6 +1670,11 @@ const SEARCH_PARAMS: &[(&str, &[ParamDoc])] = &[
                 "device",
                 "reference",
                 "Vital signs only: Device/<device> (all its Observations), Device/<VMD or channel id> (those of its metrics), DeviceMetric/<id> (that metric's); a bare id is a Device when it has no '.' or is a VMD/channel id, else a DeviceMetric",
+            ),
+            (
+                "encounter",
+                "reference",
+                "Vital signs only, with the :identifier modifier only: encounter:identifier=[system|]<visit number> (system api.visit_number_system). The encounter is referenced by identifier (this server serves no Encounter resources), so encounter=Encounter/<id> is refused",
             ),
             (
                 "_lastUpdated",
@@ -2682,6 +2760,17 @@ async fn search_event_observations(
             "_count" => {}
             "_summary" if v == "count" => {}
             "_include" | "_include:iterate" => include.parse(k, v)?,
+            "encounter:identifier" => {
+                return Err(CloudError::NotSupported(format!(
+                    "encounter:identifier is served on vital-sign Observations only: {} Observations are not \
+                     indexed by encounter (search them by patient and date)",
+                    if family == "news2" {
+                        "NEWS2"
+                    } else {
+                        "infusion"
+                    }
+                )));
+            }
             other => {
                 if let Some(e) = explicitly_unsupported(other) {
                     return Err(e);
@@ -2792,7 +2881,7 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
         let (profiles, doc): (Vec<&str>, &str) = match *t {
             "Observation" => (
                 vec![wardwatch_fhir::VITAL_SIGNS_PROFILE],
-                "Vital signs (vital-signs profile), NEWS2 scores (survey) and infusion measurements (therapy); ids <edge>.<sequence>[.rate|.infused|.remaining]; one version each. device references the measuring DeviceMetric. _include=Observation:device adds the referenced DeviceMetrics and _include:iterate=DeviceMetric:source their MDS Devices (each omitted, with a warning OperationOutcome, when the client may not read that type); _revinclude is refused. encounter is not supported: edges send no encounter with their data.",
+                "Vital signs (vital-signs profile), NEWS2 scores (survey) and infusion measurements (therapy); ids <edge>.<sequence>[.rate|.infused|.remaining]; one version each. device references the measuring DeviceMetric. _include=Observation:device adds the referenced DeviceMetrics and _include:iterate=DeviceMetric:source their MDS Devices (each omitted, with a warning OperationOutcome, when the client may not read that type); _revinclude is refused. encounter (the visit, when the edge knew it: HL7 PV1-19, MQTT encounter) is a logical reference by visit-number identifier, searchable on vital signs with encounter:identifier; this server serves no Encounter resources.",
             ),
             "DetectedIssue" => (
                 Vec::new(),
@@ -2909,6 +2998,88 @@ async fn metadata(State(state): State<Arc<ApiState>>) -> Result<Response, CloudE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const VISITS: &str = "urn:wardwatch:visit-number";
+
+    /// An Observation search parsed with the default visit-number system.
+    fn parse_obs(raw: Option<&str>) -> Result<ObservationSearch, CloudError> {
+        parse_observation_search(raw, VISITS)
+    }
+
+    #[test]
+    fn encounter_identifier_search_parameter() {
+        let enc = |q: &str| parse_obs(Some(q)).map(|s| (s.encounter, s.no_match));
+        // Any system, the configured one (URL-encoded or not): that visit number.
+        for q in [
+            "encounter:identifier=V2026-17",
+            "encounter:identifier=urn:wardwatch:visit-number|V2026-17",
+            "encounter:identifier=urn%3Awardwatch%3Avisit-number%7CV2026-17",
+        ] {
+            assert_eq!(enc(q).unwrap(), (Some("V2026-17".into()), false), "{q}");
+        }
+        // `|value`: explicitly no system, which no encounter here has: nothing matches.
+        assert_eq!(enc("encounter:identifier=|V2026-17").unwrap(), (None, true));
+        // It is echoed into the next link and combines with the other parameters.
+        let s = parse_obs(Some(
+            "patient=MRN1&encounter:identifier=V1&date=ge2026-01-01",
+        ))
+        .unwrap();
+        assert_eq!(s.encounter.as_deref(), Some("V1"));
+        assert_eq!(s.patient.as_deref(), Some("MRN1"));
+        assert!(
+            s.echo
+                .contains(&("encounter:identifier".into(), "V1".into()))
+        );
+        assert_eq!(parse_obs(None).unwrap().encounter, None);
+        // Malformed values: 400 invalid, saying what a visit number is.
+        for bad in [
+            "encounter:identifier=",
+            "encounter:identifier=urn:wardwatch:visit-number|",
+            "encounter:identifier=V%201",
+            "encounter:identifier=a|b|c",
+            "encounter:identifier=V1&encounter:identifier=V2",
+        ] {
+            match parse_obs(Some(bad)) {
+                Err(CloudError::InvalidArgument(m)) => {
+                    assert!(m.contains("encounter"), "{bad}: {m}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let long = format!("encounter:identifier={}", "9".repeat(65));
+        assert!(matches!(
+            parse_obs(Some(&long)),
+            Err(CloudError::InvalidArgument(_))
+        ));
+        // Another system, a list, a reference, other modifiers: 400 not-supported with the way to do it.
+        for (bad, needle) in [
+            (
+                "encounter:identifier=http://other.example|V1",
+                "urn:wardwatch:visit-number",
+            ),
+            ("encounter:identifier=V1,V2", "one visit number"),
+            ("encounter=Encounter/1", "no Encounter resources"),
+            ("encounter=V1", "encounter:identifier"),
+            ("encounter:Encounter=1", "encounter:identifier"),
+            ("encounter:missing=true", ":identifier modifier"),
+        ] {
+            match parse_obs(Some(bad)) {
+                Err(CloudError::NotSupported(m)) => assert!(m.contains(needle), "{bad}: {m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // The configured system is the one accepted.
+        assert_eq!(
+            parse_observation_search(
+                Some("encounter:identifier=urn:oid:1.2.3|V1"),
+                "urn:oid:1.2.3"
+            )
+            .unwrap()
+            .encounter
+            .as_deref(),
+            Some("V1")
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn large_pages_are_mapped_off_the_runtime_in_order_and_errors_surface() {
@@ -3135,7 +3306,7 @@ mod tests {
 
     #[test]
     fn include_history_and_explicit_refusals_are_parsed() {
-        let s = parse_observation_search(Some("patient=A&_include=Observation:device")).unwrap();
+        let s = parse_obs(Some("patient=A&_include=Observation:device")).unwrap();
         assert_eq!(
             s.include,
             IncludeSpec {
@@ -3149,7 +3320,7 @@ mod tests {
                 .any(|(k, v)| k == "_include" && v == "Observation:device"),
             "next links keep the _include"
         );
-        let both = parse_observation_search(Some(
+        let both = parse_obs(Some(
             "_include=Observation:device:DeviceMetric&_include:iterate=DeviceMetric:source",
         ))
         .unwrap();
@@ -3159,12 +3330,9 @@ mod tests {
                 .iter()
                 .any(|(k, v)| k == "_include:iterate" && v == "DeviceMetric:source")
         );
-        assert_eq!(
-            parse_observation_search(None).unwrap().include,
-            IncludeSpec::default()
-        );
+        assert_eq!(parse_obs(None).unwrap().include, IncludeSpec::default());
         assert!(matches!(
-            parse_observation_search(Some("_include:iterate=DeviceMetric:source")),
+            parse_obs(Some("_include:iterate=DeviceMetric:source")),
             Err(CloudError::InvalidArgument(_))
         ));
         for bad in [
@@ -3176,16 +3344,13 @@ mod tests {
             "encounter=Encounter/1",
         ] {
             assert!(
-                matches!(
-                    parse_observation_search(Some(bad)),
-                    Err(CloudError::NotSupported(_))
-                ),
+                matches!(parse_obs(Some(bad)), Err(CloudError::NotSupported(_))),
                 "{bad}"
             );
         }
         let why = |e: CloudError| e.to_string();
         assert!(why(unsupported("Device", "_revinclude")).contains("_revinclude is not supported"));
-        assert!(why(unsupported("Observation", "encounter")).contains("no encounter"));
+        assert!(why(unsupported("Observation", "encounter")).contains("encounter:identifier"));
         assert!(why(unsupported("Device", "foo")).contains("_count"));
 
         assert_eq!(parse_history_params(None).unwrap(), (DEFAULT_COUNT, None));
@@ -3233,7 +3398,7 @@ mod tests {
 
     #[test]
     fn search_parameters_are_parsed_or_refused() {
-        let s = parse_observation_search(Some(
+        let s = parse_obs(Some(
             "patient=Patient/MRN1&code=http://loinc.org|8867-4,150456&_count=10",
         ))
         .unwrap();
@@ -3244,33 +3409,33 @@ mod tests {
         );
         assert_eq!(s.count, 10);
         assert!(matches!(
-            parse_observation_search(Some("_count=-1")),
+            parse_obs(Some("_count=-1")),
             Err(CloudError::InvalidArgument(_))
         ));
         assert!(matches!(
-            parse_observation_search(Some("_count=0")),
+            parse_obs(Some("_count=0")),
             Err(CloudError::InvalidArgument(_))
         ));
         assert!(matches!(
-            parse_observation_search(Some("_count=1001")),
+            parse_obs(Some("_count=1001")),
             Err(CloudError::InvalidArgument(_))
         ));
         assert!(matches!(
-            parse_observation_search(Some("foo=bar")),
+            parse_obs(Some("foo=bar")),
             Err(CloudError::NotSupported(_))
         ));
         assert!(matches!(
-            parse_observation_search(Some("patient=a%20b")),
+            parse_obs(Some("patient=a%20b")),
             Err(CloudError::InvalidArgument(_))
         ));
         assert!(matches!(
-            parse_observation_search(Some("code=http://snomed.info/sct|123")),
+            parse_obs(Some("code=http://snomed.info/sct|123")),
             Err(CloudError::NotSupported(_))
         ));
         assert!(matches!(
-            parse_observation_search(Some("_cursor=abc")),
+            parse_obs(Some("_cursor=abc")),
             Err(CloudError::InvalidArgument(_))
         ));
-        assert_eq!(parse_observation_search(None).unwrap().count, DEFAULT_COUNT);
+        assert_eq!(parse_obs(None).unwrap().count, DEFAULT_COUNT);
     }
 }

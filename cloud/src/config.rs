@@ -105,6 +105,10 @@ pub struct ApiConfig {
     /// Identifier system of patient MRNs.
     #[serde(default = "default_mrn_system")]
     pub mrn_system: String,
+    /// Identifier system of encounter visit numbers (HL7 v2 PV1-19): `Observation.encounter.identifier.system`
+    /// and the system `encounter:identifier` searches accept. Like the MRN system, one per hospital.
+    #[serde(default = "default_visit_number_system")]
+    pub visit_number_system: String,
     /// Identifier system of device ids.
     #[serde(default = "default_device_system")]
     pub device_id_system: String,
@@ -125,6 +129,9 @@ fn default_base_path() -> String {
 }
 fn default_mrn_system() -> String {
     "urn:wardwatch:mrn".into()
+}
+fn default_visit_number_system() -> String {
+    "urn:wardwatch:visit-number".into()
 }
 fn default_device_system() -> String {
     "urn:wardwatch:device".into()
@@ -207,6 +214,13 @@ impl CloudConfig {
         }
         if !self.api.base_path.starts_with('/') || self.api.base_path.ends_with('/') {
             return bad("api.base_path must start with '/' and not end with one".into());
+        }
+        let system = &self.api.visit_number_system;
+        if system.is_empty() || system.chars().any(|c| c.is_whitespace() || c == '|') {
+            // It is a FHIR uri, and the part before `|` of an `encounter:identifier` search value.
+            return bad(format!(
+                "api.visit_number_system must be a URI without whitespace or '|', got {system:?}"
+            ));
         }
         if self.sync.max_batch_events == 0 || self.sync.max_batch_events > 50_000 {
             return bad("sync.max_batch_events must be 1..=50000".into());

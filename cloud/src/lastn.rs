@@ -153,7 +153,11 @@ async fn lastn_bundle(
         for r in rows {
             // A code given twice (e.g. as LOINC and as MDC) is answered once.
             if seen.insert(r.id) {
-                let res = crate::api::vital_to_observation(&r, &state.config.mrn_system)?;
+                let res = crate::api::vital_to_observation(
+                    &r,
+                    &state.config.mrn_system,
+                    &state.config.visit_number_system,
+                )?;
                 entries.push((
                     format!("{}/Observation/{}", state.base_url, observation_id(&r)),
                     res,

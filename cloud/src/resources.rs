@@ -338,6 +338,7 @@ pub async fn read_resource(
                 return Ok(Some(crate::api::vital_to_observation(
                     &row,
                     &cfg.mrn_system,
+                    &cfg.visit_number_system,
                 )?));
             }
             let Some(ev) = store.event_by_lineage(edge.as_str(), seq).await? else {
@@ -920,6 +921,16 @@ pub fn infusion_observation_to_fhir(
         id: &id,
         patient_system: &cfg.mrn_system,
         patient_id: &i.patient_id,
+        encounter: i
+            .encounter
+            .as_ref()
+            .filter(|e| !e.visit_number.is_empty())
+            .map(|e| wardwatch_fhir::EncounterReference {
+                system: &cfg.visit_number_system,
+                value: &e.visit_number,
+                assigner: (!e.assigning_authority.is_empty())
+                    .then_some(e.assigning_authority.as_str()),
+            }),
         device: DeviceReference::DeviceMetric(&metric),
         code: vec![Coding {
             system: wardwatch_fhir::MDC,

@@ -63,6 +63,9 @@ pub struct DevSetup {
     pub smart_jwks_path: PathBuf,
 }
 
+/// The identifier system of encounter visit numbers in the test and demo clouds (`api.visit_number_system`).
+pub const VISIT_NUMBER_SYSTEM: &str = "urn:wardwatch:visit-number";
+
 /// Client id of the development API client.
 pub const DEV_CLIENT_ID: &str = "dev-ehr";
 /// Key id of the development client's key.
@@ -235,6 +238,7 @@ pub fn cloud_config(
             base_path: "/fhir".into(),
             public_base_url: None,
             mrn_system: "urn:wardwatch:mrn".into(),
+            visit_number_system: VISIT_NUMBER_SYSTEM.into(),
             device_id_system: "urn:wardwatch:device".into(),
             client_id_system: "urn:wardwatch:api-client".into(),
             access_token_ttl_secs: 300,

@@ -216,6 +216,51 @@ async fn every_served_resource_validates() -> Result<()> {
         push_bundle(&infusion, &mut lines) >= 3,
         "no infusion Observations: {infusion}"
     );
+    // Observations with an encounter (the simulator gives each patient a visit number): found by
+    // encounter:identifier, each carrying it as a logical reference by identifier, and validated.
+    let visit = wardwatch_edge::simulator::sim_encounter(&patient);
+    let in_visit = get(format!(
+        "{base}/Observation?encounter:identifier={}|{}&_count=5",
+        wardwatch::VISIT_NUMBER_SYSTEM,
+        visit.visit_number
+    ))
+    .await?;
+    assert!(
+        push_bundle(&in_visit, &mut lines) > 0,
+        "no Observation in visit {}: {in_visit}",
+        visit.visit_number
+    );
+    let with_encounter = in_visit["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["resource"])
+        .chain(
+            infusion["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| &e["resource"]),
+        );
+    for o in with_encounter {
+        assert_eq!(o["encounter"]["type"], "Encounter", "{o}");
+        assert_eq!(
+            o["encounter"]["identifier"]["system"],
+            wardwatch::VISIT_NUMBER_SYSTEM,
+            "{o}"
+        );
+        assert_eq!(
+            o["encounter"]["identifier"]["assigner"]["display"],
+            wardwatch_edge::simulator::SIM_VISIT_AUTHORITY,
+            "{o}"
+        );
+        assert!(
+            o["encounter"]["identifier"]["value"]
+                .as_str()
+                .is_some_and(|v| v.ends_with("-V1")),
+            "{o}"
+        );
+    }
     let risk = get(format!("{base}/RiskAssessment?patient={patient}")).await?;
     assert_eq!(push_bundle(&risk, &mut lines), 1, "{risk}");
     let ra = &risk["entry"][0]["resource"];

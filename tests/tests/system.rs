@@ -43,14 +43,16 @@ async fn ten_thousand_samples(database_url: Option<String>) -> Result<()> {
         &[(EDGE, &[WARD])],
     )?)
     .await?;
-    let edge = EdgeHandle::start(edge_config(
+    let mut edge_cfg = edge_config(
         &setup,
         &dir.path().join("edge"),
         EDGE,
         &[WARD],
         cloud.sync_addr,
-    )?)
-    .await?;
+    )?;
+    // An HL7 v2 MLLP listener too, for the encounter (PV1-19) part at the end.
+    edge_cfg.hl7_mllp = Some(toml::from_str(&format!("listen = \"{ANY}\""))?);
+    let edge = EdgeHandle::start(edge_cfg).await?;
 
     let devices = simulated_devices(WARD, 40, 7);
     edge.node.accept(devices).await?;
@@ -211,8 +213,160 @@ async fn ten_thousand_samples(database_url: Option<String>) -> Result<()> {
         "reads are audited"
     );
 
+    encounters(&edge, &cloud, &setup.token, &client, mrn, of_patient.len()).await?;
+
     edge.stop().await;
     cloud.stop().await;
+    Ok(())
+}
+
+/// An HL7 v2 PCD-01 message with PV1-19 sent to the edge over MLLP: its Observations name the encounter by visit
+/// number and are found with `encounter:identifier`, as are a simulated patient's (the simulator gives each patient
+/// visit `<MRN>-V1`); a malformed PV1-19 is refused with AE and stores nothing; `encounter=Encounter/…` is a 400.
+async fn encounters(
+    edge: &EdgeHandle,
+    cloud: &CloudHandle,
+    token: &str,
+    client: &reqwest::Client,
+    sim_mrn: &str,
+    sim_samples: usize,
+) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const VISIT: &str = "V2026-0042";
+    let addr = edge.node.hl7_addr().context("the edge's HL7 listener")?;
+    let exchange = |msg: String| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(&wardwatch_edge::sources::hl7::mllp::encode(msg.as_bytes()))
+            .await?;
+        let mut ack = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !ack.ends_with(b"\x1c\r") {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await??;
+            anyhow::ensure!(n > 0, "connection closed before the ACK");
+            ack.extend_from_slice(&buf[..n]);
+        }
+        anyhow::Ok(String::from_utf8_lossy(&ack).into_owned())
+    };
+    let message = |control: &str, pv1_19: &str| {
+        format!(
+            "MSH|^~\\&|WardMon^0123456789ABCDEF^EUI-64|Ward7A|WARDWATCH|HOSP|20260301101500+0000||ORU^R01^ORU_R01|{control}|P|2.6\r\
+             PID|||MRN-ENC1^^^Hosp^MR||Doe^Jane\r\
+             PV1||I|{WARD}^701^3||||||||||||||||{pv1_19}\r\
+             OBR|1|||182777000^monitoring of patient^SCT|||20260301101400+0000\r\
+             OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|72|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||F|||||||MON-ENC-3^EUI-64\r\
+             OBX|2|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.1|96|262688^MDC_DIM_PERCENT^MDC|||||F|||||||MON-ENC-3^EUI-64\r\
+             OBX|3|NM|151562^MDC_RESP_RATE^MDC|1.3.1.1|18|264928^MDC_DIM_RESP_PER_MIN^MDC|||||F|||||||MON-ENC-3^EUI-64\r"
+        )
+    };
+    let before = cloud.store.count_vitals().await?;
+    // A visit number the edge cannot store: the whole message is refused (AE) with the reason, nothing stored.
+    let ack = exchange(message("ENC-BAD", "V 2026^^^HOSP^VN")).await?;
+    assert!(ack.contains("MSA|AE|ENC-BAD"), "{ack}");
+    assert!(ack.contains("PV1-19 (visit number)"), "{ack}");
+    // PV1-19 as CX: visit number, check digit, scheme, assigning authority, type.
+    let ack = exchange(message("ENC-1", &format!("{VISIT}^^^HOSP^VN"))).await?;
+    assert!(ack.contains("MSA|AA|ENC-1"), "{ack}");
+    edge.wait_drained(Duration::from_secs(60)).await?;
+    assert_eq!(
+        cloud.store.count_vitals().await?,
+        before + 3,
+        "only the good message was stored"
+    );
+
+    let get = |q: String| {
+        let client = client.clone();
+        let token = token.to_string();
+        let base = cloud.fhir_base.clone();
+        async move {
+            let r = client
+                .get(format!("{base}/Observation?{q}"))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            anyhow::Ok((status, r.json::<serde_json::Value>().await?))
+        }
+    };
+    let visits = wardwatch::VISIT_NUMBER_SYSTEM;
+    let found = fhir_search_all(
+        client,
+        token,
+        &format!(
+            "{}/Observation?encounter:identifier={visits}|{VISIT}&_count=2",
+            cloud.fhir_base
+        ),
+    )
+    .await?;
+    assert_eq!(
+        found.len(),
+        3,
+        "the message's three Observations, over two pages"
+    );
+    for o in &found {
+        assert_eq!(
+            o["encounter"],
+            serde_json::json!({
+                "type": "Encounter",
+                "identifier": {"system": visits, "value": VISIT, "assigner": {"display": "HOSP"}}
+            }),
+            "{o}"
+        );
+        assert_eq!(o["subject"]["identifier"]["value"], "MRN-ENC1");
+        // The read shows it too.
+        let id = o["id"].as_str().context("id")?;
+        let read: serde_json::Value = client
+            .get(format!("{}/Observation/{id}", cloud.fhir_base))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(&read, o);
+    }
+    // Without a system, with other parameters, counted; another visit number, `|value`: nothing.
+    let count = |q: &str| {
+        let q = format!("{q}&_summary=count");
+        let get = &get;
+        async move {
+            let (status, b) = get(q.clone()).await?;
+            anyhow::ensure!(status == 200, "{q}: {status} {b}");
+            b["total"].as_u64().context("total")
+        }
+    };
+    assert_eq!(count(&format!("encounter:identifier={VISIT}")).await?, 3);
+    assert_eq!(
+        count(&format!(
+            "encounter:identifier={VISIT}&patient=MRN-ENC1&code=http://loinc.org|8867-4"
+        ))
+        .await?,
+        1
+    );
+    assert_eq!(count("encounter:identifier=V2026-0043").await?, 0);
+    assert_eq!(count(&format!("encounter:identifier=|{VISIT}")).await?, 0);
+    // A simulated patient's samples all carry the patient's simulated visit.
+    let sim_visit = wardwatch_edge::simulator::sim_encounter(sim_mrn).visit_number;
+    assert_eq!(
+        count(&format!("encounter:identifier={visits}|{sim_visit}")).await?,
+        sim_samples as u64
+    );
+    // Refused with an OperationOutcome that says why and what to use instead.
+    for (q, status, needle) in [
+        ("encounter=Encounter/1", 400, "encounter:identifier"),
+        ("encounter:identifier=http://other.example|V1", 400, visits),
+        ("encounter:identifier=V%201", 400, "visit number"),
+        (
+            &format!("category=survey&encounter:identifier={VISIT}") as &str,
+            400,
+            "vital-sign",
+        ),
+    ] {
+        let (got, body) = get(q.to_string()).await?;
+        assert_eq!(got, status, "{q}: {body}");
+        assert_eq!(body["resourceType"], "OperationOutcome", "{q}");
+        let why = body["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+        assert!(why.contains(needle), "{q}: {why}");
+    }
     Ok(())
 }
 

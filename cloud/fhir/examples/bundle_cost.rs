@@ -53,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 id,
                 patient_system: "urn:oid:1.2.36.146.595.217.0.1",
                 patient_id: "MRN-000123",
+                encounter: None,
                 device: Some(DeviceReference::DeviceMetric("dev-7a-12.150456")),
                 code: vec![
                     Coding {

@@ -28,6 +28,11 @@ fn base<'a>(
         id,
         patient_system: "urn:oid:1.2.36.146.595.217.0.1",
         patient_id: "MRN-000123",
+        encounter: Some(wardwatch_fhir::EncounterReference {
+            system: "urn:oid:1.2.36.146.595.217.0.2",
+            value: "V2026-0042",
+            assigner: Some("HOSP"),
+        }),
         device: Some(wardwatch_fhir::DeviceReference::DeviceMetric(
             "dev-7a-12.150456",
         )),

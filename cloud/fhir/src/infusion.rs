@@ -16,7 +16,7 @@ use crate::util::{
     opt_string, require_id, require_string, require_uri, ser_err, single_coding_concept,
     ucum_quantity,
 };
-use crate::{Coding, DeviceReference, FhirError, OBSERVATION_CATEGORY};
+use crate::{Coding, DeviceReference, EncounterReference, FhirError, OBSERVATION_CATEGORY};
 
 /// Identifier system of medication orders (the order ids edges report).
 pub const ORDER_SYSTEM: &str = "urn:wardwatch:order";
@@ -30,6 +30,9 @@ pub struct InfusionObservationRecord<'a> {
     pub patient_system: &'a str,
     /// Patient MRN.
     pub patient_id: &'a str,
+    /// The encounter (visit) of the report, when the source knew it: `Observation.encounter`, a logical
+    /// reference by visit number, as for vital signs.
+    pub encounter: Option<EncounterReference<'a>>,
     /// What measured it (`device`): the pump's or drip monitor's `DeviceMetric` for this measurement.
     pub device: DeviceReference<'a>,
     /// `code` codings (the MDC coding).
@@ -79,6 +82,9 @@ pub fn infusion_observation(
             r.unit,
             r.unit,
         )?));
+    if let Some(encounter) = r.encounter {
+        b = b.encounter(encounter.to_reference()?);
+    }
     if let Some(order) = opt_string(Some(r.order_id)) {
         b = b.based_on(vec![Some(order_reference(&order)?)]);
     }
@@ -246,6 +252,7 @@ mod tests {
             id: "edge-7a.9.rate",
             patient_system: "urn:wardwatch:mrn",
             patient_id: "SIM000004",
+            encounter: None,
             device: DeviceReference::DeviceMetric("drip-7A-4.157784"),
             code: vec![Coding {
                 system: MDC,
@@ -268,6 +275,17 @@ mod tests {
             "MedicationAdministration/ORD-4"
         );
         assert_eq!(j["category"][0]["coding"][0]["code"], "therapy");
+        assert!(j.get("encounter").is_none(), "not known: no element");
+        let mut visit = r.clone();
+        visit.encounter = Some(EncounterReference {
+            system: "urn:wardwatch:visit-number",
+            value: "SIM000004-V1",
+            assigner: None,
+        });
+        assert_eq!(
+            infusion_observation(&visit).expect("valid")["encounter"],
+            serde_json::json!({"type": "Encounter", "identifier": {"system": "urn:wardwatch:visit-number", "value": "SIM000004-V1"}})
+        );
         let mut bad = r.clone();
         bad.value = f64::INFINITY;
         assert!(infusion_observation(&bad).is_err());

@@ -131,6 +131,50 @@ impl DeviceReference<'_> {
     }
 }
 
+/// The encounter (visit) an Observation belongs to, as a logical reference by its visit-number identifier:
+/// `{"type": "Encounter", "identifier": {"system", "value", "assigner": {"display"}}}`. Wardwatch serves no
+/// Encounter resources (edges know a visit only by the number the hospital's admission system gave it), so there
+/// is no literal `Encounter/<id>` to point at; an EHR resolves the identifier against its own Encounters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncounterReference<'a> {
+    /// Identifier system of visit numbers (configured per hospital, like the MRN system).
+    pub system: &'a str,
+    /// The visit number (HL7 v2 PV1-19 CX.1).
+    pub value: &'a str,
+    /// Who issued the visit number (HL7 v2 CX.4 assigning authority), when the source named one: rendered as
+    /// `identifier.assigner.display`, so a reader can tell numbering schemes apart.
+    pub assigner: Option<&'a str>,
+}
+
+impl EncounterReference<'_> {
+    /// The logical reference, after checking the system URI and the value.
+    pub(crate) fn to_reference(self) -> Result<fhir_sdk::r4b::types::Reference, FhirError> {
+        util::require_uri("Observation.encounter.identifier.system", self.system)?;
+        util::require_string("Observation.encounter.identifier.value", self.value)?;
+        let mut b = fhir_sdk::r4b::types::Identifier::builder()
+            .system(self.system.to_owned())
+            .value(self.value.to_owned());
+        if let Some(assigner) = self.assigner {
+            util::require_string(
+                "Observation.encounter.identifier.assigner.display",
+                assigner,
+            )?;
+            b = b.assigner(
+                fhir_sdk::r4b::types::Reference::builder()
+                    .display(assigner.to_owned())
+                    .build()
+                    .map_err(util::build_err("Reference"))?,
+            );
+        }
+        let identifier = b.build().map_err(util::build_err("Identifier"))?;
+        fhir_sdk::r4b::types::Reference::builder()
+            .r#type("Encounter".to_owned())
+            .identifier(identifier)
+            .build()
+            .map_err(util::build_err("Reference"))
+    }
+}
+
 /// One coding (`system` + `code` + human `display`) of a FHIR
 /// `CodeableConcept`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,10 @@ use crate::util::{
     build_err, codeable_concept, identifier, instant_from_unix_ms, invalid, is_valid_id,
     opt_string, require_id, require_uri, ser_err, single_coding_concept, ucum_quantity,
 };
-use crate::{Coding, DeviceReference, FhirError, LOINC, OBSERVATION_CATEGORY, VITAL_SIGNS_PROFILE};
+use crate::{
+    Coding, DeviceReference, EncounterReference, FhirError, LOINC, OBSERVATION_CATEGORY,
+    VITAL_SIGNS_PROFILE,
+};
 
 /// One component of a panel observation, e.g. the systolic pressure
 /// (LOINC `8480-6`) of a blood-pressure panel.
@@ -37,6 +40,9 @@ pub struct VitalSignRecord<'a> {
     pub patient_system: &'a str,
     /// The patient's MRN.
     pub patient_id: &'a str,
+    /// The encounter (visit) the sample was taken in, when the source knew it: `Observation.encounter`, a
+    /// logical reference by visit number (see [`EncounterReference`]). `None`: no `encounter` element.
+    pub encounter: Option<EncounterReference<'a>>,
     /// What measured it: normally the `DeviceMetric` (Point-of-Care Device shape); becomes
     /// `Observation.device = {"reference": "DeviceMetric/<id>"}` (or `Device/<id>`).
     pub device: Option<DeviceReference<'a>>,
@@ -160,7 +166,8 @@ const SPECIFIC_PROFILES: &[(&str, &str, &[&str])] = &[
 ///
 /// `status` is always `final`; `subject` is a `Patient` reference carrying
 /// the MRN identifier, plus a literal `Patient/<mrn>` reference when the MRN
-/// is a valid FHIR id.
+/// is a valid FHIR id; `encounter`, when known, a logical `Encounter`
+/// reference by visit number.
 ///
 /// # Errors
 /// [`FhirError::InvalidInput`] for an invalid id, empty or malformed codes,
@@ -226,6 +233,9 @@ pub fn vital_sign_observation(r: &VitalSignRecord<'_>) -> Result<serde_json::Val
 
     if let Some(meta) = meta(profiles, r.source_lineage)? {
         b = b.meta(meta);
+    }
+    if let Some(encounter) = r.encounter {
+        b = b.encounter(encounter.to_reference()?);
     }
     if let Some(device) = r.device {
         b = b.device(device.to_reference()?);
@@ -396,6 +406,7 @@ mod tests {
             id: "obs-hr-1",
             patient_system: MRN_SYSTEM,
             patient_id: "MRN-000123",
+            encounter: None,
             device: Some(DeviceReference::DeviceMetric("dev-7a-12.150456")),
             code: vec![
                 Coding {
@@ -501,6 +512,70 @@ mod tests {
                 assert!(msg.contains(needle), "{msg:?} lacks {needle:?}")
             }
             other => panic!("expected InvalidInput containing {needle:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn encounter_is_a_logical_reference_by_visit_number() {
+        const VISIT_SYSTEM: &str = "urn:oid:1.2.36.146.595.217.0.2";
+        let mut r = heart_rate();
+        r.encounter = Some(EncounterReference {
+            system: VISIT_SYSTEM,
+            value: "V2026-0042",
+            assigner: Some("HOSP"),
+        });
+        let json = vital_sign_observation(&r).expect("valid record");
+        assert_eq!(
+            json["encounter"],
+            json!({
+                "type": "Encounter",
+                "identifier": {
+                    "system": VISIT_SYSTEM,
+                    "value": "V2026-0042",
+                    "assigner": {"display": "HOSP"}
+                }
+            })
+        );
+        // Nothing else changes: the rest is exactly the Observation without an encounter.
+        let mut without = json.clone();
+        without
+            .as_object_mut()
+            .map(|o| o.remove("encounter"))
+            .expect("an object");
+        assert_eq!(
+            without,
+            vital_sign_observation(&heart_rate()).expect("valid")
+        );
+        // No assigning authority: no assigner.
+        r.encounter = Some(EncounterReference {
+            system: VISIT_SYSTEM,
+            value: "V2026-0042",
+            assigner: None,
+        });
+        let json = vital_sign_observation(&r).expect("valid record");
+        assert_eq!(
+            json["encounter"],
+            json!({"type": "Encounter", "identifier": {"system": VISIT_SYSTEM, "value": "V2026-0042"}})
+        );
+        // Not known: no element at all.
+        assert!(
+            vital_sign_observation(&heart_rate())
+                .expect("valid")
+                .get("encounter")
+                .is_none()
+        );
+        // A system that is not a URI, an empty value, an empty assigner: refused, not emitted.
+        for (system, value, assigner, needle) in [
+            ("not a uri", "V1", None, "encounter.identifier.system"),
+            (VISIT_SYSTEM, "", None, "encounter.identifier.value"),
+            (VISIT_SYSTEM, "V1", Some(""), "assigner"),
+        ] {
+            r.encounter = Some(EncounterReference {
+                system,
+                value,
+                assigner,
+            });
+            assert_invalid(&r, needle);
         }
     }
 

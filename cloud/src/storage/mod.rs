@@ -114,6 +114,11 @@ pub struct VitalRow {
     pub measured_at_ms: i64,
     /// When stored.
     pub received_at_ms: i64,
+    /// The encounter's visit number (wire `VitalSign.encounter`, migration 0011), `None` when not known: becomes
+    /// `Observation.encounter` and is what `encounter:identifier` searches.
+    pub encounter: Option<String>,
+    /// Who issued that visit number (its assigning authority), `None` when not given.
+    pub encounter_authority: Option<String>,
 }
 
 /// A stored device (latest description).
@@ -161,6 +166,8 @@ pub struct VitalQuery {
     pub codes: Vec<CodeFilter>,
     /// Only samples from this device.
     pub device: Option<String>,
+    /// Only samples of this encounter (visit number; FHIR `encounter:identifier`).
+    pub encounter: Option<String>,
     /// Only samples measured in this range (FHIR `date` on `effectiveDateTime`).
     pub measured: TimeRange,
     /// Only samples stored in this range (FHIR `_lastUpdated`).
@@ -220,6 +227,9 @@ macro_rules! push_vital_filters {
         }
         if let Some(d) = &q.device {
             qb.push(" AND device_id = ").push_bind(d.clone());
+        }
+        if let Some(e) = &q.encounter {
+            qb.push(" AND encounter = ").push_bind(e.clone());
         }
         if !q.codes.is_empty() {
             qb.push(" AND (");
@@ -344,6 +354,18 @@ pub(crate) fn components_json(v: &VitalSign) -> Option<String> {
         })
         .collect();
     Some(format!("[{}]", parts.join(",")))
+}
+
+/// The stored encounter columns of a vital sign: visit number and assigning authority, each `None` when empty
+/// (not known, not given).
+pub(crate) fn encounter_columns(v: &VitalSign) -> (Option<&str>, Option<&str>) {
+    match &v.encounter {
+        Some(e) if !e.visit_number.is_empty() => (
+            Some(e.visit_number.as_str()),
+            (!e.assigning_authority.is_empty()).then_some(e.assigning_authority.as_str()),
+        ),
+        _ => (None, None),
+    }
 }
 
 pub(crate) fn quality_mask(v: &VitalSign) -> i64 {
@@ -589,8 +611,8 @@ impl Store {
             return Ok(None);
         };
         const SQL: &str = "SELECT id, edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, loinc, value, \
-            enumerated, unit, components, quality, measured_at_ms, received_at_ms FROM vital_signs \
-            WHERE edge_id = $1 AND sequence = $2";
+            enumerated, unit, components, quality, measured_at_ms, received_at_ms, encounter, encounter_authority \
+            FROM vital_signs WHERE edge_id = $1 AND sequence = $2";
         Ok(match self {
             Self::Sqlite(p) => {
                 let row = sqlx::query(SQL)
@@ -715,7 +737,8 @@ pub(crate) fn patient_ward(p: &Payload) -> (Option<String>, Option<String>) {
 
 /// Keep in step with the column list of `Store::vital_by_lineage`.
 pub(crate) const VITAL_COLUMNS: &str = "SELECT id, edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, \
-    loinc, value, enumerated, unit, components, quality, measured_at_ms, received_at_ms";
+    loinc, value, enumerated, unit, components, quality, measured_at_ms, received_at_ms, encounter, \
+    encounter_authority";
 
 pub(crate) const DEVICE_SELECT: &str = "SELECT device_id, edge_id, kind, manufacturer, model, serial, udi, ward, bed, \
     state, reported_at_ms FROM devices WHERE device_id = $1";
@@ -741,6 +764,8 @@ macro_rules! row_mappers {
                 quality: r.try_get(13)?,
                 measured_at_ms: r.try_get(14)?,
                 received_at_ms: r.try_get(15)?,
+                encounter: r.try_get(16)?,
+                encounter_authority: r.try_get(17)?,
             })
         }
         pub(crate) fn $device(r: &$row) -> Result<DeviceRow, StorageError> {

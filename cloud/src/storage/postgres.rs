@@ -8,7 +8,8 @@ use wardwatch_proto::v1::edge_event::Payload;
 
 use super::{
     DeviceRow, IngestItem, IngestOutcome, OUTCOME_REJECTED, OUTCOME_STORED, StorageError,
-    VitalQuery, VitalRow, components_json, event_kind, loinc_of, quality_mask, ward_bed,
+    VitalQuery, VitalRow, components_json, encounter_columns, event_kind, loinc_of, quality_mask,
+    ward_bed,
 };
 
 fn seq(s: u64) -> i64 {
@@ -102,6 +103,7 @@ pub(super) async fn ingest(
     let mut v_comp: Vec<Option<String>> = Vec::new();
     let mut v_quality = Vec::new();
     let mut v_measured = Vec::new();
+    let mut v_encounter: Vec<(Option<&str>, Option<&str>)> = Vec::new();
     for (it, p) in &fresh {
         if let Payload::Vital(v) = p {
             let (ward, bed) = v
@@ -127,6 +129,7 @@ pub(super) async fn ingest(
             v_comp.push(components_json(v));
             v_quality.push(quality_mask(v));
             v_measured.push(v.measured_at_unix_ms);
+            v_encounter.push(encounter_columns(v));
         }
     }
     if !v_seq.is_empty() {
@@ -152,6 +155,8 @@ pub(super) async fn ingest(
             copy_field(&mut data, v_quality[i]);
             copy_field(&mut data, v_measured[i]);
             copy_field(&mut data, now);
+            copy_text(&mut data, v_encounter[i].0);
+            copy_text(&mut data, v_encounter[i].1);
             // Replace the last field's tab with the row's newline.
             if let Some(last) = data.last_mut() {
                 *last = b'\n';
@@ -160,7 +165,8 @@ pub(super) async fn ingest(
         let mut copy = tx
             .copy_in_raw(
                 "COPY vital_signs (edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, loinc, value, \
-                 enumerated, unit, components, quality, measured_at_ms, received_at_ms) FROM STDIN",
+                 enumerated, unit, components, quality, measured_at_ms, received_at_ms, encounter, \
+                 encounter_authority) FROM STDIN",
             )
             .await?;
         copy.send(data).await?;

@@ -8,7 +8,8 @@ use wardwatch_proto::v1::edge_event::Payload;
 
 use super::{
     DeviceRow, IngestItem, IngestOutcome, OUTCOME_REJECTED, OUTCOME_STORED, StorageError,
-    VitalQuery, VitalRow, components_json, event_kind, loinc_of, quality_mask, ward_bed,
+    VitalQuery, VitalRow, components_json, encounter_columns, event_kind, loinc_of, quality_mask,
+    ward_bed,
 };
 
 /// Rows per statement: SQLite allows 32,766 bound parameters; the widest insert binds 17 per row.
@@ -73,9 +74,10 @@ pub(super) async fn ingest(
     for chunk in vitals.chunks(CHUNK) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO vital_signs (edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, loinc, value, \
-             enumerated, unit, components, quality, measured_at_ms, received_at_ms) ",
+             enumerated, unit, components, quality, measured_at_ms, received_at_ms, encounter, encounter_authority) ",
         );
         qb.push_values(chunk, |mut b, (seq, v)| {
+            let (encounter, authority) = encounter_columns(v);
             let (ward, bed) = v
                 .location
                 .as_ref()
@@ -101,7 +103,9 @@ pub(super) async fn ingest(
                 .push_bind(components_json(v))
                 .push_bind(quality_mask(v))
                 .push_bind(v.measured_at_unix_ms)
-                .push_bind(now);
+                .push_bind(now)
+                .push_bind(encounter)
+                .push_bind(authority);
         });
         qb.build().execute(&mut *tx).await?;
     }

@@ -189,7 +189,8 @@ async fn outbox_only(args: &Args, events: &[Incoming]) -> Result<f64> {
 
 /// The columns an Observation row has (everything but the generated id).
 const VITAL_COLUMNS: &str = "edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, loinc, value, \
-                             enumerated, unit, components, quality, measured_at_ms, received_at_ms";
+                             enumerated, unit, components, quality, measured_at_ms, received_at_ms, encounter, \
+                             encounter_authority";
 
 /// Exports the stored vital-sign rows and loads them again with `COPY FROM STDIN` into a twin of the table
 /// (same columns, same indexes). Returns the row count and the COPY rate (rows/s, the load alone).
