@@ -99,19 +99,25 @@ async fn main() -> anyhow::Result<()> {
         dir.display(),
         t_open.elapsed()
     );
-    println!("rows\trate_window_per_s\trate_total_per_s\tused_MiB\tdb_MiB\twal_MiB");
+    println!(
+        "rows\trate_window_per_s\trate_total_per_s\tslowest_append_ms\tused_MiB\tdb_MiB\twal_MiB"
+    );
     let start_ms = 1_764_000_000_000;
     let first = outbox_last_seq(&outbox).await?;
     let t0 = Instant::now();
     let mut tw = Instant::now();
     let mut done = 0u64;
     let mut last_report = 0u64;
+    // The slowest append of the window (an append that settles keys waits for the settle).
+    let mut slowest = Duration::ZERO;
     while done < args.rows {
         let n = (args.rows - done).min(args.batch as u64);
         let batch: Vec<NewEvent> = (done..done + n)
             .map(|i| event(first + i, args.beds, start_ms))
             .collect();
+        let ta = Instant::now();
         let out = outbox.append(&batch, false).await?;
+        slowest = slowest.max(ta.elapsed());
         anyhow::ensure!(
             out.accepted == n,
             "accepted {} of {n} (duplicates {})",
@@ -129,15 +135,17 @@ async fn main() -> anyhow::Result<()> {
         if done - last_report >= args.report || done == args.rows {
             let window = done - last_report;
             println!(
-                "{done}\t{:.0}\t{:.0}\t{:.1}\t{:.1}\t{:.1}",
+                "{done}\t{:.0}\t{:.0}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
                 window as f64 / tw.elapsed().as_secs_f64(),
                 done as f64 / t0.elapsed().as_secs_f64(),
+                slowest.as_secs_f64() * 1e3,
                 outbox.used_bytes() as f64 / (1 << 20) as f64,
                 file_mib(&dir.join("outbox.sqlite")),
                 file_mib(&dir.join("outbox.sqlite-wal")),
             );
             last_report = done;
             tw = Instant::now();
+            slowest = Duration::ZERO;
         }
     }
     println!(
