@@ -85,6 +85,11 @@ pub struct EvalReport {
     pub artifact_questions: u64,
     /// Deterioration rounds scored.
     pub deterioration_rounds: u64,
+    /// Deterioration-risk alarms announced (a part of `manager_physiological`).
+    pub risk_alarms: u64,
+    /// Deterioration rounds at or above the alarm threshold that raised no alarm because the patient's NEWS2
+    /// response alarm was already announced (de-duplication).
+    pub risk_rounds_covered: u64,
 }
 
 fn rank(p: AlarmPriority) -> u8 {
@@ -333,6 +338,10 @@ pub fn run(cfg: &EvalConfig) -> EvalReport {
             )
         })
         .count() as u64;
+    let risk_alarms = announced
+        .iter()
+        .filter(|a| a.kind == AlarmKind::DeteriorationRisk)
+        .count() as u64;
     EvalReport {
         config: cfg.clone(),
         manager_alarms: announced.len() as u64,
@@ -346,6 +355,8 @@ pub fn run(cfg: &EvalConfig) -> EvalReport {
         artifact_holds: engine.stats().artifact_holds + engine.stats().artifact_news2_holds,
         artifact_questions: models.as_ref().map_or(0, |m| m.artifact_questions),
         deterioration_rounds: models.as_ref().map_or(0, |m| m.deterioration_rounds),
+        risk_alarms,
+        risk_rounds_covered: engine.stats().risk_alarms_covered,
     }
 }
 
@@ -398,11 +409,14 @@ impl EvalReport {
                 "none".to_string()
             } else {
                 format!(
-                    "{} ({} artifact questions, {} held back; {} deterioration rounds)",
+                    "{} ({} artifact questions, {} held back; {} deterioration rounds, {} deterioration-risk \
+                     alarms, {} rounds above the threshold covered by an announced NEWS2 response alarm)",
                     self.models_running.join(", "),
                     self.artifact_questions,
                     self.artifact_holds,
-                    self.deterioration_rounds
+                    self.deterioration_rounds,
+                    self.risk_alarms,
+                    self.risk_rounds_covered
                 )
             }
         ));

@@ -561,6 +561,15 @@ impl AlarmManager {
             .is_some_and(|r| matches!(r.view.phase, Phase::Pending { .. }))
     }
 
+    /// The priority of the alarm behind `key` if it is announced (raised, silenced or acknowledged) and its
+    /// condition still holds; `None` when it is pending, latched after its cause ended, or not tracked.
+    pub fn announced_priority(&self, key: &ConditionKey) -> Option<AlarmPriority> {
+        self.records
+            .get(key)
+            .filter(|r| r.view.condition_active && !matches!(r.view.phase, Phase::Pending { .. }))
+            .map(|r| r.view.priority)
+    }
+
     /// Announced alarms (pending ones excluded), most urgent first, then oldest first.
     pub fn active(&self) -> Vec<AlarmView> {
         let mut v: Vec<AlarmView> = self

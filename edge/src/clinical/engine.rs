@@ -226,6 +226,9 @@ pub struct EngineStats {
     pub artifact_holds: u64,
     /// Pending NEWS2 response conditions held back with an artifact verdict on one of their inputs.
     pub artifact_news2_holds: u64,
+    /// Deterioration rounds whose risk alarm was not raised because the patient's NEWS2 response alarm (medium or
+    /// high) was already announced for the same deterioration (de-duplication).
+    pub risk_alarms_covered: u64,
 }
 
 /// The clinical engine of one edge.
@@ -438,7 +441,26 @@ impl ClinicalEngine {
                 }
                 None => u32::from(above),
             };
-            let alarm_active = rounds >= needed;
+            // De-duplication: a patient whose NEWS2 already calls for an urgent or emergency response (an announced
+            // medium or high NEWS2 alarm whose condition holds) has the nurse's attention for deterioration; a
+            // second alarm saying the same thing adds noise, not information. The risk still shows on the bed and
+            // syncs as a RiskAssessment. A risk alarm already announced stays until its own condition ends.
+            let risk_key = key(
+                &row.patient_id,
+                AlarmKind::DeteriorationRisk,
+                "deterioration-model",
+            );
+            let covered_by = if self.alarms.announced_priority(&risk_key).is_some() {
+                None
+            } else {
+                self.alarms
+                    .announced_priority(&key(&row.patient_id, AlarmKind::News2Response, "news2"))
+                    .filter(|p| matches!(p, AlarmPriority::Medium | AlarmPriority::High))
+            };
+            if rounds >= needed && covered_by.is_some() {
+                self.stats.risk_alarms_covered += 1;
+            }
+            let alarm_active = rounds >= needed && covered_by.is_none();
             if let Some(ps) = self.patients.get_mut(&row.patient_id) {
                 ps.prediction = Some(PredictionView {
                     model: r.model.to_string(),
@@ -450,15 +472,16 @@ impl ClinicalEngine {
             }
             let reasons = r.reasons.get(i).map(Vec::as_slice).unwrap_or_default();
             let cond = Condition {
-                key: key(
-                    &row.patient_id,
-                    AlarmKind::DeteriorationRisk,
-                    "deterioration-model",
-                ),
+                key: risk_key,
                 priority: AlarmPriority::Medium,
                 active: alarm_active,
                 message: if alarm_active {
                     deterioration_message(&r.model, p, use_.threshold, reasons)
+                } else if covered_by.is_some() && rounds >= needed {
+                    format!(
+                        "Deterioration risk {p:.2} at or above {:.2} (model {}): already called for by the NEWS2 response alarm",
+                        use_.threshold, r.model
+                    )
                 } else {
                     format!(
                         "Deterioration risk {p:.2} below {:.2} (model {})",
@@ -1260,6 +1283,73 @@ mod tests {
             "rounds: 0.20 0.20 0.13(hold) 0.20(3rd) 0.16 0.14(held above 0.12) 0.10(clear) 0.20 0.20(only 2)"
         );
         assert_eq!(raised_total, 1, "one alarm for the whole episode");
+    }
+
+    /// One deterioration, one alarm: while the patient's NEWS2 urgent/emergency response alarm is announced, a high
+    /// risk makes no second alarm (counted as covered); once NEWS2 no longer calls for a response, a risk that
+    /// stays high is alarmed; an already announced risk alarm is not cleared by a NEWS2 alarm that comes later.
+    #[test]
+    fn a_risk_alarm_is_not_raised_while_the_news2_response_alarm_covers_the_patient() {
+        let mut e = ml_engine(true, false);
+        let round = |e: &mut ClinicalEngine, now: i64, p: f32| -> usize {
+            e.tick(now);
+            let req = e.take_ml_work().deterioration.expect("a round is due");
+            let out = e.on_deterioration_result(DeteriorationResult {
+                model: model("wardwatch-deterioration"),
+                probabilities: vec![p],
+                reasons: vec![Vec::new()],
+                request: req,
+            });
+            raised(&out, AlarmKind::DeteriorationRisk).len()
+                + raised(&e.tick(now + 16_000), AlarmKind::DeteriorationRisk).len()
+        };
+        let news2_raised = |out: &[Payload]| raised(out, AlarmKind::News2Response).len();
+        // RR 26 (3) + SpO2 91 (3): NEWS2 6, urgent response, medium: announced after its delay.
+        e.on_event("rr1", &vital(MDC_RESP_RATE, 26.0, 1_000));
+        e.on_event("sp1", &vital(MDC_PULS_OXIM_SAT_O2, 91.0, 1_000));
+        assert_eq!(news2_raised(&e.tick(20_000)), 1, "NEWS2 6 announced");
+        // The model agrees: no second alarm, however long it agrees.
+        assert_eq!(round(&mut e, 60_000, 0.5), 0);
+        assert_eq!(round(&mut e, 120_000, 0.5), 0);
+        assert_eq!(e.stats().risk_alarms_covered, 2);
+        assert!(
+            !e.active_alarms()
+                .iter()
+                .any(|a| a.key.kind == AlarmKind::DeteriorationRisk as i32)
+        );
+        // NEWS2 back to 0 (its alarm clears); the model still sees a risk: now it is alarmed.
+        e.on_event("rr2", &vital(MDC_RESP_RATE, 16.0, 130_000));
+        e.on_event("sp2", &vital(MDC_PULS_OXIM_SAT_O2, 97.0, 130_000));
+        assert!(
+            !e.active_alarms()
+                .iter()
+                .any(|a| a.key.kind == AlarmKind::News2Response as i32),
+            "NEWS2 alarm cleared"
+        );
+        assert_eq!(round(&mut e, 180_000, 0.5), 1, "alarmed once uncovered");
+        // NEWS2 rises again and is announced: the risk alarm already sounding stays (no clear, no churn).
+        e.on_event("rr3", &vital(MDC_RESP_RATE, 26.0, 200_000));
+        e.on_event("sp3", &vital(MDC_PULS_OXIM_SAT_O2, 91.0, 200_000));
+        assert_eq!(news2_raised(&e.tick(220_000)), 1);
+        e.tick(240_000);
+        let req = e.take_ml_work().deterioration.expect("a round is due");
+        let out = e.on_deterioration_result(DeteriorationResult {
+            model: model("wardwatch-deterioration"),
+            probabilities: vec![0.5],
+            reasons: vec![Vec::new()],
+            request: req,
+        });
+        assert!(
+            !out.iter().any(|p| matches!(p, Payload::Alarm(a)
+                if a.kind == AlarmKind::DeteriorationRisk as i32 && a.state == AlarmState::Cleared as i32)),
+            "{out:?}"
+        );
+        assert!(
+            e.active_alarms()
+                .iter()
+                .any(|a| a.key.kind == AlarmKind::DeteriorationRisk as i32)
+        );
+        assert_eq!(e.stats().risk_alarms_covered, 2);
     }
 
     #[test]

@@ -12,7 +12,11 @@
 //!   **medium-priority** `DETERIORATION_RISK` condition whose message names the model, the probability and the
 //!   features that pushed it up most. A round between 0.8 × the threshold and the threshold neither counts nor
 //!   resets; the condition ends when the probability falls below 0.8 × the threshold (hysteresis), so a
-//!   probability hovering at the threshold makes one alarm, not one per crossing.
+//!   probability hovering at the threshold makes one alarm, not one per crossing. One deterioration makes one
+//!   alarm: while the patient's NEWS2 urgent or emergency response alarm (medium or high) is announced and its
+//!   condition holds, the risk condition is not started (the nurse is already called for this patient's
+//!   deterioration; the risk still shows on the bed and syncs as a RiskAssessment); a risk alarm already
+//!   announced stays until its own condition ends.
 //! - **Artifact.** While a medium- or low-priority threshold condition on heart rate, pulse rate, SpO2 or
 //!   respiratory rate is pending (waiting out its delay) and not held, every new sample of a signal it is built on
 //!   puts that signal to the artifact model. A verdict at or above its threshold holds that condition back for
