@@ -85,7 +85,7 @@ def _lead_compare(k, rate, thr, events, leads_model, leads_news, seed, n=N_BOOT)
     }
 
 
-def evaluate_deterioration(datasets, predict, news_idx, threshold, horizon_h, seed):
+def evaluate_deterioration(datasets, predict, news_idx, threshold, horizon_h, seed, alarm_threshold=None):
     X = np.concatenate([d.X for d in datasets])
     y = np.concatenate([d.y for d in datasets])
     main = np.concatenate([d.in_main for d in datasets])
@@ -134,6 +134,9 @@ def evaluate_deterioration(datasets, predict, news_idx, threshold, horizon_h, se
         res["lead_compare"].append(
             _lead_compare(k, rate, thr, events, rows[-1]["leads"], rows[-2]["leads"], seed))
     op(f"model at its manifest threshold (p >= {threshold:.3f})", pm >= threshold, p >= threshold)
+    if alarm_threshold is not None:
+        op(f"model at its manifest alarm threshold (p >= {alarm_threshold:.3f})", pm >= alarm_threshold,
+           p >= alarm_threshold)
     for rate in (0.10,):
         tn = float(np.quantile(nm, 1.0 - rate))
         tm = float(np.quantile(pm, 1.0 - rate))
@@ -498,6 +501,10 @@ def write_outputs(out, docs, common, models, golden):
                 "window": {"length_min": F.W, "resolution": "1 min bins (newest valid sample per minute)"},
                 "prediction_horizon_h": m["horizon_h"],
                 "decision_threshold_rule": "model alert rate on the training cohorts equal to that of NEWS2 >= 5",
+                "alarm_threshold": m["alarm_threshold"],
+                "alarm_threshold_rule": "model alert rate on the training cohorts equal to that of NEWS2 >= 7; the "
+                                        "edge's medium-priority deterioration-risk alarm uses it, the risk shown and "
+                                        "synced uses decision_threshold",
                 "training_weights": f"{m['weights']}: {m['weights_doc'][m['weights']]}",
                 "selection": "leave-one-cohort-out over the training cohorts; " + " ".join(m["selection_rule"].split()),
             })
@@ -640,7 +647,10 @@ def model_card(kind, m, manifest, common):
             "## Intended use\n\nOn the edge, once a minute per monitored bed: the probability that the patient's "
             f"labelled deterioration (sepsis, respiratory failure on oxygen, hypovolaemia) reaches its peak within "
             f"the next **{m['horizon_h']:g} h**, from the last 4 h of vital signs. Above the decision threshold "
-            f"({m['threshold']:.4f}) the edge may raise a medium-priority alarm with reasons. It complements NEWS2; "
+            f"({m['threshold']:.4f}, NEWS2 ≥ 5's alert rate on the training cohorts) the nurse station flags the risk; "
+            f"above the alarm threshold ({m['alarm_threshold']:.4f}, NEWS2 ≥ 7's alert rate) for a few rounds in a row "
+            f"the edge raises a medium-priority alarm with reasons, unless the patient's NEWS2 response alarm already "
+            f"sounds. It complements NEWS2; "
             "it never replaces NEWS2 or clinical judgement.\n\n")
         s.append("## Outcome and time points\n\nEvent time = the label's `peak_at` (full effect first reached). Every "
                  f"{m['step_min']} min per bed from 2 h after the cohort start, a time point is positive when a peak "

@@ -75,6 +75,11 @@ pub struct ModelsConfig {
     /// `decision_threshold` (the operating point in `models/deterioration/MODEL_CARD.md`).
     #[serde(default)]
     pub deterioration_threshold: Option<f64>,
+    /// Alarm threshold of the deterioration model, a probability in (0, 1): rounds at or above it count towards
+    /// the medium-priority risk alarm. Default: the signed manifest's `alarm_threshold` (NEWS2 ≥ 7's alert rate on
+    /// the training cohorts), else the decision threshold.
+    #[serde(default)]
+    pub deterioration_alarm_threshold: Option<f64>,
     /// Seconds an artifact verdict holds a medium/low threshold alarm back; 1..=300, default 30. A condition that
     /// still holds when the hold ends is announced.
     #[serde(default = "default_artifact_hold_secs")]
@@ -122,6 +127,7 @@ impl ModelsConfig {
             trusted_keys,
             score_interval_secs: default_score_interval_secs(),
             deterioration_threshold: None,
+            deterioration_alarm_threshold: None,
             artifact_hold_secs: default_artifact_hold_secs(),
             artifact_max_hold_secs: default_artifact_max_hold_secs(),
             deterioration_alarm_rounds: default_deterioration_alarm_rounds(),
@@ -148,6 +154,11 @@ impl ModelsConfig {
             && !(t.is_finite() && t > 0.0 && t < 1.0)
         {
             return bad("models.deterioration_threshold must be a probability in (0, 1)");
+        }
+        if let Some(t) = self.deterioration_alarm_threshold
+            && !(t.is_finite() && t > 0.0 && t < 1.0)
+        {
+            return bad("models.deterioration_alarm_threshold must be a probability in (0, 1)");
         }
         if let Some(s) = self.pull_interval_secs
             && !(10..=86_400).contains(&s)

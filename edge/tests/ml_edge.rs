@@ -1,8 +1,9 @@
 //! The edge models inside a running edge (issue 5): a real `EdgeNode` with the committed models, signed here with
 //! a throwaway release key it trusts, fed by the ward simulator.
 //!
-//! - A simulated patient deteriorating with sepsis gets model risk events (naming the model) and the
-//!   medium-priority deterioration alarm; the scoring ran on the model's own thread, never on the async runtime.
+//! - A simulated patient early in sepsis gets model risk events (naming the model) and the medium-priority
+//!   deterioration alarm; the scoring ran on the model's own thread, never on the async runtime. At the peak, the
+//!   patient's NEWS2 response alarm covers the model's (one deterioration, one alarm).
 //! - A corrupt model and an unsigned model are refused at start: the edge runs without them, says why, and keeps
 //!   scoring NEWS2 and raising threshold alarms.
 //!
@@ -107,25 +108,16 @@ fn run(node: &Arc<EdgeNode>) -> tokio::sync::oneshot::Sender<()> {
     stop
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deteriorating_simulated_patient_gets_model_risk_events_and_a_medium_alarm_naming_the_model()
- {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = EdgeNode::start(config(dir.path(), signed_models(dir.path())))
-        .await
-        .expect("edge starts");
-    let status = node.models().status().to_vec();
-    assert!(status.iter().all(|s| s.running), "{status:?}");
-    let stop = run(&node);
-
-    // Six simulated hours ending now: bed 1 develops sepsis over the last four (at its peak by now), bed 2 is
-    // stable. Vitals every 5 s keep the test quick; the deterioration model reads one-minute bins.
+/// Feeds six simulated hours ending now into `node`: bed 1 develops sepsis from `onset_ago` ms before now over a
+/// `ramp`-ms ramp, bed 2 is stable. Vitals every 5 s keep the test quick; the deterioration model reads one-minute
+/// bins. Returns the septic patient's id.
+async fn feed_sepsis(node: &EdgeNode, onset_ago: i64, ramp: i64) -> String {
     let now = wardwatch_proto::now_unix_ms();
     let start = now - 6 * HOUR;
     let sepsis = ScenarioSpec {
-        duration_ms: Some(4 * HOUR),
+        duration_ms: Some(ramp),
         severity: Some(1.0),
-        ..ScenarioSpec::new(1, ScenarioKind::SepsisDeterioration, now - 4 * HOUR)
+        ..ScenarioSpec::new(1, ScenarioKind::SepsisDeterioration, now - onset_ago)
     };
     let mut sim = WardSimulator::new(WardSimConfig {
         ward: "7A".into(),
@@ -158,6 +150,30 @@ async fn a_deteriorating_simulated_patient_gets_model_risk_events_and_a_medium_a
         assert!(r.rejected.is_empty(), "{:?}", r.rejected);
     }
 
+    septic
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_early_in_sepsis_gets_model_risk_events_and_a_medium_alarm_naming_the_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The alarm path at the model's operating point: 70 minutes into a 5-hour sepsis ramp the risk is up while
+    // NEWS2 does not yet call for an urgent response (which would cover the model's alarm, see the next test).
+    // The manifest's stricter alarm threshold is exercised by the engine's unit tests and the ward evaluation.
+    let mut models = signed_models(dir.path());
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo_models().join("deterioration/manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json");
+    let threshold = manifest["decision_threshold"].as_f64().expect("threshold");
+    models.deterioration_alarm_threshold = Some(threshold);
+    let node = EdgeNode::start(config(dir.path(), models))
+        .await
+        .expect("edge starts");
+    let status = node.models().status().to_vec();
+    assert!(status.iter().all(|s| s.running), "{status:?}");
+    let stop = run(&node);
+    let septic = feed_sepsis(&node, 70 * 60_000, 5 * HOUR).await;
+
     // Within a few scoring rounds (every 10 s here): risk events for both beds and the medium alarm for bed 1.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let alarm = loop {
@@ -179,10 +195,6 @@ async fn a_deteriorating_simulated_patient_gets_model_risk_events_and_a_medium_a
     assert_eq!(alarm.patient_id, septic);
     assert_eq!(alarm.priority, AlarmPriority::Medium);
     // The alarm names the committed model and version (read from its manifest, so a retrained model is tested as is).
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(repo_models().join("deterioration/manifest.json")).expect("manifest"),
-    )
-    .expect("manifest json");
     let version = manifest["version"].as_str().expect("version");
     assert!(
         alarm
@@ -200,7 +212,6 @@ async fn a_deteriorating_simulated_patient_gets_model_risk_events_and_a_medium_a
 
     // The predictions are durable events (they sync like the rest), each naming its model.
     let sha = manifest["sha256"].as_str().expect("sha256");
-    let threshold = manifest["decision_threshold"].as_f64().expect("threshold");
     let mut deadline = 50;
     let predictions = loop {
         let p: Vec<(String, f64, Vec<String>, String, String, i64)> = all_events(&node)
@@ -263,6 +274,59 @@ async fn a_deteriorating_simulated_patient_gets_model_risk_events_and_a_medium_a
     let stats = det.scorer.stats();
     assert!(stats.runs.load(Ordering::Relaxed) > 0);
     assert_eq!(stats.runs_on_async_runtime.load(Ordering::Relaxed), 0);
+    let _ = stop.send(());
+}
+
+/// At the peak of sepsis the patient's NEWS2 calls for an urgent or emergency response: that alarm sounds, and the
+/// model's risk, far above the manifest's alarm threshold, makes no second alarm (de-duplication); the risk is still
+/// an event that syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_peak_of_sepsis_the_news2_alarm_covers_the_model_s_risk_alarm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = EdgeNode::start(config(dir.path(), signed_models(dir.path())))
+        .await
+        .expect("edge starts");
+    let stop = run(&node);
+    let septic = feed_sepsis(&node, 4 * HOUR, 4 * HOUR).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let covered = node
+            .engine()
+            .lock()
+            .map(|e| e.stats().risk_alarms_covered)
+            .unwrap_or(0);
+        if covered >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the model's risk was never covered; engine stats {:?}",
+            node.engine().lock().map(|e| e.stats()).ok()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let active = node
+        .engine()
+        .lock()
+        .map(|e| e.active_alarms())
+        .expect("engine");
+    assert!(
+        active.iter().any(|a| a.patient_id == septic
+            && a.key.kind == AlarmKind::News2Response as i32
+            && matches!(a.priority, AlarmPriority::Medium | AlarmPriority::High)),
+        "{active:?}"
+    );
+    assert!(
+        !active
+            .iter()
+            .any(|a| a.key.kind == AlarmKind::DeteriorationRisk as i32),
+        "{active:?}"
+    );
+    assert!(
+        all_events(&node).await.iter().any(|e| matches!(&e.payload,
+            Some(Payload::Risk(r)) if r.patient_id == septic && matches!(r.score, Some(Score::Model(_))))),
+        "the risk itself is still an event"
+    );
     let _ = stop.send(());
 }
 

@@ -35,6 +35,10 @@ pub struct Manifest {
     /// the rest of the manifest, so the edge may act on it.
     #[serde(default)]
     pub decision_threshold: Option<f64>,
+    /// A stricter operating point for raising an alarm (`alarm_threshold`, a probability in 0..1), if the pipeline
+    /// chose one; without it an alarm uses `decision_threshold`. Signed with the rest of the manifest.
+    #[serde(default)]
+    pub alarm_threshold: Option<f64>,
     /// What the model predicts, in words (`outcome`), if given; carried on every prediction.
     #[serde(default)]
     pub outcome: Option<String>,
@@ -133,6 +137,13 @@ impl Manifest {
         {
             return bad(format!(
                 "decision_threshold {t} must be a probability in (0, 1)"
+            ));
+        }
+        if let Some(t) = self.alarm_threshold
+            && !(t.is_finite() && t > 0.0 && t < 1.0)
+        {
+            return bad(format!(
+                "alarm_threshold {t} must be a probability in (0, 1)"
             ));
         }
         if self.outcome.as_ref().is_some_and(|o| o.len() > 512) {

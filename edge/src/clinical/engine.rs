@@ -425,21 +425,24 @@ impl ClinicalEngine {
                 )),
                 derived_from: row.derived_from,
             }));
+            // Shown on the bed: at or above the model's operating point.
             let above = f64::from(p) >= use_.threshold;
-            // Persistence and hysteresis: count rounds at or above the threshold; below the clear level the
-            // count starts again; in between it holds, so a raised alarm stays until the risk has really fallen.
-            let clear_level = use_.threshold * DETERIORATION_CLEAR_FRACTION;
+            // Alarmed: at or above the (stricter) alarm threshold, with persistence and hysteresis: count rounds
+            // at or above it; below the clear level the count starts again; in between it holds, so a raised alarm
+            // stays until the risk has really fallen.
+            let above_alarm = f64::from(p) >= use_.alarm_threshold;
+            let clear_level = use_.alarm_threshold * DETERIORATION_CLEAR_FRACTION;
             let needed = ml_rounds.max(1);
             let rounds = match self.patients.get_mut(&row.patient_id) {
                 Some(ps) => {
-                    if above {
+                    if above_alarm {
                         ps.risk_rounds = ps.risk_rounds.saturating_add(1);
                     } else if f64::from(p) < clear_level {
                         ps.risk_rounds = 0;
                     }
                     ps.risk_rounds
                 }
-                None => u32::from(above),
+                None => u32::from(above_alarm),
             };
             // De-duplication: a patient whose NEWS2 already calls for an urgent or emergency response (an announced
             // medium or high NEWS2 alarm whose condition holds) has the nurse's attention for deterioration; a
@@ -476,16 +479,16 @@ impl ClinicalEngine {
                 priority: AlarmPriority::Medium,
                 active: alarm_active,
                 message: if alarm_active {
-                    deterioration_message(&r.model, p, use_.threshold, reasons)
+                    deterioration_message(&r.model, p, use_.alarm_threshold, reasons)
                 } else if covered_by.is_some() && rounds >= needed {
                     format!(
                         "Deterioration risk {p:.2} at or above {:.2} (model {}): already called for by the NEWS2 response alarm",
-                        use_.threshold, r.model
+                        use_.alarm_threshold, r.model
                     )
                 } else {
                     format!(
                         "Deterioration risk {p:.2} below {:.2} (model {})",
-                        use_.threshold, r.model
+                        use_.alarm_threshold, r.model
                     )
                 },
                 patient_id: row.patient_id,
@@ -1147,6 +1150,7 @@ mod tests {
         let use_ = |name: &str, t: f64| ModelUse {
             model: model(name),
             threshold: t,
+            alarm_threshold: t,
             outcome: "labelled deterioration within 4 h".into(),
         };
         e.set_models(
@@ -1283,6 +1287,66 @@ mod tests {
             "rounds: 0.20 0.20 0.13(hold) 0.20(3rd) 0.16 0.14(held above 0.12) 0.10(clear) 0.20 0.20(only 2)"
         );
         assert_eq!(raised_total, 1, "one alarm for the whole episode");
+    }
+
+    /// The bed shows the risk at the model's operating point (`threshold`); only rounds at or above the stricter
+    /// `alarm_threshold` count towards the alarm.
+    #[test]
+    fn the_risk_alarm_uses_the_alarm_threshold_and_the_bed_the_operating_point() {
+        let mut e = ClinicalEngine::new(EngineConfig::default(), "edge");
+        e.set_models(
+            Some(MlSettings {
+                deterioration: Some(ModelUse {
+                    model: model("wardwatch-deterioration"),
+                    threshold: 0.15,
+                    alarm_threshold: 0.30,
+                    outcome: "labelled deterioration within 4 h".into(),
+                }),
+                artifact: None,
+                score_interval_ms: 60_000,
+                artifact_hold_ms: 30_000,
+                artifact_max_hold_ms: 120_000,
+                deterioration_alarm_rounds: 2,
+            }),
+            Vec::new(),
+        );
+        e.on_event("rr1", &vital(MDC_RESP_RATE, 18.0, 1_000));
+        let mut raised_at = Vec::new();
+        for (i, p) in [0.20_f32, 0.25, 0.29, 0.31, 0.31].iter().enumerate() {
+            let now = 60_000 * (i as i64 + 1);
+            e.tick(now);
+            let req = e.take_ml_work().deterioration.expect("a round is due");
+            let out = e.on_deterioration_result(DeteriorationResult {
+                model: model("wardwatch-deterioration"),
+                probabilities: vec![*p],
+                reasons: vec![Vec::new()],
+                request: req,
+            });
+            let bed = e.snapshot(now);
+            assert!(
+                bed.beds[0]
+                    .deterioration
+                    .as_ref()
+                    .is_some_and(|d| d.above_threshold),
+                "{p} is at or above the operating point 0.15"
+            );
+            let n = raised(&out, AlarmKind::DeteriorationRisk).len()
+                + raised(&e.tick(now + 16_000), AlarmKind::DeteriorationRisk).len();
+            if n > 0 {
+                raised_at.push(i);
+            }
+        }
+        assert_eq!(
+            raised_at,
+            vec![4],
+            "0.20/0.25/0.29 are below the alarm threshold 0.30; the second round at 0.31 raises it"
+        );
+        let a = e
+            .active_alarms()
+            .into_iter()
+            .find(|a| a.key.kind == AlarmKind::DeteriorationRisk as i32)
+            .expect("risk alarm");
+        assert!(a.message.contains("alarm at 0.30"), "{}", a.message);
     }
 
     /// One deterioration, one alarm: while the patient's NEWS2 urgent/emergency response alarm is announced, a high

@@ -6,12 +6,14 @@
 //! - **Deterioration.** Every `score_interval_ms` (default one minute) the engine builds one feature row per
 //!   monitored patient from its [`BedBuffer`](crate::ml::BedBuffer), all beds in one request. Each probability
 //!   becomes a `RiskScore` event carrying a `ModelPrediction` (model name, version, sha256, probability, outcome,
-//!   window) and `derived_from` (the newest sample of each signal in the window). Probabilities at or above the
-//!   model's operating threshold (the manifest's `decision_threshold`: the alert rate of NEWS2 ≥ 5 on the training
-//!   cohorts, see `models/deterioration/MODEL_CARD.md`) in `deterioration_alarm_rounds` consecutive rounds make a
+//!   window) and `derived_from` (the newest sample of each signal in the window). A probability at or above the
+//!   model's operating point (the manifest's `decision_threshold`: the alert rate of NEWS2 ≥ 5 on the training
+//!   cohorts, see `models/deterioration/MODEL_CARD.md`) is flagged on the bed. Probabilities at or above the
+//!   stricter alarm threshold (the manifest's `alarm_threshold`: NEWS2 ≥ 7's alert rate on the training cohorts;
+//!   the operating point when a manifest has none) in `deterioration_alarm_rounds` consecutive rounds make a
 //!   **medium-priority** `DETERIORATION_RISK` condition whose message names the model, the probability and the
-//!   features that pushed it up most. A round between 0.8 × the threshold and the threshold neither counts nor
-//!   resets; the condition ends when the probability falls below 0.8 × the threshold (hysteresis), so a
+//!   features that pushed it up most. A round between 0.8 × the alarm threshold and it neither counts nor
+//!   resets; the condition ends when the probability falls below 0.8 × the alarm threshold (hysteresis), so a
 //!   probability hovering at the threshold makes one alarm, not one per crossing. One deterioration makes one
 //!   alarm: while the patient's NEWS2 urgent or emergency response alarm (medium or high) is announced and its
 //!   condition holds, the risk condition is not started (the nurse is already called for this patient's
@@ -58,8 +60,13 @@ impl std::fmt::Display for ModelRef {
 pub struct ModelUse {
     /// The model.
     pub model: ModelRef,
-    /// Operating threshold: a probability at or above it acts (alarm, hold).
+    /// Operating threshold: a probability at or above it acts (deterioration: flagged on the bed; artifact: hold).
     pub threshold: f64,
+    /// Deterioration: the probability at or above which rounds count towards the medium-priority risk alarm (the
+    /// manifest's `alarm_threshold`, NEWS2 ≥ 7's alert rate on the training cohorts; `threshold` when the manifest
+    /// has none). Stricter than `threshold`, so the alarm adds few alarms to a ward while the bed still shows the
+    /// risk at the broader operating point. Unused by the artifact model.
+    pub alarm_threshold: f64,
     /// What it predicts, in words (carried on every prediction).
     pub outcome: String,
 }

@@ -65,6 +65,8 @@ struct Handle {
     slot: Arc<ModelSlot>,
     scorer: Scorer,
     threshold_override: Option<f64>,
+    /// The configured alarm threshold, if any (deterioration only): overrides the manifest's `alarm_threshold`.
+    alarm_threshold_override: Option<f64>,
     /// Why no model runs, or why the last update was refused (cleared by a successful update).
     problem: Mutex<Option<String>>,
 }
@@ -85,9 +87,14 @@ impl Handle {
                     bundle.identity()
                 )
             })?;
+        let alarm_threshold = self
+            .alarm_threshold_override
+            .or(manifest.alarm_threshold)
+            .unwrap_or(threshold);
         Ok(ModelUse {
             model: model_ref(bundle.identity()),
             threshold,
+            alarm_threshold,
             outcome: manifest
                 .outcome
                 .clone()
@@ -205,7 +212,7 @@ fn make_handle(
     kind: &'static str,
     name: &'static str,
     features: &[FeatureSpec],
-    threshold_override: Option<f64>,
+    (threshold_override, alarm_threshold_override): (Option<f64>, Option<f64>),
 ) -> Result<Handle, String> {
     let options = LoadOptions {
         expect_name: Some(name.to_string()),
@@ -221,6 +228,7 @@ fn make_handle(
         slot,
         scorer,
         threshold_override,
+        alarm_threshold_override,
         problem: Mutex::new(None),
     };
     let original = models_dir.join(kind);
@@ -287,9 +295,17 @@ impl EdgeModels {
                 DETERIORATION_DIR,
                 DETERIORATION_MODEL,
                 &DETERIORATION_FEATURES[..],
-                cfg.deterioration_threshold,
+                (
+                    cfg.deterioration_threshold,
+                    cfg.deterioration_alarm_threshold,
+                ),
             ),
-            (ARTIFACT_DIR, ARTIFACT_MODEL, &ARTIFACT_FEATURES[..], None),
+            (
+                ARTIFACT_DIR,
+                ARTIFACT_MODEL,
+                &ARTIFACT_FEATURES[..],
+                (None, None),
+            ),
         ] {
             match make_handle(&keys, &cfg.dir, kind, name, features, threshold) {
                 Ok(h) => models.handles.push(h),
