@@ -44,6 +44,9 @@ pub struct Announced {
     pub at_unix_ms: i64,
     /// Alarm id.
     pub alarm_id: String,
+    /// Kind, priority when first announced and the first word of the message (e.g. `VitalThreshold medium SpO2`),
+    /// for the breakdown that shows where a ward's alarms come from.
+    pub what: String,
 }
 
 /// Outcome for one labelled scenario.
@@ -85,6 +88,8 @@ pub struct EvalReport {
     pub artifact_questions: u64,
     /// Deterioration rounds scored.
     pub deterioration_rounds: u64,
+    /// Announced alarms by [`Announced::what`], most frequent first.
+    pub breakdown: Vec<(String, u64)>,
     /// Deterioration-risk alarms announced (a part of `manager_physiological`).
     pub risk_alarms: u64,
     /// Deterioration rounds at or above the alarm threshold that raised no alarm because the patient's NEWS2
@@ -255,7 +260,14 @@ pub fn run(cfg: &EvalConfig) -> EvalReport {
                         }
                         None => {
                             seen.insert(a.alarm_id.clone(), announced.len());
+                            let what = format!(
+                                "{} {} {}",
+                                kind.as_str_name(),
+                                priority.as_str_name(),
+                                a.message.split_whitespace().next().unwrap_or("")
+                            );
                             announced.push(Announced {
+                                what,
                                 patient_id: a.patient_id.clone(),
                                 kind,
                                 priority,
@@ -342,7 +354,14 @@ pub fn run(cfg: &EvalConfig) -> EvalReport {
         .iter()
         .filter(|a| a.kind == AlarmKind::DeteriorationRisk)
         .count() as u64;
+    let mut by_what: BTreeMap<String, u64> = BTreeMap::new();
+    for a in &announced {
+        *by_what.entry(a.what.clone()).or_default() += 1;
+    }
+    let mut breakdown: Vec<(String, u64)> = by_what.into_iter().collect();
+    breakdown.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     EvalReport {
+        breakdown,
         config: cfg.clone(),
         manager_alarms: announced.len() as u64,
         manager_physiological,
@@ -446,6 +465,13 @@ impl EvalReport {
             self.reduction() * 100.0,
             self.suppressed_transient
         ));
+        s.push_str(
+            "| announced alarms by kind, first priority and message | count |\n|---|---:|\n",
+        );
+        for (what, n) in &self.breakdown {
+            s.push_str(&format!("| {what} | {n} |\n"));
+        }
+        s.push('\n');
         s.push_str("| scenario | labelled | should alarm | alarmed | sensitivity | median time to alarm | reached expected priority |\n|---|---:|---:|---:|---:|---:|---:|\n");
         let mut by_kind: BTreeMap<&'static str, Vec<&LabelOutcome>> = BTreeMap::new();
         for l in &self.labels {
