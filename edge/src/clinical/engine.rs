@@ -16,7 +16,7 @@ use wardwatch_proto::v1::{
 };
 
 use super::alarms::{
-    AlarmActionError, AlarmManager, AlarmPolicy, AlarmView, Condition, Phase, key,
+    AlarmActionError, AlarmManager, AlarmPolicy, AlarmView, Condition, ConditionKey, Phase, key,
 };
 use super::infusion::{
     ConditionChange, InfusionCondition, InfusionMonitor, InfusionSafetyConfig, InfusionView,
@@ -248,6 +248,10 @@ pub struct ClinicalEngine {
     next_score_at: i64,
     /// Work waiting to be scored.
     ml_work: MlWork,
+    /// Announced NEWS2 response conditions ("news2", "news2-rising" per patient) whose score is below their level,
+    /// and since when: such an alarm ends only once it stayed below for `news2.response_clear_hold_ms` (checked on
+    /// every update and every tick), so a score crossing a chart boundary back and forth is one alarm.
+    news2_below_since: HashMap<ConditionKey, i64>,
 }
 
 fn priority_name(p: AlarmPriority) -> &'static str {
@@ -319,6 +323,7 @@ impl ClinicalEngine {
             model_status: Vec::new(),
             next_score_at: i64::MIN,
             ml_work: MlWork::default(),
+            news2_below_since: HashMap::new(),
         }
     }
 
@@ -780,11 +785,20 @@ impl ClinicalEngine {
             _ => (false, AlarmPriority::Low, "below response thresholds"),
         };
         let mut out = Vec::new();
+        let k = key(patient, AlarmKind::News2Response, "news2");
+        let still = self.news2_response_holds(&k, active, at);
+        let hold_min = self.cfg.news2.response_clear_hold_ms / 60_000;
         let cond = Condition {
-            key: key(patient, AlarmKind::News2Response, "news2"),
+            key: k,
             priority,
-            active,
-            message: format!("NEWS2 {total}: {what}"),
+            active: still,
+            message: if active || !still {
+                format!("NEWS2 {total}: {what}")
+            } else {
+                format!(
+                    "NEWS2 {total}: below response thresholds for less than {hold_min} min; the response stays in effect"
+                )
+            },
             patient_id: patient.to_string(),
             location: location.clone(),
             device_id: device.to_string(),
@@ -792,10 +806,12 @@ impl ClinicalEngine {
         };
         out.extend(self.alarms.update(cond).into_iter().map(Payload::Alarm));
         let rising = matches!(trend, Trend::Rising { .. });
+        let k = key(patient, AlarmKind::News2Response, "news2-rising");
+        let still = self.news2_response_holds(&k, rising && total >= 3, at);
         let cond = Condition {
-            key: key(patient, AlarmKind::News2Response, "news2-rising"),
+            key: k,
             priority: AlarmPriority::Low,
-            active: rising && total >= 3,
+            active: still,
             message: match trend {
                 Trend::Rising { by, over_ms } => format!(
                     "NEWS2 rising: +{by} in {} min (now {total})",
@@ -809,6 +825,61 @@ impl ClinicalEngine {
             at_unix_ms: at,
         };
         out.extend(self.alarms.update(cond).into_iter().map(Payload::Alarm));
+        out
+    }
+
+    /// Whether the NEWS2 response condition `k` counts as holding at `at`: it does while `active`, and while its
+    /// alarm is announced and it has been below for less than `response_clear_hold_ms` (a pending, unannounced
+    /// condition ends at once, so transients are still suppressed).
+    fn news2_response_holds(&mut self, k: &ConditionKey, active: bool, at: i64) -> bool {
+        if active || self.alarms.announced_priority(k).is_none() {
+            self.news2_below_since.remove(k);
+            return active;
+        }
+        let since = *self.news2_below_since.entry(k.clone()).or_insert(at);
+        if at - since < self.cfg.news2.response_clear_hold_ms {
+            return true;
+        }
+        self.news2_below_since.remove(k);
+        false
+    }
+
+    /// Ends the NEWS2 response alarms whose score has stayed below their level for the clear hold by `now`, also
+    /// when no new score arrives (a stable score makes no update).
+    fn end_settled_news2_responses(&mut self, now: i64) -> Vec<Payload> {
+        let hold = self.cfg.news2.response_clear_hold_ms;
+        let mut settled: Vec<ConditionKey> = self
+            .news2_below_since
+            .iter()
+            .filter(|&(_, &since)| now - since >= hold)
+            .map(|(k, _)| k.clone())
+            .collect();
+        settled.sort();
+        let mut out = Vec::new();
+        for k in settled {
+            self.news2_below_since.remove(&k);
+            let location = self
+                .patients
+                .get(&k.scope)
+                .map(|p| p.location.clone())
+                .unwrap_or_default();
+            let message = if k.detail == "news2-rising" {
+                "NEWS2 no longer rising".to_string()
+            } else {
+                format!("NEWS2 below response thresholds for {} min", hold / 60_000)
+            };
+            let cond = Condition {
+                patient_id: k.scope.clone(),
+                key: k,
+                priority: AlarmPriority::Low,
+                active: false,
+                message,
+                location,
+                device_id: String::new(),
+                at_unix_ms: now,
+            };
+            out.extend(self.alarms.update(cond).into_iter().map(Payload::Alarm));
+        }
         out
     }
 
@@ -916,6 +987,7 @@ impl ClinicalEngine {
                 now,
             ));
         }
+        out.extend(self.end_settled_news2_responses(now));
         let changes = self.infusion.tick(now);
         out.extend(self.infusion_changes(changes, now));
         let alarms: Vec<Payload> = self
@@ -1127,6 +1199,58 @@ mod tests {
                 .map(|n| (n.total, n.response)),
             Some((10, "high"))
         );
+    }
+
+    /// A NEWS2 response alarm whose score dips below its level and comes back within
+    /// `response_clear_hold_ms` is one alarm, not two; it ends once the score stayed below for that long; a response
+    /// that ends before its delay is still suppressed as a transient.
+    #[test]
+    fn a_news2_response_alarm_outlives_short_dips_and_ends_after_the_clear_hold() {
+        let mut e = ClinicalEngine::new(EngineConfig::default(), "edge");
+        let news2_states = |out: &[Payload]| -> Vec<i32> {
+            out.iter()
+                .filter_map(|p| match p {
+                    Payload::Alarm(a)
+                        if a.kind == AlarmKind::News2Response as i32
+                            && a.priority == AlarmPriority::Low as i32
+                            && !a.message.contains("rising") =>
+                    {
+                        Some(a.state)
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let raised = AlarmState::Raised as i32;
+        let cleared = AlarmState::Cleared as i32;
+        // A transient: RR 8 (scores 3, low-medium response) back to 14 within the 30 s low delay: never announced.
+        let mut all = e.on_event("t1", &vital(MDC_RESP_RATE, 8.0, 1_000));
+        all.extend(e.on_event("t2", &vital(MDC_RESP_RATE, 14.0, 10_000)));
+        all.extend(e.tick(60_000));
+        assert!(news2_states(&all).is_empty(), "{all:?}");
+        // A real one: announced after its delay.
+        e.on_event("r1", &vital(MDC_RESP_RATE, 8.0, 100_000));
+        assert_eq!(news2_states(&e.tick(131_000)), vec![raised]);
+        // The RR hovers at the boundary: 9 (scores 1), 8, 9, ... within 15 min: the same alarm, no clear, no raise.
+        let mut t = 140_000;
+        let mut hover = Vec::new();
+        for v in [9.0, 8.0, 9.0, 8.0, 9.0] {
+            hover.extend(e.on_event(&format!("h{t}"), &vital(MDC_RESP_RATE, v, t)));
+            hover.extend(e.tick(t + 60_000));
+            t += 120_000;
+        }
+        assert!(news2_states(&hover).is_empty(), "{hover:?}");
+        // Below for good since the last 9: still in effect just before 15 min (also when no new score arrives),
+        // ended by the tick at 15 min.
+        let below_since = t - 120_000;
+        let mut below = e.on_event("b1", &vital(MDC_RESP_RATE, 14.0, t));
+        below.extend(e.tick(below_since + 15 * 60_000 - 1));
+        assert!(
+            news2_states(&below).is_empty(),
+            "still in effect: {below:?}"
+        );
+        let end = e.tick(below_since + 15 * 60_000);
+        assert_eq!(news2_states(&end), vec![cleared]);
     }
 
     use crate::clinical::models::{
@@ -1381,21 +1505,31 @@ mod tests {
                 .iter()
                 .any(|a| a.key.kind == AlarmKind::DeteriorationRisk as i32)
         );
-        // NEWS2 back to 0 (its alarm clears); the model still sees a risk: now it is alarmed.
+        // NEWS2 back to 0; its alarm ends once the score stayed below for the clear hold (15 min). The model still
+        // sees a risk: now it is alarmed.
         e.on_event("rr2", &vital(MDC_RESP_RATE, 16.0, 130_000));
         e.on_event("sp2", &vital(MDC_PULS_OXIM_SAT_O2, 97.0, 130_000));
+        let after_hold = 130_000 + 15 * 60_000;
+        e.tick(after_hold);
         assert!(
             !e.active_alarms()
                 .iter()
                 .any(|a| a.key.kind == AlarmKind::News2Response as i32),
             "NEWS2 alarm cleared"
         );
-        assert_eq!(round(&mut e, 180_000, 0.5), 1, "alarmed once uncovered");
+        assert_eq!(
+            round(&mut e, after_hold + 60_000, 0.5),
+            1,
+            "alarmed once uncovered"
+        );
         // NEWS2 rises again and is announced: the risk alarm already sounding stays (no clear, no churn).
-        e.on_event("rr3", &vital(MDC_RESP_RATE, 26.0, 200_000));
-        e.on_event("sp3", &vital(MDC_PULS_OXIM_SAT_O2, 91.0, 200_000));
-        assert_eq!(news2_raised(&e.tick(220_000)), 1);
-        e.tick(240_000);
+        e.on_event("rr3", &vital(MDC_RESP_RATE, 26.0, after_hold + 100_000));
+        e.on_event(
+            "sp3",
+            &vital(MDC_PULS_OXIM_SAT_O2, 91.0, after_hold + 100_000),
+        );
+        assert_eq!(news2_raised(&e.tick(after_hold + 120_000)), 1);
+        e.tick(after_hold + 180_000);
         let req = e.take_ml_work().deterioration.expect("a round is due");
         let out = e.on_deterioration_result(DeteriorationResult {
             model: model("wardwatch-deterioration"),

@@ -464,6 +464,12 @@ pub struct News2Config {
     /// The change in total, within the window, that counts as rising or falling (values below 1 act as 1).
     /// Default 2.
     pub trend_rise: u8,
+    /// How long the score must stay below an announced response alarm's level (or stop rising, for the rising
+    /// alarm) before that alarm ends; a return within this time continues the same alarm instead of raising a new
+    /// one. Default 15 min. A patient whose parameter sits at a chart boundary (SpO2 91/92, RR 8/9) otherwise gets
+    /// a new alarm at every crossing: on the simulated ward most announced alarms were such re-raised low-priority
+    /// NEWS2 responses (docs/alarm-evaluation.md).
+    pub response_clear_hold_ms: i64,
 }
 
 impl Default for News2Config {
@@ -477,6 +483,7 @@ impl Default for News2Config {
             oxygen_stale_ms: 4 * 60 * MIN,
             trend_window_ms: 60 * MIN,
             trend_rise: 2,
+            response_clear_hold_ms: 15 * MIN,
         }
     }
 }
