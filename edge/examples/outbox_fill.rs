@@ -17,7 +17,7 @@ use wardwatch_edge::outbox::{NewEvent, Outbox};
 use wardwatch_proto::metrics::{
     MDC_ECG_HEART_RATE, MDC_PULS_OXIM_PULS_RATE, MDC_PULS_OXIM_SAT_O2, MDC_RESP_RATE,
 };
-use wardwatch_proto::v1::{edge_event::Payload, BedLocation, VitalSign};
+use wardwatch_proto::v1::{BedLocation, VitalSign, edge_event::Payload};
 
 #[derive(Parser)]
 struct Args {

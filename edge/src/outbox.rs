@@ -37,8 +37,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message;
@@ -46,7 +46,7 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
-use wardwatch_proto::v1::{edge_event::Payload, EdgeEvent};
+use wardwatch_proto::v1::{EdgeEvent, edge_event::Payload};
 
 /// Outbox failures.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +71,7 @@ pub enum OutboxError {
         reason: String,
     },
     /// The file has a schema version this build does not know (written by a newer edge).
-    #[error(
-        "outbox schema version {found} is newer than this edge's {known}; refusing to open it"
-    )]
+    #[error("outbox schema version {found} is newer than this edge's {known}; refusing to open it")]
     UnknownSchema {
         /// `PRAGMA user_version` of the file.
         found: i64,
