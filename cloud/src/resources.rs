@@ -921,16 +921,7 @@ pub fn infusion_observation_to_fhir(
         id: &id,
         patient_system: &cfg.mrn_system,
         patient_id: &i.patient_id,
-        encounter: i
-            .encounter
-            .as_ref()
-            .filter(|e| !e.visit_number.is_empty())
-            .map(|e| wardwatch_fhir::EncounterReference {
-                system: &cfg.visit_number_system,
-                value: &e.visit_number,
-                assigner: (!e.assigning_authority.is_empty())
-                    .then_some(e.assigning_authority.as_str()),
-            }),
+        encounter: encounter_reference(cfg, i.encounter.as_ref()),
         device: DeviceReference::DeviceMetric(&metric),
         code: vec![Coding {
             system: wardwatch_fhir::MDC,
@@ -1022,6 +1013,20 @@ pub fn alarm_to_fhir(
         .map_err(|e| unmappable(&format!("DetectedIssue {id}"), e))
 }
 
+/// An infusion report's encounter as a logical reference by visit number, `None` when the source named none.
+fn encounter_reference<'a>(
+    cfg: &'a ApiConfig,
+    encounter: Option<&'a wardwatch_proto::v1::EncounterId>,
+) -> Option<wardwatch_fhir::EncounterReference<'a>> {
+    encounter
+        .filter(|e| !e.visit_number.is_empty())
+        .map(|e| wardwatch_fhir::EncounterReference {
+            system: &cfg.visit_number_system,
+            value: &e.visit_number,
+            assigner: (!e.assigning_authority.is_empty()).then_some(e.assigning_authority.as_str()),
+        })
+}
+
 /// The MedicationAdministration of one medication order, from its reports.
 pub fn order_to_fhir(cfg: &ApiConfig, s: &OrderSummary) -> Result<serde_json::Value, CloudError> {
     let Payload::Infusion(i) = &s.latest.payload else {
@@ -1062,6 +1067,7 @@ pub fn order_to_fhir(cfg: &ApiConfig, s: &OrderSummary) -> Result<serde_json::Va
         device_id: Some(i.device_id.as_str()).filter(|d| is_fhir_id(d)),
         prescribed_rate_ml_h: (i.prescribed_rate_ml_h > 0.0).then_some(i.prescribed_rate_ml_h),
         supporting,
+        context: encounter_reference(cfg, i.encounter.as_ref()),
     };
     wardwatch_fhir::medication_administration(&rec)
         .map_err(|e| unmappable(&format!("MedicationAdministration {}", i.order_id), e))

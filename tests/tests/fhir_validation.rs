@@ -288,6 +288,19 @@ async fn every_served_resource_validates() -> Result<()> {
         push_bundle(&admins, &mut lines) > 0,
         "no MedicationAdministration: {admins}"
     );
+    // The simulator names every patient's visit, so each administration carries it as `context`.
+    for e in admins["entry"].as_array().into_iter().flatten() {
+        let r = &e["resource"];
+        assert_eq!(r["context"]["type"], "Encounter", "{r}");
+        let mrn = r["subject"]["identifier"]["value"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(
+            r["context"]["identifier"]["value"],
+            wardwatch_edge::simulator::sim_encounter(mrn).visit_number,
+            "{r}"
+        );
+    }
     let devices = get(format!("{base}/Device?location=Location/{WARD}.1")).await?;
     assert!(
         push_bundle(&devices, &mut lines) > 0,

@@ -233,6 +233,7 @@ async fn encounters(
 ) -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const VISIT: &str = "V2026-0042";
+    const EARLIER_VISIT: &str = "V2026-0041";
     let addr = edge.node.hl7_addr().context("the edge's HL7 listener")?;
     let exchange = |msg: String| async move {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
@@ -248,12 +249,13 @@ async fn encounters(
         }
         anyhow::Ok(String::from_utf8_lossy(&ack).into_owned())
     };
-    let message = |control: &str, pv1_19: &str| {
+    // `observed`: OBR-7, the observation time (samples of one device and time are one event to the edge).
+    let message = |control: &str, pv1_19: &str, observed: &str| {
         format!(
             "MSH|^~\\&|WardMon^0123456789ABCDEF^EUI-64|Ward7A|WARDWATCH|HOSP|20260301101500+0000||ORU^R01^ORU_R01|{control}|P|2.6\r\
              PID|||MRN-ENC1^^^Hosp^MR||Doe^Jane\r\
              PV1||I|{WARD}^701^3||||||||||||||||{pv1_19}\r\
-             OBR|1|||182777000^monitoring of patient^SCT|||20260301101400+0000\r\
+             OBR|1|||182777000^monitoring of patient^SCT|||{observed}+0000\r\
              OBX|1|NM|147842^MDC_ECG_HEART_RATE^MDC|1.1.1.1|72|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||F|||||||MON-ENC-3^EUI-64\r\
              OBX|2|NM|150456^MDC_PULS_OXIM_SAT_O2^MDC|1.2.1.1|96|262688^MDC_DIM_PERCENT^MDC|||||F|||||||MON-ENC-3^EUI-64\r\
              OBX|3|NM|151562^MDC_RESP_RATE^MDC|1.3.1.1|18|264928^MDC_DIM_RESP_PER_MIN^MDC|||||F|||||||MON-ENC-3^EUI-64\r"
@@ -261,17 +263,31 @@ async fn encounters(
     };
     let before = cloud.store.count_vitals().await?;
     // A visit number the edge cannot store: the whole message is refused (AE) with the reason, nothing stored.
-    let ack = exchange(message("ENC-BAD", "V 2026^^^HOSP^VN")).await?;
+    let ack = exchange(message("ENC-BAD", "V 2026^^^HOSP^VN", "20260301101400")).await?;
     assert!(ack.contains("MSA|AE|ENC-BAD"), "{ack}");
     assert!(ack.contains("PV1-19 (visit number)"), "{ack}");
     // PV1-19 as CX: visit number, check digit, scheme, assigning authority, type.
-    let ack = exchange(message("ENC-1", &format!("{VISIT}^^^HOSP^VN"))).await?;
+    let ack = exchange(message(
+        "ENC-1",
+        &format!("{VISIT}^^^HOSP^VN"),
+        "20260301101400",
+    ))
+    .await?;
     assert!(ack.contains("MSA|AA|ENC-1"), "{ack}");
+    // The same patient's earlier stay: its samples must not show up in a search for the later one (the search
+    // narrows by the visit's patient first, then by the visit).
+    let ack = exchange(message(
+        "ENC-0",
+        &format!("{EARLIER_VISIT}^^^HOSP^VN"),
+        "20260201091400",
+    ))
+    .await?;
+    assert!(ack.contains("MSA|AA|ENC-0"), "{ack}");
     edge.wait_drained(Duration::from_secs(60)).await?;
     assert_eq!(
         cloud.store.count_vitals().await?,
-        before + 3,
-        "only the good message was stored"
+        before + 6,
+        "only the good messages were stored"
     );
 
     let get = |q: String| {
@@ -341,6 +357,15 @@ async fn encounters(
         ))
         .await?,
         1
+    );
+    assert_eq!(
+        count(&format!("encounter:identifier={EARLIER_VISIT}")).await?,
+        3
+    );
+    // The visit with another patient: nothing.
+    assert_eq!(
+        count(&format!("encounter:identifier={VISIT}&patient={}", sim_mrn)).await?,
+        0
     );
     assert_eq!(count("encounter:identifier=V2026-0043").await?, 0);
     assert_eq!(count(&format!("encounter:identifier=|{VISIT}")).await?, 0);

@@ -83,7 +83,7 @@ pub fn infusion_observation(
             r.unit,
         )?));
     if let Some(encounter) = r.encounter {
-        b = b.encounter(encounter.to_reference()?);
+        b = b.encounter(encounter.to_reference("Observation.encounter")?);
     }
     if let Some(order) = opt_string(Some(r.order_id)) {
         b = b.based_on(vec![Some(order_reference(&order)?)]);
@@ -147,6 +147,9 @@ pub struct MedicationAdministrationRecord<'a> {
     pub prescribed_rate_ml_h: Option<f64>,
     /// The latest infusion Observations (`supportingInformation`).
     pub supporting: Vec<String>,
+    /// The encounter (visit) of the latest report, when the source knew it (`context`, a logical reference by
+    /// visit number, as on the infusion's Observations).
+    pub context: Option<EncounterReference<'a>>,
 }
 
 /// Build a `MedicationAdministration`.
@@ -207,6 +210,9 @@ pub fn medication_administration(
             period.build().map_err(build_err("Period"))?,
         ))
         .request(order_reference(r.order_id)?);
+    if let Some(encounter) = r.context {
+        b = b.context(encounter.to_reference("MedicationAdministration.context")?);
+    }
     if let Some(d) = r.device_id.filter(|d| !d.is_empty()) {
         require_id("device_id", d)?;
         b = b.device(vec![Some(literal_reference("Device", d)?)]);
@@ -308,8 +314,10 @@ mod tests {
             device_id: Some("drip-7A-4"),
             prescribed_rate_ml_h: Some(125.0),
             supporting: vec!["edge-7a.9.rate".into()],
+            context: None,
         };
         let j = medication_administration(&r).expect("valid");
+        assert!(j.get("context").is_none(), "no encounter known: no context");
         assert_eq!(j["status"], "completed");
         assert_eq!(j["effectivePeriod"]["end"], "2026-11-23T20:00:00Z");
         assert_eq!(j["request"]["identifier"]["value"], "ORD-4");
@@ -318,5 +326,54 @@ mod tests {
         let mut bad = r.clone();
         bad.status = "running";
         assert!(medication_administration(&bad).is_err());
+    }
+
+    #[test]
+    fn administration_context_is_the_encounter_by_visit_number() {
+        let r = MedicationAdministrationRecord {
+            id: "ORD-5",
+            order_id: "ORD-5",
+            patient_system: "urn:wardwatch:mrn",
+            patient_id: "SIM000005",
+            medication: "",
+            status: "in-progress",
+            device_state: "running",
+            started_unix_ms: 1_795_460_400_000,
+            ended_unix_ms: None,
+            last_updated_unix_ms: 1_795_460_460_000,
+            version: 2,
+            device_id: None,
+            prescribed_rate_ml_h: None,
+            supporting: Vec::new(),
+            context: Some(EncounterReference {
+                system: "urn:wardwatch:visit-number",
+                value: "SIM000005-V1",
+                assigner: Some("WARDWATCH-SIM"),
+            }),
+        };
+        let j = medication_administration(&r).expect("valid");
+        assert_eq!(
+            j["context"],
+            serde_json::json!({
+                "type": "Encounter",
+                "identifier": {
+                    "system": "urn:wardwatch:visit-number",
+                    "value": "SIM000005-V1",
+                    "assigner": {"display": "WARDWATCH-SIM"}
+                }
+            })
+        );
+        // A bad visit system is refused, naming the element.
+        let mut bad = r.clone();
+        bad.context = Some(EncounterReference {
+            system: "not a uri",
+            value: "V1",
+            assigner: None,
+        });
+        let err = medication_administration(&bad).expect_err("bad system");
+        assert!(
+            err.to_string().contains("MedicationAdministration.context"),
+            "{err}"
+        );
     }
 }

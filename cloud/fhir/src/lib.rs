@@ -131,7 +131,7 @@ impl DeviceReference<'_> {
     }
 }
 
-/// The encounter (visit) an Observation belongs to, as a logical reference by its visit-number identifier:
+/// The encounter (visit) an Observation or MedicationAdministration belongs to, as a logical reference by its visit-number identifier:
 /// `{"type": "Encounter", "identifier": {"system", "value", "assigner": {"display"}}}`. Wardwatch serves no
 /// Encounter resources (edges know a visit only by the number the hospital's admission system gave it), so there
 /// is no literal `Encounter/<id>` to point at; an EHR resolves the identifier against its own Encounters.
@@ -148,17 +148,18 @@ pub struct EncounterReference<'a> {
 
 impl EncounterReference<'_> {
     /// The logical reference, after checking the system URI and the value.
-    pub(crate) fn to_reference(self) -> Result<fhir_sdk::r4b::types::Reference, FhirError> {
-        util::require_uri("Observation.encounter.identifier.system", self.system)?;
-        util::require_string("Observation.encounter.identifier.value", self.value)?;
+    /// `element` names the referencing element in errors (`Observation.encounter`, `MedicationAdministration.context`).
+    pub(crate) fn to_reference(
+        self,
+        element: &str,
+    ) -> Result<fhir_sdk::r4b::types::Reference, FhirError> {
+        util::require_uri(&format!("{element}.identifier.system"), self.system)?;
+        util::require_string(&format!("{element}.identifier.value"), self.value)?;
         let mut b = fhir_sdk::r4b::types::Identifier::builder()
             .system(self.system.to_owned())
             .value(self.value.to_owned());
         if let Some(assigner) = self.assigner {
-            util::require_string(
-                "Observation.encounter.identifier.assigner.display",
-                assigner,
-            )?;
+            util::require_string(&format!("{element}.identifier.assigner.display"), assigner)?;
             b = b.assigner(
                 fhir_sdk::r4b::types::Reference::builder()
                     .display(assigner.to_owned())

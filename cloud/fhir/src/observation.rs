@@ -235,7 +235,7 @@ pub fn vital_sign_observation(r: &VitalSignRecord<'_>) -> Result<serde_json::Val
         b = b.meta(meta);
     }
     if let Some(encounter) = r.encounter {
-        b = b.encounter(encounter.to_reference()?);
+        b = b.encounter(encounter.to_reference("Observation.encounter")?);
     }
     if let Some(device) = r.device {
         b = b.device(device.to_reference()?);

@@ -2,7 +2,8 @@
 //! same behaviour, each with its own migrations (`cloud/migrations/{sqlite,postgres}`).
 //!
 //! Exactly-once: every synced event first claims its `(edge_id, sequence)` in `sync_ledger` (INSERT .. ON CONFLICT
-//! DO NOTHING RETURNING sequence). Only events whose claim succeeded are written to the data tables, in the same
+//! DO NOTHING RETURNING sequence; on PostgreSQL first a plain INSERT, retried in that form only when it hits a
+//! stored sequence, see `postgres::ingest`). Only events whose claim succeeded are written to the data tables, in the same
 //! transaction; a resend claims nothing and is reported as replayed. Rejected events are claimed too (with their
 //! reason), so a resend of a bad event is not stored either. The idempotency key is recorded on the ledger row but
 //! is not a uniqueness constraint here: a source re-sending one message is collapsed to one sequence by the edge
@@ -217,13 +218,24 @@ pub enum VitalSort {
 
 /// Appends the WHERE clause of a vital-sign search (without cursor, order or limit) to a query builder of
 /// either backend. A macro because sqlx's bind bounds differ per database.
+/// `patients` is the [`PatientScope::OneOf`] list of an encounter search (empty: no such narrowing).
 macro_rules! push_vital_filters {
-    ($qb:expr, $q:expr) => {{
+    ($qb:expr, $q:expr, $patients:expr) => {{
         let qb = $qb;
         let q: &$crate::storage::VitalQuery = $q;
+        let patients: &[String] = $patients;
         qb.push(" FROM vital_signs WHERE 1=1");
         if let Some(p) = &q.patient {
             qb.push(" AND patient_id = ").push_bind(p.clone());
+        }
+        if !patients.is_empty() {
+            // One patient (the usual case) becomes `patient_id = $n`, which the patient indexes serve in order.
+            qb.push(" AND patient_id IN (");
+            let mut list = qb.separated(", ");
+            for p in patients {
+                list.push_bind(p.clone());
+            }
+            qb.push(")");
         }
         if let Some(d) = &q.device {
             qb.push(" AND device_id = ").push_bind(d.clone());
@@ -354,6 +366,35 @@ pub(crate) fn components_json(v: &VitalSign) -> Option<String> {
         })
         .collect();
     Some(format!("[{}]", parts.join(",")))
+}
+
+/// Which patients a vital-sign search may return, as far as its encounter decides.
+enum PatientScope {
+    /// The search names no encounter.
+    Any,
+    /// The encounter's patients (one, unless a visit number was reused for another patient).
+    OneOf(Vec<String>),
+    /// No stored vital sign has the encounter (or none of its patients is the searched patient).
+    Nobody,
+}
+
+/// The distinct (visit number, assigning authority or "", patient) of vital signs that name their visit, sorted,
+/// for the `encounters` table (migration 0012). Sorted so that concurrent batches of a stream insert new keys in
+/// one order and cannot deadlock each other.
+pub(crate) fn encounter_patients<'a>(
+    vitals: impl Iterator<Item = &'a VitalSign>,
+) -> Vec<(&'a str, &'a str, &'a str)> {
+    let mut keys: Vec<_> = vitals
+        .filter_map(|v| match encounter_columns(v) {
+            (Some(visit), authority) => {
+                Some((visit, authority.unwrap_or(""), v.patient_id.as_str()))
+            }
+            (None, _) => None,
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// The stored encounter columns of a vital sign: visit number and assigning authority, each `None` when empty
@@ -595,10 +636,37 @@ impl Store {
 
     /// Searches vital signs.
     pub async fn search_vitals(&self, q: &VitalQuery) -> Result<Vec<VitalRow>, StorageError> {
+        let patients = match self.encounter_scope(q).await? {
+            PatientScope::Any => Vec::new(),
+            PatientScope::OneOf(p) => p,
+            PatientScope::Nobody => return Ok(Vec::new()),
+        };
         match self {
-            Self::Sqlite(p) => sqlite::search_vitals(p, q).await,
-            Self::Postgres(p) => postgres::search_vitals(p, q).await,
+            Self::Sqlite(p) => sqlite::search_vitals(p, q, &patients).await,
+            Self::Postgres(p) => postgres::search_vitals(p, q, &patients).await,
         }
+    }
+
+    /// The patients a vital-sign search is narrowed to by its encounter: the visit's patients from `encounters`
+    /// (migration 0012), which lets the patient indexes serve an encounter search (there is no index on
+    /// `vital_signs.encounter`).
+    async fn encounter_scope(&self, q: &VitalQuery) -> Result<PatientScope, StorageError> {
+        let Some(visit) = &q.encounter else {
+            return Ok(PatientScope::Any);
+        };
+        let sql = "SELECT DISTINCT patient_id FROM encounters WHERE visit_number = $1 ORDER BY patient_id";
+        let mut patients: Vec<String> = match self {
+            Self::Sqlite(p) => sqlx::query_scalar(sql).bind(visit).fetch_all(p).await?,
+            Self::Postgres(p) => sqlx::query_scalar(sql).bind(visit).fetch_all(p).await?,
+        };
+        if let Some(patient) = &q.patient {
+            patients.retain(|p| p == patient);
+        }
+        Ok(if patients.is_empty() {
+            PatientScope::Nobody
+        } else {
+            PatientScope::OneOf(patients)
+        })
     }
 
     /// Reads the vital sign an edge synced under `sequence` (the FHIR Observation `<edge>.<sequence>`).
@@ -635,17 +703,22 @@ impl Store {
 
     /// How many vital signs match `q` (its cursor, order and limit are ignored): `_summary=count`.
     pub async fn count_vitals_matching(&self, q: &VitalQuery) -> Result<i64, StorageError> {
+        let patients = match self.encounter_scope(q).await? {
+            PatientScope::Any => Vec::new(),
+            PatientScope::OneOf(p) => p,
+            PatientScope::Nobody => return Ok(0),
+        };
         match self {
             Self::Sqlite(p) => {
                 let mut qb: sqlx::QueryBuilder<sqlx::Sqlite> =
                     sqlx::QueryBuilder::new("SELECT COUNT(*)");
-                push_vital_filters!(&mut qb, q);
+                push_vital_filters!(&mut qb, q, &patients);
                 Ok(qb.build_query_scalar().fetch_one(p).await?)
             }
             Self::Postgres(p) => {
                 let mut qb: sqlx::QueryBuilder<sqlx::Postgres> =
                     sqlx::QueryBuilder::new("SELECT COUNT(*)");
-                push_vital_filters!(&mut qb, q);
+                push_vital_filters!(&mut qb, q, &patients);
                 Ok(qb.build_query_scalar().fetch_one(p).await?)
             }
         }

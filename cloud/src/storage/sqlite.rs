@@ -109,6 +109,19 @@ pub(super) async fn ingest(
         });
         qb.build().execute(&mut *tx).await?;
     }
+    // The visits named, for the encounter search (migration 0012); a known one costs one primary-key probe.
+    let encounters = super::encounter_patients(vitals.iter().map(|(_, v)| *v));
+    for chunk in encounters.chunks(CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT OR IGNORE INTO encounters (visit_number, assigning_authority, patient_id) ",
+        );
+        qb.push_values(chunk, |mut b, (visit, authority, patient)| {
+            b.push_bind(*visit)
+                .push_bind(*authority)
+                .push_bind(*patient);
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
     for (_, p) in &fresh {
         match p {
             Payload::Vital(_) => {}
@@ -221,9 +234,10 @@ pub(super) fn other_payload_bytes(p: &Payload) -> Vec<u8> {
 pub(super) async fn search_vitals(
     pool: &SqlitePool,
     q: &VitalQuery,
+    patients: &[String],
 ) -> Result<Vec<VitalRow>, StorageError> {
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(super::VITAL_COLUMNS);
-    super::push_vital_filters!(&mut qb, q);
+    super::push_vital_filters!(&mut qb, q, patients);
     super::push_vital_page!(&mut qb, q);
     let rows = qb.build().fetch_all(pool).await?;
     rows.iter().map(super::vital_from_sqlite).collect()
