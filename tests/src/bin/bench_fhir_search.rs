@@ -9,7 +9,9 @@
 //!   24 hours of vitals in one searchset (about 700 Observations at the defaults);
 //! - `last-24h page`: the same with `_count=50&_sort=-date`, the newest page a nurse-facing EHR view shows;
 //! - `code`: `GET [base]/Observation?patient=P&code=http://loinc.org|8867-4&_count=100`, one vital's history;
-//! - `$lastn`: `GET [base]/Observation/$lastn?patient=P&max=1`, the newest Observation of each vital-sign code.
+//! - `$lastn`: `GET [base]/Observation/$lastn?patient=P&max=1`, the newest Observation of each vital-sign code;
+//! - `encounter`: `GET [base]/Observation?encounter:identifier=P-V1&date=ge<end-24h>&_count=50&_sort=-date`, the
+//!   newest page of one stay (every row is filled with its patient's visit `P-V1`, and `encounters` with each visit).
 //!
 //! Each query runs `--queries` times on randomly chosen patients after a warm-up; p50/p95/p99 are of the whole
 //! request (TLS, auth, audit record, SQL, FHIR JSON).
@@ -97,12 +99,14 @@ async fn fill(url: &str, args: &Args) -> Result<()> {
         // Row g belongs to patient g % P; its k-th sample (k = g / P) is at start + k * step, metric k % M.
         let sql = format!(
             "INSERT INTO vital_signs (edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc, loinc, \
-             value, enumerated, unit, components, quality, measured_at_ms, received_at_ms) \
+             value, enumerated, unit, components, quality, measured_at_ms, received_at_ms, encounter, \
+             encounter_authority) \
              SELECT 'edge-bench', g, 'SIM' || lpad((g % {p})::text, 6, '0'), '7A', ((g % {p}) % 40 + 1)::text, \
                     'mon-' || (g % {p}), ({mdcs})[(g / {p}) % {m} + 1]::bigint, ({loincs})[(g / {p}) % {m} + 1], \
                     ({bases})[(g / {p}) % {m} + 1]::float8 + (random() - 0.5) * ({spreads})[(g / {p}) % {m} + 1]::float8, \
                     NULL, ({units})[(g / {p}) % {m} + 1], NULL, 0, \
-                    {start_ms} + (g / {p}) * {step_ms}, {start_ms} + (g / {p}) * {step_ms} + 500 \
+                    {start_ms} + (g / {p}) * {step_ms}, {start_ms} + (g / {p}) * {step_ms} + 500, \
+                    'SIM' || lpad((g % {p})::text, 6, '0') || '-V1', 'WARDWATCH-SIM' \
              FROM generate_series({from}::bigint, {to}::bigint) g",
             p = args.patients,
             m = n_metrics,
@@ -122,6 +126,15 @@ async fn fill(url: &str, args: &Args) -> Result<()> {
         );
         from = to + 1;
     }
+    // Each patient's visit, as the ingest records it (migration 0012).
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO encounters (visit_number, assigning_authority, patient_id) \
+         SELECT 'SIM' || lpad(g::text, 6, '0') || '-V1', 'WARDWATCH-SIM', 'SIM' || lpad(g::text, 6, '0') \
+         FROM generate_series(0, {}) g ON CONFLICT DO NOTHING",
+        args.patients.saturating_sub(1)
+    )))
+    .execute(&mut conn)
+    .await?;
     sqlx::query("ANALYZE vital_signs")
         .execute(&mut conn)
         .await?;
@@ -194,27 +207,32 @@ async fn main() -> Result<()> {
     );
     let client = https_client(&setup.pki.ca_cert)?;
     let since = iso(END_MS - 86_400_000)?;
-    // (name, path after the base, query after `patient=P&`).
-    let kinds: [(&str, &str, String); 4] = [
+    // (name, path after the base, query; `{P}` is replaced by a random patient's MRN).
+    let kinds: [(&str, &str, String); 5] = [
         (
             "last-24h (all, _count=1000)",
             "Observation",
-            format!("date=ge{since}&_count=1000"),
+            format!("patient={{P}}&date=ge{since}&_count=1000"),
         ),
         (
             "last-24h page (_count=50&_sort=-date)",
             "Observation",
-            format!("date=ge{since}&_count=50&_sort=-date"),
+            format!("patient={{P}}&date=ge{since}&_count=50&_sort=-date"),
         ),
         (
             "code (one vital, _count=100)",
             "Observation",
-            "code=http://loinc.org|8867-4&_count=100".to_string(),
+            "patient={P}&code=http://loinc.org|8867-4&_count=100".to_string(),
         ),
         (
             "$lastn (newest of each vital-sign code)",
             "Observation/$lastn",
-            "max=1".to_string(),
+            "patient={P}&max=1".to_string(),
+        ),
+        (
+            "encounter last-24h page (encounter:identifier, _count=50&_sort=-date)",
+            "Observation",
+            format!("encounter:identifier={{P}}-V1&date=ge{since}&_count=50&_sort=-date"),
         ),
     ];
     let mut rng = rand::rng();
@@ -224,9 +242,9 @@ async fn main() -> Result<()> {
         for i in 0..args.queries + 20 {
             let patient = format!("SIM{:06}", rng.random_range(0..args.patients));
             let url = format!(
-                "{}/{path}?patient={patient}&{}",
+                "{}/{path}?{}",
                 cloud.fhir_base,
-                query.replace('+', "%2B")
+                query.replace("{P}", &patient).replace('+', "%2B")
             );
             let t = Instant::now();
             let resp = client.get(&url).bearer_auth(&setup.token).send().await?;
