@@ -257,11 +257,19 @@ async fn migrate_v0(conn: &mut SqliteConnection) -> Result<(), OutboxError> {
         }
     }
     insert_key_digests(conn, &mut pairs).await?;
+    set_keys_settled_through(conn, after).await
+}
+
+/// Records that the keys of every row up to `through` are in `outbox_keys` (`sync_state.keys_settled_through`).
+async fn set_keys_settled_through(
+    conn: &mut SqliteConnection,
+    through: i64,
+) -> Result<(), OutboxError> {
     sqlx::query(
         "INSERT INTO sync_state (k, v) VALUES ('keys_settled_through', ?)
          ON CONFLICT(k) DO UPDATE SET v = excluded.v",
     )
-    .bind(after)
+    .bind(through)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -456,13 +464,7 @@ impl Outbox {
                 .await?;
         }
         insert_key_digests(&mut tx, &mut pairs).await?;
-        sqlx::query(
-            "INSERT INTO sync_state (k, v) VALUES ('keys_settled_through', ?)
-             ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-        )
-        .bind(through)
-        .execute(&mut *tx)
-        .await?;
+        set_keys_settled_through(&mut tx, through).await?;
         tx.commit().await?;
         recent.by_key.clear();
         recent.settled_through = through;

@@ -1291,6 +1291,20 @@ mod tests {
         e
     }
 
+    /// Ticks to `now`, takes the deterioration round that is then due and scores every bed in it with `p`: the
+    /// engine's output for that result.
+    fn score_round(e: &mut ClinicalEngine, now: i64, p: f32) -> Vec<Payload> {
+        e.tick(now);
+        let req = e.take_ml_work().deterioration.expect("a round is due");
+        let beds = req.rows.len();
+        e.on_deterioration_result(DeteriorationResult {
+            model: model("wardwatch-deterioration"),
+            probabilities: vec![p; beds],
+            reasons: (0..beds).map(|_| Vec::new()).collect(),
+            request: req,
+        })
+    }
+
     fn raised(out: &[Payload], kind: AlarmKind) -> Vec<(i32, String)> {
         out.iter()
             .filter_map(|p| match p {
@@ -1388,14 +1402,7 @@ mod tests {
             .enumerate()
         {
             let now = 60_000 * (i as i64 + 1);
-            e.tick(now);
-            let req = e.take_ml_work().deterioration.expect("a round is due");
-            let out = e.on_deterioration_result(DeteriorationResult {
-                model: model("wardwatch-deterioration"),
-                probabilities: vec![*p],
-                reasons: vec![Vec::new()],
-                request: req,
-            });
+            let out = score_round(&mut e, now, *p);
             raised_total += raised(&out, AlarmKind::DeteriorationRisk).len();
             // Past the medium delay, before the next round.
             raised_total += raised(&e.tick(now + 16_000), AlarmKind::DeteriorationRisk).len();
@@ -1438,14 +1445,7 @@ mod tests {
         let mut raised_at = Vec::new();
         for (i, p) in [0.20_f32, 0.25, 0.29, 0.31, 0.31].iter().enumerate() {
             let now = 60_000 * (i as i64 + 1);
-            e.tick(now);
-            let req = e.take_ml_work().deterioration.expect("a round is due");
-            let out = e.on_deterioration_result(DeteriorationResult {
-                model: model("wardwatch-deterioration"),
-                probabilities: vec![*p],
-                reasons: vec![Vec::new()],
-                request: req,
-            });
+            let out = score_round(&mut e, now, *p);
             let bed = e.snapshot(now);
             assert!(
                 bed.beds[0]
@@ -1480,14 +1480,7 @@ mod tests {
     fn a_risk_alarm_is_not_raised_while_the_news2_response_alarm_covers_the_patient() {
         let mut e = ml_engine(true, false);
         let round = |e: &mut ClinicalEngine, now: i64, p: f32| -> usize {
-            e.tick(now);
-            let req = e.take_ml_work().deterioration.expect("a round is due");
-            let out = e.on_deterioration_result(DeteriorationResult {
-                model: model("wardwatch-deterioration"),
-                probabilities: vec![p],
-                reasons: vec![Vec::new()],
-                request: req,
-            });
+            let out = score_round(e, now, p);
             raised(&out, AlarmKind::DeteriorationRisk).len()
                 + raised(&e.tick(now + 16_000), AlarmKind::DeteriorationRisk).len()
         };
@@ -1529,14 +1522,7 @@ mod tests {
             &vital(MDC_PULS_OXIM_SAT_O2, 91.0, after_hold + 100_000),
         );
         assert_eq!(news2_raised(&e.tick(after_hold + 120_000)), 1);
-        e.tick(after_hold + 180_000);
-        let req = e.take_ml_work().deterioration.expect("a round is due");
-        let out = e.on_deterioration_result(DeteriorationResult {
-            model: model("wardwatch-deterioration"),
-            probabilities: vec![0.5],
-            reasons: vec![Vec::new()],
-            request: req,
-        });
+        let out = score_round(&mut e, after_hold + 180_000, 0.5);
         assert!(
             !out.iter().any(|p| matches!(p, Payload::Alarm(a)
                 if a.kind == AlarmKind::DeteriorationRisk as i32 && a.state == AlarmState::Cleared as i32)),
