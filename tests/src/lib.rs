@@ -852,6 +852,22 @@ pub fn simulated_devices(ward: &str, beds: u32, seed: u64) -> Vec<Incoming> {
         .collect()
 }
 
+/// The migrations of `migrator` older than `version`: a database at the schema before that migration, for tests
+/// that store rows the old way and then let `Store::connect` migrate them.
+pub fn migrations_before(
+    mut migrator: sqlx::migrate::Migrator,
+    version: i64,
+) -> sqlx::migrate::Migrator {
+    migrator.migrations = migrator
+        .migrations
+        .iter()
+        .filter(|m| m.version < version)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    migrator
+}
+
 /// Follows a FHIR search from `url` through every `next` link; returns every entry's resource.
 pub async fn fhir_search_all(
     client: &reqwest::Client,

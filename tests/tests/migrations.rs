@@ -62,14 +62,7 @@ async fn encounter_search_survives_0012(store: &Store) {
 async fn sqlite_0012_keeps_encounter_search() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let url = format!("sqlite://{}/m.sqlite", dir.path().display());
-    let mut before = sqlx::migrate!("../cloud/migrations/sqlite");
-    before.migrations = before
-        .migrations
-        .iter()
-        .filter(|m| m.version < 12)
-        .cloned()
-        .collect::<Vec<_>>()
-        .into();
+    let before = wardwatch::migrations_before(sqlx::migrate!("../cloud/migrations/sqlite"), 12);
     let options = url
         .parse::<sqlx::sqlite::SqliteConnectOptions>()
         .expect("url")
@@ -114,14 +107,7 @@ async fn postgres_0012_keeps_encounter_search() {
     else {
         return; // TestDatabase printed a SKIPPED line (and fails instead on CI).
     };
-    let mut before = sqlx::migrate!("../cloud/migrations/postgres");
-    before.migrations = before
-        .migrations
-        .iter()
-        .filter(|m| m.version < 12)
-        .cloned()
-        .collect::<Vec<_>>()
-        .into();
+    let before = wardwatch::migrations_before(sqlx::migrate!("../cloud/migrations/postgres"), 12);
     let raw = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&db.url)

@@ -203,14 +203,7 @@ async fn migrating_a_database_with_data_keeps_every_row() {
         return;
     };
     // The schema as it was before partitioning (migrations 1..=9), with rows in it.
-    let mut before = sqlx::migrate!("../cloud/migrations/postgres");
-    before.migrations = before
-        .migrations
-        .iter()
-        .filter(|m| m.version < 10)
-        .cloned()
-        .collect::<Vec<_>>()
-        .into();
+    let before = wardwatch::migrations_before(sqlx::migrate!("../cloud/migrations/postgres"), 10);
     let raw = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&db.url)
