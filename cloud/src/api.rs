@@ -671,9 +671,29 @@ fn explicitly_unsupported(name: &str) -> Option<CloudError> {
 /// once each; with `_include:iterate=DeviceMetric:source`, also the current version of each of their source
 /// Devices (the MDS). A caller whose scopes do not cover DeviceMetric (or Device) gets none of those and one
 /// warning OperationOutcome instead (the Observations are still returned).
+/// The ids that `element` of `resources` references as `{"reference": "<prefix><id>"}`.
+fn referenced_ids(
+    resources: &[&serde_json::Value],
+    element: &str,
+    prefix: &str,
+) -> BTreeSet<String> {
+    resources
+        .iter()
+        .filter_map(|r| {
+            r.get(element)?
+                .get("reference")?
+                .as_str()?
+                .strip_prefix(prefix)
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// The resources `_include` asks for: the DeviceMetrics the matched Observations reference (`metrics`, their
+/// ids) and, with `_include:iterate=DeviceMetric:source`, those metrics' source Devices.
 async fn included_resources(
     state: &ApiState,
-    resources: &[&serde_json::Value],
+    metrics: BTreeSet<String>,
     include: IncludeSpec,
     scopes: &IncludeScopes,
 ) -> Result<(Vec<(String, serde_json::Value)>, Option<serde_json::Value>), CloudError> {
@@ -682,17 +702,6 @@ async fn included_resources(
     if !include.metrics {
         return Ok((out, None));
     }
-    let referenced = |rs: &[&serde_json::Value], element: &str, prefix: &str| -> BTreeSet<String> {
-        rs.iter()
-            .filter_map(|r| {
-                r.get(element)?
-                    .get("reference")?
-                    .as_str()?
-                    .strip_prefix(prefix)
-                    .map(str::to_string)
-            })
-            .collect()
-    };
     match &scopes.metric {
         Err(e) => {
             tracing::info!(error = %e, "_include=Observation:device omitted: no DeviceMetric scope");
@@ -701,7 +710,7 @@ async fn included_resources(
             ));
         }
         Ok(_) => {
-            for id in referenced(resources, "device", "DeviceMetric/") {
+            for id in metrics {
                 if let Some(m) = crate::resources::read_resource(
                     &state.store,
                     &state.config,
@@ -725,7 +734,7 @@ async fn included_resources(
             }
             Ok(_) => {
                 let metrics: Vec<&serde_json::Value> = out.iter().map(|(_, r)| r).collect();
-                let ids: Vec<String> = referenced(&metrics, "source", "Device/")
+                let ids: Vec<String> = referenced_ids(&metrics, "source", "Device/")
                     .into_iter()
                     .collect();
                 for (v, row) in state.store.current_device_versions(&ids).await? {
@@ -806,6 +815,39 @@ pub fn vital_to_observation(
     mrn_system: &str,
     visit_system: &str,
 ) -> Result<serde_json::Value, CloudError> {
+    let res = with_vital_record(row, mrn_system, visit_system, |r| {
+        wardwatch_fhir::vital_sign_observation(r)
+    })?;
+    // A sample never changes once stored: one version, last updated when the cloud stored it.
+    crate::resources::stamp_version(
+        res,
+        crate::resources::ONLY_VERSION,
+        Some(row.received_at_ms),
+    )
+}
+
+/// [`vital_to_observation`] as JSON text, for search Bundles (see [`wardwatch_fhir::searchset_bundle_text`]).
+pub fn vital_to_observation_json(
+    row: &VitalRow,
+    mrn_system: &str,
+    visit_system: &str,
+) -> Result<wardwatch_fhir::SerializedResource, CloudError> {
+    let version = wardwatch_fhir::VersionMeta {
+        version_id: crate::resources::ONLY_VERSION,
+        last_updated_unix_ms: Some(row.received_at_ms),
+    };
+    with_vital_record(row, mrn_system, visit_system, |r| {
+        wardwatch_fhir::vital_sign_observation_json(r, &version)
+    })
+}
+
+/// Builds the FHIR mapping's record of a stored vital sign and hands it to `map`.
+fn with_vital_record<T>(
+    row: &VitalRow,
+    mrn_system: &str,
+    visit_system: &str,
+    map: impl FnOnce(&VitalSignRecord<'_>) -> Result<T, wardwatch_fhir::FhirError>,
+) -> Result<T, CloudError> {
     let internal = |what: String| {
         CloudError::Unavailable(format!(
             "stored vital sign {} cannot be mapped: {what}",
@@ -900,14 +942,7 @@ pub fn vital_to_observation(
         category: metric.category,
         source_lineage: Some(&lineage),
     };
-    let res =
-        wardwatch_fhir::vital_sign_observation(&record).map_err(|e| internal(e.to_string()))?;
-    // A sample never changes once stored: one version, last updated when the cloud stored it.
-    crate::resources::stamp_version(
-        res,
-        crate::resources::ONLY_VERSION,
-        Some(row.received_at_ms),
-    )
+    map(&record).map_err(|e| internal(e.to_string()))
 }
 
 /// The `urn:wardwatch:device-kind` code of a stored `DeviceKind` value (`None` when unspecified).
@@ -1196,7 +1231,7 @@ async fn search_observations(
         map_off_runtime(rows, move |r| {
             Ok((
                 format!("{base}/Observation/{}", observation_id(r)),
-                vital_to_observation(r, &mrn_system, &visit_system)?,
+                vital_to_observation_json(r, &mrn_system, &visit_system)?,
             ))
         })
         .await?
@@ -1210,8 +1245,13 @@ async fn search_observations(
         format!("{}/Observation?{qs}", state.base_url)
     };
     let (included, warning) = {
-        let resources: Vec<&serde_json::Value> = entries.iter().map(|(_, r)| r).collect();
-        included_resources(&state, &resources, search.include, &scopes).await?
+        // What each Observation's `device` names (`vital_to_observation`): its DeviceMetric.
+        let metrics = rows
+            .iter()
+            .filter(|r| !r.device_id.is_empty())
+            .map(|r| crate::resources::metric_id(&r.device_id, r.metric_mdc))
+            .collect();
+        included_resources(&state, metrics, search.include, &scopes).await?
     };
     let page = SearchPage {
         self_url: link(search.cursor),
@@ -1232,8 +1272,7 @@ async fn search_observations(
         timestamp_unix_ms: wardwatch_proto::now_unix_ms(),
     };
     let body = render_off_runtime(page.entries.len(), move || {
-        wardwatch_fhir::searchset_bundle_with(page, included, warning)
-            .map(|bundle| bundle.to_string())
+        wardwatch_fhir::searchset_bundle_text(page, included, warning)
             .map_err(|e| CloudError::Unavailable(e.to_string()))
     })
     .await?;
@@ -2841,7 +2880,8 @@ async fn search_event_observations(
     }
     let (included, warning) = {
         let resources: Vec<&serde_json::Value> = entries.iter().map(|(_, r)| r).collect();
-        included_resources(state, &resources, include, scopes).await?
+        let metrics = referenced_ids(&resources, "device", "DeviceMetric/");
+        included_resources(state, metrics, include, scopes).await?
     };
     page_bundle(
         state,

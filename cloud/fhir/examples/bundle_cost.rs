@@ -1,6 +1,9 @@
-//! Where the time of a large searchset Bundle goes, in process: mapping N vital-sign records to FHIR JSON
-//! (`vital_sign_observation`), wrapping them in a Bundle (`searchset_bundle`) and serializing it to a string —
-//! the three steps the cloud runs for a patient's whole 24 h (714 Observations in `bench_fhir_search`).
+//! Where the time of a large searchset Bundle goes, in process, for a patient's whole 24 h (714 Observations in
+//! `bench_fhir_search`), both ways the crate can build it:
+//! - through JSON values: mapping N vital-sign records (`vital_sign_observation`), wrapping them in a Bundle
+//!   (`searchset_bundle`) and serializing it to a string (the cloud's path before session 8);
+//! - as JSON text: each record serialized straight from its typed resource (`vital_sign_observation_json`) and
+//!   the Bundle rendered around the texts (`searchset_bundle_text`), what the Observation search now runs.
 //!
 //! ```sh
 //! cargo run --release -p wardwatch-fhir --example bundle_cost -- 714 200
@@ -9,8 +12,8 @@
 use std::time::Instant;
 
 use wardwatch_fhir::{
-    Coding, DeviceReference, LOINC, MDC, SearchPage, VitalSignRecord, searchset_bundle,
-    vital_sign_observation,
+    Coding, DeviceReference, LOINC, MDC, SearchPage, VersionMeta, VitalSignRecord,
+    searchset_bundle, searchset_bundle_text, vital_sign_observation, vital_sign_observation_json,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -81,7 +84,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let (mut map, mut wrap, mut ser) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut map_text, mut render_text) = (Vec::new(), Vec::new());
     let mut bytes = 0;
+    let mut text_bytes = 0;
+    let version = VersionMeta {
+        version_id: "1",
+        last_updated_unix_ms: Some(1_795_460_402_123),
+    };
     for _ in 0..rounds {
         let t = Instant::now();
         let entries = records
@@ -107,11 +116,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let s = serde_json::to_string(&bundle)?;
         ser.push(t.elapsed());
         bytes = s.len();
+
+        let t = Instant::now();
+        let entries = records
+            .iter()
+            .map(|r| {
+                Ok((
+                    format!("https://x/fhir/Observation/{}", r.id),
+                    vital_sign_observation_json(r, &version)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, wardwatch_fhir::FhirError>>()?;
+        map_text.push(t.elapsed());
+        let t = Instant::now();
+        let text = searchset_bundle_text(
+            SearchPage {
+                self_url: "https://x/fhir/Observation?patient=MRN-000123".into(),
+                next_url: None,
+                total: None,
+                entries,
+                timestamp_unix_ms: 1_795_460_400_123,
+            },
+            Vec::new(),
+            None,
+        )?;
+        render_text.push(t.elapsed());
+        text_bytes = text.len();
     }
     for (name, v) in [
         ("map", &mut map),
         ("bundle", &mut wrap),
         ("serialize", &mut ser),
+        ("map text", &mut map_text),
+        ("render", &mut render_text),
     ] {
         v.sort();
         println!(
@@ -120,6 +157,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             v[v.len() * 95 / 100].as_secs_f64() * 1e3
         );
     }
-    println!("{n} Observations, {bytes} bytes of JSON");
+    println!(
+        "{n} Observations, {bytes} bytes of JSON through values, {text_bytes} as text (with meta.versionId and \
+         meta.lastUpdated)"
+    );
     Ok(())
 }

@@ -6,9 +6,58 @@ use fhir_sdk::r4b::resources::{Bundle, BundleEntry, BundleEntrySearch, BundleLin
 use crate::FhirError;
 use crate::util::{build_err, instant_from_unix_ms, invalid, require_uri, ser_err};
 
-/// One page of search results to wrap in a `searchset` `Bundle`.
+/// A resource this crate built, already serialized to JSON text (a JSON object with its `resourceType`). Made
+/// only here, so a Bundle can embed it without parsing or checking it again.
+#[derive(Debug, Clone)]
+pub struct SerializedResource {
+    resource_type: &'static str,
+    json: Box<serde_json::value::RawValue>,
+}
+
+impl SerializedResource {
+    /// Serializes `resource` (a typed `fhir-sdk` resource of type `resource_type`).
+    pub(crate) fn of(
+        resource_type: &'static str,
+        resource: &impl serde::Serialize,
+    ) -> Result<Self, FhirError> {
+        let text = serde_json::to_string(resource).map_err(ser_err(resource_type))?;
+        let json =
+            serde_json::value::RawValue::from_string(text).map_err(ser_err(resource_type))?;
+        Ok(Self {
+            resource_type,
+            json,
+        })
+    }
+
+    /// The resource's type, e.g. `Observation`.
+    pub fn resource_type(&self) -> &'static str {
+        self.resource_type
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.json.get()
+    }
+
+    /// The resource as a JSON value (a parse: for tests and rare paths, not for Bundles).
+    ///
+    /// # Errors
+    /// [`FhirError::Build`] if the text is not JSON (not expected: this crate serialized it).
+    pub fn to_value(&self) -> Result<serde_json::Value, FhirError> {
+        serde_json::from_str(self.json.get()).map_err(ser_err(self.resource_type))
+    }
+}
+
+impl serde::Serialize for SerializedResource {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(serializer)
+    }
+}
+
+/// One page of search results to wrap in a `searchset` `Bundle`. `R` is how each resource is held: a JSON value
+/// (what most searches build), or a [`SerializedResource`] for [`searchset_bundle_text`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct SearchPage {
+pub struct SearchPage<R = serde_json::Value> {
     /// URL of this page; becomes the `self` link.
     pub self_url: String,
     /// URL of the next page, if any; becomes the `next` link.
@@ -17,7 +66,7 @@ pub struct SearchPage {
     pub total: Option<u64>,
     /// `(fullUrl, resource)` pairs; each resource is a JSON object with a
     /// `resourceType` (normally produced by this crate's other functions).
-    pub entries: Vec<(String, serde_json::Value)>,
+    pub entries: Vec<(String, R)>,
     /// `Bundle.timestamp`, Unix milliseconds.
     pub timestamp_unix_ms: i64,
 }
@@ -49,6 +98,106 @@ pub fn searchset_bundle_with(
     included: Vec<(String, serde_json::Value)>,
     outcome: Option<serde_json::Value>,
 ) -> Result<serde_json::Value, FhirError> {
+    for (i, (_, resource)) in page.entries.iter().enumerate() {
+        require_resource_type(i, resource)?;
+    }
+    let (mut json, resources) = skeleton(page, included, outcome)?;
+    let resources = resources
+        .into_iter()
+        .map(|r| match r {
+            EntryResource::Match(v) | EntryResource::Other(v) => v,
+        })
+        .collect();
+    insert_resources(&mut json, resources)?;
+    Ok(json)
+}
+
+/// [`searchset_bundle_with`] for matches that are already JSON text ([`SerializedResource`]), rendered straight
+/// to the Bundle's JSON text: the matches are copied in verbatim, never turned into `serde_json::Value`s. For
+/// large pages (a patient's whole day of vitals), where building and serializing value trees was most of the
+/// request's time.
+///
+/// # Errors
+/// As [`searchset_bundle_with`].
+pub fn searchset_bundle_text(
+    page: SearchPage<SerializedResource>,
+    included: Vec<(String, serde_json::Value)>,
+    outcome: Option<serde_json::Value>,
+) -> Result<String, FhirError> {
+    let (mut json, resources) = skeleton(page, included, outcome)?;
+    let entries = match json.as_object_mut().and_then(|o| o.remove("entry")) {
+        Some(serde_json::Value::Array(entries)) if entries.len() == resources.len() => entries,
+        None if resources.is_empty() => Vec::new(),
+        _ => {
+            return Err(FhirError::Build(
+                "serialized Bundle lacks the expected entries".to_owned(),
+            ));
+        }
+    };
+    let mut rendered = Vec::with_capacity(entries.len());
+    for (entry, resource) in entries.iter().zip(&resources) {
+        let fields = entry.as_object().ok_or_else(|| {
+            FhirError::Build("serialized Bundle.entry is not an object".to_owned())
+        })?;
+        rendered.push(EntryText { fields, resource });
+    }
+    let head = json
+        .as_object()
+        .ok_or_else(|| FhirError::Build("serialized Bundle is not an object".to_owned()))?;
+    serde_json::to_string(&BundleText {
+        head,
+        entry: rendered,
+    })
+    .map_err(ser_err("Bundle"))
+}
+
+/// A Bundle rendered from its serialized skeleton (`head`, without `entry`) and its entries.
+#[derive(serde::Serialize)]
+struct BundleText<'a, R> {
+    #[serde(flatten)]
+    head: &'a serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    entry: Vec<EntryText<'a, R>>,
+}
+
+/// One `Bundle.entry`: its serialized skeleton (`fullUrl`, `search`) and its resource.
+#[derive(serde::Serialize)]
+struct EntryText<'a, R> {
+    #[serde(flatten)]
+    fields: &'a serde_json::Map<String, serde_json::Value>,
+    resource: &'a R,
+}
+
+/// A resource of a Bundle entry: one of the page's matches, or an included resource or the outcome.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum EntryResource<R> {
+    Match(R),
+    Other(serde_json::Value),
+}
+
+fn require_resource_type(i: usize, resource: &serde_json::Value) -> Result<(), FhirError> {
+    let has_type = resource
+        .get("resourceType")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if has_type {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "entries[{i}].resource must be a JSON object with a resourceType"
+        )))
+    }
+}
+
+/// The Bundle without its entries' resources, built with `fhir-sdk` and serialized, and the resources in entry
+/// order: the matches, the included resources, the outcome. Checks the URLs, the total, the timestamp, the
+/// included resources and the outcome (the caller checks the matches).
+fn skeleton<R>(
+    page: SearchPage<R>,
+    included: Vec<(String, serde_json::Value)>,
+    outcome: Option<serde_json::Value>,
+) -> Result<(serde_json::Value, Vec<EntryResource<R>>), FhirError> {
     require_uri("self_url", &page.self_url)?;
     let mut links = vec![Some(link("self", page.self_url)?)];
     if let Some(next) = page.next_url {
@@ -60,30 +209,25 @@ pub fn searchset_bundle_with(
     {
         return Err(invalid("the search outcome must be an OperationOutcome"));
     }
+    let n_matches = page.entries.len();
+    for (i, (_, resource)) in included.iter().enumerate() {
+        require_resource_type(n_matches + i, resource)?;
+    }
     let all = page
         .entries
         .into_iter()
-        .map(|(u, r)| (SearchEntryMode::Match, Some(u), r))
+        .map(|(u, r)| (SearchEntryMode::Match, Some(u), EntryResource::Match(r)))
         .chain(
             included
                 .into_iter()
-                .map(|(u, r)| (SearchEntryMode::Include, Some(u), r)),
+                .map(|(u, r)| (SearchEntryMode::Include, Some(u), EntryResource::Other(r))),
         )
-        .chain(outcome.map(|r| (SearchEntryMode::Outcome, None, r)));
+        .chain(outcome.map(|r| (SearchEntryMode::Outcome, None, EntryResource::Other(r))));
     let mut entries = Vec::new();
     let mut resources = Vec::new();
     for (i, (mode, full_url, resource)) in all.enumerate() {
         if let Some(u) = &full_url {
             require_uri(&format!("entries[{i}].fullUrl"), u)?;
-        }
-        let has_type = resource
-            .get("resourceType")
-            .and_then(serde_json::Value::as_str)
-            .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric()));
-        if !has_type {
-            return Err(invalid(format!(
-                "entries[{i}].resource must be a JSON object with a resourceType"
-            )));
         }
         let search = BundleEntrySearch::builder()
             .mode(mode)
@@ -111,9 +255,8 @@ pub fn searchset_bundle_with(
         b = b.total(total);
     }
     let bundle = b.build().map_err(build_err("Bundle"))?;
-    let mut json = serde_json::to_value(&bundle).map_err(ser_err("Bundle"))?;
-    insert_resources(&mut json, resources)?;
-    Ok(json)
+    let json = serde_json::to_value(&bundle).map_err(ser_err("Bundle"))?;
+    Ok((json, resources))
 }
 
 /// Puts already-built FHIR JSON resources into a serialized Bundle's entries, in order (no lossy re-parse
@@ -232,6 +375,60 @@ mod tests {
         assert!(j["entry"][3].get("fullUrl").is_none());
         // Only an OperationOutcome can be the outcome.
         assert!(searchset_bundle_with(p, Vec::new(), Some(dev.1)).is_err());
+    }
+
+    /// The text rendering is the value rendering, entry for entry: matches, included resources, the outcome.
+    #[test]
+    fn text_bundle_is_the_value_bundle() {
+        let dev = (
+            "https://fhir.example.invalid/Device/mon-1".to_owned(),
+            json!({"resourceType": "Device", "id": "mon-1"}),
+        );
+        let warn = json!({"resourceType": "OperationOutcome", "issue": []});
+        let as_text = |p: SearchPage| SearchPage {
+            entries: p
+                .entries
+                .iter()
+                .map(|(u, r)| {
+                    let t = r["resourceType"].as_str().expect("type");
+                    let t = if t == "Device" {
+                        "Device"
+                    } else {
+                        "Observation"
+                    };
+                    (u.clone(), SerializedResource::of(t, r).expect("serializes"))
+                })
+                .collect(),
+            self_url: p.self_url,
+            next_url: p.next_url,
+            total: p.total,
+            timestamp_unix_ms: p.timestamp_unix_ms,
+        };
+        let empty = SearchPage {
+            entries: Vec::new(),
+            next_url: None,
+            ..page()
+        };
+        for (p, inc, out) in [
+            (page(), Vec::new(), None),
+            (page(), vec![dev.clone()], Some(warn.clone())),
+            (empty.clone(), Vec::new(), None),
+            (empty, Vec::new(), Some(warn.clone())),
+        ] {
+            let value = searchset_bundle_with(p.clone(), inc.clone(), out.clone()).expect("valid");
+            let text = searchset_bundle_text(as_text(p), inc, out).expect("valid");
+            let parsed: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            assert_eq!(parsed, value, "{text}");
+        }
+        // The same checks as the value rendering: a bad URL, an included resource without a type.
+        let mut p = as_text(page());
+        p.entries[0].0 = String::new();
+        assert!(searchset_bundle_text(p, Vec::new(), None).is_err());
+        let bad = ("https://x/Device/1".to_owned(), json!({"id": "1"}));
+        assert!(matches!(
+            searchset_bundle_text(as_text(page()), vec![bad], None),
+            Err(FhirError::InvalidInput(m)) if m.contains("entries[2].resource")
+        ));
     }
 
     #[test]

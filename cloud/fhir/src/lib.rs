@@ -57,7 +57,9 @@ pub use alarm::{
     AlarmRecord, alarm_detected_issue,
 };
 pub use audit::{AuditAction, AuditEventRecord, audit_event};
-pub use bundle::{SearchPage, searchset_bundle, searchset_bundle_with};
+pub use bundle::{
+    SearchPage, SerializedResource, searchset_bundle, searchset_bundle_text, searchset_bundle_with,
+};
 pub use capability::{
     CapabilityRecord, CapabilityResource, CapabilitySearchParam, capability_statement,
 };
@@ -68,7 +70,9 @@ pub use infusion::{
     medication_administration,
 };
 pub use news2::{NEWS2_CODES, NEWS2_SNOMED, News2Parameter, News2Record, news2_observation};
-pub use observation::{ObservationComponent, VitalSignRecord, vital_sign_observation};
+pub use observation::{
+    ObservationComponent, VitalSignRecord, vital_sign_observation, vital_sign_observation_json,
+};
 pub use outcome::{IssueCode, IssueSeverity, operation_outcome};
 pub use pocd::{DeviceMetricRecord, LocationRecord, device_metric, location};
 pub use risk::{
