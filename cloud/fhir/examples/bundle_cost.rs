@@ -16,6 +16,28 @@ use wardwatch_fhir::{
     searchset_bundle, searchset_bundle_text, vital_sign_observation, vital_sign_observation_json,
 };
 
+/// `(fullUrl, resource)` of each record, mapped with `f`.
+fn mapped<R>(
+    records: &[VitalSignRecord<'_>],
+    f: impl Fn(&VitalSignRecord<'_>) -> Result<R, wardwatch_fhir::FhirError>,
+) -> Result<Vec<(String, R)>, wardwatch_fhir::FhirError> {
+    records
+        .iter()
+        .map(|r| Ok((format!("https://x/fhir/Observation/{}", r.id), f(r)?)))
+        .collect()
+}
+
+/// The one page of the patient's day.
+fn page<R>(entries: Vec<(String, R)>) -> SearchPage<R> {
+    SearchPage {
+        self_url: "https://x/fhir/Observation?patient=MRN-000123".into(),
+        next_url: None,
+        total: None,
+        entries,
+        timestamp_unix_ms: 1_795_460_400_123,
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map_or(Ok(714), |a| a.parse())?;
@@ -93,24 +115,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     for _ in 0..rounds {
         let t = Instant::now();
-        let entries = records
-            .iter()
-            .map(|r| {
-                Ok((
-                    format!("https://x/fhir/Observation/{}", r.id),
-                    vital_sign_observation(r)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, wardwatch_fhir::FhirError>>()?;
+        let entries = mapped(&records, vital_sign_observation)?;
         map.push(t.elapsed());
         let t = Instant::now();
-        let bundle = searchset_bundle(SearchPage {
-            self_url: "https://x/fhir/Observation?patient=MRN-000123".into(),
-            next_url: None,
-            total: None,
-            entries,
-            timestamp_unix_ms: 1_795_460_400_123,
-        })?;
+        let bundle = searchset_bundle(page(entries))?;
         wrap.push(t.elapsed());
         let t = Instant::now();
         let s = serde_json::to_string(&bundle)?;
@@ -118,28 +126,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bytes = s.len();
 
         let t = Instant::now();
-        let entries = records
-            .iter()
-            .map(|r| {
-                Ok((
-                    format!("https://x/fhir/Observation/{}", r.id),
-                    vital_sign_observation_json(r, &version)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, wardwatch_fhir::FhirError>>()?;
+        let entries = mapped(&records, |r| vital_sign_observation_json(r, &version))?;
         map_text.push(t.elapsed());
         let t = Instant::now();
-        let text = searchset_bundle_text(
-            SearchPage {
-                self_url: "https://x/fhir/Observation?patient=MRN-000123".into(),
-                next_url: None,
-                total: None,
-                entries,
-                timestamp_unix_ms: 1_795_460_400_123,
-            },
-            Vec::new(),
-            None,
-        )?;
+        let text = searchset_bundle_text(page(entries), Vec::new(), None)?;
         render_text.push(t.elapsed());
         text_bytes = text.len();
     }
