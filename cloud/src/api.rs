@@ -818,12 +818,23 @@ pub fn vital_to_observation(
     let res = with_vital_record(row, mrn_system, visit_system, |r| {
         wardwatch_fhir::vital_sign_observation(r)
     })?;
-    // A sample never changes once stored: one version, last updated when the cloud stored it.
-    crate::resources::stamp_version(
-        res,
-        crate::resources::ONLY_VERSION,
-        Some(row.received_at_ms),
-    )
+    let v = sample_version(row);
+    crate::resources::stamp_version(res, v.version_id, v.last_updated_unix_ms)
+}
+
+/// The version of a stored sample's Observation: a sample never changes once stored, so one version, last
+/// updated when the cloud stored it.
+fn sample_version(row: &VitalRow) -> wardwatch_fhir::VersionMeta<'static> {
+    wardwatch_fhir::VersionMeta {
+        version_id: crate::resources::ONLY_VERSION,
+        last_updated_unix_ms: Some(row.received_at_ms),
+    }
+}
+
+/// The DeviceMetric that measured a stored sample (Point-of-Care Device shape), `<device>.<MDC code>`: what its
+/// Observation's `device` references. `None` when the source named no device.
+fn measured_by(row: &VitalRow) -> Option<String> {
+    (!row.device_id.is_empty()).then(|| crate::resources::metric_id(&row.device_id, row.metric_mdc))
 }
 
 /// [`vital_to_observation`] as JSON text, for search Bundles (see [`wardwatch_fhir::searchset_bundle_text`]).
@@ -832,10 +843,7 @@ pub fn vital_to_observation_json(
     mrn_system: &str,
     visit_system: &str,
 ) -> Result<wardwatch_fhir::SerializedResource, CloudError> {
-    let version = wardwatch_fhir::VersionMeta {
-        version_id: crate::resources::ONLY_VERSION,
-        last_updated_unix_ms: Some(row.received_at_ms),
-    };
+    let version = sample_version(row);
     with_vital_record(row, mrn_system, visit_system, |r| {
         wardwatch_fhir::vital_sign_observation_json(r, &version)
     })
@@ -899,9 +907,7 @@ fn with_vital_record<T>(
         metrics::ValueKind::Numeric => row.value,
         _ => None,
     };
-    // The measuring DeviceMetric (Point-of-Care Device shape), `<device>.<MDC code>`.
-    let measured_by = (!row.device_id.is_empty())
-        .then(|| crate::resources::metric_id(&row.device_id, row.metric_mdc));
+    let measured_by = measured_by(row);
     let record = VitalSignRecord {
         id: &id,
         patient_system: mrn_system,
@@ -1245,12 +1251,8 @@ async fn search_observations(
         format!("{}/Observation?{qs}", state.base_url)
     };
     let (included, warning) = {
-        // What each Observation's `device` names (`vital_to_observation`): its DeviceMetric.
-        let metrics = rows
-            .iter()
-            .filter(|r| !r.device_id.is_empty())
-            .map(|r| crate::resources::metric_id(&r.device_id, r.metric_mdc))
-            .collect();
+        // What each Observation's `device` names.
+        let metrics = rows.iter().filter_map(measured_by).collect();
         included_resources(&state, metrics, search.include, &scopes).await?
     };
     let page = SearchPage {
