@@ -375,6 +375,7 @@ fn parse_observation_search(
         count: DEFAULT_COUNT,
         ..Default::default()
     };
+    let mut sort_given = false;
     for (k, v) in pairs {
         match k.as_str() {
             "patient" | "subject" => {
@@ -438,6 +439,7 @@ fn parse_observation_search(
                 s.no_match |= !any_vital;
             }
             "_sort" => {
+                sort_given = true;
                 s.sort = match v.as_str() {
                     "-date" => VitalSort::DateDesc,
                     "date" => VitalSort::DateAsc,
@@ -471,6 +473,11 @@ fn parse_observation_search(
         s.echo.push((k, v));
     }
     s.include.check()?;
+    if !sort_given && (s.patient.is_some() || s.encounter.is_some()) {
+        // One patient's (or one stay's) vital signs come latest measurement first: the order a clinician reads
+        // them in, and the one `vital_signs_patient_time` serves, with or without `code` (migration 0013).
+        s.sort = VitalSort::DateDesc;
+    }
     Ok(s)
 }
 
@@ -3046,6 +3053,30 @@ mod tests {
     /// An Observation search parsed with the default visit-number system.
     fn parse_obs(raw: Option<&str>) -> Result<ObservationSearch, CloudError> {
         parse_observation_search(raw, VISITS)
+    }
+
+    #[test]
+    fn a_patient_or_stay_search_defaults_to_latest_measurement_first() {
+        let sort = |q: &str| parse_obs(Some(q)).map(|s| s.sort).unwrap();
+        // One patient's or one stay's vital signs, with or without a code: latest measurement first.
+        assert_eq!(sort("patient=MRN1"), VitalSort::DateDesc);
+        assert_eq!(sort("subject=Patient/MRN1&code=8867-4"), VitalSort::DateDesc);
+        assert_eq!(sort("encounter:identifier=V1"), VitalSort::DateDesc);
+        // An explicit `_sort` wins, wherever it stands in the query.
+        assert_eq!(sort("_sort=date&patient=MRN1"), VitalSort::DateAsc);
+        assert_eq!(sort("patient=MRN1&_sort=-date"), VitalSort::DateDesc);
+        // Searches across patients keep the newest-stored order (the `id` index serves it).
+        assert_eq!(sort("code=8867-4"), VitalSort::Newest);
+        assert_eq!(sort("_lastUpdated=ge2026-01-01"), VitalSort::Newest);
+        assert_eq!(sort("device=Device/dev-1"), VitalSort::Newest);
+        // The default is not echoed: the next link re-derives it, and its date cursor belongs to it.
+        assert!(
+            !parse_obs(Some("patient=MRN1"))
+                .unwrap()
+                .echo
+                .iter()
+                .any(|(k, _)| k == "_sort")
+        );
     }
 
     #[test]

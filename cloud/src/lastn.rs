@@ -8,9 +8,10 @@
 //! | `code` | `system\|code` or code, comma-separated; default every vital-sign code Wardwatch knows |
 //! | `max` | 1..=100 (default 1) |
 //!
-//! "Newest" is by effective time (`measured_at`), ties by arrival. Each code is one indexed query (the
-//! `(patient_id, measured_at_ms, id)` and `(patient_id, loinc, id)` indexes), run concurrently. Unknown
-//! parameters are refused, never ignored. The call is authorized and audited like an Observation search.
+//! "Newest" is by effective time (`measured_at`), ties by arrival. Each code is one query, run concurrently: the
+//! patient's rows newest first through the `(patient_id, measured_at_ms, id)` index, keeping that code's, and
+//! only for codes the patient has a sample of (`patient_codes`, migration 0013), so an absent code costs no scan.
+//! Unknown parameters are refused, never ignored. The call is authorized and audited like an Observation search.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! (Migration 0010's move to day partitions on PostgreSQL is tested in partitions.rs.)
 
 use wardwatch::TestDatabase;
-use wardwatch_cloud::storage::{Store, VitalQuery, VitalSort};
+use wardwatch_cloud::storage::{CodeFilter, Store, VitalQuery, VitalSort};
 
 /// Rows as they were stored before migration 0012: two stays of one patient and a row without a visit.
 const ROWS_BEFORE_0012: &str = "INSERT INTO vital_signs (edge_id, sequence, patient_id, ward, bed, device_id, metric_mdc,
@@ -58,6 +58,34 @@ async fn encounter_search_survives_0012(store: &Store) {
     assert_eq!(store.count_vitals().await.expect("count"), 4);
 }
 
+/// After 0013: each patient's codes are in `patient_codes` (filled from the stored rows), so a code search finds
+/// the rows stored before it, latest measurement first, and a code the patient has no sample of finds nothing.
+async fn code_search_survives_0013(store: &Store) {
+    let search = |patient: &str, code: &str| VitalQuery {
+        patient: Some(patient.into()),
+        codes: vec![CodeFilter::Loinc(code.into())],
+        sort: VitalSort::DateDesc,
+        limit: 10,
+        ..Default::default()
+    };
+    let seqs = |rows: Vec<wardwatch_cloud::storage::VitalRow>| {
+        rows.iter().map(|r| r.sequence).collect::<Vec<_>>()
+    };
+    let hr = store.search_vitals(&search("MRN-1", "8867-4")).await.expect("search");
+    assert_eq!(seqs(hr), vec![3, 2, 1]);
+    let by_mdc = VitalQuery {
+        codes: vec![CodeFilter::Mdc(147842)],
+        ..search("MRN-2", "")
+    };
+    assert_eq!(seqs(store.search_vitals(&by_mdc).await.expect("search")), vec![4]);
+    for (patient, code) in [("MRN-1", "2708-6"), ("MRN-3", "8867-4")] {
+        assert!(
+            store.search_vitals(&search(patient, code)).await.expect("search").is_empty(),
+            "{patient} has no {code}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn sqlite_0012_keeps_encounter_search() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -83,6 +111,7 @@ async fn sqlite_0012_keeps_encounter_search() {
         .await
         .expect("migration 0012 with data");
     encounter_search_survives_0012(&store).await;
+    code_search_survives_0013(&store).await;
     store.close().await;
     let check = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
@@ -96,6 +125,13 @@ async fn sqlite_0012_keeps_encounter_search() {
     .await
     .expect("catalogue");
     assert_eq!(indexes, 0, "0012 drops the encounter index");
+    let indexes: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'vital_signs_patient_loinc'",
+    )
+    .fetch_one(&check)
+    .await
+    .expect("catalogue");
+    assert_eq!(indexes, 0, "0013 drops the per-code index");
     check.close().await;
 }
 
@@ -124,6 +160,7 @@ async fn postgres_0012_keeps_encounter_search() {
         .await
         .expect("migration 0012 with data");
     encounter_search_survives_0012(&store).await;
+    code_search_survives_0013(&store).await;
     let check = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&db.url)
@@ -139,6 +176,13 @@ async fn postgres_0012_keeps_encounter_search() {
         indexes, 0,
         "0012 drops the encounter index on every partition"
     );
+    let indexes: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_indexes WHERE indexname LIKE 'vital_signs%loinc%'",
+    )
+    .fetch_one(&check)
+    .await
+    .expect("catalogue");
+    assert_eq!(indexes, 0, "0013 drops the per-code index on every partition");
     check.close().await;
     store.close().await;
     db.drop_now().await.expect("drop database");

@@ -18,6 +18,7 @@ mod postgres;
 mod sqlite;
 mod subscriptions;
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -207,7 +208,9 @@ impl TimeRange {
 /// The order of a vital-sign search.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum VitalSort {
-    /// Most recently stored first (storage id descending); stable while new data arrives.
+    /// Most recently stored first (storage id descending); stable while new data arrives. The default of a search
+    /// across patients (served by the `id` index); one patient's search defaults to [`VitalSort::DateDesc`], which
+    /// the patient time index serves (cloud/src/api.rs, migration 0013).
     #[default]
     Newest,
     /// Latest measurement first (`_sort=-date`), ties by id.
@@ -397,6 +400,19 @@ pub(crate) fn encounter_patients<'a>(
     keys
 }
 
+/// The distinct (patient, LOINC code) pairs of vital signs, sorted, for the `patient_codes` table (migration 0013),
+/// sorted for the same reason as [`encounter_patients`]. A metric without a LOINC code gives `""`.
+pub(crate) fn patient_codes<'a>(
+    vitals: impl Iterator<Item = &'a VitalSign>,
+) -> Vec<(&'a str, &'static str)> {
+    let mut keys: Vec<_> = vitals
+        .map(|v| (v.patient_id.as_str(), loinc_of(v.metric_mdc)))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
 /// The stored encounter columns of a vital sign: visit number and assigning authority, each `None` when empty
 /// (not known, not given).
 pub(crate) fn encounter_columns(v: &VitalSign) -> (Option<&str>, Option<&str>) {
@@ -421,7 +437,7 @@ pub(crate) fn loinc_of(mdc: u32) -> &'static str {
 }
 
 /// The LOINC code of an MDC code given as a search value ("" if none): searches by MDC code go through the
-/// `(patient_id, loinc, id)` index with `metric_mdc` as a filter.
+/// `patient_codes` catalog by LOINC (migration 0013) and filter on both `loinc` and `metric_mdc`.
 pub(crate) fn loinc_of_mdc(mdc: i64) -> &'static str {
     u32::try_from(mdc).map_or("", loinc_of)
 }
@@ -641,10 +657,58 @@ impl Store {
             PatientScope::OneOf(p) => p,
             PatientScope::Nobody => return Ok(Vec::new()),
         };
+        let narrowed;
+        let q = match self.codes_present(q, &patients).await? {
+            None => q,
+            Some(codes) if codes.is_empty() => return Ok(Vec::new()),
+            Some(codes) => {
+                narrowed = VitalQuery { codes, ..q.clone() };
+                &narrowed
+            }
+        };
         match self {
             Self::Sqlite(p) => sqlite::search_vitals(p, q, &patients).await,
             Self::Postgres(p) => postgres::search_vitals(p, q, &patients).await,
         }
+    }
+
+    /// For a search by patient (or stay) and code, the searched codes that any of its patients has a sample of,
+    /// from `patient_codes` (migration 0013); `None` when the search is not by both. A code no patient has is
+    /// dropped, so that the search does not read a patient's whole history through the time index looking for it.
+    async fn codes_present(
+        &self,
+        q: &VitalQuery,
+        patients: &[String],
+    ) -> Result<Option<Vec<CodeFilter>>, StorageError> {
+        if q.codes.is_empty() {
+            return Ok(None);
+        }
+        let patients: Vec<&str> = match (&q.patient, patients.is_empty()) {
+            (_, false) => patients.iter().map(String::as_str).collect(),
+            (Some(p), true) => vec![p.as_str()],
+            (None, true) => return Ok(None),
+        };
+        let sql = "SELECT loinc FROM patient_codes WHERE patient_id = $1";
+        let mut present = HashSet::new();
+        for p in patients {
+            let codes: Vec<String> = match self {
+                Self::Sqlite(pool) => sqlx::query_scalar(sql).bind(p).fetch_all(pool).await?,
+                Self::Postgres(pool) => sqlx::query_scalar(sql).bind(p).fetch_all(pool).await?,
+            };
+            present.extend(codes);
+        }
+        Ok(Some(
+            q.codes
+                .iter()
+                .filter(|c| {
+                    present.contains(match c {
+                        CodeFilter::Loinc(l) => l.as_str(),
+                        CodeFilter::Mdc(m) => loinc_of_mdc(*m),
+                    })
+                })
+                .cloned()
+                .collect(),
+        ))
     }
 
     /// The patients a vital-sign search is narrowed to by its encounter: the visit's patients from `encounters`

@@ -246,6 +246,24 @@ async fn ingest_claiming(
         .await?;
     }
 
+    // Each patient's codes, for searches of a code the patient has no sample of (migration 0013); as above, a
+    // known pair costs a primary-key probe and writes nothing.
+    let codes = super::patient_codes(fresh.iter().filter_map(|(_, p)| match p {
+        Payload::Vital(v) => Some(v),
+        _ => None,
+    }));
+    if !codes.is_empty() {
+        let (patients, loincs): (Vec<&str>, Vec<&str>) = codes.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO patient_codes (patient_id, loinc)
+             SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&patients)
+        .bind(&loincs)
+        .execute(&mut *tx)
+        .await?;
+    }
+
     // Devices in device-id order: batches of one stream are stored concurrently (cloud/src/sync.rs), and two
     // transactions upserting the same devices in different orders could deadlock.
     let mut others: Vec<&(&IngestItem, &Payload)> = fresh

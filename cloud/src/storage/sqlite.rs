@@ -122,6 +122,16 @@ pub(super) async fn ingest(
         });
         qb.build().execute(&mut *tx).await?;
     }
+    // Each patient's codes (migration 0013), likewise.
+    let codes = super::patient_codes(vitals.iter().map(|(_, v)| *v));
+    for chunk in codes.chunks(CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT OR IGNORE INTO patient_codes (patient_id, loinc) ");
+        qb.push_values(chunk, |mut b, (patient, loinc)| {
+            b.push_bind(*patient).push_bind(*loinc);
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
     for (_, p) in &fresh {
         match p {
             Payload::Vital(_) => {}

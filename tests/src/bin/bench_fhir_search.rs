@@ -135,6 +135,16 @@ async fn fill(url: &str, args: &Args) -> Result<()> {
     )))
     .execute(&mut conn)
     .await?;
+    // Each patient's codes, as the ingest records them (migration 0013).
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO patient_codes (patient_id, loinc) \
+         SELECT DISTINCT 'SIM' || lpad(g::text, 6, '0'), l FROM generate_series(0, {}) g, unnest({}) l \
+         ON CONFLICT DO NOTHING",
+        args.patients.saturating_sub(1),
+        sql_array_text(loincs.iter().cloned()),
+    )))
+    .execute(&mut conn)
+    .await?;
     sqlx::query("ANALYZE vital_signs")
         .execute(&mut conn)
         .await?;
