@@ -3060,7 +3060,10 @@ mod tests {
         let sort = |q: &str| parse_obs(Some(q)).map(|s| s.sort).unwrap();
         // One patient's or one stay's vital signs, with or without a code: latest measurement first.
         assert_eq!(sort("patient=MRN1"), VitalSort::DateDesc);
-        assert_eq!(sort("subject=Patient/MRN1&code=8867-4"), VitalSort::DateDesc);
+        assert_eq!(
+            sort("subject=Patient/MRN1&code=8867-4"),
+            VitalSort::DateDesc
+        );
         assert_eq!(sort("encounter:identifier=V1"), VitalSort::DateDesc);
         // An explicit `_sort` wins, wherever it stands in the query.
         assert_eq!(sort("_sort=date&patient=MRN1"), VitalSort::DateAsc);

@@ -71,19 +71,43 @@ async fn code_search_survives_0013(store: &Store) {
     let seqs = |rows: Vec<wardwatch_cloud::storage::VitalRow>| {
         rows.iter().map(|r| r.sequence).collect::<Vec<_>>()
     };
-    let hr = store.search_vitals(&search("MRN-1", "8867-4")).await.expect("search");
+    let hr = store
+        .search_vitals(&search("MRN-1", "8867-4"))
+        .await
+        .expect("search");
     assert_eq!(seqs(hr), vec![3, 2, 1]);
     let by_mdc = VitalQuery {
         codes: vec![CodeFilter::Mdc(147842)],
         ..search("MRN-2", "")
     };
-    assert_eq!(seqs(store.search_vitals(&by_mdc).await.expect("search")), vec![4]);
+    assert_eq!(
+        seqs(store.search_vitals(&by_mdc).await.expect("search")),
+        vec![4]
+    );
     for (patient, code) in [("MRN-1", "2708-6"), ("MRN-3", "8867-4")] {
         assert!(
-            store.search_vitals(&search(patient, code)).await.expect("search").is_empty(),
+            store
+                .search_vitals(&search(patient, code))
+                .await
+                .expect("search")
+                .is_empty(),
             "{patient} has no {code}"
         );
+        assert_eq!(
+            store
+                .count_vitals_matching(&search(patient, code))
+                .await
+                .expect("count"),
+            0
+        );
     }
+    assert_eq!(
+        store
+            .count_vitals_matching(&search("MRN-1", "8867-4"))
+            .await
+            .expect("count"),
+        3
+    );
 }
 
 #[tokio::test]
@@ -182,7 +206,10 @@ async fn postgres_0012_keeps_encounter_search() {
     .fetch_one(&check)
     .await
     .expect("catalogue");
-    assert_eq!(indexes, 0, "0013 drops the per-code index on every partition");
+    assert_eq!(
+        indexes, 0,
+        "0013 drops the per-code index on every partition"
+    );
     check.close().await;
     store.close().await;
     db.drop_now().await.expect("drop database");

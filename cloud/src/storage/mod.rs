@@ -18,6 +18,7 @@ mod postgres;
 mod sqlite;
 mod subscriptions;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
@@ -657,36 +658,32 @@ impl Store {
             PatientScope::OneOf(p) => p,
             PatientScope::Nobody => return Ok(Vec::new()),
         };
-        let narrowed;
-        let q = match self.codes_present(q, &patients).await? {
-            None => q,
-            Some(codes) if codes.is_empty() => return Ok(Vec::new()),
-            Some(codes) => {
-                narrowed = VitalQuery { codes, ..q.clone() };
-                &narrowed
-            }
+        let Some(q) = self.with_present_codes(q, &patients).await? else {
+            return Ok(Vec::new());
         };
+        let q: &VitalQuery = &q;
         match self {
             Self::Sqlite(p) => sqlite::search_vitals(p, q, &patients).await,
             Self::Postgres(p) => postgres::search_vitals(p, q, &patients).await,
         }
     }
 
-    /// For a search by patient (or stay) and code, the searched codes that any of its patients has a sample of,
-    /// from `patient_codes` (migration 0013); `None` when the search is not by both. A code no patient has is
-    /// dropped, so that the search does not read a patient's whole history through the time index looking for it.
-    async fn codes_present(
+    /// A search by patient (or stay) and code keeps only the codes that one of its patients has a sample of, from
+    /// `patient_codes` (migration 0013), so that it does not read a patient's whole history through the time index
+    /// looking for a code that is not there; `None` when no searched code is left (nothing can match). Other
+    /// searches are returned as they are.
+    async fn with_present_codes<'q>(
         &self,
-        q: &VitalQuery,
+        q: &'q VitalQuery,
         patients: &[String],
-    ) -> Result<Option<Vec<CodeFilter>>, StorageError> {
+    ) -> Result<Option<Cow<'q, VitalQuery>>, StorageError> {
         if q.codes.is_empty() {
-            return Ok(None);
+            return Ok(Some(Cow::Borrowed(q)));
         }
         let patients: Vec<&str> = match (&q.patient, patients.is_empty()) {
             (_, false) => patients.iter().map(String::as_str).collect(),
             (Some(p), true) => vec![p.as_str()],
-            (None, true) => return Ok(None),
+            (None, true) => return Ok(Some(Cow::Borrowed(q))),
         };
         let sql = "SELECT loinc FROM patient_codes WHERE patient_id = $1";
         let mut present = HashSet::new();
@@ -697,18 +694,22 @@ impl Store {
             };
             present.extend(codes);
         }
-        Ok(Some(
-            q.codes
-                .iter()
-                .filter(|c| {
-                    present.contains(match c {
-                        CodeFilter::Loinc(l) => l.as_str(),
-                        CodeFilter::Mdc(m) => loinc_of_mdc(*m),
-                    })
+        let codes: Vec<CodeFilter> = q
+            .codes
+            .iter()
+            .filter(|c| {
+                present.contains(match c {
+                    CodeFilter::Loinc(l) => l.as_str(),
+                    CodeFilter::Mdc(m) => loinc_of_mdc(*m),
                 })
-                .cloned()
-                .collect(),
-        ))
+            })
+            .cloned()
+            .collect();
+        Ok(match codes.len() {
+            0 => None,
+            n if n == q.codes.len() => Some(Cow::Borrowed(q)),
+            _ => Some(Cow::Owned(VitalQuery { codes, ..q.clone() })),
+        })
     }
 
     /// The patients a vital-sign search is narrowed to by its encounter: the visit's patients from `encounters`
@@ -772,6 +773,10 @@ impl Store {
             PatientScope::OneOf(p) => p,
             PatientScope::Nobody => return Ok(0),
         };
+        let Some(q) = self.with_present_codes(q, &patients).await? else {
+            return Ok(0);
+        };
+        let q: &VitalQuery = &q;
         match self {
             Self::Sqlite(p) => {
                 let mut qb: sqlx::QueryBuilder<sqlx::Sqlite> =
