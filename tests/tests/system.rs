@@ -106,6 +106,29 @@ async fn ten_thousand_samples(database_url: Option<String>) -> Result<()> {
     .await?;
     assert_eq!(page.len(), expected);
     assert!(expected > 7, "the search spans several pages");
+    // Without `_sort`, one patient's search pages in the latest-measurement-first order (migration 0013): its
+    // next links carry that order's cursor and visit the same Observations, in the same order, as `_sort=-date`.
+    // (Here samples arrive in measurement order, so this guards the paging; which order is the default is
+    // `api::tests::a_patient_or_stay_search_defaults_to_latest_measurement_first`.)
+    let explicit = fhir_search_all(
+        &client,
+        &setup.token,
+        &format!(
+            "{}/Observation?patient={mrn}&code=http://loinc.org|8867-4&_sort=-date&_count=7",
+            cloud.fhir_base
+        ),
+    )
+    .await?;
+    let ids = |v: &[serde_json::Value]| -> Vec<String> {
+        v.iter()
+            .filter_map(|o| o["id"].as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(
+        ids(&page),
+        ids(&explicit),
+        "default order is latest measurement first"
+    );
 
     // Date-ordered paging, counts and date ranges agree with what the full search returned.
     let of_patient: Vec<&serde_json::Value> = all
