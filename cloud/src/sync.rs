@@ -25,7 +25,7 @@ use wardwatch_proto::validate::{self, Rejection};
 
 use crate::error::CloudError;
 use crate::registry::{EdgeRegistry, RegisteredEdge};
-use crate::storage::{IngestItem, Store};
+use crate::storage::{IngestItem, Store, StoredKeys};
 
 /// Counters of the sync service.
 #[derive(Debug, Default)]
@@ -62,6 +62,8 @@ pub struct SyncService {
     pipeline_depth: usize,
     /// Counters.
     stats: Arc<SyncServiceStats>,
+    /// Lookup-table keys already stored, so batches do not send them again (storage::StoredKeys).
+    stored_keys: Arc<StoredKeys>,
 }
 
 impl SyncService {
@@ -79,6 +81,7 @@ impl SyncService {
             max_batch_events,
             pipeline_depth: usize::try_from(pipeline_depth).unwrap_or(1).max(1),
             stats,
+            stored_keys: Arc::default(),
         }
     }
 
@@ -325,7 +328,11 @@ impl SyncService {
         }
         let through = batch.events.iter().map(|e| e.sequence).max().unwrap_or(0);
         let items = check_batch(edge, batch);
-        let outcome = self.store.ingest(edge.edge_id.as_str(), &items).await.map_err(|e| {
+        let outcome = self
+            .store
+            .ingest_with(edge.edge_id.as_str(), &items, &self.stored_keys)
+            .await
+            .map_err(|e| {
             warn!(edge = %edge.edge_id, batch_id, error = %e, "batch not stored; edge will resend");
             Status::from(CloudError::from(e))
         })?;

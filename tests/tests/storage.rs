@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use wardwatch::TestDatabase;
 use wardwatch_cloud::storage::{
     AuditRecord, CodeFilter, DeviceQuery, EventQuery, GroupKind, GroupQuery, IngestItem, Store,
-    TimeRange, VitalQuery, VitalRow,
+    StoredKeys, TimeRange, VitalQuery, VitalRow,
 };
 use wardwatch_proto::metrics::{
     MDC_ECG_HEART_RATE, MDC_PRESS_BLD_NONINV, MDC_PRESS_BLD_NONINV_DIA, MDC_PRESS_BLD_NONINV_MEAN,
@@ -1519,6 +1519,82 @@ async fn channels_move(store: Store) {
     );
 }
 
+/// A shared [`StoredKeys`] keeps committed `encounters`/`patient_codes` keys from being sent again; a fresh one
+/// (what `Store::ingest` uses) sends them every time.
+async fn stored_keys_skip(store: Store) {
+    let visit = |mut v: VitalSign| {
+        v.encounter = Some(wardwatch_proto::v1::EncounterId {
+            visit_number: "V-1".into(),
+            assigning_authority: "HOSP".into(),
+        });
+        v
+    };
+    let batch = |first: u64| -> Vec<IngestItem> {
+        [MDC_ECG_HEART_RATE, MDC_RESP_RATE]
+            .into_iter()
+            .enumerate()
+            .map(|(i, mdc)| {
+                let seq = first + i as u64;
+                let at = T0 + i64::try_from(seq).expect("small") * 1_000;
+                item(
+                    seq,
+                    key(seq),
+                    Payload::Vital(visit(vital("MRN-1", mdc, 70.0, at))),
+                )
+            })
+            .collect()
+    };
+    let keys = StoredKeys::default();
+    store.ingest_with(EDGE, &batch(1), &keys).await.unwrap();
+    assert_eq!(
+        keys.len(),
+        3,
+        "one visit and two codes, remembered after commit"
+    );
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM patient_codes").await,
+        2
+    );
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM encounters").await, 1);
+
+    // Remove the rows behind the process's back (they are never removed otherwise): a batch with the shared keys
+    // does not send them again, one with fresh keys does.
+    for sql in ["DELETE FROM patient_codes", "DELETE FROM encounters"] {
+        match &store {
+            Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+            Store::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+        }
+        .expect("delete");
+    }
+    store.ingest_with(EDGE, &batch(3), &keys).await.unwrap();
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM patient_codes").await,
+        0
+    );
+    store.ingest(EDGE, &batch(5)).await.unwrap();
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM patient_codes").await,
+        2
+    );
+    assert_eq!(scalar(&store, "SELECT COUNT(*) FROM encounters").await, 1);
+
+    // A resend of stored sequences (PostgreSQL retries it row by row after the first attempt rolls back) stores
+    // nothing new and leaves the remembered keys as they were.
+    let out = store.ingest_with(EDGE, &batch(1), &keys).await.unwrap();
+    assert!(out.claimed.iter().all(|c| !c), "every item is a replay");
+    assert_eq!(keys.len(), 3);
+    let hr = store
+        .search_vitals(&VitalQuery {
+            patient: Some("MRN-1".into()),
+            codes: vec![CodeFilter::Loinc("8867-4".into())],
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(seqs_of(&hr), vec![5, 3, 1]);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Two tests per scenario
 // ---------------------------------------------------------------------------------------------------------------
@@ -1582,4 +1658,5 @@ both_backends!(
     event_searches,
     event_index_backfill,
     channels_move,
+    stored_keys_skip,
 );

@@ -16,6 +16,7 @@ mod nodelay;
 mod partitions;
 mod postgres;
 mod sqlite;
+mod stored_keys;
 mod subscriptions;
 
 use std::borrow::Cow;
@@ -38,6 +39,7 @@ pub use events::{
     infusion_state_code,
 };
 pub use ledger::EarlierRejection;
+pub use stored_keys::StoredKeys;
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
@@ -645,9 +647,21 @@ impl Store {
         edge_id: &str,
         items: &[IngestItem],
     ) -> Result<IngestOutcome, StorageError> {
+        self.ingest_with(edge_id, items, &StoredKeys::default())
+            .await
+    }
+
+    /// [`Store::ingest`], skipping the lookup-table keys `keys` knows to be stored and remembering the ones this
+    /// batch committed ([`StoredKeys`]); the sync service keeps one `keys` for all its batches.
+    pub async fn ingest_with(
+        &self,
+        edge_id: &str,
+        items: &[IngestItem],
+        keys: &StoredKeys,
+    ) -> Result<IngestOutcome, StorageError> {
         match self {
-            Self::Sqlite(p) => sqlite::ingest(p, edge_id, items).await,
-            Self::Postgres(p) => postgres::ingest(p, edge_id, items).await,
+            Self::Sqlite(p) => sqlite::ingest(p, edge_id, items, keys).await,
+            Self::Postgres(p) => postgres::ingest(p, edge_id, items, keys).await,
         }
     }
 

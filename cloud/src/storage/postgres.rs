@@ -8,8 +8,8 @@ use wardwatch_proto::v1::edge_event::Payload;
 
 use super::{
     DeviceRow, IngestItem, IngestOutcome, OUTCOME_REJECTED, OUTCOME_STORED, StorageError,
-    VitalQuery, VitalRow, components_json, encounter_columns, event_kind, loinc_of, quality_mask,
-    ward_bed,
+    StoredKeys, VitalQuery, VitalRow, components_json, encounter_columns, event_kind, loinc_of,
+    quality_mask, ward_bed,
 };
 
 fn seq(s: u64) -> i64 {
@@ -20,13 +20,14 @@ pub(super) async fn ingest(
     pool: &PgPool,
     edge_id: &str,
     items: &[IngestItem],
+    stored: &StoredKeys,
 ) -> Result<IngestOutcome, StorageError> {
     // Almost every batch is new: claim its sequences with a plain insert first. A batch that holds a sequence
     // already in the ledger (a resend after a reconnect or a cloud restart) makes that insert fail on the ledger's
     // primary key before anything else is written; it is then stored again with the per-row claim, which skips
     // the stored sequences. The plain insert costs about half of `ON CONFLICT DO NOTHING RETURNING` per row
     // (docs/benchmarks.md).
-    match ingest_claiming(pool, edge_id, items, Claim::AllNew).await {
+    match ingest_claiming(pool, edge_id, items, Claim::AllNew, stored).await {
         Err(StorageError::Database(sqlx::Error::Database(e)))
             if e.code().as_deref() == Some("23505")
                 && e.constraint() == Some("sync_ledger_pkey") =>
@@ -35,7 +36,7 @@ pub(super) async fn ingest(
                 edge_id,
                 "batch holds stored sequences; storing it row by row"
             );
-            ingest_claiming(pool, edge_id, items, Claim::SkipStored).await
+            ingest_claiming(pool, edge_id, items, Claim::SkipStored, stored).await
         }
         other => other,
     }
@@ -55,6 +56,7 @@ async fn ingest_claiming(
     edge_id: &str,
     items: &[IngestItem],
     claim: Claim,
+    stored: &StoredKeys,
 ) -> Result<IngestOutcome, StorageError> {
     let now = wardwatch_proto::now_unix_ms();
     // Day partitions for this batch's Observations, before the transaction that writes them (creating one takes
@@ -219,13 +221,15 @@ async fn ingest_claiming(
         copy.send(data).await?;
         copy.finish().await?;
     }
-    // The visits named, for the encounter search (migration 0012). A known visit costs a primary-key probe and
-    // writes nothing (ON CONFLICT checks before inserting); the keys are sorted, so concurrent batches insert new
-    // ones in one order.
-    let encounters = super::encounter_patients(fresh.iter().filter_map(|(_, p)| match p {
-        Payload::Vital(v) => Some(v),
-        _ => None,
-    }));
+    // The visits named, for the encounter search (migration 0012). Keys this process saw committed are not sent
+    // (`StoredKeys`); any other known visit costs a primary-key probe and writes nothing (ON CONFLICT checks
+    // before inserting); the keys are sorted, so concurrent batches insert new ones in one order.
+    let encounters = stored.unseen_encounters(super::encounter_patients(fresh.iter().filter_map(
+        |(_, p)| match p {
+            Payload::Vital(v) => Some(v),
+            _ => None,
+        },
+    )));
     if !encounters.is_empty() {
         let mut visits = Vec::with_capacity(encounters.len());
         let mut authorities = Vec::with_capacity(encounters.len());
@@ -248,12 +252,14 @@ async fn ingest_claiming(
 
     // Each patient's codes, for searches of a code the patient has no sample of (migration 0013); as above, a
     // known pair costs a primary-key probe and writes nothing.
-    let codes = super::patient_codes(fresh.iter().filter_map(|(_, p)| match p {
-        Payload::Vital(v) => Some(v),
-        _ => None,
-    }));
+    let codes = stored.unseen_codes(super::patient_codes(fresh.iter().filter_map(
+        |(_, p)| match p {
+            Payload::Vital(v) => Some(v),
+            _ => None,
+        },
+    )));
     if !codes.is_empty() {
-        let (patients, loincs): (Vec<&str>, Vec<&str>) = codes.into_iter().unzip();
+        let (patients, loincs): (Vec<&str>, Vec<&str>) = codes.iter().copied().unzip();
         sqlx::query(
             "INSERT INTO patient_codes (patient_id, loinc)
              SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
@@ -440,6 +446,7 @@ async fn ingest_claiming(
     // Topic-based subscriptions: their events commit with the data that triggered them.
     super::subscriptions::record_postgres(&mut tx, edge_id, &fresh, now).await?;
     tx.commit().await?;
+    stored.remember(&encounters, &codes);
     let replayed = items
         .iter()
         .zip(&claimed_items)

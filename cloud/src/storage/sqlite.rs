@@ -8,8 +8,8 @@ use wardwatch_proto::v1::edge_event::Payload;
 
 use super::{
     DeviceRow, IngestItem, IngestOutcome, OUTCOME_REJECTED, OUTCOME_STORED, StorageError,
-    VitalQuery, VitalRow, components_json, encounter_columns, event_kind, loinc_of, quality_mask,
-    ward_bed,
+    StoredKeys, VitalQuery, VitalRow, components_json, encounter_columns, event_kind, loinc_of,
+    quality_mask, ward_bed,
 };
 
 /// Rows per statement: SQLite allows 32,766 bound parameters; the widest insert binds 17 per row.
@@ -19,6 +19,7 @@ pub(super) async fn ingest(
     pool: &SqlitePool,
     edge_id: &str,
     items: &[IngestItem],
+    keys: &StoredKeys,
 ) -> Result<IngestOutcome, StorageError> {
     let now = wardwatch_proto::now_unix_ms();
     let mut tx = pool.begin().await?;
@@ -109,8 +110,10 @@ pub(super) async fn ingest(
         });
         qb.build().execute(&mut *tx).await?;
     }
-    // The visits named, for the encounter search (migration 0012); a known one costs one primary-key probe.
-    let encounters = super::encounter_patients(vitals.iter().map(|(_, v)| *v));
+    // The visits named, for the encounter search (migration 0012); those this process saw committed are not sent
+    // (`StoredKeys`), any other known one costs one primary-key probe.
+    let encounters =
+        keys.unseen_encounters(super::encounter_patients(vitals.iter().map(|(_, v)| *v)));
     for chunk in encounters.chunks(CHUNK) {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT OR IGNORE INTO encounters (visit_number, assigning_authority, patient_id) ",
@@ -123,7 +126,7 @@ pub(super) async fn ingest(
         qb.build().execute(&mut *tx).await?;
     }
     // Each patient's codes (migration 0013), likewise.
-    let codes = super::patient_codes(vitals.iter().map(|(_, v)| *v));
+    let codes = keys.unseen_codes(super::patient_codes(vitals.iter().map(|(_, v)| *v)));
     for chunk in codes.chunks(CHUNK) {
         let mut qb: QueryBuilder<Sqlite> =
             QueryBuilder::new("INSERT OR IGNORE INTO patient_codes (patient_id, loinc) ");
@@ -219,6 +222,7 @@ pub(super) async fn ingest(
     // Topic-based subscriptions: their events commit with the data that triggered them.
     super::subscriptions::record_sqlite(&mut tx, edge_id, &fresh, now).await?;
     tx.commit().await?;
+    keys.remember(&encounters, &codes);
     let replayed = items
         .iter()
         .zip(&claimed_items)

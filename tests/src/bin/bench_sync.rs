@@ -3,7 +3,8 @@
 //!
 //! For each backend it reports, in one run:
 //! - `outbox`: edge accept → durable outbox only (no network), events/s;
-//! - `store`: cloud `Store::ingest` only (no network, no edge), events/s;
+//! - `store`: cloud `Store::ingest_with` only, with one `StoredKeys` as the sync service keeps (no network, no
+//!   edge), events/s;
 //! - `e2e-max`: end to end with everything offered at once, events/s from first accept to last acknowledgement;
 //! - `e2e-rate`: end to end at a fixed offered rate, achieved events/s and latency p50/p99/max from "accepted
 //!   at the edge" to "acknowledged as stored by the cloud";
@@ -20,7 +21,7 @@ use clap::Parser;
 use wardwatch::{
     CloudHandle, EdgeHandle, TestDatabase, cloud_config, dev_setup, edge_config, simulated_vitals,
 };
-use wardwatch_cloud::storage::{IngestItem, Store};
+use wardwatch_cloud::storage::{IngestItem, Store, StoredKeys};
 use wardwatch_edge::node::Incoming;
 
 #[derive(Parser)]
@@ -55,6 +56,8 @@ fn pct(sorted: &[u32], p: f64) -> u32 {
 
 async fn store_only(url: &str, events: &[Incoming]) -> Result<f64> {
     let store = Store::connect(url).await?;
+    // As the sync service does: one set of lookup-table keys already stored, shared by every batch.
+    let keys = StoredKeys::default();
     let t = Instant::now();
     for (b, chunk) in events.chunks(2_000).enumerate() {
         let items: Vec<IngestItem> = chunk
@@ -66,7 +69,7 @@ async fn store_only(url: &str, events: &[Incoming]) -> Result<f64> {
                 outcome: Ok(e.payload.clone()),
             })
             .collect();
-        store.ingest("bench-store-only", &items).await?;
+        store.ingest_with("bench-store-only", &items, &keys).await?;
     }
     let rate = events.len() as f64 / t.elapsed().as_secs_f64();
     store.close().await;
