@@ -268,7 +268,7 @@ async fn main() -> Result<()> {
             }
         };
         let s = store_only(&store_url, &events).await?;
-        println!("{name} store-only (Store::ingest, 2,000-event batches): {s:.0} events/s");
+        println!("{name} store-only (Store::ingest_with, 2,000-event batches): {s:.0} events/s");
         // Each end-to-end run on PostgreSQL gets its own database so runs do not see each other's rows.
         let (max_db, rate_db) = if db.is_some() {
             (
