@@ -184,8 +184,12 @@ def _masked_std(y, lo, hi):
 
 
 def _slope(y, lo, hi):
-    seg = y[:, lo:hi]
-    x = _X[lo:hi][None, :]
+    return masked_slope(y[:, lo:hi], _X[lo:hi][None, :])
+
+
+def masked_slope(seg, x):
+    """Least-squares slope of each row of `seg` (NaN = missing) against positions `x` (broadcast to `seg`);
+    0 where fewer than 3 values or no spread."""
     m = ~np.isnan(seg)
     cnt = m.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

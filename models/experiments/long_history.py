@@ -102,20 +102,6 @@ def masked_median(v):
     return med, cnt
 
 
-def masked_slope(v, x):
-    m = ~np.isnan(v)
-    cnt = m.sum(axis=1)
-    xx = np.broadcast_to(x[None, :], v.shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mx = np.where(m, xx, 0.0).sum(axis=1) / cnt
-        my = np.where(m, v, 0.0).sum(axis=1) / cnt
-        dx = np.where(m, xx - mx[:, None], 0.0)
-        dy = np.where(m, v - my[:, None], 0.0)
-        sxx = (dx * dx).sum(axis=1)
-        sl = (dx * dy).sum(axis=1) / sxx
-    return np.where((cnt >= 3) & (sxx > 0), sl, 0.0)
-
-
 def masked_extreme(v, is_max):
     m = ~np.isnan(v)
     e = np.where(m, v, -np.inf if is_max else np.inf)
@@ -174,7 +160,7 @@ def long_features(c: C.Cohort, d: C.DetData, cohort_index: int):
             # slopes over 8 h and 12 h (OLS per hour over the valid bins available; 0 if < 3 bins).
             for hrs in (8, 12):
                 v, x = seg(y, cur, 0, hrs * H)
-                add("slope_8h_12h", f"{vn}_slope_{hrs}h", masked_slope(v, x))
+                add("slope_8h_12h", f"{vn}_slope_{hrs}h", F.masked_slope(v, x[None, :]))
             # extremes over 8 h and 12 h (fallback: now).
             is_max = vn in ("hr", "rr", "temp")
             for hrs in (8, 12):
