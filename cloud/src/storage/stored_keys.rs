@@ -34,6 +34,11 @@ fn lock(m: &Mutex<HashSet<String>>) -> MutexGuard<'_, HashSet<String>> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A key of one of the tables, written into a buffer as its parts joined with NUL.
+trait JoinedKey {
+    fn join_into(&self, buf: &mut String);
+}
+
 fn join(buf: &mut String, parts: &[&str]) {
     buf.clear();
     for (i, p) in parts.iter().enumerate() {
@@ -44,11 +49,21 @@ fn join(buf: &mut String, parts: &[&str]) {
     }
 }
 
-fn unseen<K: Copy>(
-    set: &Mutex<HashSet<String>>,
-    keys: Vec<K>,
-    parts: impl Fn(&K) -> Vec<&str>,
-) -> Vec<K> {
+/// `(visit number, assigning authority or "", patient)` of `encounters`.
+impl JoinedKey for (&str, &str, &str) {
+    fn join_into(&self, buf: &mut String) {
+        join(buf, &[self.0, self.1, self.2]);
+    }
+}
+
+/// `(patient, LOINC code or "")` of `patient_codes`.
+impl JoinedKey for (&str, &'static str) {
+    fn join_into(&self, buf: &mut String) {
+        join(buf, &[self.0, self.1]);
+    }
+}
+
+fn unseen<K: JoinedKey>(set: &Mutex<HashSet<String>>, keys: Vec<K>) -> Vec<K> {
     let known = lock(set);
     if known.is_empty() {
         return keys;
@@ -56,13 +71,13 @@ fn unseen<K: Copy>(
     let mut buf = String::new();
     keys.into_iter()
         .filter(|k| {
-            join(&mut buf, &parts(k));
+            k.join_into(&mut buf);
             !known.contains(buf.as_str())
         })
         .collect()
 }
 
-fn remember<K>(set: &Mutex<HashSet<String>>, keys: &[K], parts: impl Fn(&K) -> Vec<&str>) {
+fn remember<K: JoinedKey>(set: &Mutex<HashSet<String>>, keys: &[K]) {
     if keys.is_empty() {
         return;
     }
@@ -72,7 +87,7 @@ fn remember<K>(set: &Mutex<HashSet<String>>, keys: &[K], parts: impl Fn(&K) -> V
     }
     for k in keys.iter().take(CAPACITY) {
         let mut buf = String::new();
-        join(&mut buf, &parts(k));
+        k.join_into(&mut buf);
         known.insert(buf);
     }
 }
@@ -83,7 +98,7 @@ impl StoredKeys {
         &self,
         keys: Vec<(&'a str, &'a str, &'a str)>,
     ) -> Vec<(&'a str, &'a str, &'a str)> {
-        unseen(&self.encounters, keys, |(v, a, p)| vec![*v, *a, *p])
+        unseen(&self.encounters, keys)
     }
 
     /// The `patient_codes` keys of `keys` not known to be stored.
@@ -91,7 +106,7 @@ impl StoredKeys {
         &self,
         keys: Vec<(&'a str, &'static str)>,
     ) -> Vec<(&'a str, &'static str)> {
-        unseen(&self.codes, keys, |(p, l)| vec![*p, *l])
+        unseen(&self.codes, keys)
     }
 
     /// Remembers keys whose transaction committed.
@@ -100,8 +115,8 @@ impl StoredKeys {
         encounters: &[(&str, &str, &str)],
         codes: &[(&str, &'static str)],
     ) {
-        remember(&self.encounters, encounters, |(v, a, p)| vec![*v, *a, *p]);
-        remember(&self.codes, codes, |(p, l)| vec![*p, *l]);
+        remember(&self.encounters, encounters);
+        remember(&self.codes, codes);
     }
 
     /// Keys remembered (both tables), for tests and logs.
