@@ -115,6 +115,7 @@ def load(name: str, path: str) -> Cohort:
                 "began": int(r["began_at_unix_ms"]),
                 "ended": _opt_int(r["ended_at_unix_ms"]),
                 "peak": _opt_int(r["peak_at_unix_ms"]),
+                "onset": _opt_int(r["onset_at_unix_ms"]),
                 "should_alarm": r["should_alarm"] == "1",
                 "expected_priority": r["expected_priority"],
                 "device_flagged": r["device_flagged"],

@@ -41,7 +41,9 @@ STEP_MIN = 10
 # SemVer per model. Deterioration 1.1.0: chosen among weighted candidates by a rule that includes lead time.
 # Deterioration 1.1.1: the same weights as 1.1.0; its manifest adds the alarm threshold (NEWS2 >= 7's alert rate).
 # Artifact 1.0.1: the same weights and bytes as 1.0.0; its manifest names more held-out cohorts.
-VERSIONS = {"deterioration": "1.1.1", "artifact": "1.0.1"}
+# Deterioration 1.2.0 and artifact 1.1.0: retrained on the simulator with prodromes and sepsis's loss of heart-rate
+# variability (new cohorts; the recipe and selection rule unchanged).
+VERSIONS = {"deterioration": "1.2.0", "artifact": "1.1.0"}
 RNG_SEED = 20261123
 
 

@@ -521,6 +521,9 @@ struct Baseline {
     sbp: f64,
     /// Diastolic as a share of systolic.
     dbp_ratio: f64,
+    /// Scale of the heart rate's wander around its centre (1 = the patient's own variability; a sepsis lowers
+    /// it, see `scenarios`). Scales the noise output only, so the noise streams are the same at any value.
+    hr_variability: f64,
     /// Level of consciousness, one of the ACVPU letters.
     acvpu: &'static str,
 }
@@ -608,6 +611,7 @@ impl Bed {
             temp_c: prng.uniform(36.2, 37.5),
             sbp,
             dbp_ratio: prng.uniform(0.6, 0.7),
+            hr_variability: 1.0,
             acvpu: if prng.next_f64() < 0.05 { "C" } else { "A" },
         };
         let serial = (prng.next_u64() >> 32) as u32;
@@ -689,7 +693,9 @@ impl Bed {
         match channel {
             Channel::Monitor => {
                 let m = &mut self.monitor;
-                let hr_raw = target.hr + m.hr.step(&mut m.rng);
+                // At the default variability of 1 this is exactly the value without any scenario.
+                let hr_raw =
+                    target.hr + m.hr.step(&mut m.rng) * target.hr_variability.clamp(0.1, 1.0);
                 let pr_raw = hr_raw + m.pr_offset.step(&mut m.rng);
                 let rr = clamp_round(target.rr + m.rr.step(&mut m.rng), RR_RANGE, 0);
                 let spo2_raw = target.spo2 + m.spo2.step(&mut m.rng);

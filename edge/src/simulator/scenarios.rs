@@ -12,8 +12,9 @@
 //!   its own pseudo-random stream keyed by `(seed, bed, kind, start)`, so a scenario plays the same whatever else
 //!   is scheduled.
 //! - **Physiological** scenarios add offsets to the values the patient's physiology is centred on
-//!   (`Bed::targets`); the noise around them is unchanged. Outside a scenario's window a bed's vital signs are
-//!   therefore *exactly* those of the same ward without the scenario.
+//!   (`Bed::targets`); the noise streams are unchanged (a sepsis scales the heart rate's noise output, not its
+//!   stream). Outside a scenario's window a bed's vital signs are therefore *exactly* those of the same ward
+//!   without the scenario.
 //! - **Signal disturbances** (motion artefact, probe off) replace or flag emitted samples without touching the
 //!   noise streams either.
 //! - **Infusion faults** act in the drip monitor's step; they change the bag's course (a faster drip empties the
@@ -44,6 +45,32 @@
 //! | [`ProbeOff`](ScenarioKind::ProbeOff) | for 30–300 s SpO2 and oximeter pulse-rate samples carry 0 flagged [`QualityFlag::SensorOff`](wardwatch_proto::v1::QualityFlag::SensorOff); ECG HR, RR continue | **no** physiological alarm; a LOW technical alarm ("check probe") is acceptable, so `expected_priority` is LOW |
 //! | [`TransientCoughOrTurn`](ScenarioKind::TransientCoughOrTurn) | 5–20 s smooth (sin²) bump that returns exactly to baseline: a cough (HR +15–30, RR +8–14) or a turn in bed (SpO2 −3–6, HR +5–10), half each; samples are not flagged | **no** (no alarm acceptable) |
 //!
+//! Physiology beyond what NEWS2 charts, in the same deteriorations: a sepsis lowers the heart rate's wander
+//! around its centre to 40–70 % of the patient's own by the peak (loss of heart-rate variability accompanies
+//! sepsis and its severity; Ahmad et al., PLoS One 2009;4:e6642, Bravi et al., PLoS One 2012;7:e45666), and a
+//! hypovolaemia narrows the pulse pressure (diastolic +4–8 % of systolic: compensatory vasoconstriction, the
+//! ATLS class II picture).
+//!
+//! # Prodromes
+//!
+//! Deteriorations on a ward are rarely sudden: most in-hospital cardiac arrests have an abnormal vital sign 1–4 h
+//! before (59 % in Andersen et al., Resuscitation 2016;98:112–7), and composite heart-rate-variability measures
+//! changed well before a clinical sepsis diagnosis in 12 of 14 patients (Bravi et al. 2012). A deterioration may
+//! therefore have a **prodrome** ([`ScenarioSpec::prodrome_ms`]; a random mix gives one to
+//! [`RandomScenarioMix::prodrome_share`] of its deteriorations): subtle changes that build up (S-shaped) over the
+//! prodrome, are complete at the onset, and hand over to the main ramp. The magnitudes are deliberately small,
+//! mostly inside NEWS2's zero bands; they were set from the sources above before any model was trained on them,
+//! and are not a validated model of any disease:
+//!
+//! | kind | prodrome length (random mix) | changes by the onset |
+//! |---|---|---|
+//! | sepsis | 2–6 h | HR +3–8 /min, RR +1–3 /min, temperature +0.2–0.6 °C, heart-rate variability falling to its value at the peak (40–70 %) |
+//! | respiratory failure on oxygen | 1–3 h | RR +2–4 /min, SpO2 −0.5–1.5 %, HR +2–6 /min |
+//! | hypovolaemia | 30–90 min | HR +4–10 /min, pulse pressure narrowing to its value at the peak, systolic unchanged |
+//!
+//! With a prodrome, the label's `began_at` is the prodrome's start (the signals differ from then) and
+//! `onset_at` the onset of the main phase; without one both are the onset.
+//!
 //! Values stay clamped to the simulator's plausible ranges (e.g. SpO2 ≥ 80 %, systolic ≥ 70 mmHg); artefact
 //! samples use wider ranges (HR 30–250 /min, SpO2 50–100 %), still inside the possible ranges of
 //! [`wardwatch_proto::metrics`], so every event passes `wardwatch_proto::validate::event`.
@@ -65,7 +92,8 @@
 //! horizon and rounded) from the ward seed: deteriorations on distinct beds (respiratory failure first, those
 //! patients becoming scale 2), infusion faults on infusion beds, disturbances on any bed, without overlapping
 //! another scenario of the same group on the same bed where possible, plus a few stable scale-2 patients so
-//! that scale 2 alone does not predict a deterioration. Different seeds give different schedules; a different
+//! that scale 2 alone does not predict a deterioration, and a prodrome before an exact share of the
+//! deteriorations (drawn after everything else, so the rest of the schedule does not depend on it). Different seeds give different schedules; a different
 //! mix gives a differently composed cohort (e.g. a held-out test set).
 
 use std::collections::HashMap;
@@ -159,6 +187,18 @@ impl ScenarioKind {
         )
     }
 
+    /// The range (inclusive, ms) a random mix draws a deterioration's prodrome length from (see
+    /// [`ScenarioSpec::prodrome_ms`]); `(0, 0)` for kinds without a prodrome.
+    pub fn prodrome_range_ms(self) -> (i64, i64) {
+        let h = HOUR_MS as i64;
+        match self {
+            ScenarioKind::SepsisDeterioration => (2 * h, 6 * h),
+            ScenarioKind::RespiratoryFailureOnOxygen => (h, 3 * h),
+            ScenarioKind::Hypovolaemia => (h / 2, 3 * h / 2),
+            _ => (0, 0),
+        }
+    }
+
     /// The range (inclusive, ms) the main phase's duration is drawn from when [`ScenarioSpec::duration_ms`] is
     /// not set: the onset-to-peak ramp for deteriorations, the fault's length for infusion faults, the
     /// episode's length for disturbances, the labelling window for an explicit bag-runs-empty spec.
@@ -202,6 +242,11 @@ pub struct ScenarioSpec {
     /// Motion artefacts only: whether the monitor flags the disturbed samples as artefacts; `None`: drawn
     /// (flagged with probability 0.7). Ignored for other kinds.
     pub artifact_flagged: Option<bool>,
+    /// Deteriorations only: length of a prodrome before the onset (`start_unix_ms`), in which subtle changes
+    /// build up (see the module documentation); `None` or ≤ 0: no prodrome, the deterioration begins at its
+    /// onset with nothing before it. A random mix gives [`RandomScenarioMix::prodrome_share`] of its
+    /// deteriorations a prodrome. Ignored for other kinds.
+    pub prodrome_ms: Option<i64>,
 }
 
 impl ScenarioSpec {
@@ -214,6 +259,7 @@ impl ScenarioSpec {
             duration_ms: None,
             severity: None,
             artifact_flagged: None,
+            prodrome_ms: None,
         }
     }
 }
@@ -237,6 +283,9 @@ pub struct GroundTruthLabel {
     /// Deteriorations: when the full effect is first reached (the alarm should have reached
     /// `expected_priority` by then). `None` for other kinds.
     pub peak_at_unix_ms: Option<i64>,
+    /// Deteriorations: the onset of the main phase (the spec's start). It equals `began_at` unless a prodrome
+    /// precedes it, in which case `began_at` is the prodrome's start. `None` for other kinds.
+    pub onset_at_unix_ms: Option<i64>,
     /// Whether a correct system raises a patient or infusion alarm within the label's window.
     pub should_alarm: bool,
     /// If `should_alarm`: the least priority that alarm should reach. Otherwise: the highest priority of a
@@ -280,11 +329,17 @@ pub struct RandomScenarioMix {
     /// Further scale-2 patients on oxygen per 40 beds who stay stable, so that scale 2 alone does not give a
     /// respiratory failure away. Default 2.
     pub stable_scale2_patients: f64,
+    /// Share of the deteriorations that a prodrome precedes (exact, rounded to whole deteriorations; lengths
+    /// drawn from [`ScenarioKind::prodrome_range_ms`], cut so that the prodrome begins at or after the ward's
+    /// start). Default 0.6, after the 59 % of in-hospital cardiac arrests with an abnormal vital sign 1–4 h before
+    /// (Andersen et al., Resuscitation 2016;98:112–7).
+    pub prodrome_share: f64,
 }
 
 impl Default for RandomScenarioMix {
     /// 24 h; per 40 beds: 2 sepsis, 1 respiratory failure, 1 hypovolaemia, 3 drips sped up, 2 occlusions, 20
-    /// motion artefacts (70 % flagged), 10 probe-offs, 60 transient coughs or turns; 2 stable scale-2 patients.
+    /// motion artefacts (70 % flagged), 10 probe-offs, 60 transient coughs or turns; 2 stable scale-2 patients;
+    /// a prodrome before 60 % of the deteriorations.
     fn default() -> Self {
         Self {
             horizon_ms: DAY_MS as i64,
@@ -298,6 +353,7 @@ impl Default for RandomScenarioMix {
             transient_cough_or_turn: 60.0,
             artifact_flagged_share: 0.7,
             stable_scale2_patients: 2.0,
+            prodrome_share: 0.6,
         }
     }
 }
@@ -344,6 +400,10 @@ pub(super) struct Offsets {
     spo2: f64,
     temp_c: f64,
     sbp: f64,
+    /// Diastolic share of systolic (a narrowing pulse pressure raises it).
+    dbp_ratio: f64,
+    /// Scale of the heart rate's wander (1 = the patient's own).
+    hr_variability: f64,
 }
 
 /// How much of a physiological scenario's effect applies at a time, 0 to 1.
@@ -420,11 +480,14 @@ impl Envelope {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Effect {
     /// Shifts the physiology: `delta × envelope(t)` added to the baselines; new confusion while the envelope
-    /// is at least `confusion_from`.
+    /// is at least `confusion_from`. A prodrome, if any, adds `prodrome.1 × prodrome.0(t)` as well: its envelope
+    /// ramps up to the onset and fades while the main ramp takes over (the main delta is at least as large in
+    /// every parameter the prodrome moves, so the sum never overshoots the peak).
     Physiology {
         envelope: Envelope,
         delta: Offsets,
         confusion_from: Option<f64>,
+        prodrome: Option<(Envelope, Offsets)>,
     },
     /// Implausible HR/PR/SpO2 samples in `[start, end)`, flagged or not.
     Artifact {
@@ -449,24 +512,36 @@ fn acvpu_rank(l: &str) -> usize {
 
 /// Applies the physiological effects at `t` to the baselines.
 pub(super) fn apply(effects: &[Effect], t: i64, b: &mut Baseline) {
-    for e in effects {
-        let Effect::Physiology {
-            envelope,
-            delta,
-            confusion_from,
-        } = e
-        else {
-            continue;
-        };
-        let w = envelope.value(t);
-        if w <= 0.0 {
-            continue;
-        }
+    fn add(b: &mut Baseline, w: f64, delta: &Offsets) {
         b.hr += w * delta.hr;
         b.rr += w * delta.rr;
         b.spo2 += w * delta.spo2;
         b.temp_c += w * delta.temp_c;
         b.sbp += w * delta.sbp;
+        b.dbp_ratio += w * delta.dbp_ratio;
+        b.hr_variability += w * delta.hr_variability;
+    }
+    for e in effects {
+        let Effect::Physiology {
+            envelope,
+            delta,
+            confusion_from,
+            prodrome,
+        } = e
+        else {
+            continue;
+        };
+        if let Some((p_envelope, p_delta)) = prodrome {
+            let w = p_envelope.value(t);
+            if w > 0.0 {
+                add(b, w, p_delta);
+            }
+        }
+        let w = envelope.value(t);
+        if w <= 0.0 {
+            continue;
+        }
+        add(b, w, delta);
         if let Some(from) = confusion_from
             && w >= *from
             && acvpu_rank(b.acvpu) < acvpu_rank("C")
@@ -601,6 +676,12 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
     let variant_u = rng.next_f64();
     let flag_u = rng.next_f64();
     let key = rng.next_u64();
+    // Drawn after everything above, so that adding them left every earlier draw as it was.
+    let prodrome_u = [rng.next_f64(), rng.next_f64(), rng.next_f64()];
+    let variability_u = rng.next_f64();
+    let prodrome_len = spec
+        .prodrome_ms
+        .filter(|p| *p > 0 && kind.is_deterioration());
 
     let s = spec
         .severity
@@ -616,6 +697,7 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
     let label = |began: i64,
                  ended: i64,
                  peak: Option<i64>,
+                 onset: Option<i64>,
                  should_alarm: bool,
                  expected_priority: Option<AlarmPriority>,
                  device_flagged: Option<bool>,
@@ -626,6 +708,7 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
         began_at_unix_ms: began,
         ended_at_unix_ms: Some(ended),
         peak_at_unix_ms: peak,
+        onset_at_unix_ms: onset,
         should_alarm,
         expected_priority,
         device_flagged,
@@ -634,6 +717,7 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
     let physiology = |hold: (f64, f64),
                       recovery: (f64, f64),
                       peak: Offsets,
+                      prodrome_delta: Offsets,
                       confusion_from: Option<f64>,
                       expected: AlarmPriority,
                       what: &str| {
@@ -651,10 +735,58 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
             spo2: peak.spo2 - b.spo2,
             temp_c: peak.temp_c - b.temp_c,
             sbp: peak.sbp - b.sbp,
+            dbp_ratio: peak.dbp_ratio - b.dbp_ratio,
+            hr_variability: peak.hr_variability - b.hr_variability,
         };
+        // The prodrome ramps up to the onset and hands over to the main ramp (see `Effect::Physiology`).
+        let prodrome = prodrome_len.map(|len| {
+            let envelope = Envelope::Episode {
+                start: start.saturating_sub(len),
+                ramp: len,
+                hold: 1,
+                recovery: duration,
+            };
+            (envelope, prodrome_delta)
+        });
+        let began = prodrome_len.map_or(start, |len| start.saturating_sub(len));
+        let mut extra = String::new();
+        if delta.hr_variability < 0.0 {
+            extra += &format!(
+                ", heart-rate variability down to {:.0} % of the patient's own",
+                100.0 * peak.hr_variability
+            );
+        }
+        if delta.dbp_ratio > 0.0 {
+            extra += &format!(
+                ", pulse pressure narrowing (diastolic {:.0}→{:.0} % of systolic)",
+                100.0 * b.dbp_ratio,
+                100.0 * peak.dbp_ratio
+            );
+        }
+        if let Some(len) = prodrome_len {
+            let p = prodrome_delta;
+            extra += &format!(
+                "; preceded by a {} prodrome: HR {:+.0} /min, RR {:+.0} /min, SpO2 {:+.1} %, temperature {:+.1} °C{}{}",
+                dur(len),
+                p.hr,
+                p.rr,
+                p.spo2,
+                p.temp_c,
+                if p.hr_variability < 0.0 {
+                    ", heart-rate variability falling"
+                } else {
+                    ""
+                },
+                if p.dbp_ratio > 0.0 {
+                    ", pulse pressure narrowing"
+                } else {
+                    ""
+                },
+            );
+        }
         let description = format!(
             "{what}: over {} HR {:.0}→{:.0} /min, RR {:.0}→{:.0} /min, SpO2 {:.0}→{:.0} %, temperature \
-             {:.1}→{:.1} °C, systolic {:.0}→{:.0} mmHg{}; peak held {}, recovery over {}",
+             {:.1}→{:.1} °C, systolic {:.0}→{:.0} mmHg{}; peak held {}, recovery over {}{extra}",
             dur(duration),
             b.hr,
             peak.hr,
@@ -679,11 +811,13 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
                 envelope,
                 delta,
                 confusion_from,
+                prodrome,
             },
             label(
-                start,
+                began,
                 envelope.end(),
                 Some(start.saturating_add(duration)),
+                Some(start),
                 true,
                 Some(expected),
                 None,
@@ -697,6 +831,8 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
         spo2: b.spo2,
         temp_c: b.temp_c,
         sbp: b.sbp,
+        dbp_ratio: b.dbp_ratio,
+        hr_variability: b.hr_variability,
     };
 
     match kind {
@@ -708,11 +844,22 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
                 spo2: if ctx.scale2 { spo2 } else { spo2.min(94.0) },
                 temp_c: (b.temp_c + lerp(1.5, 2.5, s)).max(38.5),
                 sbp: b.sbp - lerp(20.0, 40.0, s),
+                hr_variability: b.hr_variability * lerp(0.4, 0.7, variability_u),
+                ..base
+            };
+            // Loss of heart-rate variability precedes the clinical signs and persists (see the module docs).
+            let prodrome = Offsets {
+                hr: lerp(3.0, 8.0, prodrome_u[0]),
+                rr: lerp(1.0, 3.0, prodrome_u[1]),
+                temp_c: lerp(0.2, 0.6, prodrome_u[2]),
+                hr_variability: peak.hr_variability - b.hr_variability,
+                ..Offsets::default()
             };
             physiology(
                 (HOUR_MS, 2.0 * HOUR_MS),
                 (2.0 * HOUR_MS, 4.0 * HOUR_MS),
                 peak,
+                prodrome,
                 Some(0.75),
                 AlarmPriority::High,
                 "Sepsis; NEWS2 ≥ 7 (HIGH) expected by the peak",
@@ -725,10 +872,17 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
                 spo2: (82.5 - 2.0 * s).min(b.spo2 - 5.0),
                 ..base
             };
+            let prodrome = Offsets {
+                hr: lerp(2.0, 6.0, prodrome_u[0]),
+                rr: lerp(2.0, 4.0, prodrome_u[1]),
+                spo2: -lerp(0.5, 1.5, prodrome_u[2]),
+                ..Offsets::default()
+            };
             physiology(
                 (HOUR_MS, 2.0 * HOUR_MS),
                 (HOUR_MS, 2.0 * HOUR_MS),
                 peak,
+                prodrome,
                 (s >= 0.5).then_some(0.8),
                 AlarmPriority::High,
                 "Hypercapnic respiratory failure on oxygen (SpO2 scale 2, target 88–92 %); NEWS2 ≥ 7 (HIGH) \
@@ -740,12 +894,20 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
                 hr: (b.hr + lerp(30.0, 50.0, s)).max(120.0),
                 rr: (b.rr + lerp(3.0, 6.0, s)).max(22.0),
                 sbp: (b.sbp - lerp(30.0, 50.0, s)).min(90.0),
+                dbp_ratio: b.dbp_ratio + lerp(0.04, 0.08, variability_u),
                 ..base
+            };
+            // Compensation first: the heart speeds up and the pulse pressure narrows while systolic holds.
+            let prodrome = Offsets {
+                hr: lerp(4.0, 10.0, prodrome_u[0]),
+                dbp_ratio: peak.dbp_ratio - b.dbp_ratio,
+                ..Offsets::default()
             };
             physiology(
                 (30.0 * MINUTE_MS, 60.0 * MINUTE_MS),
                 (30.0 * MINUTE_MS, 60.0 * MINUTE_MS),
                 peak,
+                prodrome,
                 None,
                 AlarmPriority::Medium,
                 "Hypovolaemia; NEWS2 ≥ 5 (at least MEDIUM) expected by the peak",
@@ -788,8 +950,18 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
                     envelope,
                     delta,
                     confusion_from: None,
+                    prodrome: None,
                 },
-                label(start, envelope.end(), None, false, None, None, description),
+                label(
+                    start,
+                    envelope.end(),
+                    None,
+                    None,
+                    false,
+                    None,
+                    None,
+                    description,
+                ),
             )
         }
         ScenarioKind::MotionArtifact => {
@@ -816,7 +988,16 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
                     flagged,
                     key,
                 },
-                label(start, end, None, false, None, Some(flagged), description),
+                label(
+                    start,
+                    end,
+                    None,
+                    None,
+                    false,
+                    None,
+                    Some(flagged),
+                    description,
+                ),
             )
         }
         ScenarioKind::ProbeOff => {
@@ -826,6 +1007,7 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
                 label(
                     start,
                     end,
+                    None,
                     None,
                     false,
                     Some(AlarmPriority::Low),
@@ -869,6 +1051,7 @@ pub(super) fn infusion_plan_label(
         began_at_unix_ms: p.start,
         ended_at_unix_ms: Some(p.start),
         peak_at_unix_ms: None,
+        onset_at_unix_ms: None,
         should_alarm: false,
         expected_priority: None,
         device_flagged: None,
@@ -934,6 +1117,7 @@ pub(super) fn bag_label(c: &BagCompletion<'_>, bed: u32, patient_id: &str) -> Gr
         began_at_unix_ms: began,
         ended_at_unix_ms: Some(c.completed_at),
         peak_at_unix_ms: None,
+        onset_at_unix_ms: None,
         should_alarm: true,
         expected_priority: Some(AlarmPriority::Low),
         device_flagged: None,
@@ -1084,6 +1268,30 @@ pub(super) fn schedule_mix(
     for (i, idx) in artifacts.into_iter().enumerate() {
         if let Some(s) = specs.get_mut(idx) {
             s.artifact_flagged = Some(i < n_flagged);
+        }
+    }
+
+    // Exactly the configured share of deteriorations has a prodrome (drawn last, so that the schedule above is
+    // what it was before prodromes existed).
+    let mut deteriorations: Vec<usize> = specs
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.kind.is_deterioration())
+        .map(|(i, _)| i)
+        .collect();
+    let share = if mix.prodrome_share.is_finite() {
+        mix.prodrome_share.clamp(0.0, 1.0)
+    } else {
+        0.6
+    };
+    let n_prodromes = (deteriorations.len() as f64 * share).round() as usize;
+    shuffle(&mut deteriorations, &mut rng);
+    for idx in deteriorations.into_iter().take(n_prodromes) {
+        let u = rng.next_f64();
+        if let Some(s) = specs.get_mut(idx) {
+            let (lo, hi) = s.kind.prodrome_range_ms();
+            let len = (lerp(lo as f64, hi as f64, u).round() as i64).min(s.start_unix_ms - start);
+            s.prodrome_ms = (len > 0).then_some(len);
         }
     }
 
@@ -1572,6 +1780,235 @@ mod tests {
             vitals(&without, 2, MDC_ECG_HEART_RATE)
         );
         with.iter().for_each(valid);
+    }
+
+    /// Standard deviation of `xs` around their least-squares line (the wander without the trend).
+    fn detrended_sd(series: &[&VitalSign], from: i64, to: i64) -> f64 {
+        let pts: Vec<(f64, f64)> = series
+            .iter()
+            .filter(|v| (from..to).contains(&v.measured_at_unix_ms))
+            .map(|v| (v.measured_at_unix_ms as f64, value(v)))
+            .collect();
+        let n = pts.len() as f64;
+        let (mx, my) = pts
+            .iter()
+            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+        let sxy: f64 = pts.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+        let sxx: f64 = pts.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+        let slope = sxy / sxx;
+        let ss: f64 = pts
+            .iter()
+            .map(|(x, y)| (y - my - slope * (x - mx)).powi(2))
+            .sum();
+        (ss / n).sqrt()
+    }
+
+    #[test]
+    fn a_sepsis_prodrome_builds_up_before_the_onset_with_less_heart_rate_variability() {
+        let onset = START + 6 * HOUR;
+        let s = ScenarioSpec {
+            duration_ms: Some(3 * HOUR),
+            severity: Some(0.0),
+            prodrome_ms: Some(4 * HOUR),
+            ..spec(1, ScenarioKind::SepsisDeterioration, onset)
+        };
+        let (sim, with, without) = with_and_without(
+            WardSimConfig {
+                vitals_period_ms: 5 * S,
+                ..ward(2, 21)
+            },
+            vec![s.clone()],
+            onset + 4 * HOUR,
+        );
+        let l = only(&sim.labels(), ScenarioKind::SepsisDeterioration).clone();
+        let began = onset - 4 * HOUR;
+        assert_eq!(
+            (l.began_at_unix_ms, l.onset_at_unix_ms, l.peak_at_unix_ms),
+            (began, Some(onset), Some(onset + 3 * HOUR))
+        );
+        assert!(l.description.contains("prodrome"), "{}", l.description);
+        // Before the prodrome nothing differs.
+        let before = |e: &[SimEvent]| -> Vec<SimEvent> {
+            e.iter()
+                .filter(
+                    |e| matches!(&e.payload, Payload::Vital(v) if v.measured_at_unix_ms <= began),
+                )
+                .cloned()
+                .collect()
+        };
+        assert_eq!(before(&with), before(&without));
+        // The last hour before the onset: HR +3–8, RR +1–3 and temperature +0.2–0.6 at full effect (the
+        // S-shaped ramp is above 84 % of it there), the heart rate's wander 40–70 % of the patient's own.
+        let diff = |mdc: u32, from: i64, to: i64| {
+            mean_in(&vitals(&with, 1, mdc), from, to) - mean_in(&vitals(&without, 1, mdc), from, to)
+        };
+        let last_hour = (onset - HOUR, onset);
+        assert!((2.4..=8.5).contains(&diff(MDC_ECG_HEART_RATE, last_hour.0, last_hour.1)));
+        assert!((0.6..=3.5).contains(&diff(MDC_RESP_RATE, last_hour.0, last_hour.1)));
+        assert!((0.1..=0.7).contains(&diff(MDC_TEMP_BODY, last_hour.0, last_hour.1)));
+        assert!(diff(MDC_PRESS_BLD_NONINV, last_hour.0, last_hour.1).abs() < 1e-9);
+        let hr = vitals(&with, 1, MDC_ECG_HEART_RATE);
+        let hr0 = vitals(&without, 1, MDC_ECG_HEART_RATE);
+        let ratio = detrended_sd(&hr, last_hour.0, last_hour.1)
+            / detrended_sd(&hr0, last_hour.0, last_hour.1);
+        assert!((0.3..=0.8).contains(&ratio), "HR wander ratio {ratio}");
+        // The first hour of the prodrome barely moves anything (the ramp is S-shaped).
+        assert!(diff(MDC_ECG_HEART_RATE, began, began + HOUR).abs() < 1.5);
+        // Subtle: NEWS2 stays where it would have been within 3 points over the whole prodrome.
+        let a = news2_per_minute(&with, 1, false, began, onset);
+        let b = news2_per_minute(&without, 1, false, began, onset);
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.abs_diff(*y) <= 3),
+            "{a:?} {b:?}"
+        );
+        // The reduced variability persists into the deterioration; the peak offsets are those documented.
+        let peak = onset + 3 * HOUR;
+        let ratio = detrended_sd(&hr, peak, peak + HOUR) / detrended_sd(&hr0, peak, peak + HOUR);
+        assert!(
+            (0.3..=0.8).contains(&ratio),
+            "HR wander ratio at the peak {ratio}"
+        );
+        assert!((30.0..=50.5).contains(&diff(MDC_ECG_HEART_RATE, peak, peak + HOUR)));
+        assert!((8.0..=14.5).contains(&diff(MDC_RESP_RATE, peak, peak + HOUR)));
+        // Without a prodrome the same spec begins at its onset.
+        let (sim, with_np, without_np) = with_and_without(
+            WardSimConfig {
+                vitals_period_ms: 5 * S,
+                ..ward(2, 21)
+            },
+            vec![ScenarioSpec {
+                prodrome_ms: None,
+                ..s
+            }],
+            onset + HOUR,
+        );
+        let l = only(&sim.labels(), ScenarioKind::SepsisDeterioration).clone();
+        assert_eq!(
+            (l.began_at_unix_ms, l.onset_at_unix_ms),
+            (onset, Some(onset))
+        );
+        let until_onset = |e: &[SimEvent]| -> Vec<SimEvent> {
+            e.iter()
+                .filter(
+                    |e| matches!(&e.payload, Payload::Vital(v) if v.measured_at_unix_ms <= onset),
+                )
+                .cloned()
+                .collect()
+        };
+        assert_eq!(until_onset(&with_np), until_onset(&without_np));
+        with.iter().for_each(valid);
+    }
+
+    #[test]
+    fn a_hypovolaemia_prodrome_speeds_the_heart_and_narrows_the_pulse_pressure_with_systolic_held()
+    {
+        let onset = START + 3 * HOUR;
+        let (sim, with, without) = with_and_without(
+            ward(2, 8),
+            vec![ScenarioSpec {
+                duration_ms: Some(HOUR),
+                severity: Some(0.5),
+                prodrome_ms: Some(90 * MIN),
+                ..spec(2, ScenarioKind::Hypovolaemia, onset)
+            }],
+            onset,
+        );
+        let l = only(&sim.labels(), ScenarioKind::Hypovolaemia).clone();
+        assert_eq!(l.began_at_unix_ms, onset - 90 * MIN);
+        let bp = |e: &[SimEvent]| -> Vec<(i64, f64, f64)> {
+            vitals(e, 2, MDC_PRESS_BLD_NONINV)
+                .iter()
+                .filter(|v| v.measured_at_unix_ms >= onset - 20 * MIN)
+                .map(|v| {
+                    let c = |m: u32| {
+                        v.components
+                            .iter()
+                            .find(|c| c.metric_mdc == m)
+                            .map_or(f64::NAN, |c| c.value)
+                    };
+                    (
+                        v.measured_at_unix_ms,
+                        c(MDC_PRESS_BLD_NONINV_SYS),
+                        c(wardwatch_proto::metrics::MDC_PRESS_BLD_NONINV_DIA),
+                    )
+                })
+                .collect()
+        };
+        let (a, b) = (bp(&with), bp(&without));
+        assert!(!a.is_empty() && a.len() == b.len());
+        for ((t, sys, dia), (_, sys0, dia0)) in a.iter().zip(&b) {
+            assert_eq!(sys, sys0, "systolic held at {t}");
+            // The diastolic share rises by 0.04–0.08 (most of it by now): 4–12 mmHg on 100–150 systolic.
+            assert!(
+                (2.0..=13.0).contains(&(dia - dia0)),
+                "diastolic {dia} vs {dia0} at {t}"
+            );
+        }
+        let hr_rise = mean_in(
+            &vitals(&with, 2, MDC_ECG_HEART_RATE),
+            onset - 20 * MIN,
+            onset,
+        ) - mean_in(
+            &vitals(&without, 2, MDC_ECG_HEART_RATE),
+            onset - 20 * MIN,
+            onset,
+        );
+        assert!((3.0..=10.5).contains(&hr_rise), "HR rose {hr_rise}");
+    }
+
+    #[test]
+    fn a_mix_gives_its_share_of_deteriorations_a_prodrome_and_leaves_the_schedule_as_it_was() {
+        let mix = |share: f64| RandomScenarioMix {
+            horizon_ms: 48 * HOUR,
+            sepsis: 8.0,
+            respiratory_failure: 4.0,
+            hypovolaemia: 6.0,
+            prodrome_share: share,
+            ..RandomScenarioMix::default()
+        };
+        let labels = |share: f64| -> Vec<GroundTruthLabel> {
+            WardSimulator::new(mix_cfg(7, mix(share)))
+                .labels()
+                .into_iter()
+                .filter(|l| l.kind.is_deterioration())
+                .collect()
+        };
+        let none = labels(0.0);
+        let some = labels(0.6);
+        assert_eq!(none.len(), 36);
+        assert!(
+            none.iter()
+                .all(|l| Some(l.began_at_unix_ms) == l.onset_at_unix_ms)
+        );
+        // 60 % of 36, except where a prodrome would begin before the ward started (cut to what fits).
+        let with: Vec<&GroundTruthLabel> = some
+            .iter()
+            .filter(|l| l.onset_at_unix_ms != Some(l.began_at_unix_ms))
+            .collect();
+        assert!((20..=22).contains(&with.len()), "{} prodromes", with.len());
+        for l in &with {
+            let onset = l.onset_at_unix_ms.unwrap_or(0);
+            let (_, hi) = l.kind.prodrome_range_ms();
+            assert!(
+                l.began_at_unix_ms >= START && onset - l.began_at_unix_ms <= hi,
+                "{l:?}"
+            );
+        }
+        // Only the prodromes differ: same beds, kinds, onsets, peaks and ends.
+        let key = |l: &GroundTruthLabel| {
+            (
+                l.bed,
+                l.kind,
+                l.onset_at_unix_ms,
+                l.peak_at_unix_ms,
+                l.ended_at_unix_ms,
+            )
+        };
+        let mut a: Vec<_> = none.iter().map(key).collect();
+        let mut b: Vec<_> = some.iter().map(key).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
     }
 
     #[test]

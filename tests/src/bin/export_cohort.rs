@@ -13,8 +13,9 @@
 //! - `meta.json`: the arguments, the scenario mix's rates, the simulator's periods, row counts.
 //! - `patients.csv`: `bed,patient_id,spo2_scale_2`.
 //! - `labels.csv`: every ground-truth label (`GroundTruthLabel`): `bed,patient_id,kind,is_deterioration,
-//!   began_at_unix_ms,ended_at_unix_ms,peak_at_unix_ms,should_alarm,expected_priority,device_flagged,description`
-//!   (empty fields for `None`).
+//!   began_at_unix_ms,ended_at_unix_ms,peak_at_unix_ms,onset_at_unix_ms,should_alarm,expected_priority,
+//!   device_flagged,description` (empty fields for `None`; a deterioration's `began_at` is its prodrome's start
+//!   when it has one, `onset_at` the onset of its main phase).
 //! - `minutes.csv`: the samples thinned to one row per bed, signal and minute, exactly as the edge's
 //!   `wardwatch_edge::ml::BedBuffer` bins them (`MinuteBin`): `bed,code,minute,value,at_unix_ms,n,n_valid,
 //!   n_artifact,n_sensor_off`, where `value` is the newest valid sample of the minute (`nan` if none) and
@@ -81,9 +82,11 @@ struct Args {
 /// The named scenario mixes, over `hours` (rates per 40 beds per 24 h).
 ///
 /// - `train`: deteriorations several times more frequent than the default ward (so that a 40-bed cohort has
-///   dozens), sepsis-heavy, 70 % of motion artefacts flagged by the monitor.
+///   dozens), sepsis-heavy, 70 % of motion artefacts flagged by the monitor, a prodrome before 60 % of the
+///   deteriorations (the default share).
 /// - `heldout`: a differently composed cohort: relatively more respiratory failures and hypovolaemias, more
-///   artefacts of which fewer are flagged (40 %), more coughs and turns, more stable scale-2 patients.
+///   artefacts of which fewer are flagged (40 %), more coughs and turns, more stable scale-2 patients, and a
+///   prodrome before fewer deteriorations (50 %).
 /// - `default`: `RandomScenarioMix::default()`, the ward of `docs/alarm-evaluation.md`.
 fn mix(name: &str, hours: u32) -> anyhow::Result<RandomScenarioMix> {
     let horizon_ms = i64::from(hours) * 3_600_000;
@@ -103,6 +106,7 @@ fn mix(name: &str, hours: u32) -> anyhow::Result<RandomScenarioMix> {
             transient_cough_or_turn: 60.0,
             artifact_flagged_share: 0.7,
             stable_scale2_patients: 3.0,
+            prodrome_share: 0.6,
             ..base
         },
         "heldout" => RandomScenarioMix {
@@ -116,6 +120,7 @@ fn mix(name: &str, hours: u32) -> anyhow::Result<RandomScenarioMix> {
             transient_cough_or_turn: 90.0,
             artifact_flagged_share: 0.4,
             stable_scale2_patients: 5.0,
+            prodrome_share: 0.5,
             ..base
         },
         "default" => base,
@@ -225,7 +230,7 @@ fn flush_queries(w: &mut Writers, bed: u32, st: &mut BedState, upto: i64) -> any
 
 fn label_row(l: &GroundTruthLabel) -> String {
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{}",
+        "{},{},{},{},{},{},{},{},{},{},{},{}",
         l.bed,
         l.patient_id,
         l.kind.name(),
@@ -233,6 +238,7 @@ fn label_row(l: &GroundTruthLabel) -> String {
         l.began_at_unix_ms,
         opt(l.ended_at_unix_ms),
         opt(l.peak_at_unix_ms),
+        opt(l.onset_at_unix_ms),
         u8::from(l.should_alarm),
         opt(l.expected_priority.map(|p| p.as_str_name())),
         opt(l.device_flagged.map(u8::from)),
@@ -330,7 +336,7 @@ fn main() -> anyhow::Result<()> {
     let mut lw = writer(
         &a.out,
         "labels.csv",
-        "bed,patient_id,kind,is_deterioration,began_at_unix_ms,ended_at_unix_ms,peak_at_unix_ms,should_alarm,expected_priority,device_flagged,description",
+        "bed,patient_id,kind,is_deterioration,began_at_unix_ms,ended_at_unix_ms,peak_at_unix_ms,onset_at_unix_ms,should_alarm,expected_priority,device_flagged,description",
     )?;
     for l in &labels {
         writeln!(lw, "{}", label_row(l))?;
@@ -459,6 +465,7 @@ fn main() -> anyhow::Result<()> {
             "transient_cough_or_turn": mix.transient_cough_or_turn,
             "artifact_flagged_share": mix.artifact_flagged_share,
             "stable_scale2_patients": mix.stable_scale2_patients,
+            "prodrome_share": mix.prodrome_share,
         },
         "start_unix_ms": START_UNIX_MS,
         "end_unix_ms": end,
