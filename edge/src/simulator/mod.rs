@@ -301,7 +301,7 @@ impl WardSimulator {
             *dup += 1;
             match resolved {
                 Resolved::Patient(effect, label) => {
-                    bed.effects.push(effect);
+                    bed.effects.push(*effect);
                     static_labels.push(label);
                 }
                 Resolved::Infusion(plan) => {

@@ -631,8 +631,8 @@ pub(super) struct PatientContext<'a> {
 
 /// A spec resolved against its patient.
 pub(super) enum Resolved {
-    /// A monitor effect and its label.
-    Patient(Effect, GroundTruthLabel),
+    /// A monitor effect (boxed: the enum stays small) and its label.
+    Patient(Box<Effect>, GroundTruthLabel),
     /// An infusion fault (labelled after the infusion's course is known).
     Infusion(InfusionPlan),
     /// Label bag completions up to this time.
@@ -807,12 +807,12 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
             dur(recovery),
         );
         Resolved::Patient(
-            Effect::Physiology {
+            Box::new(Effect::Physiology {
                 envelope,
                 delta,
                 confusion_from,
                 prodrome,
-            },
+            }),
             label(
                 began,
                 envelope.end(),
@@ -946,12 +946,12 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
                 )
             };
             Resolved::Patient(
-                Effect::Physiology {
+                Box::new(Effect::Physiology {
                     envelope,
                     delta,
                     confusion_from: None,
                     prodrome: None,
-                },
+                }),
                 label(
                     start,
                     envelope.end(),
@@ -980,14 +980,14 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
                 }
             );
             Resolved::Patient(
-                Effect::Artifact {
+                Box::new(Effect::Artifact {
                     start,
                     end,
                     hr_jump,
                     spo2_drop,
                     flagged,
                     key,
-                },
+                }),
                 label(
                     start,
                     end,
@@ -1003,7 +1003,7 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
         ScenarioKind::ProbeOff => {
             let end = start.saturating_add(duration);
             Resolved::Patient(
-                Effect::ProbeOff { start, end },
+                Box::new(Effect::ProbeOff { start, end }),
                 label(
                     start,
                     end,
