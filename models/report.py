@@ -715,8 +715,10 @@ def model_card(kind, m, manifest, common):
              "from published observations but with magnitudes and shares chosen by the Wardwatch team. Whatever the "
              "model gains over NEWS2 from them holds only as far as real patients show the same; on the simulator "
              "without them the committed 1.1.1 gained +0.047 AUROC (history table).\n"
-             "- The simulator has no flatlines, drifting sensors, arrhythmias, medication effects or missing "
-             "devices beyond probe-off: the model has not learnt them.\n")
+             "- The simulator has no flatline artefacts, drifting sensors, arrhythmias, medication effects or missing "
+             "devices beyond probe-off: the model has not learnt them. A sepsis's low heart-rate variability can hold "
+             "the monitor's integer heart rate flat for a minute; the artifact model can misread that as an "
+             "artefact (docs/models-experiments.md).\n")
     if kind == "deterioration":
         s.append("- NEWS2 here is computed from minute bins with the engine's freshness rules; it can differ from the "
                  "engine's per-sample NEWS2 by a minute's worth of data.\n")
