@@ -1165,6 +1165,32 @@ fn draw_offset(rng: &mut Rng, span: i64) -> i64 {
     }
 }
 
+/// The indices of the specs that `chosen` selects, in a seeded random order, and how many of them make `share` of
+/// them (rounded; the share clamped to 0..1, `default` when it is not finite): the first that many get the
+/// property, so that a mix's shares are exact.
+fn exact_share(
+    specs: &[ScenarioSpec],
+    chosen: impl Fn(&ScenarioSpec) -> bool,
+    share: f64,
+    default: f64,
+    rng: &mut Rng,
+) -> (Vec<usize>, usize) {
+    let mut indices: Vec<usize> = specs
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| chosen(s))
+        .map(|(i, _)| i)
+        .collect();
+    let share = if share.is_finite() {
+        share.clamp(0.0, 1.0)
+    } else {
+        default
+    };
+    let n = (indices.len() as f64 * share).round() as usize;
+    shuffle(&mut indices, rng);
+    (indices, n)
+}
+
 /// Schedules `mix` over a ward whose beds have an infusion where `with_infusion` is true.
 pub(super) fn schedule_mix(
     mix: &RandomScenarioMix,
@@ -1252,19 +1278,13 @@ pub(super) fn schedule_mix(
     }
 
     // Exactly the configured share of motion artefacts is flagged.
-    let mut artifacts: Vec<usize> = specs
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.kind == ScenarioKind::MotionArtifact)
-        .map(|(i, _)| i)
-        .collect();
-    let share = if mix.artifact_flagged_share.is_finite() {
-        mix.artifact_flagged_share.clamp(0.0, 1.0)
-    } else {
-        0.7
-    };
-    let n_flagged = (artifacts.len() as f64 * share).round() as usize;
-    shuffle(&mut artifacts, &mut rng);
+    let (artifacts, n_flagged) = exact_share(
+        &specs,
+        |s| s.kind == ScenarioKind::MotionArtifact,
+        mix.artifact_flagged_share,
+        0.7,
+        &mut rng,
+    );
     for (i, idx) in artifacts.into_iter().enumerate() {
         if let Some(s) = specs.get_mut(idx) {
             s.artifact_flagged = Some(i < n_flagged);
@@ -1273,19 +1293,13 @@ pub(super) fn schedule_mix(
 
     // Exactly the configured share of deteriorations has a prodrome (drawn last, so that the schedule above is
     // what it was before prodromes existed).
-    let mut deteriorations: Vec<usize> = specs
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.kind.is_deterioration())
-        .map(|(i, _)| i)
-        .collect();
-    let share = if mix.prodrome_share.is_finite() {
-        mix.prodrome_share.clamp(0.0, 1.0)
-    } else {
-        0.6
-    };
-    let n_prodromes = (deteriorations.len() as f64 * share).round() as usize;
-    shuffle(&mut deteriorations, &mut rng);
+    let (deteriorations, n_prodromes) = exact_share(
+        &specs,
+        |s| s.kind.is_deterioration(),
+        mix.prodrome_share,
+        0.6,
+        &mut rng,
+    );
     for idx in deteriorations.into_iter().take(n_prodromes) {
         let u = rng.next_f64();
         if let Some(s) = specs.get_mut(idx) {
