@@ -1767,14 +1767,7 @@ mod tests {
         assert!((-5.5..=-2.5).contains(&diff(MDC_PULS_OXIM_SAT_O2)));
         assert!((-41.0..=-19.0).contains(&diff(MDC_PRESS_BLD_NONINV)));
         // Before the onset nothing differs.
-        let before = |e: &[SimEvent]| -> Vec<SimEvent> {
-            e.iter()
-                .filter(
-                    |e| matches!(&e.payload, Payload::Vital(v) if v.measured_at_unix_ms <= onset),
-                )
-                .cloned()
-                .collect()
-        };
+        let before = |e: &[SimEvent]| vitals_until(e, onset);
         assert_eq!(before(&with), before(&without));
         // New confusion only late; NEWS2 ≥ 7 throughout the first hour at the peak.
         let acvpu = vitals(&with, 1, WARDWATCH_ACVPU);
@@ -1794,6 +1787,15 @@ mod tests {
             vitals(&without, 2, MDC_ECG_HEART_RATE)
         );
         with.iter().for_each(valid);
+    }
+
+    /// The vital-sign events measured at or before `t`.
+    fn vitals_until(events: &[SimEvent], t: i64) -> Vec<SimEvent> {
+        events
+            .iter()
+            .filter(|e| matches!(&e.payload, Payload::Vital(v) if v.measured_at_unix_ms <= t))
+            .cloned()
+            .collect()
     }
 
     /// Standard deviation of `xs` around their least-squares line (the wander without the trend).
@@ -1842,14 +1844,7 @@ mod tests {
         );
         assert!(l.description.contains("prodrome"), "{}", l.description);
         // Before the prodrome nothing differs.
-        let before = |e: &[SimEvent]| -> Vec<SimEvent> {
-            e.iter()
-                .filter(
-                    |e| matches!(&e.payload, Payload::Vital(v) if v.measured_at_unix_ms <= began),
-                )
-                .cloned()
-                .collect()
-        };
+        let before = |e: &[SimEvent]| vitals_until(e, began);
         assert_eq!(before(&with), before(&without));
         // The last hour before the onset: HR +3–8, RR +1–3 and temperature +0.2–0.6 at full effect (the
         // S-shaped ramp is above 84 % of it there), the heart rate's wander 40–70 % of the patient's own.
@@ -1901,14 +1896,7 @@ mod tests {
             (l.began_at_unix_ms, l.onset_at_unix_ms),
             (onset, Some(onset))
         );
-        let until_onset = |e: &[SimEvent]| -> Vec<SimEvent> {
-            e.iter()
-                .filter(
-                    |e| matches!(&e.payload, Payload::Vital(v) if v.measured_at_unix_ms <= onset),
-                )
-                .cloned()
-                .collect()
-        };
+        let until_onset = |e: &[SimEvent]| vitals_until(e, onset);
         assert_eq!(until_onset(&with_np), until_onset(&without_np));
         with.iter().for_each(valid);
     }
