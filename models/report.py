@@ -587,10 +587,10 @@ def _data_section(common):
     ho = ", ".join(str(s) for s, _ in common["heldout"])
     mt = common["train_meta"][0]["mix"]
     mh = common["heldout_meta"][0]["mix"]
-    keys = ["sepsis", "respiratory_failure", "hypovolaemia", "prodrome_share", "motion_artifact",
+    keys = ["sepsis", "respiratory_failure", "hypovolaemia", "prodrome_share", "recurrence_share", "motion_artifact",
             "artifact_flagged_share", "probe_off", "transient_cough_or_turn", "stable_scale2_patients", "drip_sped_up",
             "line_occluded"]
-    rows = "".join(f"| {k} | {mt[k]:g} | {mh[k]:g} |\n" for k in keys)
+    rows = "".join(f"| {k} | {mt.get(k, 0):g} | {mh.get(k, 0):g} |\n" for k in keys)
     return (f"Cohorts come from the ward simulator (`edge/src/simulator/`) through `export_cohort` "
             f"(`tests/src/bin/export_cohort.rs`): {common['beds']} beds × {common['hours']} simulated hours each, "
             f"vital signs at the simulator's native periods (monitor 1 s, temperature 1 min, NIBP 5 min, ACVPU and "
@@ -601,7 +601,11 @@ def _data_section(common):
             "6 h before the onset (HR, RR, temperature, SpO2 a few units, mostly inside NEWS2's zero bands; in "
             "sepsis a falling heart-rate variability; in hypovolaemia a narrowing pulse pressure), set from published "
             "observations before any model was trained on them (`edge/src/simulator/scenarios.rs`, \"Prodromes\"). "
-            "A label's `began` is the prodrome's start when there is one, so lead times count from it.\n\n")
+            "A label's `began` is the prodrome's start when there is one, so lead times count from it. "
+            "`recurrence_share` is the share of first deteriorations that recur once on the same bed, as a second "
+            "episode of the same kind beginning 2–24 h after the first has ended (after the 14 % of rapid-response "
+            "patients with a repeat call, Chalwin et al. 2019); each is a labelled event of its own, so a bed that has "
+            "had its deterioration is not safe from the next.\n\n")
 
 
 # Held-out results of earlier deterioration models and runs (numbers copied from those runs' generated docs), so that

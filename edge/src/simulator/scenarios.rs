@@ -92,8 +92,9 @@
 //! horizon and rounded) from the ward seed: deteriorations on distinct beds (respiratory failure first, those
 //! patients becoming scale 2), infusion faults on infusion beds, disturbances on any bed, without overlapping
 //! another scenario of the same group on the same bed where possible, plus a few stable scale-2 patients so
-//! that scale 2 alone does not predict a deterioration, and a prodrome before an exact share of the
-//! deteriorations (drawn after everything else, so the rest of the schedule does not depend on it). Different seeds give different schedules; a different
+//! that scale 2 alone does not predict a deterioration, a prodrome before an exact share of the
+//! deteriorations, and a recurrence of an exact share of them on the same bed after the first has ended
+//! (each drawn after everything before it, so the rest of the schedule does not depend on it). Different seeds give different schedules; a different
 //! mix gives a differently composed cohort (e.g. a held-out test set).
 
 use std::collections::HashMap;
@@ -185,6 +186,19 @@ impl ScenarioKind {
             self,
             ScenarioKind::DripSpedUp | ScenarioKind::LineOccluded | ScenarioKind::BagRunsEmpty
         )
+    }
+
+    /// The ranges (inclusive, ms) a deterioration's peak hold and recovery are drawn from: `(hold, recovery)`;
+    /// `((0, 0), (0, 0))` for other kinds. A deterioration's episode has surely ended by its onset + ramp +
+    /// both upper bounds.
+    pub fn hold_and_recovery_ranges_ms(self) -> ((i64, i64), (i64, i64)) {
+        let (h, m) = (HOUR_MS as i64, MINUTE_MS as i64);
+        match self {
+            ScenarioKind::SepsisDeterioration => ((h, 2 * h), (2 * h, 4 * h)),
+            ScenarioKind::RespiratoryFailureOnOxygen => ((h, 2 * h), (h, 2 * h)),
+            ScenarioKind::Hypovolaemia => ((30 * m, 60 * m), (30 * m, 60 * m)),
+            _ => ((0, 0), (0, 0)),
+        }
     }
 
     /// The range (inclusive, ms) a random mix draws a deterioration's prodrome length from (see
@@ -301,8 +315,8 @@ pub struct GroundTruthLabel {
 /// A seeded generator of scenarios across the ward: exact counts per kind, spread over a horizon.
 ///
 /// Rates are counts per 40 beds per 24 h; the number scheduled is `round(rate × beds / 40 × horizon / 24 h)`
-/// ([`RandomScenarioMix::scheduled_count`]), except that deteriorations are at most one per bed (so at most
-/// `beds` in all) and infusion faults need a bed with an infusion (none are scheduled in a ward without any).
+/// ([`RandomScenarioMix::scheduled_count`]), except that first deteriorations are at most one per bed (so at
+/// most `beds` in all; [`RandomScenarioMix::recurrence_share`] of them then recur on their bed) and infusion faults need a bed with an infusion (none are scheduled in a ward without any).
 /// Bags running empty are not scheduled: they happen by themselves and are labelled over the horizon.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RandomScenarioMix {
@@ -334,12 +348,20 @@ pub struct RandomScenarioMix {
     /// start). Default 0.6, after the 59 % of in-hospital cardiac arrests with an abnormal vital sign 1–4 h before
     /// (Andersen et al., Resuscitation 2016;98:112–7).
     pub prodrome_share: f64,
+    /// Share of the deteriorations above that recur once: a second episode of the same kind on the same bed
+    /// (sepsis relapsing, respiratory failure returning, bleeding again), beginning 2–24 h after the first has
+    /// surely ended (its onset + ramp + the longest hold and recovery of its kind), with a prodrome as often as
+    /// `prodrome_share` says (drawn per recurrence). Exact, rounded to whole deteriorations; a recurrence that
+    /// cannot peak within the horizon is not scheduled. Default 0.15, after the 14 % of patients with a
+    /// rapid-response call who had a repeat call during the admission (351 of 2,430; Chalwin et al., Jt Comm
+    /// J Qual Patient Saf 2019). Drawn after everything else, so the rest of a schedule does not depend on it.
+    pub recurrence_share: f64,
 }
 
 impl Default for RandomScenarioMix {
     /// 24 h; per 40 beds: 2 sepsis, 1 respiratory failure, 1 hypovolaemia, 3 drips sped up, 2 occlusions, 20
     /// motion artefacts (70 % flagged), 10 probe-offs, 60 transient coughs or turns; 2 stable scale-2 patients;
-    /// a prodrome before 60 % of the deteriorations.
+    /// a prodrome before 60 % of the deteriorations; 15 % of the deteriorations recur.
     fn default() -> Self {
         Self {
             horizon_ms: DAY_MS as i64,
@@ -354,6 +376,7 @@ impl Default for RandomScenarioMix {
             artifact_flagged_share: 0.7,
             stable_scale2_patients: 2.0,
             prodrome_share: 0.6,
+            recurrence_share: 0.15,
         }
     }
 }
@@ -714,15 +737,16 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
         device_flagged,
         description,
     };
-    let physiology = |hold: (f64, f64),
-                      recovery: (f64, f64),
-                      peak: Offsets,
+    let physiology = |peak: Offsets,
                       prodrome_delta: Offsets,
                       confusion_from: Option<f64>,
                       expected: AlarmPriority,
                       what: &str| {
-        let hold = lerp(hold.0, hold.1, hold_u).round().max(1.0) as i64;
-        let recovery = lerp(recovery.0, recovery.1, recovery_u).round().max(1.0) as i64;
+        let (hold, recovery) = kind.hold_and_recovery_ranges_ms();
+        let hold = lerp(hold.0 as f64, hold.1 as f64, hold_u).round().max(1.0) as i64;
+        let recovery = lerp(recovery.0 as f64, recovery.1 as f64, recovery_u)
+            .round()
+            .max(1.0) as i64;
         let envelope = Envelope::Episode {
             start,
             ramp: duration,
@@ -856,8 +880,6 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
                 ..Offsets::default()
             };
             physiology(
-                (HOUR_MS, 2.0 * HOUR_MS),
-                (2.0 * HOUR_MS, 4.0 * HOUR_MS),
                 peak,
                 prodrome,
                 Some(0.75),
@@ -879,8 +901,6 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
                 ..Offsets::default()
             };
             physiology(
-                (HOUR_MS, 2.0 * HOUR_MS),
-                (HOUR_MS, 2.0 * HOUR_MS),
                 peak,
                 prodrome,
                 (s >= 0.5).then_some(0.8),
@@ -904,8 +924,6 @@ pub(super) fn resolve(spec: &ScenarioSpec, dup: u64, ctx: &PatientContext<'_>) -
                 ..Offsets::default()
             };
             physiology(
-                (30.0 * MINUTE_MS, 60.0 * MINUTE_MS),
-                (30.0 * MINUTE_MS, 60.0 * MINUTE_MS),
                 peak,
                 prodrome,
                 None,
@@ -1309,11 +1327,83 @@ pub(super) fn schedule_mix(
         }
     }
 
+    // Exactly the configured share of those deteriorations recurs once (drawn last, so that the schedule above
+    // is what it was before recurrences existed). Every recurrence makes the same draws, fitting or not.
+    let (firsts, n_recurrences) = exact_share(
+        &specs,
+        |s| s.kind.is_deterioration(),
+        mix.recurrence_share,
+        0.15,
+        &mut rng,
+    );
+    let prodrome_share = if mix.prodrome_share.is_finite() {
+        mix.prodrome_share.clamp(0.0, 1.0)
+    } else {
+        0.6
+    };
+    let mut recurrences = Vec::new();
+    for idx in firsts.into_iter().take(n_recurrences) {
+        let [gap_u, duration_u, has_prodrome_u, prodrome_u] = [(); 4].map(|_| rng.next_f64());
+        let with_prodrome = has_prodrome_u < prodrome_share;
+        if let Some(second) = specs.get(idx).and_then(|first| {
+            recurrence(first, end, with_prodrome, [gap_u, duration_u, prodrome_u])
+        }) {
+            recurrences.push(second);
+        }
+    }
+    specs.extend(recurrences);
+
     MixSchedule {
         specs,
         stable_scale2,
         end,
     }
+}
+
+/// Earliest gap between a deterioration's surely-ended time and its recurrence's beginning (prodrome or onset).
+const RECURRENCE_GAP_MIN_MS: i64 = 2 * HOUR_MS as i64;
+/// Latest such gap.
+const RECURRENCE_GAP_MAX_MS: i64 = 24 * HOUR_MS as i64;
+
+/// The second episode of deterioration `first` (with its drawn duration), or `None` when it cannot peak by `end`:
+/// the same kind on the same bed, a ramp drawn from the kind's range, a prodrome drawn from the kind's range if
+/// `with_prodrome`, beginning (prodrome or onset) uniformly 2–24 h after `first` has surely ended, the range cut
+/// to what lets it peak by `end`. `u` = the gap, ramp and prodrome-length draws.
+fn recurrence(
+    first: &ScenarioSpec,
+    end: i64,
+    with_prodrome: bool,
+    u: [f64; 3],
+) -> Option<ScenarioSpec> {
+    let kind = first.kind;
+    let (lo, hi) = kind.default_duration_range_ms();
+    let first_ramp = first.duration_ms.unwrap_or(hi);
+    let ((_, hold), (_, recovery)) = kind.hold_and_recovery_ranges_ms();
+    let surely_ended = first
+        .start_unix_ms
+        .saturating_add(first_ramp)
+        .saturating_add(hold)
+        .saturating_add(recovery);
+    let ramp = lerp(lo as f64, hi as f64, u[1]).round().max(1.0) as i64;
+    let (p_lo, p_hi) = kind.prodrome_range_ms();
+    let prodrome = if with_prodrome {
+        lerp(p_lo as f64, p_hi as f64, u[2]).round() as i64
+    } else {
+        0
+    };
+    let earliest = surely_ended.saturating_add(RECURRENCE_GAP_MIN_MS);
+    let latest = surely_ended
+        .saturating_add(RECURRENCE_GAP_MAX_MS)
+        .min(end.saturating_sub(ramp).saturating_sub(prodrome));
+    if latest < earliest {
+        return None;
+    }
+    let began = earliest.saturating_add(lerp(0.0, (latest - earliest) as f64, u[0]).round() as i64);
+    Some(ScenarioSpec {
+        duration_ms: Some(ramp),
+        prodrome_ms: (prodrome > 0).then_some(prodrome),
+        ..ScenarioSpec::new(first.bed, kind, began.saturating_add(prodrome))
+    })
 }
 
 #[cfg(test)]
@@ -1966,6 +2056,7 @@ mod tests {
             respiratory_failure: 4.0,
             hypovolaemia: 6.0,
             prodrome_share: share,
+            recurrence_share: 0.0,
             ..RandomScenarioMix::default()
         };
         let labels = |share: f64| -> Vec<GroundTruthLabel> {
@@ -2011,6 +2102,151 @@ mod tests {
         a.sort();
         b.sort();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_mix_makes_its_share_of_deteriorations_recur_on_the_same_bed_after_the_first_has_ended() {
+        let end = START + 48 * HOUR;
+        let mix = |share: f64| RandomScenarioMix {
+            horizon_ms: 48 * HOUR,
+            sepsis: 8.0,
+            respiratory_failure: 4.0,
+            hypovolaemia: 6.0,
+            recurrence_share: share,
+            ..RandomScenarioMix::default()
+        };
+        let none = WardSimulator::new(mix_cfg(7, mix(0.0))).labels();
+        let some = WardSimulator::new(mix_cfg(7, mix(0.15))).labels();
+        // Every label of the mix without recurrences is there unchanged; the rest are recurrences.
+        let mut extra = some.clone();
+        for l in &none {
+            let i = extra.iter().position(|x| x == l);
+            assert!(i.is_some(), "{l:?} changed");
+            if let Some(i) = i {
+                extra.remove(i);
+            }
+        }
+        // round(15 % of 36) = 5 chosen; those that cannot peak within the 48 h are not scheduled.
+        assert!(
+            (2..=5).contains(&extra.len()),
+            "{} recurrences",
+            extra.len()
+        );
+        for r in &extra {
+            assert!(r.kind.is_deterioration(), "{r:?}");
+            let firsts: Vec<&GroundTruthLabel> = none
+                .iter()
+                .filter(|l| l.bed == r.bed && l.kind.is_deterioration())
+                .collect();
+            assert_eq!(firsts.len(), 1, "one first episode on bed {}", r.bed);
+            let first = firsts[0];
+            assert_eq!(first.kind, r.kind);
+            // Begins (prodrome or onset) 2–24 h after the first has surely ended; its own label ended earlier.
+            let ended = first.ended_at_unix_ms.unwrap_or(i64::MAX);
+            let onset = first.onset_at_unix_ms.unwrap_or(0);
+            let ((_, hold), (_, recovery)) = r.kind.hold_and_recovery_ranges_ms();
+            let surely = first.peak_at_unix_ms.unwrap_or(0) + hold + recovery;
+            assert!(ended <= surely && onset < ended);
+            let gap = r.began_at_unix_ms - surely;
+            assert!((2 * HOUR..=24 * HOUR).contains(&gap), "gap {gap} ms");
+            let peak = r.peak_at_unix_ms.unwrap_or(i64::MAX);
+            let r_onset = r.onset_at_unix_ms.unwrap_or(0);
+            let (lo, hi) = r.kind.default_duration_range_ms();
+            assert!(
+                peak <= end && (lo..=hi).contains(&(peak - r_onset)),
+                "{r:?}"
+            );
+            let (_, p_hi) = r.kind.prodrome_range_ms();
+            assert!(r_onset - r.began_at_unix_ms <= p_hi);
+            assert!(r.should_alarm && r.expected_priority.is_some());
+        }
+        // Deterministic.
+        assert_eq!(some, WardSimulator::new(mix_cfg(7, mix(0.15))).labels());
+    }
+
+    #[test]
+    fn a_recurrence_cannot_begin_before_the_first_episode_has_ended_nor_peak_after_the_horizon() {
+        let first = ScenarioSpec {
+            duration_ms: Some(4 * HOUR),
+            ..spec(3, ScenarioKind::SepsisDeterioration, START)
+        };
+        // Sepsis: at most 2 h hold and 4 h recovery, so surely over 10 h after the onset.
+        let surely = START + 10 * HOUR;
+        let far = START + 100 * HOUR;
+        for u in [0.0, 0.5, 1.0] {
+            let r = recurrence(&first, far, true, [u, u, u]);
+            let Some(r) = r else {
+                panic!("fits easily");
+            };
+            assert_eq!((r.bed, r.kind), (3, ScenarioKind::SepsisDeterioration));
+            let prodrome = r.prodrome_ms.unwrap_or(0);
+            assert!((2 * HOUR..=6 * HOUR).contains(&prodrome));
+            let began = r.start_unix_ms - prodrome;
+            assert!((surely + 2 * HOUR..=surely + 24 * HOUR).contains(&began));
+        }
+        let r = recurrence(&first, far, false, [0.0, 0.0, 0.0]);
+        assert_eq!(
+            r.map(|r| (r.start_unix_ms, r.prodrome_ms)),
+            Some((surely + 2 * HOUR, None))
+        );
+        // The range is cut so that the peak falls within the horizon ...
+        let tight = surely + 2 * HOUR + 3 * HOUR + HOUR;
+        let r = recurrence(&first, tight, false, [1.0, 0.0, 0.0]);
+        let peak = r.map(|r| r.start_unix_ms + r.duration_ms.unwrap_or(0));
+        assert_eq!(peak, Some(tight));
+        // ... and no recurrence when even the earliest cannot peak in time.
+        assert_eq!(recurrence(&first, tight - 2 * HOUR, false, [0.0; 3]), None);
+    }
+
+    #[test]
+    fn a_recurrent_deterioration_deteriorates_again_after_the_patient_recovered() {
+        let onset = START + 30 * MIN;
+        let first = ScenarioSpec {
+            duration_ms: Some(HOUR),
+            severity: Some(1.0),
+            ..spec(1, ScenarioKind::Hypovolaemia, onset)
+        };
+        let Some(second) = recurrence(&first, START + 24 * HOUR, false, [0.0; 3]) else {
+            panic!("fits");
+        };
+        let second = ScenarioSpec {
+            severity: Some(1.0),
+            ..second
+        };
+        let until = second.start_unix_ms + 4 * HOUR;
+        let (sim, with, without) = with_and_without(
+            WardSimConfig {
+                vitals_period_ms: 5 * S,
+                ..ward(1, 12)
+            },
+            vec![first, second],
+            until,
+        );
+        let labels = sim.labels();
+        assert_eq!(labels.len(), 2);
+        let (a, b) = (&labels[0], &labels[1]);
+        let a_end = a.ended_at_unix_ms.unwrap_or(i64::MAX);
+        assert!(a_end + 2 * HOUR <= b.began_at_unix_ms);
+        // Between the episodes the patient is exactly as without any scenario ...
+        let between = |events: &[SimEvent]| -> Vec<SimEvent> {
+            events
+                .iter()
+                .filter(|e| {
+                    matches!(&e.payload, Payload::Vital(v)
+                        if v.measured_at_unix_ms > a_end && v.measured_at_unix_ms < b.began_at_unix_ms)
+                })
+                .cloned()
+                .collect()
+        };
+        assert!(!between(&with).is_empty());
+        assert!(between(&with) == between(&without));
+        // ... and at both peaks NEWS2 reaches at least 5 for most minutes of the hold.
+        for l in [a, b] {
+            let peak = l.peak_at_unix_ms.unwrap_or(0);
+            let scores = news2_per_minute(&with, 1, false, peak, peak + 30 * MIN);
+            let high = scores.iter().filter(|s| **s >= 5).count();
+            assert!(high * 10 >= scores.len() * 8, "NEWS2 at {peak}: {scores:?}");
+        }
     }
 
     #[test]
@@ -2459,7 +2695,11 @@ mod tests {
 
     #[test]
     fn random_mix_schedules_exact_counts_and_depends_on_the_seed() {
-        let mix = RandomScenarioMix::default();
+        // First episodes only (recurrences have their own test).
+        let mix = RandomScenarioMix {
+            recurrence_share: 0.0,
+            ..RandomScenarioMix::default()
+        };
         let sim = WardSimulator::new(mix_cfg(1, mix.clone()));
         let labels = sim.labels();
         let mut counts: BTreeMap<ScenarioKind, u32> = BTreeMap::new();

@@ -83,10 +83,10 @@ struct Args {
 ///
 /// - `train`: deteriorations several times more frequent than the default ward (so that a 40-bed cohort has
 ///   dozens), sepsis-heavy, 70 % of motion artefacts flagged by the monitor, a prodrome before 60 % of the
-///   deteriorations (the default share).
+///   deteriorations (the default share), 15 % of deteriorations recurring (the default share).
 /// - `heldout`: a differently composed cohort: relatively more respiratory failures and hypovolaemias, more
 ///   artefacts of which fewer are flagged (40 %), more coughs and turns, more stable scale-2 patients, and a
-///   prodrome before fewer deteriorations (50 %).
+///   prodrome before fewer deteriorations (50 %), and more recurrences (20 %).
 /// - `default`: `RandomScenarioMix::default()`, the ward of `docs/alarm-evaluation.md`.
 fn mix(name: &str, hours: u32) -> anyhow::Result<RandomScenarioMix> {
     let horizon_ms = i64::from(hours) * 3_600_000;
@@ -107,6 +107,7 @@ fn mix(name: &str, hours: u32) -> anyhow::Result<RandomScenarioMix> {
             artifact_flagged_share: 0.7,
             stable_scale2_patients: 3.0,
             prodrome_share: 0.6,
+            recurrence_share: 0.15,
             ..base
         },
         "heldout" => RandomScenarioMix {
@@ -121,6 +122,7 @@ fn mix(name: &str, hours: u32) -> anyhow::Result<RandomScenarioMix> {
             artifact_flagged_share: 0.4,
             stable_scale2_patients: 5.0,
             prodrome_share: 0.5,
+            recurrence_share: 0.2,
             ..base
         },
         "default" => base,
@@ -466,6 +468,7 @@ fn main() -> anyhow::Result<()> {
             "artifact_flagged_share": mix.artifact_flagged_share,
             "stable_scale2_patients": mix.stable_scale2_patients,
             "prodrome_share": mix.prodrome_share,
+            "recurrence_share": mix.recurrence_share,
         },
         "start_unix_ms": START_UNIX_MS,
         "end_unix_ms": end,
