@@ -131,6 +131,14 @@ fn matches_label(kind: ScenarioKind, alarm: AlarmKind) -> bool {
     }
 }
 
+/// How long after an alarm is announced (or re-announced at a higher priority) the simulated nurse acknowledges
+/// it. Without a nurse, a high-priority alarm latches until acknowledged and would stay up for the rest of the
+/// simulated day, so a patient's second deterioration would never raise an alarm of its own. Five minutes is a
+/// plausible ward response time (pediatric ward alarms: median about 10 min, Bonafide et al., J Hosp Med 2015); an
+/// acknowledgement changes no alarm's announcement or priority, only lets it end when its condition does and
+/// stops its escalation.
+pub const NURSE_RESPONSE_MS: i64 = 5 * 60_000;
+
 /// The edge models in the evaluation loop: scored synchronously at the simulated instant the engine asks (a live
 /// edge answers within milliseconds on its scoring threads; here the answer is applied before the next event).
 struct LoopModels {
@@ -240,45 +248,50 @@ pub fn run(cfg: &EvalConfig) -> EvalReport {
     let mut naive_state: HashMap<(String, String), bool> = HashMap::new();
     let mut naive_alarms = 0u64;
     let mut events = 0u64;
-    let record =
-        |out: Vec<Payload>, announced: &mut Vec<Announced>, seen: &mut HashMap<String, usize>| {
-            for p in out {
-                if let Payload::Alarm(a) = p {
-                    if a.state != AlarmState::Raised as i32 {
-                        continue;
+    // Announced alarms waiting for the simulated nurse: (due, alarm id).
+    let mut acks: Vec<(i64, String)> = Vec::new();
+    let record = |out: Vec<Payload>,
+                  announced: &mut Vec<Announced>,
+                  seen: &mut HashMap<String, usize>,
+                  acks: &mut Vec<(i64, String)>| {
+        for p in out {
+            if let Payload::Alarm(a) = p {
+                if a.state != AlarmState::Raised as i32 {
+                    continue;
+                }
+                acks.push((a.changed_at_unix_ms + NURSE_RESPONSE_MS, a.alarm_id.clone()));
+                let kind = AlarmKind::try_from(a.kind).unwrap_or(AlarmKind::Unspecified);
+                let priority =
+                    AlarmPriority::try_from(a.priority).unwrap_or(AlarmPriority::Unspecified);
+                match seen.get(&a.alarm_id) {
+                    Some(i) => {
+                        if let Some(x) = announced.get_mut(*i)
+                            && rank(priority) > rank(x.priority)
+                        {
+                            x.priority = priority;
+                        }
                     }
-                    let kind = AlarmKind::try_from(a.kind).unwrap_or(AlarmKind::Unspecified);
-                    let priority =
-                        AlarmPriority::try_from(a.priority).unwrap_or(AlarmPriority::Unspecified);
-                    match seen.get(&a.alarm_id) {
-                        Some(i) => {
-                            if let Some(x) = announced.get_mut(*i)
-                                && rank(priority) > rank(x.priority)
-                            {
-                                x.priority = priority;
-                            }
-                        }
-                        None => {
-                            seen.insert(a.alarm_id.clone(), announced.len());
-                            let what = format!(
-                                "{} {} {}",
-                                kind.as_str_name(),
-                                priority.as_str_name(),
-                                a.message.split_whitespace().next().unwrap_or("")
-                            );
-                            announced.push(Announced {
-                                what,
-                                patient_id: a.patient_id.clone(),
-                                kind,
-                                priority,
-                                at_unix_ms: a.changed_at_unix_ms,
-                                alarm_id: a.alarm_id,
-                            });
-                        }
+                    None => {
+                        seen.insert(a.alarm_id.clone(), announced.len());
+                        let what = format!(
+                            "{} {} {}",
+                            kind.as_str_name(),
+                            priority.as_str_name(),
+                            a.message.split_whitespace().next().unwrap_or("")
+                        );
+                        announced.push(Announced {
+                            what,
+                            patient_id: a.patient_id.clone(),
+                            kind,
+                            priority,
+                            at_unix_ms: a.changed_at_unix_ms,
+                            alarm_id: a.alarm_id,
+                        });
                     }
                 }
             }
-        };
+        }
+    };
     let mut t = start;
     let end = start + horizon;
     let devices = sim.devices();
@@ -306,17 +319,28 @@ pub fn run(cfg: &EvalConfig) -> EvalReport {
                 _ => {}
             }
             let out = engine.on_event(&e.idempotency_key, &e.payload);
-            record(out, &mut announced, &mut seen_ids);
+            record(out, &mut announced, &mut seen_ids, &mut acks);
             if let Some(m) = models.as_mut() {
                 let out = m.serve(&mut engine);
-                record(out, &mut announced, &mut seen_ids);
+                record(out, &mut announced, &mut seen_ids, &mut acks);
+            }
+        }
+        // The nurse acknowledges what was announced, once there (an alarm that ended meanwhile is unknown).
+        let due: Vec<(i64, String)> = {
+            let (due, later): (Vec<_>, Vec<_>) = acks.drain(..).partition(|(at, _)| *at <= t);
+            acks = later;
+            due
+        };
+        for (at, id) in due {
+            if let Ok(out) = engine.acknowledge(&id, "eval-nurse", at) {
+                record(out, &mut announced, &mut seen_ids, &mut acks);
             }
         }
         let out = engine.tick(t);
-        record(out, &mut announced, &mut seen_ids);
+        record(out, &mut announced, &mut seen_ids, &mut acks);
         if let Some(m) = models.as_mut() {
             let out = m.serve(&mut engine);
-            record(out, &mut announced, &mut seen_ids);
+            record(out, &mut announced, &mut seen_ids, &mut acks);
         }
     }
     let labels = sim

@@ -10,6 +10,7 @@
 //! | medium / low | raised only if the condition persists for the configured delay; a condition that ends within the delay is suppressed and counted (most transient alarms end within seconds) |
 //! | de-duplication | one alarm per condition key while it is active; a worse priority upgrades the same alarm |
 //! | acknowledge | records who; the alarm clears once the condition has ended |
+//! | de-escalation | an acknowledged alarm whose condition has reported only lower priorities for [`AlarmPolicy::deescalate_acknowledged_after_ms`] takes the highest of them, silently, so that a renewed worsening announces it again; an unacknowledged alarm never lowers its priority |
 //! | silence | pauses the announcement for a bounded time; re-announced if still active and unacknowledged |
 //! | escalation | unacknowledged after the per-priority delay → escalated (once) |
 //! | hold back | a pending medium/low condition may be held back for a bounded time (the artifact model judged its signal implausible, see [`AlarmManager::hold`]); it is announced when the hold ends if it still holds. A high-priority condition is never held: `hold` refuses it, and a held condition that becomes high is announced at once |
@@ -39,6 +40,11 @@ pub struct AlarmPolicy {
     pub escalate_low_after_ms: i64,
     /// Longest silence a user may ask for.
     pub max_silence_ms: i64,
+    /// An acknowledged alarm whose condition has reported only lower priorities for this long takes the highest
+    /// of them (silently), so that a renewed worsening announces it again: a nurse who acknowledged a patient's
+    /// NEWS2 7 hears it again when the score returns to 7 after hours at 5. Announced, unacknowledged alarms
+    /// never lower their priority (a high-priority alarm latches until acknowledged).
+    pub deescalate_acknowledged_after_ms: i64,
 }
 
 impl Default for AlarmPolicy {
@@ -51,6 +57,8 @@ impl Default for AlarmPolicy {
             escalate_medium_after_ms: 180_000,
             escalate_low_after_ms: 0,
             max_silence_ms: 120_000,
+            // As long as NEWS2's clear hold: a flicker to a lower level is not a settled improvement.
+            deescalate_acknowledged_after_ms: 15 * 60_000,
         }
     }
 }
@@ -64,6 +72,10 @@ impl AlarmPolicy {
             ("escalate_high_after_ms", self.escalate_high_after_ms),
             ("escalate_medium_after_ms", self.escalate_medium_after_ms),
             ("escalate_low_after_ms", self.escalate_low_after_ms),
+            (
+                "deescalate_acknowledged_after_ms",
+                self.deescalate_acknowledged_after_ms,
+            ),
         ] {
             if !(0..=3_600_000).contains(&v) {
                 return Err(format!("alarms.{name} must be 0..=3600000 ms"));
@@ -180,6 +192,9 @@ struct Record {
     /// Latest time any renewal of the hold may reach, fixed by the first hold: holds delay an alarm by a bounded
     /// time and never silence it.
     hold_cap: Option<i64>,
+    /// For an acknowledged alarm: since when its condition has reported only priorities below the alarm's, and the
+    /// highest of them (see [`AlarmPolicy::deescalate_acknowledged_after_ms`]).
+    lower_since: Option<(i64, AlarmPriority)>,
 }
 
 impl Record {
@@ -210,6 +225,8 @@ pub struct AlarmStats {
     pub held_back_suppressed: u64,
     /// Holds extended by a later artifact verdict (within the first hold's cap).
     pub hold_renewals: u64,
+    /// Acknowledged alarms that took a lower priority after their condition settled below it.
+    pub deescalated: u64,
 }
 
 /// Errors of user actions.
@@ -328,6 +345,7 @@ impl AlarmManager {
                     since: at,
                     held_until: None,
                     hold_cap: None,
+                    lower_since: None,
                 };
                 self.records.insert(c.key.clone(), record);
                 if self.policy.delay(c.priority) == 0 {
@@ -340,6 +358,26 @@ impl AlarmManager {
                 let upgraded = priority_rank(c.priority) > priority_rank(r.view.priority);
                 if upgraded {
                     r.view.priority = c.priority;
+                }
+                if r.view.phase == Phase::Acknowledged
+                    && priority_rank(c.priority) < priority_rank(r.view.priority)
+                {
+                    let (since, highest) = match r.lower_since {
+                        Some((since, p)) if priority_rank(p) >= priority_rank(c.priority) => {
+                            (since, p)
+                        }
+                        Some((since, _)) => (since, c.priority),
+                        None => (at, c.priority),
+                    };
+                    if at - since >= self.policy.deescalate_acknowledged_after_ms {
+                        self.stats.deescalated += 1;
+                        r.view.priority = highest;
+                        r.lower_since = None;
+                    } else {
+                        r.lower_since = Some((since, highest));
+                    }
+                } else {
+                    r.lower_since = None;
                 }
                 // Not collapsed into a match guard: a pending alarm that is not yet due must not fall through to
                 // the upgrade arm.
@@ -697,6 +735,53 @@ mod tests {
         assert_eq!(m.stats().held_back, 3);
         assert_eq!(m.stats().hold_renewals, 2);
         assert_eq!(m.stats().held_back_suppressed, 1);
+    }
+
+    /// A patient whose NEWS2 alarm was acknowledged at 7 and who then hovers at 5 for hours must be announced
+    /// again when the score returns to 7; a short dip below 7 must not re-announce anything, nor may an
+    /// unacknowledged high-priority alarm lose its priority.
+    #[test]
+    fn an_acknowledged_alarm_settled_at_a_lower_priority_is_announced_again_when_it_worsens() {
+        const MIN: i64 = 60_000;
+        let mut m = AlarmManager::new(AlarmPolicy::default(), "e");
+        let n = |m: &mut AlarmManager, p, at| states(&m.update(cond("news2", p, true, at)));
+        assert_eq!(n(&mut m, AlarmPriority::High, 0), vec![AlarmState::Raised]);
+        // Unacknowledged: an hour at a lower level changes nothing (latched at high).
+        for t in 1..=60 {
+            assert!(n(&mut m, AlarmPriority::Medium, t * MIN).is_empty());
+        }
+        assert_eq!(m.active()[0].priority, AlarmPriority::High);
+        let id = m.active()[0].alarm_id.clone();
+        assert_eq!(
+            states(&m.acknowledge(&id, "nurse.ann", 61 * MIN).unwrap()),
+            vec![AlarmState::Acknowledged]
+        );
+        // A dip shorter than the de-escalation time, then high again: no new announcement.
+        let t0 = 62 * MIN;
+        for t in 0..14 {
+            assert!(n(&mut m, AlarmPriority::Medium, t0 + t * MIN).is_empty());
+        }
+        assert!(n(&mut m, AlarmPriority::High, t0 + 14 * MIN).is_empty());
+        assert_eq!(m.active()[0].priority, AlarmPriority::High);
+        // Settled lower for 15 min (flickering between low and medium): the alarm takes medium, silently.
+        let t1 = 80 * MIN;
+        for t in 0..15 {
+            let p = if t % 2 == 0 {
+                AlarmPriority::Low
+            } else {
+                AlarmPriority::Medium
+            };
+            assert!(n(&mut m, p, t1 + t * MIN).is_empty());
+        }
+        assert!(n(&mut m, AlarmPriority::Low, t1 + 15 * MIN).is_empty());
+        assert_eq!(m.active()[0].priority, AlarmPriority::Medium);
+        assert_eq!(m.active()[0].alarm_id, id);
+        assert_eq!(m.stats().deescalated, 1);
+        // Hours later the score returns to high: the same alarm is announced again at high.
+        let a = m.update(cond("news2", AlarmPriority::High, true, 300 * MIN));
+        assert_eq!(states(&a), vec![AlarmState::Raised]);
+        assert_eq!(a[0].priority, AlarmPriority::High as i32);
+        assert_eq!(m.stats().upgraded, 1);
     }
 
     #[test]
