@@ -1183,6 +1183,15 @@ fn draw_offset(rng: &mut Rng, span: i64) -> i64 {
     }
 }
 
+/// `share` clamped to 0..1, or `default` when it is not finite.
+fn share_or(share: f64, default: f64) -> f64 {
+    if share.is_finite() {
+        share.clamp(0.0, 1.0)
+    } else {
+        default
+    }
+}
+
 /// The indices of the specs that `chosen` selects, in a seeded random order, and how many of them make `share` of
 /// them (rounded; the share clamped to 0..1, `default` when it is not finite): the first that many get the
 /// property, so that a mix's shares are exact.
@@ -1199,12 +1208,7 @@ fn exact_share(
         .filter(|(_, s)| chosen(s))
         .map(|(i, _)| i)
         .collect();
-    let share = if share.is_finite() {
-        share.clamp(0.0, 1.0)
-    } else {
-        default
-    };
-    let n = (indices.len() as f64 * share).round() as usize;
+    let n = (indices.len() as f64 * share_or(share, default)).round() as usize;
     shuffle(&mut indices, rng);
     (indices, n)
 }
@@ -1336,11 +1340,7 @@ pub(super) fn schedule_mix(
         0.15,
         &mut rng,
     );
-    let prodrome_share = if mix.prodrome_share.is_finite() {
-        mix.prodrome_share.clamp(0.0, 1.0)
-    } else {
-        0.6
-    };
+    let prodrome_share = share_or(mix.prodrome_share, 0.6);
     let mut recurrences = Vec::new();
     for idx in firsts.into_iter().take(n_recurrences) {
         let [gap_u, duration_u, has_prodrome_u, prodrome_u] = [(); 4].map(|_| rng.next_f64());
