@@ -4,6 +4,7 @@
 
 use wardwatch::eval::{EvalConfig, run};
 use wardwatch_edge::simulator::{RandomScenarioMix, ScenarioKind};
+use wardwatch_proto::v1::AlarmPriority;
 
 /// A dense mix so that a small ward (fast enough for a debug-build test) sees every kind of scenario: rates are
 /// per 40 beds per 24 h, so 20 gives one per 6 beds per 8 h.
@@ -156,4 +157,57 @@ fn artifact_model_in_the_loop_holds_back_artefact_alarms_and_hides_no_true_event
         );
     }
     Ok(())
+}
+
+/// A patient's second deterioration gets high-priority alarms of its own: the nurse acknowledged the first
+/// episode's alarms, and an acknowledged alarm that settled at a lower priority is announced again when the patient
+/// worsens (found by the 40-bed evaluation: a recurrent respiratory failure counted as missed).
+#[test]
+fn a_recurrent_deterioration_is_alarmed_at_high_priority_again() {
+    let report = run(&EvalConfig {
+        beds: 4,
+        hours: 30,
+        seed: 3,
+        mix: Some(RandomScenarioMix {
+            sepsis: 0.0,
+            respiratory_failure: 40.0,
+            hypovolaemia: 0.0,
+            drip_sped_up: 0.0,
+            line_occluded: 0.0,
+            motion_artifact: 0.0,
+            probe_off: 0.0,
+            transient_cough_or_turn: 0.0,
+            stable_scale2_patients: 0.0,
+            recurrence_share: 1.0,
+            ..RandomScenarioMix::default()
+        }),
+        models: None,
+    });
+    let deteriorations: Vec<_> = report
+        .labels
+        .iter()
+        .filter(|l| l.label.kind.is_deterioration())
+        .collect();
+    let recurrent: Vec<_> = deteriorations
+        .iter()
+        .filter(|l| {
+            deteriorations.iter().any(|o| {
+                o.label.bed == l.label.bed && o.label.began_at_unix_ms < l.label.began_at_unix_ms
+            })
+        })
+        .collect();
+    assert!(!recurrent.is_empty(), "no recurrence fitted in 30 h");
+    for l in &recurrent {
+        assert_eq!(
+            l.max_priority,
+            Some(AlarmPriority::High),
+            "recurrence without a high-priority alarm of its own: {}",
+            l.label.description
+        );
+    }
+    assert!(
+        report.missed_high().is_empty(),
+        "missed high-priority events: {:?}",
+        report.missed_high()
+    );
 }
