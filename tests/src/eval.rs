@@ -134,9 +134,9 @@ fn matches_label(kind: ScenarioKind, alarm: AlarmKind) -> bool {
 /// How long after an alarm is announced (or re-announced at a higher priority) the simulated nurse acknowledges
 /// it. Without a nurse, a high-priority alarm latches until acknowledged and would stay up for the rest of the
 /// simulated day, so a patient's second deterioration would never raise an alarm of its own. Five minutes is a
-/// plausible ward response time (pediatric ward alarms: median about 10 min, Bonafide et al., J Hosp Med 2015); an
-/// acknowledgement changes no alarm's announcement or priority, only lets it end when its condition does and
-/// stops its escalation.
+/// plausible ward response time (pediatric ward alarms: median about 10 min, Bonafide et al., J Hosp Med 2015). An
+/// acknowledgement announces nothing: it lets an alarm end when its condition does, lets it settle at a lower
+/// priority (so that a renewed worsening is announced again), and stops its escalation.
 pub const NURSE_RESPONSE_MS: i64 = 5 * 60_000;
 
 /// The edge models in the evaluation loop: scored synchronously at the simulated instant the engine asks (a live

@@ -358,6 +358,11 @@ pub struct RandomScenarioMix {
     pub recurrence_share: f64,
 }
 
+/// [`RandomScenarioMix::prodrome_share`]'s default, also used when a mix's share is not a number.
+const DEFAULT_PRODROME_SHARE: f64 = 0.6;
+/// [`RandomScenarioMix::recurrence_share`]'s default, also used when a mix's share is not a number.
+const DEFAULT_RECURRENCE_SHARE: f64 = 0.15;
+
 impl Default for RandomScenarioMix {
     /// 24 h; per 40 beds: 2 sepsis, 1 respiratory failure, 1 hypovolaemia, 3 drips sped up, 2 occlusions, 20
     /// motion artefacts (70 % flagged), 10 probe-offs, 60 transient coughs or turns; 2 stable scale-2 patients;
@@ -375,8 +380,8 @@ impl Default for RandomScenarioMix {
             transient_cough_or_turn: 60.0,
             artifact_flagged_share: 0.7,
             stable_scale2_patients: 2.0,
-            prodrome_share: 0.6,
-            recurrence_share: 0.15,
+            prodrome_share: DEFAULT_PRODROME_SHARE,
+            recurrence_share: DEFAULT_RECURRENCE_SHARE,
         }
     }
 }
@@ -1319,7 +1324,7 @@ pub(super) fn schedule_mix(
         &specs,
         |s| s.kind.is_deterioration(),
         mix.prodrome_share,
-        0.6,
+        DEFAULT_PRODROME_SHARE,
         &mut rng,
     );
     for idx in deteriorations.into_iter().take(n_prodromes) {
@@ -1337,10 +1342,10 @@ pub(super) fn schedule_mix(
         &specs,
         |s| s.kind.is_deterioration(),
         mix.recurrence_share,
-        0.15,
+        DEFAULT_RECURRENCE_SHARE,
         &mut rng,
     );
-    let prodrome_share = share_or(mix.prodrome_share, 0.6);
+    let prodrome_share = share_or(mix.prodrome_share, DEFAULT_PRODROME_SHARE);
     let mut recurrences = Vec::new();
     for idx in firsts.into_iter().take(n_recurrences) {
         let [gap_u, duration_u, has_prodrome_u, prodrome_u] = [(); 4].map(|_| rng.next_f64());
