@@ -734,6 +734,41 @@ ART_HISTORY = [
 ]
 
 
+# Replications: a committed model, its manifest thresholds and this evaluation on fresh held-out cohorts, nothing
+# trained or selected on them (models/experiments/replicate_heldout.py; pre-registered in docs/models-experiments.md).
+REPLICATIONS = [
+    ("1.3.0", "9005–9008, mix heldout (160 patients, 184 events), 2026-11-25",
+     "0.793 vs 0.735: +0.058 [0.038, 0.077]", "1.62 vs 1.15 h: +0.47 [+0.23, +0.78]", "0.69 vs 0.79 h: −0.10",
+     "1.79 vs 1.15 h: +0.64 [+0.35, +0.98]", "1.30 vs 0.79 h: +0.51 [+0.23, +0.73] (in alert 5.2 vs 3.3 %)"),
+]
+ART_REPLICATIONS = [
+    ("1.2.0", "9005–9008, mix heldout, 2026-11-25", "0.500", "100.0 % of 30,623", "587 of 600 (97.8 %)", "0",
+     "0 deteriorations hidden; 3 alarms during deteriorations held, all ambiguous; the model alone would hold 2 of "
+     "18,281 hard-limit alarms during deteriorations (both ambiguous, under 7 s after a motion artefact ended), "
+     "which the alarm manager never holds"),
+]
+
+
+def _replications(rows, header, empty=""):
+    if not rows:
+        return empty
+    return header + "".join("| " + " | ".join(r) + " |\n" for r in rows) + "\n"
+
+
+def _det_replications():
+    return _replications(REPLICATIONS, "Replications on fresh held-out cohorts (the committed model and thresholds, "
+                         "nothing trained or selected on them):\n\n| model | held-out seeds | AUROC vs NEWS2 | lead at "
+                         "NEWS2 ≥ 5's rate of points in alert | at NEWS2 ≥ 7's | lead at NEWS2 ≥ 5's number of "
+                         "alert onsets | at NEWS2 ≥ 7's |\n|---|---|---|---|---|---|---|\n")
+
+
+def _art_replications():
+    return _replications(ART_REPLICATIONS, "Replications on fresh held-out cohorts (the committed model and "
+                         "threshold):\n\n| model | cohorts | threshold | artefact alarms held back | artefact "
+                         "episodes silenced | true high-priority events hidden | note |\n"
+                         "|---|---|---|---:|---:|---:|---|\n")
+
+
 def _art_history():
     rows = "".join(f"| {a} | {b} | {c} | {d} | {e} | {f} | {g} |\n" for a, b, c, d, e, f, g in ART_HISTORY)
     return ("Held-out results of the earlier versions:\n\n| model | cohorts | threshold | artefact alarms held back | "
@@ -826,9 +861,10 @@ def model_card(kind, m, manifest, common):
         s.append(f"{e['patients']} patients, {e['points']} time points ({e['positives']} positive), {e['events']} "
                  f"deteriorations ({', '.join(f'{k} {v}' for k, v in sorted(e['event_kinds'].items()))}). NEWS2 is "
                  "computed from the same minute bins at the same time points (feature `news2_total`).\n\n")
-        s.append(det_tables(e) + "\nTargets (issue 5):\n\n" + _targets_det(e) + "\n" + _onset_det(e) + "\n")
+        s.append(det_tables(e) + "\nTargets (issue 5):\n\n" + _targets_det(e) + "\n" + _onset_det(e) + "\n"
+                 + _det_replications())
     else:
-        s.append(art_tables(e) + "\nTargets (issue 5):\n\n" + _targets_art(e) + "\n")
+        s.append(art_tables(e) + "\nTargets (issue 5):\n\n" + _targets_art(e) + "\n" + _art_replications())
     s.append("## Limits\n\n"
              "- Simulated patients follow a handful of textbook scenario shapes; real deteriorations, artefacts and "
              "wards are far more varied. Numbers here say the pipeline works, not that the model helps patients.\n"
@@ -871,6 +907,7 @@ def evaluation_doc(models, common, golden):
          f"{d['eval']['points']} time points every {d['step_min']} min, {d['eval']['events']} deteriorations. NEWS2 "
          "is computed on the same patients and time points.\n\n",
          det_tables(d["eval"]), "\nTargets:\n\n", _targets_det(d["eval"]), "\n", _onset_det(d["eval"]), "\n",
+         _det_replications(),
          "How to read it: sensitivity is the share of positive time points (a peak within the horizon) that alert; "
          "lead time is from the first alert after the deterioration began (its prodrome's start, if any) to its peak, "
          "on the 10-min grid. The model "
@@ -886,7 +923,7 @@ def evaluation_doc(models, common, golden):
          "## Artifact model\n\n",
          f"Judges the two minutes before every naive threshold alarm on HR, pulse rate, SpO2 and RR ({a['choice']}; "
          f"threshold {a['threshold']:.3f}; see `models/artifact/MODEL_CARD.md`).\n\n",
-         art_tables(a["eval"]), "\nTargets:\n\n", _targets_art(a["eval"]), "\n", _art_history(),
+         art_tables(a["eval"]), "\nTargets:\n\n", _targets_art(a["eval"]), "\n", _art_replications(), _art_history(),
          "## Parity\n\n",
          f"`models/golden/deterioration.json` ({golden['deterioration']} vectors) and `models/golden/artifact.json` "
          f"({golden['artifact']} vectors) hold raw sample windows, the features Python computed from them and the "
