@@ -1613,6 +1613,88 @@ mod tests {
         assert!(plain.take_ml_work().is_empty());
     }
 
+    /// The recurrence the alarm evaluation found (docs/alarm-evaluation.md): an acknowledged NEWS2 emergency alarm
+    /// whose score then flickers between 3 and 5 never ends, so without de-escalation the patient's return to an
+    /// emergency score announces nothing. Through the whole engine (NEWS2 scoring, response alarms, the alarm
+    /// manager): after the policy's 15 min of lower scores the acknowledged alarm settles at medium silently, and
+    /// the renewed worsening is announced at high. The same run with de-escalation switched off stays silent.
+    #[test]
+    fn an_acknowledged_news2_alarm_settled_lower_is_announced_again_on_a_new_emergency() {
+        let run = |deescalate_after_ms: i64| {
+            let mut cfg = EngineConfig::default();
+            cfg.alarms.deescalate_acknowledged_after_ms = deescalate_after_ms;
+            let mut e = ClinicalEngine::new(cfg, "edge");
+            let observe = |e: &mut ClinicalEngine, t: i64, rr: f64, spo2: f64, hr: f64| {
+                let mut out = Vec::new();
+                for (i, (mdc, v)) in [
+                    (MDC_RESP_RATE, rr),
+                    (MDC_PULS_OXIM_SAT_O2, spo2),
+                    (MDC_ECG_HEART_RATE, hr),
+                    (MDC_TEMP_BODY, 38.5),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    out.extend(e.on_event(&format!("k{t}-{i}"), &vital(mdc, v, t + i as i64)));
+                }
+                out.extend(e.tick(t + 60_000));
+                out
+            };
+            let high = |out: &[Payload]| {
+                raised(out, AlarmKind::News2Response)
+                    .into_iter()
+                    .filter(|(p, _)| *p == AlarmPriority::High as i32)
+                    .count()
+            };
+            // RR 26 (3), SpO2 91 (3), HR 118 (2), temperature 38.5 (1): NEWS2 9, emergency, high at once.
+            assert_eq!(high(&observe(&mut e, 60_000, 26.0, 91.0, 118.0)), 1);
+            let id = e
+                .active_alarms()
+                .into_iter()
+                .find(|a| {
+                    a.key.kind == AlarmKind::News2Response as i32
+                        && a.priority == AlarmPriority::High
+                })
+                .map(|a| a.alarm_id)
+                .expect("the emergency alarm is active");
+            assert!(e.acknowledge(&id, "nurse.a", 5 * 60_000).is_ok());
+            // Recovering but not well: HR 95 (1), SpO2 94 (1), temperature (1), RR 21 (2) or 20 (0), every 2 min
+            // for 30 min: NEWS2 5 (urgent, medium) and 3 (low) in turn, never long enough below to end the alarm.
+            let mut t = 6 * 60_000;
+            let mut between = Vec::new();
+            for i in 0..15 {
+                between.extend(observe(
+                    &mut e,
+                    t,
+                    if i % 2 == 0 { 21.0 } else { 20.0 },
+                    94.0,
+                    95.0,
+                ));
+                t += 2 * 60_000;
+            }
+            let worse_again = observe(&mut e, t, 26.0, 91.0, 118.0);
+            (
+                high(&between),
+                high(&worse_again),
+                e.alarm_stats().deescalated,
+            )
+        };
+        let (between, again, deescalated) =
+            run(AlarmPolicy::default().deescalate_acknowledged_after_ms);
+        assert_eq!(
+            between, 0,
+            "nothing announced at high while the score stays lower"
+        );
+        assert_eq!(deescalated, 1);
+        assert_eq!(again, 1, "the renewed emergency is announced at high");
+        let (_, again_without, deescalated_without) = run(i64::MAX);
+        assert_eq!(deescalated_without, 0);
+        assert_eq!(
+            again_without, 0,
+            "without de-escalation the latched alarm swallows the recurrence"
+        );
+    }
+
     #[test]
     fn acknowledge_through_the_engine() {
         let mut e = ClinicalEngine::new(EngineConfig::default(), "edge");
