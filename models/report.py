@@ -638,7 +638,9 @@ def _onset_det(e):
          "≥ k's number of alert onsets (a patient's score reaching the threshold from below) over all "
          f"{rows[0]['scored_points']:,} scored points is the budget; the model's threshold is the lowest reached, "
          "scanning downwards, before its onset count exceeds that budget. Lead time as above (missed = 0 h), with "
-         "the same patient-level bootstrap.\n\n"
+         "the same patient-level bootstrap. Onsets of raw scores overstate what a ward hears from NEWS2: the edge's "
+         "alarm manager keeps a NEWS2 response alarm through dips shorter than 15 min, so a smoother score is "
+         "favoured here; docs/alarm-evaluation.md counts the alarms actually announced.\n\n"
          "| rule | alert onsets | time points in alert | median lead, all events | difference (95 % CI) | "
          "first alert earlier / same / later |\n|---|---|---|---|---|---|\n"]
     for c in rows:
