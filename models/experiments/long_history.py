@@ -28,14 +28,10 @@ from __future__ import annotations
 import os
 import sys
 
-# One thread (shared 2-core machine) and no __pycache__ beside the pipeline.
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
 sys.dont_write_bytecode = True
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
+from _pipeline import REPO  # noqa: E402  (one thread, models/ on the import path: before numpy and the pipeline)
+
 WORK = os.path.join(REPO, "target", "models-experiments")
-sys.path.insert(0, os.path.dirname(HERE))  # models/
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402

@@ -18,13 +18,8 @@ from __future__ import annotations
 import os
 import sys
 
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
 sys.dont_write_bytecode = True
-HERE = os.path.dirname(os.path.abspath(__file__))
-MODELS = os.path.dirname(HERE)
-REPO = os.path.dirname(MODELS)
-sys.path.insert(0, MODELS)
+from _pipeline import MODELS, REPO  # noqa: E402  (threads, import path: before numpy and the pipeline)
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
