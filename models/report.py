@@ -570,7 +570,9 @@ def write_outputs(out, docs, common, models, golden):
                                         "edge's medium-priority deterioration-risk alarm uses it, the risk shown and "
                                         "synced uses decision_threshold",
                 "training_weights": f"{m['weights']}: {m['weights_doc'][m['weights']]}",
-                "selection": "leave-one-cohort-out over the training cohorts; " + " ".join(m["selection_rule"].split()),
+                "selection": _selection_method(common) + "; " + " ".join(m["selection_rule"].split()),
+                "validation_seeds": [s for s, _ in common["validation"]],
+                "validation_mix": common["validation"][0][1],
             })
         else:
             manifest.update({
@@ -674,19 +676,23 @@ def _targets_art(e):
 
 def _data_section(common):
     tr = ", ".join(str(s) for s, _ in common["train"])
+    va = ", ".join(str(s) for s, _ in common["validation"])
     ho = ", ".join(str(s) for s, _ in common["heldout"])
     mt = common["train_meta"][0]["mix"]
+    mv = common["validation_meta"][0]["mix"]
     mh = common["heldout_meta"][0]["mix"]
     keys = ["sepsis", "respiratory_failure", "hypovolaemia", "prodrome_share", "recurrence_share", "motion_artifact",
             "artifact_flagged_share", "probe_off", "transient_cough_or_turn", "stable_scale2_patients", "drip_sped_up",
             "line_occluded"]
-    rows = "".join(f"| {k} | {mt.get(k, 0):g} | {mh.get(k, 0):g} |\n" for k in keys)
+    rows = "".join(f"| {k} | {mt.get(k, 0):g} | {mv.get(k, 0):g} | {mh.get(k, 0):g} |\n" for k in keys)
     return (f"Cohorts come from the ward simulator (`edge/src/simulator/`) through `export_cohort` "
             f"(`tests/src/bin/export_cohort.rs`): {common['beds']} beds × {common['hours']} simulated hours each, "
             f"vital signs at the simulator's native periods (monitor 1 s, temperature 1 min, NIBP 5 min, ACVPU and "
-            f"air/oxygen 15 min). Training seeds {tr} (mix `train`); held-out seeds {ho} (mix `heldout`): held-out "
-            f"cohorts differ in seed **and** scenario mix. Rates per 40 beds per 24 h (shares as fractions):\n\n"
-            f"| scenario | train | held-out |\n|---|---:|---:|\n{rows}\n"
+            f"air/oxygen 15 min). Training seeds {tr} (mix `train`); validation seeds {va} (mix `validation`, composed "
+            f"between the two, used only to choose among the deterioration candidates); held-out seeds {ho} (mix "
+            f"`heldout`): held-out cohorts differ in seed **and** scenario mix. Rates per 40 beds per 24 h (shares as "
+            f"fractions):\n\n"
+            f"| scenario | train | validation | held-out |\n|---|---:|---:|---:|\n{rows}\n"
             "`prodrome_share` is the share of deteriorations that a prodrome precedes: subtle changes over 30 min to "
             "6 h before the onset (HR, RR, temperature, SpO2 a few units, mostly inside NEWS2's zero bands; in "
             "sepsis a falling heart-rate variability; in hypovolaemia a narrowing pulse pressure), set from published "
@@ -723,6 +729,13 @@ HISTORY = [
      "every bed had at most one deterioration; the simulator then gained recurrences (see the data section) and "
      "indicator features stopped being standardised (see the model section), so these cohorts and this recipe are "
      "not the ones above"),
+    ("1.3.0 (committed before 1.4.0)", "logistic, per-event+early; the same rule, candidates scored by "
+     "leave-one-cohort-out within the training mix", "9001–9004 (160 patients, 181 events), the same held-out cohorts as 1.4.0",
+     "0.777 vs 0.713: +0.065 [0.044, 0.086]", "1.00 vs 0.84 h: +0.16 [+0.06, +0.49]",
+     "0.59 vs 0.63 h: −0.05 [−0.16, +0.10]",
+     "within the training mix the logistic models always led at NEWS2 ≥ 7's rate; on the validation mix they did "
+     "not (docs/models-experiments.md), so 1.4.0's candidates are scored there; its replication on 9005–9008 is in "
+     "the replications table"),
 ]
 
 # The same for the artifact model (targets: at least half of artefact alarms removed, no true high-priority event
@@ -787,8 +800,14 @@ def _history():
             "rate | lead at NEWS2 ≥ 7's rate | note |\n|---|---|---|---|---|---|---|\n" + rows + "\n")
 
 
-def candidates_table(m):
-    """The deterioration candidates and what each measured on validation (training cohorts only)."""
+def _selection_method(common):
+    va = common["validation"]
+    return (f"candidates fitted on the training cohorts (seeds {', '.join(str(s) for s, _ in common['train'])}), "
+            f"scored on each validation cohort (seeds {va[0][0]}–{va[-1][0]}, mix `{va[0][1]}`) and averaged")
+
+
+def candidates_table(m, common):
+    """The deterioration candidates and what each measured on the validation cohorts (never the held-out ones)."""
     rows = []
     for name, r in m["selection"]:
         arch, scheme = name.split(", ")
@@ -799,10 +818,15 @@ def candidates_table(m):
     weights = "".join(f"- `{k}`: {v}.\n" for k, v in m["weights_doc"].items())
     return ("| model | training weights | AUROC | NEWS2 AUROC | AUPRC | median lead at NEWS2 ≥ 5's alert rate, model vs "
             "NEWS2 | the same at NEWS2 ≥ 7's | points at p = 1.0 (float32) |\n|---|---|---:|---:|---:|---:|---:|---:|\n" + "".join(rows) +
-            "\nMeans over the three leave-one-cohort-out folds (fit on two training cohorts, score the third; lead "
-            "times over all events, missed = 0 h, at that cohort's NEWS2 alert rates). Weights:\n\n" + weights +
+            "\nMeans over the " + str(len(common["validation"])) + " validation cohorts: "
+            + _selection_method(common) + " (lead times over all events, missed = 0 h, at that cohort's NEWS2 alert "
+            "rates). Architectures: `logistic` is logistic regression (C = 1); `mlp` is a ReLU MLP with hidden layers "
+            "(32, 16) and L2 penalty 0.001 (as in every version before 1.4.0); `mlp (16) L2 a` has one hidden layer "
+            "of 16 and L2 penalty a. Weights:\n\n" + weights +
             "\nSelection rule (its AUROC and lead-time parts fixed before any held-out look; the saturation condition added "
-            "after the first run, see the history below): " + " ".join(m["selection_rule"].split()) + "\n\n")
+            "after 1.1.0's first run; scoring on the validation mix instead of leave-one-cohort-out within the "
+            "training mix, and the (16) MLPs, since 1.4.0, pre-registered in docs/models-experiments.md; see the "
+            "history below): " + " ".join(m["selection_rule"].split()) + "\n\n")
 
 
 def model_card(kind, m, manifest, common):
@@ -851,8 +875,8 @@ def model_card(kind, m, manifest, common):
              "outside what training constrains. ")
     if kind == "deterioration":
         s.append(f"Training weights: {m['weights']} ({m['weights_doc'][m['weights']]}). The output is a risk score "
-                 "for ranking and thresholding, not a calibrated probability (weighted training shifts it). Chosen by "
-                 "leave-one-cohort-out on the training cohorts, then refitted on all of them:\n\n" + candidates_table(m)
+                 "for ranking and thresholding, not a calibrated probability (weighted training shifts it). Fitted on the "
+                 "training cohorts and chosen on the validation cohorts:\n\n" + candidates_table(m, common)
                  + _history())
     else:
         s.append("Chosen on the validation cohort (seed 103; then refitted on all training cohorts):\n\n"
@@ -921,9 +945,10 @@ def evaluation_doc(models, common, golden):
          "thresholds fixed; lead times move in 10-min steps, so a difference of one step is within noise unless its "
          "interval says otherwise.\n\n",
          f"### What was tried for version {common['versions']['deterioration']}\n\n"
-         "Candidates differ in architecture and in training weights meant to reward early warning; each was scored "
-         "on the training cohorts only (the held-out cohorts report the chosen model, nothing else):\n\n",
-         candidates_table(d), _history(),
+         "Candidates differ in architecture and in training weights meant to reward early warning; each was fitted "
+         "on the training cohorts and scored on the validation cohorts only (the held-out cohorts report the chosen "
+         "model, nothing else):\n\n",
+         candidates_table(d, common), _history(),
          "## Artifact model\n\n",
          f"Judges the two minutes before every naive threshold alarm on HR, pulse rate, SpO2 and RR ({a['choice']}; "
          f"threshold {a['threshold']:.3f}; see `models/artifact/MODEL_CARD.md`).\n\n",

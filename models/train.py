@@ -30,8 +30,12 @@ import selection as S  # noqa: E402
 
 # Cohorts: (seed, mix). Held-out cohorts differ in seed AND in scenario mix (see export_cohort.rs `mix`).
 TRAIN = [(101, "train"), (102, "train"), (103, "train")]
-# Artifact model selection only (the deterioration model is chosen by leave-one-cohort-out over all of TRAIN, see
-# selection.py); the final models are refitted on all training cohorts.
+# Deterioration model selection (selection.py): candidates fitted on TRAIN are scored on these cohorts, whose mix lies
+# between the training and the held-out mix. Nothing is fitted on them; no reported figure comes from them.
+VALIDATION = [(201, "validation"), (202, "validation"), (203, "validation"), (204, "validation"),
+              (205, "validation"), (206, "validation")]
+# Artifact model selection only (fit on the other training cohorts, scored on this one); the final artifact model is
+# refitted on all training cohorts.
 VALIDATION_SEED = 103
 HELDOUT = [(9001, "heldout"), (9002, "heldout"), (9003, "heldout"), (9004, "heldout")]
 BEDS = 40
@@ -45,7 +49,9 @@ STEP_MIN = 10
 # variability (new cohorts; the recipe and selection rule unchanged).
 # Deterioration 1.3.0 and artifact 1.2.0: retrained on the simulator with recurrent deteriorations; indicator features
 # no longer standardised; the artifact threshold rule leaves ambiguous post-artefact alarms out, as training does.
-VERSIONS = {"deterioration": "1.3.0", "artifact": "1.2.0"}
+# Deterioration 1.4.0: candidates include one-layer (16) MLPs and are scored on the validation mix (VALIDATION)
+# instead of by leave-one-cohort-out within the training mix (pre-registered in docs/models-experiments.md).
+VERSIONS = {"deterioration": "1.4.0", "artifact": "1.2.0"}
 RNG_SEED = 20261123
 
 
@@ -102,8 +108,9 @@ def fit_final(name: str, X, y, kind: str, weights=None):
         m.fit(Z, y, sample_weight=weights)
         layers = [(m.coef_.T.copy(), m.intercept_.copy())]
     else:
-        hidden = (32, 16) if kind == "deterioration" else (16,)
-        m = MLPClassifier(hidden_layer_sizes=hidden, activation="relu", alpha=1e-3, max_iter=300,
+        # Deterioration: the architecture named in selection.ARCHITECTURES; artifact: "mlp" is one layer of 16.
+        hidden, alpha = S.ARCHITECTURES[name] if kind == "deterioration" else ((16,), 1e-3)
+        m = MLPClassifier(hidden_layer_sizes=hidden, activation="relu", alpha=alpha, max_iter=300,
                           early_stopping=True, n_iter_no_change=15, random_state=RNG_SEED)
         m.fit(Z, y, sample_weight=weights)
         layers = list(zip([w.copy() for w in m.coefs_], [b.copy() for b in m.intercepts_]))
@@ -128,6 +135,9 @@ def main() -> int:
     ap.add_argument("--reuse-cohorts", action="store_true",
                     help="reuse cohorts already exported to --work with the same parameters (development only)")
     ap.add_argument("--docs", default=None, help="docs/ directory for models-evaluation.md (default: <repo>/docs)")
+    ap.add_argument("--select-only", action="store_true",
+                    help="stop after choosing the deterioration candidate: no held-out cohort is loaded or scored, "
+                         "nothing is written (development only)")
     args = ap.parse_args()
     t_start = time.time()
     out = os.path.abspath(args.out)
@@ -138,19 +148,19 @@ def main() -> int:
     np.random.seed(RNG_SEED)
 
     log("1/6 exporting cohorts with the ward simulator (cargo build --release ... export_cohort, then run it)")
-    jobs = [(os.path.join(work, f"{mix}-{seed}"), BEDS, HOURS, seed, mix) for seed, mix in TRAIN + HELDOUT]
+    every = TRAIN + VALIDATION + ([] if args.select_only else HELDOUT)
+    jobs = [(os.path.join(work, f"{mix}-{seed}"), BEDS, HOURS, seed, mix) for seed, mix in every]
     C.export_all(args.repo, target_dir, jobs, log, reuse=args.reuse_cohorts)
-    cohorts = {seed: C.load(f"{mix}-{seed}", os.path.join(work, f"{mix}-{seed}")) for seed, mix in TRAIN + HELDOUT}
+    cohorts = {seed: C.load(f"{mix}-{seed}", os.path.join(work, f"{mix}-{seed}")) for seed, mix in every}
     t_export = time.time() - t_start
 
     log("2/6 deterioration features (numpy, as edge/src/ml/deterioration.rs)")
-    det = {}
-    for i, (seed, _) in enumerate(TRAIN + HELDOUT):
-        det[seed] = C.deterioration_dataset(cohorts[seed], i, HORIZON_H, STEP_MIN)
+    # Group ids (cohort index * 10000 + bed) as before the validation cohorts existed: those come last.
+    index = {seed: i for i, (seed, _) in enumerate(TRAIN + HELDOUT + VALIDATION)}
+    det = {seed: C.deterioration_dataset(cohorts[seed], index[seed], HORIZON_H, STEP_MIN) for seed, _ in every}
     log("   artifact features (as edge/src/ml/artifact.rs)")
-    art = {}
-    for i, (seed, _) in enumerate(TRAIN + HELDOUT):
-        art[seed] = C.artifact_dataset(cohorts[seed], i, include_probes=(seed, "train") in TRAIN)
+    art = {seed: C.artifact_dataset(cohorts[seed], index[seed], include_probes=(seed, "train") in TRAIN)
+           for seed, _ in every if (seed, "validation") not in VALIDATION}
 
     def stack_det(seeds, main_only=True):
         ds = [det[s] for s in seeds]
@@ -172,23 +182,27 @@ def main() -> int:
     news_idx = [n for n, _ in F.DETERIORATION_FEATURES].index("news2_total")
     fit_seeds = [s for s in train_seeds if s != VALIDATION_SEED]
 
-    log("3/6 deterioration model: candidates by leave-one-cohort-out on the training cohorts, refit on all")
-    det_sel = []
+    log("3/6 deterioration model: candidates fitted on the training cohorts, scored on the validation cohorts")
+    val_seeds = [s for s, _ in VALIDATION]
+    det_sel, fitted = [], {}
     for arch, scheme in S.CANDIDATES:
-        folds = []
-        for val in train_seeds:
-            Xf, yf, wf = stack_det_weighted([s for s in train_seeds if s != val], scheme)
-            m, mean, scale, _ = fit_final(arch, Xf, yf, "deterioration", wf)
-            folds.append(S.validation_metrics(det[val], m.predict_proba((det[val].X - mean) / scale)[:, 1], news_idx))
-        r = S.summarise(folds)
+        Xall, yall, wall = stack_det_weighted(train_seeds, scheme)
+        fitted[(arch, scheme)] = fit_final(arch, Xall, yall, "deterioration", wall)
+        m, mean, scale, _ = fitted[(arch, scheme)]
+        r = S.summarise([S.validation_metrics(det[v], m.predict_proba((det[v].X - mean) / scale)[:, 1], news_idx)
+                         for v in val_seeds])
         det_sel.append((f"{arch}, {scheme}", r))
-        log(f"   {arch:8s} {scheme:16s} AUROC {r['auroc']:.3f} (NEWS2 {r['auroc_news2']:.3f}) lead at NEWS2>=5 rate "
-            f"{r['lead5_model']:.2f} vs {r['lead5_news2']:.2f} h, at NEWS2>=7 rate {r['lead7_model']:.2f} vs "
-            f"{r['lead7_news2']:.2f} h")
+        log(f"   {arch:17s} {scheme:21s} AUROC {r['auroc']:.3f} (NEWS2 {r['auroc_news2']:.3f}) lead at NEWS2>=5 "
+            f"rate {r['lead5_model']:.2f} vs {r['lead5_news2']:.2f} h, at NEWS2>=7 rate {r['lead7_model']:.2f} vs "
+            f"{r['lead7_news2']:.2f} h, saturated {r['saturated']:.2%}")
     det_pick = S.choose(det_sel)
     det_choice, det_scheme = det_pick.split(", ")
+    if args.select_only:
+        log(f"   chose {det_pick} (--select-only: stopping before anything is written)")
+        return 0
+    # The chosen candidate as fitted above, on all training cohorts with its weights (fit_final is deterministic).
     Xall, yall, wall = stack_det_weighted(train_seeds, det_scheme)
-    det_model, det_mean, det_scale, det_layers = fit_final(det_choice, Xall, yall, "deterioration", wall)
+    det_model, det_mean, det_scale, det_layers = fitted[(det_choice, det_scheme)]
     p_train = det_model.predict_proba((Xall - det_mean) / det_scale)[:, 1]
     if np.any(p_train.astype(np.float32) >= 1.0):
         raise SystemExit(f"deterioration {det_pick}: float32 output saturates at 1.0 on training points")
@@ -261,8 +275,9 @@ def main() -> int:
     common = {
         "versions": VERSIONS,
         "created": dt.date.today().isoformat(),
-        "train": TRAIN, "heldout": HELDOUT, "beds": BEDS, "hours": HOURS,
+        "train": TRAIN, "validation": VALIDATION, "heldout": HELDOUT, "beds": BEDS, "hours": HOURS,
         "train_meta": [cohorts[s].meta for s, _ in TRAIN],
+        "validation_meta": [cohorts[s].meta for s, _ in VALIDATION],
         "heldout_meta": [cohorts[s].meta for s, _ in HELDOUT],
         "elapsed_s": elapsed, "export_s": t_export, "reused_cohorts": bool(args.reuse_cohorts),
     }

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Issue 5 exploration: do long-history (8 h / 12 h) features help the deterioration model?
 
-TRAINING cohorts only (seeds 101-103, mix train); leave-one-cohort-out exactly as models/selection.py scores
-candidates (fit on two cohorts with train.fit_final, validate on the third with selection.validation_metrics).
+TRAINING cohorts only (seeds 101-103, mix train); leave-one-cohort-out exactly as models/selection.py scored
+candidates until 1.3.0 (fit on two cohorts with train.fit_final, validate on the third with selection.validation_metrics).
 The held-out cohorts (9001-9004) are never loaded.
 
 Reuses the repository's pipeline by import (never copied):
