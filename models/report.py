@@ -919,6 +919,11 @@ def model_card(kind, m, manifest, common):
     if kind == "deterioration":
         s.append("- NEWS2 here is computed from minute bins with the engine's freshness rules; it can differ from the "
                  "engine's per-sample NEWS2 by a minute's worth of data.\n")
+        s.append("- The validation mix that chose this model was composed after two held-out looks had shown where "
+                 "the earlier model fell short (respiratory failures at NEWS2 ≥ 7's rate), and lies between the "
+                 "training and the held-out mix. So the choice used knowledge of the held-out mix, though none of "
+                 "its cohorts; fresh held-out seeds (the replication table) are the guard against that, and they "
+                 "share the held-out mix. A ward whose case mix differs from all three is untested.\n")
     else:
         s.append("- Naive alarms (every threshold entry, flags ignored) are the denominator; the engine already drops "
                  "flagged samples, so the unflagged row is the part the model adds.\n")
