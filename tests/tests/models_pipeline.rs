@@ -1,5 +1,6 @@
 //! The model pipeline's own Python checks, so that CI runs them with the Rust suite: the evaluation's alert-onset
-//! counting (`models/test_report.py`) and the committed golden vectors against `models/features.py` and the
+//! counting (`models/test_report.py`), the deterioration model's selection rule, candidates and training weights
+//! (`models/test_selection.py`) and the committed golden vectors against `models/features.py` and the
 //! committed ONNX files under onnxruntime (`models/check_golden.py`; the Rust side of the same vectors is
 //! `edge/tests/ml_golden.rs`). Needs the pinned packages of `models/requirements.txt`; skipped loudly without them,
 //! except on CI, where `.ci/run` installs them.
@@ -26,7 +27,7 @@ fn run_python(script: &str) -> Result<()> {
 
 fn pipeline_packages() -> Result<bool> {
     wardwatch::python_modules_available(
-        &["numpy", "sklearn", "onnxruntime"],
+        &["numpy", "sklearn", "onnx", "onnxruntime"],
         "model pipeline checks (pip install -r models/requirements.txt)",
     )
 }
@@ -35,6 +36,14 @@ fn pipeline_packages() -> Result<bool> {
 fn the_evaluation_counts_alert_onsets_as_pre_registered() -> Result<()> {
     if pipeline_packages()? {
         run_python("test_report.py")?;
+    }
+    Ok(())
+}
+
+#[test]
+fn the_selection_rule_candidates_and_training_weights_behave_as_documented() -> Result<()> {
+    if pipeline_packages()? {
+        run_python("test_selection.py")?;
     }
     Ok(())
 }
