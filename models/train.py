@@ -32,8 +32,7 @@ import selection as S  # noqa: E402
 TRAIN = [(101, "train"), (102, "train"), (103, "train")]
 # Deterioration model selection (selection.py): candidates fitted on TRAIN are scored on these cohorts, whose mix lies
 # between the training and the held-out mix. Nothing is fitted on them; no reported figure comes from them.
-VALIDATION = [(201, "validation"), (202, "validation"), (203, "validation"), (204, "validation"),
-              (205, "validation"), (206, "validation")]
+VALIDATION = [(seed, "validation") for seed in range(201, 207)]
 # Artifact model selection only (fit on the other training cohorts, scored on this one); the final artifact model is
 # refitted on all training cohorts.
 VALIDATION_SEED = 103
@@ -148,7 +147,8 @@ def main() -> int:
     np.random.seed(RNG_SEED)
 
     log("1/6 exporting cohorts with the ward simulator (cargo build --release ... export_cohort, then run it)")
-    every = TRAIN + VALIDATION + ([] if args.select_only else HELDOUT)
+    heldout = [] if args.select_only else HELDOUT
+    every = TRAIN + VALIDATION + heldout
     jobs = [(os.path.join(work, f"{mix}-{seed}"), BEDS, HOURS, seed, mix) for seed, mix in every]
     C.export_all(args.repo, target_dir, jobs, log, reuse=args.reuse_cohorts)
     cohorts = {seed: C.load(f"{mix}-{seed}", os.path.join(work, f"{mix}-{seed}")) for seed, mix in every}
@@ -160,7 +160,7 @@ def main() -> int:
     det = {seed: C.deterioration_dataset(cohorts[seed], index[seed], HORIZON_H, STEP_MIN) for seed, _ in every}
     log("   artifact features (as edge/src/ml/artifact.rs)")
     art = {seed: C.artifact_dataset(cohorts[seed], index[seed], include_probes=(seed, "train") in TRAIN)
-           for seed, _ in every if (seed, "validation") not in VALIDATION}
+           for seed, _ in TRAIN + heldout}
 
     def stack_det(seeds, main_only=True):
         ds = [det[s] for s in seeds]
@@ -184,10 +184,12 @@ def main() -> int:
 
     log("3/6 deterioration model: candidates fitted on the training cohorts, scored on the validation cohorts")
     val_seeds = [s for s, _ in VALIDATION]
+    # Every candidate is fitted on all training cohorts; the training rows depend only on the weight scheme.
+    train_rows = {scheme: stack_det_weighted(train_seeds, scheme) for scheme in S.SCHEMES}
     det_sel, fitted = [], {}
     for arch, scheme in S.CANDIDATES:
-        Xall, yall, wall = stack_det_weighted(train_seeds, scheme)
-        fitted[(arch, scheme)] = fit_final(arch, Xall, yall, "deterioration", wall)
+        X, y, w = train_rows[scheme]
+        fitted[(arch, scheme)] = fit_final(arch, X, y, "deterioration", w)
         m, mean, scale, _ = fitted[(arch, scheme)]
         r = S.summarise([S.validation_metrics(det[v], m.predict_proba((det[v].X - mean) / scale)[:, 1], news_idx)
                          for v in val_seeds])
@@ -200,8 +202,8 @@ def main() -> int:
     if args.select_only:
         log(f"   chose {det_pick} (--select-only: stopping before anything is written)")
         return 0
-    # The chosen candidate as fitted above, on all training cohorts with its weights (fit_final is deterministic).
-    Xall, yall, wall = stack_det_weighted(train_seeds, det_scheme)
+    # The chosen candidate as fitted above, on all training cohorts with its weights.
+    Xall, yall, _ = train_rows[det_scheme]
     det_model, det_mean, det_scale, det_layers = fitted[(det_choice, det_scheme)]
     p_train = det_model.predict_proba((Xall - det_mean) / det_scale)[:, 1]
     if np.any(p_train.astype(np.float32) >= 1.0):
